@@ -1,0 +1,481 @@
+"""The catalog: one DuckDB file holding images, their 32-byte codes in block order and the
+block zone maps. ``Catalog`` is the door to everything: the CLI, the web app and the tests
+all go through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from . import layout, query, schema
+from .boxes import CODE_COLUMNS, N_DIMS, BoxSet
+from .errors import (
+    CatalogError,
+    CatalogNotFound,
+    CorruptCatalog,
+    InvalidCodes,
+    InvalidSql,
+    ReadOnlyError,
+    UnknownIds,
+)
+from .resources import sql_text
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_RESERVED = {"id", "pos", "added_at", *CODE_COLUMNS}
+
+
+@dataclass
+class SelectResult:
+    """Rows selected by a box set.
+
+    ids : int64, ranked by votes (descending), then id (ascending)
+    votes : int32, member votes per id
+    sql : a complete SELECT (first column the image id) that returns the same rows
+    stats : time per phase (ms), blocks touched, rows tested, ...
+    """
+
+    ids: np.ndarray
+    votes: np.ndarray
+    sql: str
+    stats: dict
+
+    def to_json(self) -> dict:
+        return {"ids": self.ids.tolist(), "votes": self.votes.tolist(), "sql": self.sql, "stats": self.stats}
+
+
+class Catalog:
+    """A clip-branches catalog file. Open with :meth:`create` or :meth:`open`; use as a context
+    manager or call :meth:`close` to release the file for other processes."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool):
+        self._con = con
+        self.path = path
+        self.read_only = read_only
+        self._index: query.BlockIndex | None = None
+        self._index_version: int | None = None
+        self._id_order: np.ndarray | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> Catalog:
+        """Create a new, empty catalog file at ``path``; fails if the file exists."""
+        path = Path(path)
+        if path.exists():
+            raise CatalogError(f"{path} already exists; open it with Catalog.open or choose a new path")
+        if not path.parent.is_dir():
+            raise CatalogNotFound(f"directory {path.parent} does not exist")
+        try:
+            con = duckdb.connect(str(path))
+            try:
+                schema.migrate(con)
+                cat = cls(con, path, read_only=False)
+                cat._set_settings({"dims": N_DIMS, "data_version": 0, "index": None,
+                                   "encoder": None, "quantizer": None, "created_at": _now()})
+            except BaseException:
+                con.close()
+                raise
+        except BaseException:
+            for p in (path, Path(f"{path}.wal")):
+                p.unlink(missing_ok=True)
+            raise
+        return cat
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, read_only: bool = False) -> Catalog:
+        """Open an existing catalog. Writable catalogs with an older schema are migrated."""
+        path = Path(path)
+        if not path.is_file():
+            raise CatalogNotFound(f"no catalog at {path}; create one with `clip-branches create` or `synth`")
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            msg = str(e)
+            if "lock" in msg.lower():
+                raise CatalogError(
+                    f"{path} is open for writing in another process; DuckDB allows one writer or many "
+                    f"readers. Close the other process or open read-only. ({msg.splitlines()[0]})"
+                ) from None
+            raise CorruptCatalog(f"{path} is not a readable catalog: {msg.splitlines()[0]}") from None
+        except duckdb.Error as e:
+            raise CorruptCatalog(f"{path} is not a readable catalog: {str(e).splitlines()[0]}") from None
+        try:
+            schema.check_version(con, str(path), read_only)
+        except BaseException:
+            con.close()
+            raise
+        return cls(con, path, read_only)
+
+    def close(self) -> None:
+        """Release the DuckDB file; further calls on this object fail."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        self._index = None
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._con is None else ("read-only" if self.read_only else "writable")
+        return f"Catalog({str(self.path)!r}, {state})"
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise CatalogError("the catalog is closed; open it again with Catalog.open")
+        return self._con
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path} is open read-only; open it with read_only=False to change it")
+
+    # -- settings ----------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        rows = self.con.execute("SELECT key, value FROM settings").fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        row = self.con.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def _set_settings(self, values: Mapping[str, Any]) -> None:
+        for key, value in values.items():
+            self.con.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", [key, json.dumps(value)])
+
+    def __len__(self) -> int:
+        return int(self.con.execute("SELECT count(*) FROM codes").fetchone()[0])
+
+    # -- writing -----------------------------------------------------------------------------
+    def add_codes(
+        self,
+        codes: np.ndarray,
+        ids: Sequence[int] | np.ndarray | None = None,
+        metadata: Mapping[str, Sequence] | pa.Table | None = None,
+    ) -> np.ndarray:
+        """Append images with their codes; returns their ids (int64).
+
+        ``codes`` is uint8 (n, 32). ``ids`` default to consecutive ids after the largest one in
+        the catalog. ``metadata`` maps column names (``uri``, ``label``, ...) to n values each;
+        new columns are added to ``images``. All rows land in one transaction or none do.
+        Rows added after an index build are scanned through zone maps in insertion order
+        until the next :meth:`build_index`.
+        """
+        self._check_writable()
+        codes = _check_codes(codes)
+        n = codes.shape[0]
+        meta = _check_metadata(metadata, n)
+        con = self.con
+        n_rows = len(self)
+        if ids is None:
+            start = con.execute("SELECT coalesce(max(id) + 1, 0) FROM images").fetchone()[0]
+            ids = np.arange(start, start + n, dtype=np.int64)
+        else:
+            ids = _check_ids(ids, "ids")
+            if len(ids) != n:
+                raise InvalidCodes(f"{len(ids)} ids for {n} codes; give one id per row")
+            if len(np.unique(ids)) != n:
+                raise InvalidCodes("ids contain duplicates")
+        if n == 0:
+            return ids
+        table = pa.table({"pos": np.arange(n_rows, n_rows + n, dtype=np.int64), "id": ids,
+                          **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("_new_codes", table)
+            clash = con.execute(
+                "SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10").fetchall()
+            if clash:
+                raise InvalidCodes(f"ids already in the catalog: {', '.join(str(r[0]) for r in clash)}")
+            if meta is not None:
+                con.register("_new_meta", meta.append_column("id", pa.array(ids)))
+            meta_cols = self._ensure_metadata_columns(meta)
+            if meta is not None:
+                cols = ", ".join(_quote(c) for c in meta_cols)
+                con.execute(f"INSERT INTO images (id, {cols}) SELECT id, {cols} FROM _new_meta")
+            else:
+                con.execute("INSERT INTO images (id) SELECT id FROM _new_codes")
+            con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
+            self._bump_data_version()
+            con.execute("COMMIT")
+        except duckdb.Error as e:
+            con.execute("ROLLBACK")
+            raise InvalidCodes(f"could not add rows: {str(e).splitlines()[0]}") from None
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            for name in ("_new_codes", "_new_meta"):
+                try:
+                    con.unregister(name)
+                except duckdb.Error:
+                    pass
+        if meta is not None and meta_cols:
+            schema.refresh_views(con)
+        return ids
+
+    def _ensure_metadata_columns(self, meta: pa.Table | None) -> list[str]:
+        if meta is None:
+            return []
+        existing = {r[0] for r in self.con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
+        ).fetchall()}
+        types = dict(self.con.execute("SELECT column_name, column_type FROM (DESCRIBE _new_meta)").fetchall())
+        types.pop("id")
+        for name in meta.column_names:
+            if name not in existing:
+                dtype = types[name] if types[name] != '"NULL"' else "VARCHAR"
+                self.con.execute(f"ALTER TABLE images ADD COLUMN {_quote(name)} {dtype}")
+        return [c for c in meta.column_names if c != "id"]
+
+    def _bump_data_version(self) -> None:
+        self._set_settings({"data_version": int(self.setting("data_version", 0)) + 1})
+        self._index = None
+
+    def build_index(self, block_size: int = layout.DEFAULT_BLOCK_SIZE) -> dict:
+        """Sort the codes into k-d block order and write the zone maps.
+
+        Idempotent: rows start from id order, so the result does not depend on the current
+        physical order. Returns timing stats.
+        """
+        self._check_writable()
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
+            raise CatalogError(f"block_size must be an integer >= 2, got {block_size!r}")
+        t0 = time.perf_counter()
+        cols, ids = self._load_codes()
+        t1 = time.perf_counter()
+        perm, starts = layout.kd_order(cols, block_size=block_size, initial=np.argsort(ids, kind="stable"))
+        cols = np.ascontiguousarray(cols[:, perm])
+        ids = ids[perm]
+        blocks = layout.zone_maps(cols, starts)
+        t2 = time.perf_counter()
+        con = self.con
+        codes_tbl = pa.table({"pos": np.arange(len(ids), dtype=np.int64), "id": ids,
+                              **{c: cols[d] for d, c in enumerate(CODE_COLUMNS)}})
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("_sorted", codes_tbl)
+            con.register("_blocks", _blocks_table(blocks))
+            con.execute("DELETE FROM codes")
+            con.execute("INSERT INTO codes BY NAME SELECT * FROM _sorted")
+            con.execute("DELETE FROM blocks")
+            con.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
+            index = {"block_size": block_size, "n_blocks": blocks.n_blocks, "indexed_rows": len(ids),
+                     "projections": [list(range(N_DIMS))], "split": "max-variance median",
+                     "built_at": _now()}
+            self._set_settings({"index": index})
+            self._bump_data_version()
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_sorted")
+            con.unregister("_blocks")
+        con.execute("CHECKPOINT")
+        t3 = time.perf_counter()
+        self._index = query.BlockIndex.from_arrays(cols, ids, blocks, block_size)
+        self._index_version = int(self.setting("data_version"))
+        return {"rows": len(ids), "blocks": blocks.n_blocks, "time_load_s": t1 - t0,
+                "time_sort_s": t2 - t1, "time_write_s": t3 - t2}
+
+    # -- reading -----------------------------------------------------------------------------
+    def _load_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """All codes in pos order: uint8 (32, n) column-major and int64 ids."""
+        tbl = self.con.sql(sql_text("load_codes")).to_arrow_table()
+        n = tbl.num_rows
+        cols = np.empty((N_DIMS, n), dtype=np.uint8)
+        for d, c in enumerate(CODE_COLUMNS):
+            cols[d] = tbl.column(c).to_numpy()
+        return cols, tbl.column("id").to_numpy().astype(np.int64, copy=False)
+
+    def _load_blocks(self) -> layout.Blocks | None:
+        tbl = self.con.sql(sql_text("load_blocks")).to_arrow_table()
+        if tbl.num_rows == 0:
+            return None
+        start = np.append(tbl.column("row_start").to_numpy(), tbl.column("row_end").to_numpy()[-1])
+        lo = np.stack([tbl.column(f"min_{c}").to_numpy() for c in CODE_COLUMNS], axis=1)
+        hi = np.stack([tbl.column(f"max_{c}").to_numpy() for c in CODE_COLUMNS], axis=1)
+        return layout.Blocks(start.astype(np.int64), lo.astype(np.uint8), hi.astype(np.uint8))
+
+    def block_index(self) -> query.BlockIndex:
+        """The in-memory scan index, loaded on first use and reloaded after any change."""
+        version = int(self.setting("data_version", 0))
+        if self._index is None or self._index_version != version:
+            cols, ids = self._load_codes()
+            index = self.setting("index") or {}
+            blocks = self._load_blocks()
+            block_size = int(index.get("block_size", layout.DEFAULT_BLOCK_SIZE))
+            self._index = query.BlockIndex.from_arrays(cols, ids, blocks, block_size)
+            self._index_version = version
+            self._id_order = None
+        return self._index
+
+    def index_status(self) -> dict:
+        """Rows, indexed rows and blocks; ``stale`` when rows were added after the last build."""
+        index = self.setting("index")
+        n_rows = len(self)
+        indexed = int(index["indexed_rows"]) if index else 0
+        return {"rows": n_rows, "indexed_rows": indexed, "unindexed_rows": n_rows - indexed,
+                "stale": n_rows != indexed, "index": index}
+
+    def select(self, boxes: BoxSet | Mapping | Sequence, min_votes: int = 1) -> SelectResult:
+        """Every image inside the box set, with its member votes.
+
+        Rows with fewer than ``min_votes`` votes are left out (default 1: the plain union), and
+        blocks that fewer than ``min_votes`` members reach are skipped whole.
+        """
+        boxset = boxes if isinstance(boxes, BoxSet) else BoxSet.from_json(boxes)
+        if boxset.n_dims != N_DIMS:
+            raise CatalogError(f"box set has {boxset.n_dims} dims; this catalog has {N_DIMS}")
+        if isinstance(min_votes, bool) or not isinstance(min_votes, (int, np.integer)):
+            raise CatalogError(f"min_votes must be an integer, got {min_votes!r}")
+        t0 = time.perf_counter()
+        index = self.block_index()
+        t1 = time.perf_counter()
+        sel = query.select(index, boxset, int(min_votes))
+        sel.stats["time_load_ms"] = (t1 - t0) * 1e3
+        return SelectResult(sel.ids, sel.votes, boxset.to_sql("codes", min_votes=int(min_votes)), sel.stats)
+
+    def codes(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Codes of ``ids``: uint8 (len(ids), 32) in the order of ``ids``."""
+        ids = _check_ids(ids, "ids")
+        index = self.block_index()
+        if self._id_order is None:
+            self._id_order = np.argsort(index.ids, kind="stable")
+        sorted_ids = index.ids[self._id_order]
+        at = np.searchsorted(sorted_ids, ids)
+        at_clipped = np.minimum(at, max(len(sorted_ids) - 1, 0))
+        found = (at < len(sorted_ids)) & (sorted_ids[at_clipped] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+        if not found.all():
+            raise UnknownIds(ids[~found].tolist())
+        pos = self._id_order[at]
+        return np.ascontiguousarray(index.cols[:, pos].T)
+
+    def sql(self, text: str, params: Sequence | Mapping | None = None) -> pa.Table:
+        """Run one read-only query (SELECT, VALUES, ...) and return an Arrow table.
+
+        Anything that is not a single query statement is refused with :class:`InvalidSql`, and
+        the query runs in a transaction that is rolled back.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidSql("the query is empty")
+        try:
+            statements = duckdb.extract_statements(text)
+        except duckdb.Error as e:
+            raise InvalidSql(str(e)) from None
+        if len(statements) != 1:
+            raise InvalidSql(f"give exactly one statement, got {len(statements)}")
+        if statements[0].type != duckdb.StatementType.SELECT:
+            raise InvalidSql(f"only queries are allowed here, not {statements[0].type.name} statements")
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                return cur.sql(text, params=params).to_arrow_table()
+            except duckdb.Error as e:
+                raise InvalidSql(str(e)) from None
+            finally:
+                cur.execute("ROLLBACK")
+        finally:
+            cur.close()
+
+    # -- Parquet -----------------------------------------------------------------------------
+    def export_parquet(self, directory: str | os.PathLike, *, overwrite: bool = False) -> dict:
+        """Write codes, images, blocks and settings as Parquet; see :mod:`engine.parquet`."""
+        from .parquet import export_catalog
+
+        return export_catalog(self, Path(directory), overwrite=overwrite)
+
+    @classmethod
+    def import_parquet(cls, directory: str | os.PathLike, path: str | os.PathLike) -> Catalog:
+        """Create a catalog at ``path`` from a directory written by :meth:`export_parquet`."""
+        from .parquet import import_catalog
+
+        return import_catalog(cls, Path(directory), Path(path))
+
+
+# -- validation helpers ----------------------------------------------------------------------
+def _check_codes(codes: Any) -> np.ndarray:
+    if not isinstance(codes, np.ndarray):
+        raise InvalidCodes(f"codes must be a numpy array of uint8, got {type(codes).__name__}")
+    if codes.dtype != np.uint8:
+        raise InvalidCodes(
+            f"codes must be uint8, got {codes.dtype}; quantize embeddings first "
+            "(values already in 0..255 can be cast with .astype(np.uint8))"
+        )
+    if codes.ndim != 2 or codes.shape[1] != N_DIMS:
+        raise InvalidCodes(f"codes must have shape (n, {N_DIMS}), got {codes.shape}")
+    return codes
+
+
+def _check_ids(ids: Any, what: str) -> np.ndarray:
+    if isinstance(ids, (str, bytes)):
+        raise InvalidCodes(f"{what} must be a sequence of integers")
+    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidCodes(f"{what} must be integers, got {arr.dtype} values like {arr.ravel()[0]!r}")
+    if arr.ndim != 1:
+        raise InvalidCodes(f"{what} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidCodes(f"{what} must fit in a signed 64-bit integer")
+    return arr.astype(np.int64)
+
+
+def _check_metadata(metadata: Any, n: int) -> pa.Table | None:
+    if metadata is None:
+        return None
+    if isinstance(metadata, pa.Table):
+        table = metadata
+    elif isinstance(metadata, Mapping):
+        try:
+            table = pa.table({str(k): v for k, v in metadata.items()})
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise InvalidCodes(f"metadata columns could not be read: {e}") from None
+    else:
+        raise InvalidCodes("metadata must be a mapping of column name to values, or an Arrow table")
+    if table.num_rows != n:
+        raise InvalidCodes(f"metadata has {table.num_rows} rows for {n} codes")
+    for name in table.column_names:
+        if not _IDENT.match(name) or name.lower() in _RESERVED:
+            raise InvalidCodes(
+                f"metadata column {name!r} is not allowed: use letters, digits and _, "
+                f"and none of {sorted(_RESERVED - set(CODE_COLUMNS))} or f00..f31"
+            )
+    if len({c.lower() for c in table.column_names}) != table.num_columns:
+        raise InvalidCodes("metadata column names must be unique (case-insensitively)")
+    return table if table.num_columns else None
+
+
+def _quote(ident: str) -> str:
+    """Quote an identifier that has already passed the _IDENT check."""
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def _blocks_table(blocks: layout.Blocks) -> pa.Table:
+    n = blocks.n_blocks
+    data: dict[str, Any] = {"block_id": np.arange(n, dtype=np.int32), "row_start": blocks.start[:-1],
+                            "row_end": blocks.start[1:]}
+    for d, c in enumerate(CODE_COLUMNS):
+        data[f"min_{c}"] = blocks.lo[:, d]
+        data[f"max_{c}"] = blocks.hi[:, d]
+    return pa.table(data)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

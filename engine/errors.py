@@ -1,0 +1,52 @@
+"""Typed errors. Every message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class CatalogError(Exception):
+    """Base class for every error the engine raises on purpose."""
+
+
+class CatalogNotFound(CatalogError):
+    """The catalog file does not exist."""
+
+
+class CorruptCatalog(CatalogError):
+    """The file exists but is not a readable clip-branches catalog."""
+
+
+class SchemaVersionError(CatalogError):
+    """The catalog's schema version does not match this code."""
+
+
+class ReadOnlyError(CatalogError):
+    """A write was attempted on a catalog opened read-only."""
+
+
+class StaleIndexError(CatalogError):
+    """The block index no longer describes the rows in the catalog."""
+
+
+class InvalidBoxes(CatalogError, ValueError):
+    """A box set is malformed: bad JSON, a dim out of range, lo > hi, ..."""
+
+
+class InvalidCodes(CatalogError, ValueError):
+    """Codes, ids or metadata handed to the catalog are malformed."""
+
+
+class UnknownIds(CatalogError, KeyError):
+    """Some requested image ids are not in the catalog."""
+
+    def __init__(self, missing, total: int | None = None):
+        self.missing = list(missing)
+        shown = ", ".join(str(i) for i in self.missing[:10])
+        more = f" and {len(self.missing) - 10} more" if len(self.missing) > 10 else ""
+        super().__init__(f"unknown image id(s): {shown}{more}")
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class InvalidSql(CatalogError, ValueError):
+    """A user SQL query failed to parse or bind, or is not a read-only query."""

@@ -1,0 +1,262 @@
+"""numba kernels for box queries: prune blocks through the zone-map tree, then scan candidates.
+
+Shapes and dtypes (the Python side converts; kernels never check):
+
+- ``cols``: uint8 (n_dims, n_rows), column-major codes in block order
+- ``tree_lo``, ``tree_hi``: uint8 (2 * n_leaves, n_dims), a perfect binary tree over the blocks
+  in heap order: node 1 is the root, node k has children 2k and 2k+1, and leaf i is node
+  ``n_leaves + i``. Padding leaves (past the real blocks) hold lo=255, hi=0 and match nothing.
+- ``box_lo``, ``box_hi``: uint8 (n_boxes, n_dims); ``box_dims``: int64 (n_boxes, n_dims) holding
+  each box's constrained dims first, ``box_ndims``: int64 (n_boxes,) how many.
+- ``box_member``: int64 (n_boxes,), dense member ranks 0..n_members-1, boxes sorted by it.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def build_tree(lo, hi, n_leaves):
+    """Zone-map tree over the blocks: uint8 (2 * n_leaves, n_dims) lo and hi in heap order."""
+    n_blocks, n_dims = lo.shape
+    t_lo = np.full((2 * n_leaves, n_dims), 255, dtype=np.uint8)
+    t_hi = np.zeros((2 * n_leaves, n_dims), dtype=np.uint8)
+    t_lo[n_leaves : n_leaves + n_blocks] = lo
+    t_hi[n_leaves : n_leaves + n_blocks] = hi
+    for k in range(n_leaves - 1, 0, -1):
+        for d in range(n_dims):
+            t_lo[k, d] = min(t_lo[2 * k, d], t_lo[2 * k + 1, d])
+            t_hi[k, d] = max(t_hi[2 * k, d], t_hi[2 * k + 1, d])
+    return t_lo, t_hi
+
+
+@numba.njit(cache=True)
+def _relation(t_lo, t_hi, k, box_lo, box_hi, dims, nd, b):
+    """0: node k misses box b; 1: overlaps; 2: node's zone map lies inside the box."""
+    inside = True
+    for j in range(nd):
+        d = dims[b, j]
+        if t_hi[k, d] < box_lo[b, d] or t_lo[k, d] > box_hi[b, d]:
+            return 0
+        if t_lo[k, d] < box_lo[b, d] or t_hi[k, d] > box_hi[b, d]:
+            inside = False
+    return 2 if inside else 1
+
+
+@numba.njit(cache=True)
+def prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
+    """Candidate (block, box) pairs.
+
+    Returns ``(blocks, boxes, full, n_visited)``: int64, int64, bool arrays of equal length,
+    where ``full`` marks a block whose zone map lies inside the box (every row matches), and
+    the number of tree nodes visited.
+    """
+    cap = 1024
+    out_block = np.empty(cap, dtype=np.int64)
+    out_box = np.empty(cap, dtype=np.int64)
+    out_full = np.empty(cap, dtype=np.bool_)
+    n = 0
+    visited = 0
+    stack = np.empty(128, dtype=np.int64)
+    for b in range(box_lo.shape[0]):
+        nd = box_ndims[b]
+        top = 0
+        stack[top] = 1
+        top += 1
+        while top > 0:
+            top -= 1
+            k = stack[top]
+            visited += 1
+            rel = _relation(t_lo, t_hi, k, box_lo, box_hi, box_dims, nd, b)
+            if rel == 0:
+                continue
+            if rel == 1 and k < n_leaves:
+                stack[top] = 2 * k + 1
+                stack[top + 1] = 2 * k
+                top += 2
+                continue
+            # A leaf, or a subtree wholly inside the box: emit its real blocks.
+            first, last = k, k
+            while first < n_leaves:
+                first, last = 2 * first, 2 * last + 1
+            first -= n_leaves
+            last = min(last - n_leaves, n_blocks - 1)
+            for leaf in range(first, last + 1):
+                if n == cap:
+                    cap *= 2
+                    out_block = _grow(out_block, cap)
+                    out_box = _grow(out_box, cap)
+                    out_full = _grow(out_full, cap)
+                out_block[n] = leaf
+                out_box[n] = b
+                out_full[n] = rel == 2
+                n += 1
+    return out_block[:n], out_box[:n], out_full[:n], visited
+
+
+@numba.njit(cache=True)
+def _grow(a, cap):
+    out = np.empty(cap, dtype=a.dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+@numba.njit(cache=True)
+def group_pairs(n_blocks, pair_block, pair_box, pair_full, box_member, min_votes):
+    """Group candidate pairs by block (boxes in ascending order within a block).
+
+    Blocks whose candidate boxes come from fewer than ``min_votes`` distinct members cannot
+    hold a row with that many votes and are dropped.
+    Returns ``(cand_blocks, ptr, boxes, full)`` in CSR form: candidate block i owns
+    ``boxes[ptr[i]:ptr[i+1]]``.
+    """
+    counts = np.zeros(n_blocks + 1, dtype=np.int64)
+    for i in range(pair_block.shape[0]):
+        counts[pair_block[i] + 1] += 1
+    for i in range(n_blocks):
+        counts[i + 1] += counts[i]
+    fill = counts[:-1].copy()
+    boxes = np.empty(pair_block.shape[0], dtype=np.int64)
+    full = np.empty(pair_block.shape[0], dtype=np.bool_)
+    # prune() emits pairs box by box, so boxes land in ascending order within each block.
+    for i in range(pair_block.shape[0]):
+        at = fill[pair_block[i]]
+        boxes[at] = pair_box[i]
+        full[at] = pair_full[i]
+        fill[pair_block[i]] += 1
+    cand = np.empty(n_blocks, dtype=np.int64)
+    n_cand = 0
+    for blk in range(n_blocks):
+        s, e = counts[blk], counts[blk + 1]
+        if e == s:
+            continue
+        distinct, last = 0, -1
+        for j in range(s, e):
+            m = box_member[boxes[j]]
+            if m != last:
+                distinct += 1
+                last = m
+        if distinct >= min_votes:
+            cand[n_cand] = blk
+            n_cand += 1
+    cand = cand[:n_cand]
+    ptr = np.zeros(n_cand + 1, dtype=np.int64)
+    out_boxes = np.empty(boxes.shape[0], dtype=np.int64)
+    out_full = np.empty(boxes.shape[0], dtype=np.bool_)
+    at = 0
+    for i in range(n_cand):
+        blk = cand[i]
+        for j in range(counts[blk], counts[blk + 1]):
+            out_boxes[at] = boxes[j]
+            out_full[at] = full[j]
+            at += 1
+        ptr[i + 1] = at
+    return cand, ptr, out_boxes[:at], out_full[:at]
+
+
+@numba.njit(parallel=True, cache=True)
+def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, box_ndims, box_member,
+                min_votes):
+    """Test the candidate blocks' rows against their boxes; count one vote per member.
+
+    Returns ``(pos, votes, n_tested)``: row positions (int64, ascending within each block, blocks
+    in ``cand`` order) with at least ``min_votes`` votes, their votes (int32), and how many
+    rows were tested against a box predicate (rows of blocks wholly inside a box are not).
+    """
+    n_cand = cand.shape[0]
+    offsets = np.zeros(n_cand + 1, dtype=np.int64)
+    for i in range(n_cand):
+        offsets[i + 1] = offsets[i] + start[cand[i] + 1] - start[cand[i]]
+    out_pos = np.empty(offsets[n_cand], dtype=np.int64)
+    out_votes = np.empty(offsets[n_cand], dtype=np.int32)
+    found = np.zeros(n_cand, dtype=np.int64)
+    tested = np.zeros(n_cand, dtype=np.int64)
+    for i in numba.prange(n_cand):
+        s, e = start[cand[i]], start[cand[i] + 1]
+        n = e - s
+        votes = np.zeros(n, dtype=np.int32)
+        hit = np.zeros(n, dtype=np.uint8)
+        inbox = np.empty(n, dtype=np.uint8)
+        j = ptr[i]
+        while j < ptr[i + 1]:
+            # boxes[j:j_end] belong to one member: OR their masks, then add one vote.
+            m = box_member[boxes[j]]
+            j_end = j
+            member_full = False
+            while j_end < ptr[i + 1] and box_member[boxes[j_end]] == m:
+                member_full = member_full or full[j_end]
+                j_end += 1
+            if member_full:
+                for r in range(n):
+                    votes[r] += 1
+                j = j_end
+                continue
+            hit[:] = 0
+            for jj in range(j, j_end):
+                b = boxes[jj]
+                inbox[:] = 1
+                for q in range(box_ndims[b]):
+                    d = box_dims[b, q]
+                    lo, hi = box_lo[b, d], box_hi[b, d]
+                    for r in range(n):
+                        v = cols[d, s + r]
+                        inbox[r] &= (v >= lo) & (v <= hi)
+                for r in range(n):
+                    hit[r] |= inbox[r]
+            tested[i] += n
+            for r in range(n):
+                votes[r] += hit[r]
+            j = j_end
+        k = offsets[i]
+        for r in range(n):
+            if votes[r] >= min_votes:
+                out_pos[k] = s + r
+                out_votes[k] = votes[r]
+                k += 1
+        found[i] = k - offsets[i]
+    # Compact the per-block runs into one contiguous result.
+    total = 0
+    for i in range(n_cand):
+        total += found[i]
+    pos = np.empty(total, dtype=np.int64)
+    vts = np.empty(total, dtype=np.int32)
+    at = 0
+    for i in range(n_cand):
+        for r in range(found[i]):
+            pos[at] = out_pos[offsets[i] + r]
+            vts[at] = out_votes[offsets[i] + r]
+            at += 1
+    return pos, vts, tested.sum()
+
+
+@numba.njit(parallel=True, cache=True)
+def full_scan(cols, box_lo, box_hi, box_dims, box_ndims, box_member, n_members, min_votes):
+    """Baseline without an index: test every row against every box, row by row.
+
+    Returns ``(pos, votes)`` like :func:`scan_blocks`; used by benchmarks and as a reference.
+    """
+    n_rows = cols.shape[1]
+    votes = np.zeros(n_rows, dtype=np.int32)
+    n_boxes = box_lo.shape[0]
+    for r in numba.prange(n_rows):
+        last_member = -1
+        v = 0
+        for b in range(n_boxes):
+            m = box_member[b]
+            if m == last_member:
+                continue  # this member already voted for the row
+            inside = True
+            for q in range(box_ndims[b]):
+                d = box_dims[b, q]
+                x = cols[d, r]
+                if x < box_lo[b, d] or x > box_hi[b, d]:
+                    inside = False
+                    break
+            if inside:
+                v += 1
+                last_member = m
+        votes[r] = v
+    pos = np.flatnonzero(votes >= max(1, min_votes))
+    return pos.astype(np.int64), votes[pos]
