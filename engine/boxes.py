@@ -204,7 +204,7 @@ class BoxSet:
         return " OR ".join(preds)
 
     def to_sql(self, source: str = "codes", *, min_votes: int = 1) -> str:
-        """A complete SELECT returning ``(id, votes)`` ranked by votes, then id.
+        """A complete SELECT returning ``(id, votes)`` ranked by votes, then block position.
 
         ``source`` is a table name or any relation expression, e.g.
         ``read_parquet('export/codes.parquet')``. Only integers from this box set enter the
@@ -215,13 +215,13 @@ class BoxSet:
         if len(uniq) <= 1:
             if min_votes > 1:
                 return f"SELECT id, 1 AS votes FROM {source} WHERE FALSE"
-            return f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\nORDER BY id"
+            return f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\nORDER BY pos"
         # A sum of per-member 0/1 terms counts each member once, however many of its boxes
         # hold the row. Plain "+" keeps the text portable to engines without list functions.
         terms = "\n    + ".join(f"CAST(({self.predicate(int(m))}) AS INTEGER)" for m in uniq)
         return (
-            f"SELECT id, votes FROM (\n  SELECT id,\n    {terms}\n  AS votes\n  FROM {source}\n) AS voted\n"
-            f"WHERE votes >= {min_votes}\nORDER BY votes DESC, id"
+            f"SELECT id, votes FROM (\n  SELECT id, pos,\n    {terms}\n  AS votes\n  FROM {source}\n) AS voted\n"
+            f"WHERE votes >= {min_votes}\nORDER BY votes DESC, pos"
         )
 
 

@@ -39,7 +39,7 @@ _RESERVED = {"id", "pos", "added_at", *CODE_COLUMNS}
 class SelectResult:
     """Rows selected by a box set.
 
-    ids : int64, ranked by votes (descending), then id (ascending)
+    ids : int64, ranked by votes (descending), then position in block order
     votes : int32, member votes per id
     sql : a complete SELECT (first column the image id) that returns the same rows
     stats : time per phase (ms), blocks touched, rows tested, ...
@@ -149,15 +149,15 @@ class Catalog:
         return {k: json.loads(v) for k, v in rows}
 
     def setting(self, key: str, default: Any = None) -> Any:
-        row = self.con.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
-        return default if row is None else json.loads(row[0])
+        rows = self.con.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchall()
+        return default if not rows else json.loads(rows[0][0])
 
     def _set_settings(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
             self.con.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", [key, json.dumps(value)])
 
     def __len__(self) -> int:
-        return int(self.con.execute("SELECT count(*) FROM codes").fetchone()[0])
+        return int(self.con.execute("SELECT count(*) FROM codes").fetchall()[0][0])
 
     # -- writing -----------------------------------------------------------------------------
     def add_codes(
@@ -181,7 +181,7 @@ class Catalog:
         con = self.con
         n_rows = len(self)
         if ids is None:
-            start = con.execute("SELECT coalesce(max(id) + 1, 0) FROM images").fetchone()[0]
+            start = con.execute("SELECT coalesce(max(id) + 1, 0) FROM images").fetchall()[0][0]
             ids = np.arange(start, start + n, dtype=np.int64)
         else:
             ids = _check_ids(ids, "ids")

@@ -64,7 +64,7 @@ class BlockIndex:
 
 @dataclass
 class Selection:
-    """Matching rows: ``ids`` ranked by ``votes`` (descending), then id (ascending)."""
+    """Matching rows: ``ids`` ranked by ``votes`` (descending), then block position."""
 
     ids: np.ndarray
     votes: np.ndarray
@@ -106,9 +106,8 @@ def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1) -> Selection:
         index.cols, index.blocks.start, cand, ptr, boxes, full, lo, hi, dims, ndims, member, min_votes
     )
     t2 = time.perf_counter()
-    ids = index.ids[pos]
-    order = np.lexsort((ids, -votes))
-    ids, votes = ids[order], votes[order]
+    order = scan.rank_by_votes(pos, votes, max(boxset.n_members, 1))
+    ids, votes = index.ids[pos[order]], votes[order]
     t3 = time.perf_counter()
     starts = index.blocks.start
     stats = {

@@ -46,61 +46,86 @@ def _relation(t_lo, t_hi, k, box_lo, box_hi, dims, nd, b):
 
 
 @numba.njit(cache=True)
-def prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
-    """Candidate (block, box) pairs.
-
-    Returns ``(blocks, boxes, full, n_visited)``: int64, int64, bool arrays of equal length,
-    where ``full`` marks a block whose zone map lies inside the box (every row matches), and
-    the number of tree nodes visited.
-    """
-    cap = 1024
-    out_block = np.empty(cap, dtype=np.int64)
-    out_box = np.empty(cap, dtype=np.int64)
-    out_full = np.empty(cap, dtype=np.bool_)
+def _prune_box(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims, b,
+               out_block, out_full, at, count_only):
+    """Walk the tree for box b; write its candidate blocks from ``at`` on unless count_only.
+    Returns ``(n_candidates, n_nodes_visited)``."""
+    nd = box_ndims[b]
+    stack = np.empty(128, dtype=np.int64)
+    stack[0] = 1
+    top = 1
     n = 0
     visited = 0
-    stack = np.empty(128, dtype=np.int64)
-    for b in range(box_lo.shape[0]):
-        nd = box_ndims[b]
-        top = 0
-        stack[top] = 1
-        top += 1
-        while top > 0:
-            top -= 1
-            k = stack[top]
-            visited += 1
-            rel = _relation(t_lo, t_hi, k, box_lo, box_hi, box_dims, nd, b)
-            if rel == 0:
-                continue
-            if rel == 1 and k < n_leaves:
-                stack[top] = 2 * k + 1
-                stack[top + 1] = 2 * k
-                top += 2
-                continue
-            # A leaf, or a subtree wholly inside the box: emit its real blocks.
-            first, last = k, k
-            while first < n_leaves:
-                first, last = 2 * first, 2 * last + 1
-            first -= n_leaves
-            last = min(last - n_leaves, n_blocks - 1)
-            for leaf in range(first, last + 1):
-                if n == cap:
-                    cap *= 2
-                    out_block = _grow(out_block, cap)
-                    out_box = _grow(out_box, cap)
-                    out_full = _grow(out_full, cap)
-                out_block[n] = leaf
-                out_box[n] = b
-                out_full[n] = rel == 2
-                n += 1
-    return out_block[:n], out_box[:n], out_full[:n], visited
+    while top > 0:
+        top -= 1
+        k = stack[top]
+        visited += 1
+        rel = _relation(t_lo, t_hi, k, box_lo, box_hi, box_dims, nd, b)
+        if rel == 0:
+            continue
+        if rel == 1 and k < n_leaves:
+            stack[top] = 2 * k + 1
+            stack[top + 1] = 2 * k
+            top += 2
+            continue
+        # A leaf, or a subtree wholly inside the box: emit its real blocks.
+        first, last = k, k
+        while first < n_leaves:
+            first, last = 2 * first, 2 * last + 1
+        first -= n_leaves
+        last = min(last - n_leaves, n_blocks - 1)
+        for leaf in range(first, last + 1):
+            if not count_only:
+                out_block[at + n] = leaf
+                out_full[at + n] = rel == 2
+            n += 1
+    return n, visited
+
+
+@numba.njit(parallel=True, cache=True)
+def prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
+    """Candidate (block, box) pairs, found by walking the zone-map tree once per box.
+
+    Returns ``(blocks, boxes, full, n_visited)``: int64, int64, bool arrays of equal length,
+    ordered by box, where ``full`` marks a block whose zone map lies inside the box (every row
+    matches), and the number of tree nodes visited. Boxes are walked in parallel, twice: once
+    to count, once to fill.
+    """
+    n_boxes = box_lo.shape[0]
+    counts = np.zeros(n_boxes + 1, dtype=np.int64)
+    visits = np.zeros(n_boxes, dtype=np.int64)
+    dummy_b = np.empty(0, dtype=np.int64)
+    dummy_f = np.empty(0, dtype=np.bool_)
+    for b in numba.prange(n_boxes):
+        counts[b + 1], visits[b] = _prune_box(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims,
+                                              box_ndims, b, dummy_b, dummy_f, 0, True)
+    for b in range(n_boxes):
+        counts[b + 1] += counts[b]
+    out_block = np.empty(counts[n_boxes], dtype=np.int64)
+    out_box = np.empty(counts[n_boxes], dtype=np.int64)
+    out_full = np.empty(counts[n_boxes], dtype=np.bool_)
+    for b in numba.prange(n_boxes):
+        _prune_box(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims, b,
+                   out_block, out_full, counts[b], False)
+        out_box[counts[b] : counts[b + 1]] = b
+    return out_block, out_box, out_full, visits.sum()
 
 
 @numba.njit(cache=True)
-def _grow(a, cap):
-    out = np.empty(cap, dtype=a.dtype)
-    out[: a.shape[0]] = a
-    return out
+def rank_by_votes(pos, votes, max_votes):
+    """Stable order of the results by votes, descending: a counting sort, O(n + max_votes).
+    ``pos`` arrives ascending, so ties stay in block order."""
+    counts = np.zeros(max_votes + 2, dtype=np.int64)
+    for i in range(votes.shape[0]):
+        counts[max_votes - votes[i] + 1] += 1
+    for k in range(max_votes + 1):
+        counts[k + 1] += counts[k]
+    order = np.empty(votes.shape[0], dtype=np.int64)
+    for i in range(votes.shape[0]):
+        k = max_votes - votes[i]
+        order[counts[k]] = i
+        counts[k] += 1
+    return order
 
 
 @numba.njit(cache=True)
@@ -156,14 +181,36 @@ def group_pairs(n_blocks, pair_block, pair_box, pair_full, box_member, min_votes
     return cand, ptr, out_boxes[:at], out_full[:at]
 
 
+@numba.njit(cache=True)
+def _test_box(cols, s, n, b, box_lo, box_hi, box_dims, box_ndims, inbox):
+    """inbox[r] = 1 if row s+r lies inside box b, else 0.
+
+    ``uint8(v - lo) <= uint8(hi - lo)`` tests lo <= v <= hi in one unsigned compare (values
+    below lo wrap around to large numbers); LLVM turns these loops into SIMD byte compares.
+    """
+    d = box_dims[b, 0]
+    lo = box_lo[b, d]
+    w = numba.uint8(box_hi[b, d] - lo)
+    c = cols[d, s : s + n]
+    for r in range(n):
+        inbox[r] = numba.uint8(c[r] - lo) <= w
+    for q in range(1, box_ndims[b]):
+        d = box_dims[b, q]
+        lo = box_lo[b, d]
+        w = numba.uint8(box_hi[b, d] - lo)
+        c = cols[d, s : s + n]
+        for r in range(n):
+            inbox[r] &= numba.uint8(c[r] - lo) <= w
+
+
 @numba.njit(parallel=True, cache=True)
 def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, box_ndims, box_member,
                 min_votes):
     """Test the candidate blocks' rows against their boxes; count one vote per member.
 
     Returns ``(pos, votes, n_tested)``: row positions (int64, ascending within each block, blocks
-    in ``cand`` order) with at least ``min_votes`` votes, their votes (int32), and how many
-    rows were tested against a box predicate (rows of blocks wholly inside a box are not).
+    in ``cand`` order) with at least ``min_votes`` votes, their votes (int32), and the number
+    of row-box tests made (rows of a block wholly inside a box need none).
     """
     n_cand = cand.shape[0]
     offsets = np.zeros(n_cand + 1, dtype=np.int64)
@@ -177,7 +224,7 @@ def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, b
         s, e = start[cand[i]], start[cand[i] + 1]
         n = e - s
         votes = np.zeros(n, dtype=np.int32)
-        hit = np.zeros(n, dtype=np.uint8)
+        hit = np.empty(n, dtype=np.uint8)
         inbox = np.empty(n, dtype=np.uint8)
         j = ptr[i]
         while j < ptr[i + 1]:
@@ -186,7 +233,7 @@ def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, b
             j_end = j
             member_full = False
             while j_end < ptr[i + 1] and box_member[boxes[j_end]] == m:
-                member_full = member_full or full[j_end]
+                member_full = member_full or full[j_end] or box_ndims[boxes[j_end]] == 0
                 j_end += 1
             if member_full:
                 for r in range(n):
@@ -195,17 +242,10 @@ def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, b
                 continue
             hit[:] = 0
             for jj in range(j, j_end):
-                b = boxes[jj]
-                inbox[:] = 1
-                for q in range(box_ndims[b]):
-                    d = box_dims[b, q]
-                    lo, hi = box_lo[b, d], box_hi[b, d]
-                    for r in range(n):
-                        v = cols[d, s + r]
-                        inbox[r] &= (v >= lo) & (v <= hi)
+                _test_box(cols, s, n, boxes[jj], box_lo, box_hi, box_dims, box_ndims, inbox)
                 for r in range(n):
                     hit[r] |= inbox[r]
-            tested[i] += n
+            tested[i] += n * (j_end - j)
             for r in range(n):
                 votes[r] += hit[r]
             j = j_end

@@ -36,10 +36,10 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The catalog's schema version, or None if the database has no schema_version table."""
     has = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_version' AND schema_name = 'main'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if not has:
         return None
-    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    row = con.execute("SELECT max(version) FROM schema_version").fetchall()[0]
     return int(row[0] or 0)
 
 

@@ -1,0 +1,139 @@
+"""Parquet export and import of a whole catalog.
+
+An export is a directory::
+
+    codes.parquet    pos, id, f00..f31 in block order; row groups carry min/max statistics,
+                     so the compiled SQL prunes row groups on any Parquet engine
+    images.parquet   id, uri, added_at and the metadata columns
+    blocks.parquet   the zone maps of the last index build
+    catalog.json     format tag, schema version and settings
+
+It is written into a temporary sibling directory and renamed into place at the end, so an
+interrupted export never leaves a half-written directory under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from . import schema
+from .boxes import CODE_COLUMNS
+from .catalog import _IDENT, _RESERVED, _quote
+from .errors import CatalogError, CorruptCatalog
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+FORMAT = "clip-branches-parquet"
+FILES = ("codes.parquet", "images.parquet", "blocks.parquet", "catalog.json")
+# A row group spans many blocks: Parquet readers pay per row group, and the statistics of 64
+# consecutive k-d blocks are still tight, since they form one subtree.
+ROW_GROUP_BLOCKS = 64
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False) -> dict:
+    """Write ``cat`` to the directory ``out``; returns the row count and file sizes."""
+    if out.exists() and not overwrite:
+        raise CatalogError(f"{out} already exists; choose another directory or pass overwrite")
+    if not out.parent.is_dir():
+        raise CatalogError(f"directory {out.parent} does not exist")
+    index = cat.setting("index") or {}
+    row_group = max(2048, int(index.get("block_size", 2048)) * ROW_GROUP_BLOCKS)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        con = cat.con
+        con.execute(
+            f"COPY (SELECT * FROM codes ORDER BY pos) TO {_sql_path(tmp / 'codes.parquet')} "
+            f"(FORMAT parquet, ROW_GROUP_SIZE {row_group}, COMPRESSION zstd)"
+        )
+        con.execute(f"COPY (SELECT * FROM images ORDER BY id) TO {_sql_path(tmp / 'images.parquet')} "
+                    "(FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY (SELECT * FROM blocks ORDER BY block_id) TO {_sql_path(tmp / 'blocks.parquet')} "
+                    "(FORMAT parquet)")
+        meta = {"format": FORMAT, "schema_version": schema.latest_version(), "rows": len(cat),
+                "settings": cat.settings()}
+        (tmp / "catalog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"rows": meta["rows"], "directory": str(out),
+            "bytes": {f: (out / f).stat().st_size for f in FILES}}
+
+
+def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
+    """Create a catalog at ``path`` from an export directory, block order and zone maps included."""
+    missing = [f for f in FILES if not (src / f).is_file()]
+    if missing:
+        raise CatalogError(f"{src} is not a clip-branches export: missing {', '.join(missing)}")
+    try:
+        meta = json.loads((src / "catalog.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCatalog(f"{src / 'catalog.json'} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CorruptCatalog(f"{src / 'catalog.json'} does not describe a {FORMAT} export")
+    if int(meta.get("schema_version", 0)) > schema.latest_version():
+        raise CatalogError(f"{src} was exported by a newer clip-branches (schema {meta['schema_version']})")
+    cat = cls.create(path)
+    try:
+        con = cat.con
+        codes_sql = _sql_path(src / "codes.parquet")
+        images_sql = _sql_path(src / "images.parquet")
+        names = [r[0] for r in con.execute(f"SELECT name FROM parquet_schema({codes_sql})").fetchall()]
+        absent = [c for c in ("pos", "id", *CODE_COLUMNS) if c not in names]
+        if absent:
+            raise CorruptCatalog(f"codes.parquet lacks columns {absent}")
+        img_types = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {images_sql})").fetchall()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name, ctype in img_types:
+                if name not in ("id", "uri", "added_at"):
+                    if not _IDENT.match(name) or name.lower() in _RESERVED:
+                        raise CorruptCatalog(f"images.parquet has a column named {name!r}, which a catalog cannot hold")
+                    con.execute(f"ALTER TABLE images ADD COLUMN {_quote(name)} {ctype}")
+            con.execute(f"INSERT INTO images BY NAME SELECT * FROM {images_sql}")
+            con.execute(f"INSERT INTO codes BY NAME SELECT * FROM {codes_sql} ORDER BY pos")
+            con.execute(f"INSERT INTO blocks BY NAME SELECT * FROM {_sql_path(src / 'blocks.parquet')} ORDER BY block_id")
+            n_codes, n_pos, max_pos = con.execute("SELECT count(*), count(DISTINCT pos), max(pos) FROM codes").fetchall()[0]
+            if n_codes != meta.get("rows") or n_pos != n_codes or (n_codes and max_pos != n_codes - 1):
+                raise CorruptCatalog(f"{src}: codes.parquet holds {n_codes} rows, expected {meta.get('rows')} "
+                                     "with positions 0..n-1")
+            settings = dict(meta.get("settings") or {})
+            settings["data_version"] = 0
+            cat._set_settings(settings)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        schema.refresh_views(con)
+        con.execute("CHECKPOINT")
+    except duckdb.Error as e:
+        cat.close()
+        _remove(path)
+        raise CorruptCatalog(f"could not import {src}: {str(e).splitlines()[0]}") from None
+    except BaseException:
+        cat.close()
+        _remove(path)
+        raise
+    return cat
+
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(f"{path}.wal")):
+        p.unlink(missing_ok=True)

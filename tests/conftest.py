@@ -1,0 +1,80 @@
+"""Shared fixtures: deterministic code generators and a catalog factory.
+
+Helpers are exposed as fixtures (not imported from this module) so that test files stay
+independent of how pytest puts ``tests/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import engine
+
+N_DIMS = 32
+
+
+def uniform_codes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` codes drawn uniformly from 0..255 on every dim: uint8 (n, 32)."""
+    return rng.integers(0, 256, size=(n, N_DIMS), dtype=np.uint8)
+
+
+def clustered_codes(rng: np.random.Generator, n: int, n_clusters: int = 8, spread: int = 6) -> np.ndarray:
+    """``n`` codes in ``n_clusters`` tight clusters (each dim within +-spread of a centre)."""
+    if n == 0:
+        return np.zeros((0, N_DIMS), dtype=np.uint8)
+    centres = rng.integers(spread, 256 - spread, size=(n_clusters, N_DIMS))
+    which = rng.integers(0, n_clusters, size=n)
+    noise = rng.integers(-spread, spread + 1, size=(n, N_DIMS))
+    return np.clip(centres[which] + noise, 0, 255).astype(np.uint8)
+
+
+def mixed_codes(rng: np.random.Generator, n: int, clustered_fraction: float = 0.75) -> np.ndarray:
+    """Clustered and uniform codes, shuffled together."""
+    n_c = int(round(n * clustered_fraction))
+    codes = np.concatenate([clustered_codes(rng, n_c), uniform_codes(rng, n - n_c)])
+    return codes[rng.permutation(n)]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def codegen():
+    """Namespace of deterministic code generators: ``codegen.uniform(rng, n)`` etc."""
+
+    class CodeGen:
+        uniform = staticmethod(uniform_codes)
+        clustered = staticmethod(clustered_codes)
+        mixed = staticmethod(mixed_codes)
+
+    return CodeGen
+
+
+@pytest.fixture
+def make_catalog(tmp_path) -> Callable[..., engine.Catalog]:
+    """Factory: ``make_catalog(codes=None, ids=None, metadata=None, block_size=None, name=...)``.
+
+    Creates a writable catalog file under ``tmp_path``, adds ``codes`` (if given) and builds
+    the index when ``block_size`` is given. Every catalog is closed at teardown.
+    """
+    opened: list[engine.Catalog] = []
+    counter = iter(range(10**6))
+
+    def factory(codes=None, ids=None, metadata=None, block_size=None, name=None) -> engine.Catalog:
+        path = tmp_path / (name or f"catalog_{next(counter)}.duckdb")
+        cat = engine.Catalog.create(path)
+        opened.append(cat)
+        if codes is not None:
+            cat.add_codes(codes, ids=ids, metadata=metadata)
+        if block_size is not None:
+            cat.build_index(block_size=block_size)
+        return cat
+
+    yield factory
+    for cat in opened:
+        cat.close()
