@@ -22,7 +22,8 @@ from .errors import InvalidBoxes
 
 N_DIMS = 32
 CODE_COLUMNS = tuple(f"f{d:02d}" for d in range(N_DIMS))
-_DIM_NAME = re.compile(r"^f(\d{2})$")
+_DIM_NAME = re.compile(r"^f([0-9]{2})$")
+_DIM_INT = re.compile(r"^-?[0-9]{1,9}$")
 
 
 def column(dim: int) -> str:
@@ -39,8 +40,8 @@ def _parse_dim(key: Any, n_dims: int) -> int:
         m = _DIM_NAME.match(key)
         if m:
             dim = int(m.group(1))
-        elif key.strip().lstrip("-").isdigit():
-            dim = int(key)
+        elif _DIM_INT.match(key.strip()):
+            dim = int(key.strip())
         else:
             raise InvalidBoxes(f"dim {key!r} is neither an integer nor a column name like 'f07'")
     else:
@@ -239,4 +240,6 @@ def _parse_members(members: Sequence[int] | None, n_boxes: int) -> np.ndarray:
     for m in members:
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
             raise InvalidBoxes(f"member {m!r} is not an integer")
+        if not -(2**63) <= int(m) < 2**63:
+            raise InvalidBoxes(f"member {m} does not fit in a 64-bit integer")
     return np.asarray(members, dtype=np.int64).reshape(n_boxes)

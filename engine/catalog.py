@@ -4,6 +4,7 @@ all go through it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -107,6 +108,14 @@ class Catalog:
                     f"readers. Close the other process or open read-only. ({msg.splitlines()[0]})"
                 ) from None
             raise CorruptCatalog(f"{path} is not a readable catalog: {msg.splitlines()[0]}") from None
+        except duckdb.ConnectionException as e:
+            msg = str(e).splitlines()[0]
+            if "different configuration" in msg:
+                raise CatalogError(
+                    f"{path} is already open in this process with read_only={not read_only}; close that "
+                    f"Catalog first or open this one the same way ({msg})"
+                ) from None
+            raise CorruptCatalog(f"{path} is not a readable catalog: {msg}") from None
         except duckdb.Error as e:
             raise CorruptCatalog(f"{path} is not a readable catalog: {str(e).splitlines()[0]}") from None
         try:
@@ -219,10 +228,8 @@ class Catalog:
             raise
         finally:
             for name in ("_new_codes", "_new_meta"):
-                try:
+                with contextlib.suppress(duckdb.Error):
                     con.unregister(name)
-                except duckdb.Error:
-                    pass
         if meta is not None and meta_cols:
             schema.refresh_views(con)
         return ids
@@ -289,8 +296,37 @@ class Catalog:
         t3 = time.perf_counter()
         self._index = query.BlockIndex.from_arrays(cols, ids, blocks, block_size)
         self._index_version = int(self.setting("data_version"))
+        self._id_order = None
         return {"rows": len(ids), "blocks": blocks.n_blocks, "time_load_s": t1 - t0,
                 "time_sort_s": t2 - t1, "time_write_s": t3 - t2}
+
+    def compact(self) -> dict:
+        """Rewrite the file without the space freed by deletes and index rebuilds.
+
+        DuckDB reuses freed blocks but never shrinks its file, so a catalog that was loaded and
+        then sorted holds its codes twice over until compacted. The copy is made beside the
+        file and renamed over it; this object must be the only one holding the file.
+        """
+        self._check_writable()
+        before = self.path.stat().st_size
+        tmp = self.path.with_name(self.path.name + ".compacting")
+        for p in (tmp, Path(f"{tmp}.wal")):
+            p.unlink(missing_ok=True)
+        con = self.con
+        con.execute("CHECKPOINT")
+        db = con.execute("SELECT current_database()").fetchall()[0][0]
+        con.execute(f"ATTACH {_literal(str(tmp))} AS _compact")
+        try:
+            con.execute(f"COPY FROM DATABASE {_quote(db)} TO _compact")
+        finally:
+            con.execute("DETACH _compact")
+        con.close()
+        self._con = None
+        try:
+            os.replace(tmp, self.path)
+        finally:
+            self._con = duckdb.connect(str(self.path))
+        return {"bytes_before": before, "bytes_after": self.path.stat().st_size}
 
     # -- reading -----------------------------------------------------------------------------
     def _load_codes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -465,6 +501,11 @@ def _check_metadata(metadata: Any, n: int) -> pa.Table | None:
 def _quote(ident: str) -> str:
     """Quote an identifier that has already passed the _IDENT check."""
     return '"' + ident.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _blocks_table(blocks: layout.Blocks) -> pa.Table:

@@ -11,6 +11,10 @@ from . import scan
 from .boxes import BoxSet
 from .layout import Blocks, zone_maps
 
+# Below these sizes a query runs on one thread: waking the pool costs more than it saves.
+PARALLEL_MIN_BOXES = 64
+PARALLEL_MIN_ROW_TESTS = 1_000_000
+
 
 @dataclass
 class BlockIndex:
@@ -91,7 +95,8 @@ def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1) -> Selection:
     lo, hi, dims, ndims, member = prepare_boxes(boxset)
     n_blocks = index.blocks.n_blocks
     if len(boxset) and n_blocks and index.n_rows:
-        pair_block, pair_box, pair_full, visited = scan.prune(
+        prune = scan.prune if len(boxset) >= PARALLEL_MIN_BOXES else scan.prune_serial
+        pair_block, pair_box, pair_full, visited = prune(
             index.tree_lo, index.tree_hi, index.n_leaves, n_blocks, lo, hi, dims, ndims
         )
         cand, ptr, boxes, full = scan.group_pairs(n_blocks, pair_block, pair_box, pair_full, member, min_votes)
@@ -102,14 +107,17 @@ def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1) -> Selection:
         boxes = np.zeros(0, dtype=np.int64)
         full = np.zeros(0, dtype=np.bool_)
     t1 = time.perf_counter()
-    pos, votes, tested = scan.scan_blocks(
-        index.cols, index.blocks.start, cand, ptr, boxes, full, lo, hi, dims, ndims, member, min_votes
+    starts = index.blocks.start
+    work = int((starts[cand + 1] - starts[cand]).sum()) * max(1, len(boxes) // max(1, len(cand)))
+    kernel = scan.scan_blocks if work >= PARALLEL_MIN_ROW_TESTS else scan.scan_blocks_serial
+    pos, votes, rows_tested, dim_tests = kernel(
+        index.cols, index.blocks.start, index.blocks.lo, index.blocks.hi, cand, ptr, boxes, full,
+        lo, hi, dims, ndims, member, min_votes,
     )
     t2 = time.perf_counter()
     order = scan.rank_by_votes(pos, votes, max(boxset.n_members, 1))
     ids, votes = index.ids[pos[order]], votes[order]
     t3 = time.perf_counter()
-    starts = index.blocks.start
     stats = {
         "rows": index.n_rows,
         "unindexed_rows": index.n_rows - index.indexed_rows,
@@ -119,7 +127,8 @@ def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1) -> Selection:
         "blocks": n_blocks,
         "blocks_touched": int(len(cand)),
         "rows_in_touched_blocks": int((starts[cand + 1] - starts[cand]).sum()),
-        "rows_tested": int(tested),
+        "rows_tested": int(rows_tested),
+        "row_dim_tests": int(dim_tests),
         "tree_nodes_visited": int(visited),
         "results": int(len(ids)),
         "time_prune_ms": (t1 - t0) * 1e3,

@@ -82,8 +82,7 @@ def _prune_box(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndi
     return n, visited
 
 
-@numba.njit(parallel=True, cache=True)
-def prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
+def _prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
     """Candidate (block, box) pairs, found by walking the zone-map tree once per box.
 
     Returns ``(blocks, boxes, full, n_visited)``: int64, int64, bool arrays of equal length,
@@ -109,6 +108,12 @@ def prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
                    out_block, out_full, counts[b], False)
         out_box[counts[b] : counts[b + 1]] = b
     return out_block, out_box, out_full, visits.sum()
+
+
+# Each kernel with prange comes twice: parallel for big queries, serial for small ones, which
+# would otherwise pay for waking the thread pool (tens of ms when the other core is busy).
+prune = numba.njit(parallel=True, cache=True)(_prune)
+prune_serial = numba.njit(cache=True)(_prune)
 
 
 @numba.njit(cache=True)
@@ -182,35 +187,61 @@ def group_pairs(n_blocks, pair_block, pair_box, pair_full, box_member, min_votes
 
 
 @numba.njit(cache=True)
-def _test_box(cols, s, n, b, box_lo, box_hi, box_dims, box_ndims, inbox):
-    """inbox[r] = 1 if row s+r lies inside box b, else 0.
+def _test_box(cols, s, n, b, box_lo, box_hi, box_dims, box_ndims, blk_lo, blk_hi, inbox, dims_buf, frac_buf):
+    """inbox[r] = 1 if row s+r lies inside box b, else 0; returns the dims tested.
 
-    ``uint8(v - lo) <= uint8(hi - lo)`` tests lo <= v <= hi in one unsigned compare (values
-    below lo wrap around to large numbers); LLVM turns these loops into SIMD byte compares.
+    Dims the block's zone map already satisfies are skipped, and the others are tested most
+    selective first (smallest overlap with the block's range), so a box that misses every row
+    is dropped after one pass. ``uint8(v - lo) <= uint8(hi - lo)`` tests lo <= v <= hi in one
+    unsigned compare (values below lo wrap around); LLVM turns these loops into SIMD.
     """
-    d = box_dims[b, 0]
-    lo = box_lo[b, d]
-    w = numba.uint8(box_hi[b, d] - lo)
-    c = cols[d, s : s + n]
-    for r in range(n):
-        inbox[r] = numba.uint8(c[r] - lo) <= w
-    for q in range(1, box_ndims[b]):
+    m = 0
+    for q in range(box_ndims[b]):
         d = box_dims[b, q]
+        lo, hi = box_lo[b, d], box_hi[b, d]
+        if blk_lo[d] >= lo and blk_hi[d] <= hi:
+            continue
+        overlap = min(blk_hi[d], hi) - max(blk_lo[d], lo) + 1.0
+        frac = overlap / (blk_hi[d] - blk_lo[d] + 1.0)
+        at = m
+        while at > 0 and frac_buf[at - 1] > frac:  # insertion sort: at most 32 dims
+            frac_buf[at] = frac_buf[at - 1]
+            dims_buf[at] = dims_buf[at - 1]
+            at -= 1
+        frac_buf[at] = frac
+        dims_buf[at] = d
+        m += 1
+    if m == 0:
+        inbox[:n] = 1
+        return 0
+    for q in range(m):
+        d = dims_buf[q]
         lo = box_lo[b, d]
         w = numba.uint8(box_hi[b, d] - lo)
         c = cols[d, s : s + n]
+        if q == 0:
+            for r in range(n):
+                inbox[r] = numba.uint8(c[r] - lo) <= w
+        else:
+            for r in range(n):
+                inbox[r] &= numba.uint8(c[r] - lo) <= w
+        alive = 0
         for r in range(n):
-            inbox[r] &= numba.uint8(c[r] - lo) <= w
+            alive |= inbox[r]
+        if alive == 0:
+            return q + 1
+    return m
 
 
-@numba.njit(parallel=True, cache=True)
-def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, box_ndims, box_member,
-                min_votes):
+def _scan_blocks(cols, start, blk_lo, blk_hi, cand, ptr, boxes, full, box_lo, box_hi, box_dims, box_ndims,
+                 box_member, min_votes):
     """Test the candidate blocks' rows against their boxes; count one vote per member.
 
-    Returns ``(pos, votes, n_tested)``: row positions (int64, ascending within each block, blocks
-    in ``cand`` order) with at least ``min_votes`` votes, their votes (int32), and the number
-    of row-box tests made (rows of a block wholly inside a box need none).
+    Returns ``(pos, votes, rows_tested, row_dim_tests)``: row positions (int64, ascending within
+    each block, blocks in ``cand`` order) with at least ``min_votes`` votes, their votes
+    (int32), how many rows were tested against a box (rows of a block that every candidate
+    member's zone-map test settles are not), and how many row-dim compares were made. ``blk_lo`` and
+    ``blk_hi`` are the blocks' zone maps, uint8 (n_blocks, n_dims).
     """
     n_cand = cand.shape[0]
     offsets = np.zeros(n_cand + 1, dtype=np.int64)
@@ -220,12 +251,16 @@ def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, b
     out_votes = np.empty(offsets[n_cand], dtype=np.int32)
     found = np.zeros(n_cand, dtype=np.int64)
     tested = np.zeros(n_cand, dtype=np.int64)
+    rows_tested = np.zeros(n_cand, dtype=np.int64)
     for i in numba.prange(n_cand):
         s, e = start[cand[i]], start[cand[i] + 1]
         n = e - s
         votes = np.zeros(n, dtype=np.int32)
         hit = np.empty(n, dtype=np.uint8)
         inbox = np.empty(n, dtype=np.uint8)
+        dims_buf = np.empty(cols.shape[0], dtype=np.int64)
+        frac_buf = np.empty(cols.shape[0], dtype=np.float64)
+        blk = cand[i]
         j = ptr[i]
         while j < ptr[i + 1]:
             # boxes[j:j_end] belong to one member: OR their masks, then add one vote.
@@ -241,11 +276,12 @@ def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, b
                 j = j_end
                 continue
             hit[:] = 0
+            rows_tested[i] = n
             for jj in range(j, j_end):
-                _test_box(cols, s, n, boxes[jj], box_lo, box_hi, box_dims, box_ndims, inbox)
+                tested[i] += n * _test_box(cols, s, n, boxes[jj], box_lo, box_hi, box_dims, box_ndims,
+                                           blk_lo[blk], blk_hi[blk], inbox, dims_buf, frac_buf)
                 for r in range(n):
                     hit[r] |= inbox[r]
-            tested[i] += n * (j_end - j)
             for r in range(n):
                 votes[r] += hit[r]
             j = j_end
@@ -268,7 +304,11 @@ def scan_blocks(cols, start, cand, ptr, boxes, full, box_lo, box_hi, box_dims, b
             pos[at] = out_pos[offsets[i] + r]
             vts[at] = out_votes[offsets[i] + r]
             at += 1
-    return pos, vts, tested.sum()
+    return pos, vts, rows_tested.sum(), tested.sum()
+
+
+scan_blocks = numba.njit(parallel=True, cache=True)(_scan_blocks)
+scan_blocks_serial = numba.njit(cache=True)(_scan_blocks)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -63,7 +63,12 @@ def migrate(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[i
             con.execute(sql)
             con.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [v, name])
             con.execute("COMMIT")
-        except Exception:
+        except duckdb.Error as e:
+            con.execute("ROLLBACK")
+            raise CorruptCatalog(
+                f"migration {v:04d}_{name} failed, so the catalog was left unchanged: {str(e).splitlines()[0]}"
+            ) from None
+        except BaseException:
             con.execute("ROLLBACK")
             raise
         applied.append(v)
@@ -82,6 +87,14 @@ def check_version(con: duckdb.DuckDBPyConnection, path: str, read_only: bool) ->
     if version is None:
         raise CorruptCatalog(f"{path} is a DuckDB file but not a clip-branches catalog (it has no schema_version table)")
     latest = latest_version()
+    if version == 0:
+        has_tables = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name <> 'schema_version'"
+        ).fetchall()[0][0]
+        if has_tables:
+            raise CorruptCatalog(
+                f"{path} has catalog tables but an empty schema_version table; its schema version is unknown"
+            )
     if version > latest:
         raise SchemaVersionError(
             f"{path} has schema version {version}, newer than this clip-branches supports ({latest}); "

@@ -68,10 +68,11 @@ def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_cluster
                   elongation: float = 40.0, block_size: int | None = None, build_index: bool = True) -> dict:
     """Write a new catalog of ``n_rows`` clustered codes with a ``label`` column; returns stats."""
     from .catalog import Catalog
+    from .errors import CatalogError
     from .layout import DEFAULT_BLOCK_SIZE
 
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
-        raise ValueError(f"rows must be a non-negative integer, got {n_rows!r}")
+        raise CatalogError(f"rows must be a non-negative integer, got {n_rows!r}")
     t0 = time.perf_counter()
     with Catalog.create(Path(path)) as cat:
         for codes, labels in clustered_codes(n_rows, seed, n_clusters, elongation=elongation):
@@ -79,6 +80,9 @@ def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_cluster
         k = n_clusters or default_clusters(n_rows)
         cat._set_settings({"synth": {"rows": n_rows, "seed": seed, "clusters": k, "elongation": elongation}})
         t1 = time.perf_counter()
-        built = cat.build_index(block_size or DEFAULT_BLOCK_SIZE) if build_index else None
+        built = None
+        if build_index:
+            built = cat.build_index(block_size or DEFAULT_BLOCK_SIZE)
+            cat.compact()
     return {"rows": n_rows, "clusters": k, "time_write_s": t1 - t0,
             "index": built, "bytes": os.path.getsize(path)}

@@ -1,0 +1,108 @@
+"""The clip-branches command, run as a subprocess over real files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pytest
+
+import engine
+
+CLI = [sys.executable, "-m", "engine"]
+
+
+def run(*args, check=True, stdin=None):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "s.duckdb"
+    run("synth", path, "--rows", 5000, "--seed", 3, "--block-size", 128)
+    return path
+
+
+def test_console_script_is_installed():
+    proc = subprocess.run(["clip-branches", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    assert proc.returncode == 0 and "select" in proc.stdout
+
+
+def test_select_json_matches_api_and_sql(synth, tmp_path):
+    boxes = {"boxes": [{"3": [40, 160], "f07": [0, 130]}, {"1": [90, 255]}], "members": [0, 1]}
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps(boxes))
+    out = json.loads(run("select", synth, "--boxes", f, "--json").stdout)
+    with engine.Catalog.open(synth, read_only=True) as cat:
+        res = cat.select(engine.BoxSet.from_json(boxes))
+    assert out["ids"] == res.ids.tolist() and out["votes"] == res.votes.tolist() and out["sql"] == res.sql
+    assert set(out["stats"]) >= {"blocks_touched", "rows_tested", "time_prune_ms", "time_scan_ms"}
+    got = duckdb.connect(str(synth), read_only=True).execute(out["sql"]).fetchall()
+    assert [r[0] for r in got] == out["ids"] and len(out["ids"]) > 0
+
+
+def test_select_reads_boxes_from_stdin(synth):
+    out = json.loads(run("select", synth, "--boxes", "-", "--json", stdin='[{"0": [0, 255]}]').stdout)
+    assert len(out["ids"]) == 5000
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "not valid JSON"),
+    ('[{"40": [1, 2]}]', "out of range"),
+    ('[{"1": [9, 2]}]', "lo 9 > hi 2"),
+    ('{"boxes": [{"1": [0, 2]}], "members": [0, 1]}', "one per box"),
+])
+def test_bad_box_files_give_one_line_errors(synth, tmp_path, text, message):
+    f = tmp_path / "bad.json"
+    f.write_text(text)
+    proc = run("select", synth, "--boxes", f, "--json", check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_missing_files_give_clear_errors(tmp_path):
+    proc = run("select", tmp_path / "nope.duckdb", "--boxes", tmp_path / "b.json", check=False)
+    assert proc.returncode == 2 and "cannot read box file" in proc.stderr
+    (tmp_path / "b.json").write_text("[]")
+    proc = run("select", tmp_path / "nope.duckdb", "--boxes", tmp_path / "b.json", check=False)
+    assert proc.returncode == 2 and "no catalog at" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sql_command_and_refusal(synth):
+    out = json.loads(run("sql", synth, "SELECT count(*) AS n FROM catalog WHERE label = 0", "--json").stdout)
+    assert out[0]["n"] > 0
+    proc = run("sql", synth, "DELETE FROM images", check=False)
+    assert proc.returncode == 2 and "only queries" in proc.stderr
+    assert json.loads(run("sql", synth, "SELECT count(*) AS n FROM images", "--json").stdout)[0]["n"] == 5000
+
+
+def test_export_import_round_trip(synth, tmp_path):
+    run("export", synth, tmp_path / "pq")
+    run("import", tmp_path / "pq", tmp_path / "back.duckdb")
+    f = tmp_path / "b.json"
+    f.write_text('{"boxes": [{"2": [50, 140]}, {"5": [0, 99], "6": [99, 255]}], "members": [0, 1]}')
+    a = json.loads(run("select", synth, "--boxes", f, "--json").stdout)
+    b = json.loads(run("select", tmp_path / "back.duckdb", "--boxes", f, "--json").stdout)
+    assert a["ids"] == b["ids"] and a["votes"] == b["votes"]
+
+
+def test_create_index_info(tmp_path):
+    path = tmp_path / "c.duckdb"
+    run("create", path)
+    with engine.Catalog.open(path) as cat:
+        cat.add_codes(np.random.default_rng(0).integers(0, 256, (1000, 32), dtype=np.uint8))
+    info = json.loads(run("info", path, "--json").stdout)
+    assert info["rows"] == 1000 and info["stale"] is True
+    run("index", path, "--block-size", 64, "--compact")
+    info = json.loads(run("info", path, "--json").stdout)
+    assert info["stale"] is False and info["index"]["n_blocks"] == 16
+    proc = run("create", path, check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
