@@ -5,6 +5,7 @@ all go through it."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -30,6 +31,8 @@ from .errors import (
     ReadOnlyError,
     UnknownIds,
 )
+from .head import Head
+from .quantize import Quantizer
 from .resources import sql_text
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -213,7 +216,7 @@ class Catalog:
                 con.register("_new_meta", meta.append_column("id", pa.array(ids)))
             meta_cols = self._ensure_metadata_columns(meta)
             if meta is not None:
-                cols = ", ".join(_quote(c) for c in meta_cols)
+                cols = ", ".join(quote_ident(c) for c in meta_cols)
                 con.execute(f"INSERT INTO images (id, {cols}) SELECT id, {cols} FROM _new_meta")
             else:
                 con.execute("INSERT INTO images (id) SELECT id FROM _new_codes")
@@ -245,12 +248,128 @@ class Catalog:
         for name in meta.column_names:
             if name not in existing:
                 dtype = types[name] if types[name] != '"NULL"' else "VARCHAR"
-                self.con.execute(f"ALTER TABLE images ADD COLUMN {_quote(name)} {dtype}")
+                self.con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {dtype}")
         return [c for c in meta.column_names if c != "id"]
 
     def _bump_data_version(self) -> None:
         self._set_settings({"data_version": int(self.setting("data_version", 0)) + 1})
         self._index = None
+
+    def replace_codes(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray) -> None:
+        """Make ``codes`` the catalog's codes: row i is the code of image ``ids[i]``.
+
+        Every id must already be in ``images``; images left out have no code afterwards. The
+        old codes and block index are replaced in one transaction (call :meth:`build_index`
+        next to sort the new ones).
+        """
+        self._check_writable()
+        codes = _check_codes(codes)
+        ids = _check_ids(ids, "ids")
+        if len(ids) != codes.shape[0]:
+            raise InvalidCodes(f"{len(ids)} ids for {codes.shape[0]} codes; give one id per row")
+        if len(np.unique(ids)) != len(ids):
+            raise InvalidCodes("ids contain duplicates")
+        con = self.con
+        table = pa.table({"pos": np.arange(len(ids), dtype=np.int64), "id": ids,
+                          **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("_new_codes", table)
+            missing = con.execute(
+                "SELECT n.id FROM _new_codes n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10").fetchall()
+            if missing:
+                raise UnknownIds([r[0] for r in missing])
+            con.execute("DELETE FROM codes")
+            con.execute("DELETE FROM blocks")
+            con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
+            self._set_settings({"index": None})
+            self._bump_data_version()
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            self._index = None
+            raise
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.unregister("_new_codes")
+
+    # -- head and quantizer ------------------------------------------------------------------
+    def store_head(self, head: Head, quantizer: Quantizer) -> str:
+        """Store the head's weights and the quantizer fitted on its outputs; returns the head's
+        sha256. The codes are stale until the next index build from embeddings."""
+        self._check_writable()
+        blob = head.to_bytes()
+        digest = hashlib.sha256(blob).hexdigest()
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM artifacts WHERE name = 'head'")
+            con.execute("INSERT INTO artifacts (name, sha256, data) VALUES ('head', ?, ?)", [digest, blob])
+            self._set_settings({"head": {"sha256": digest, "kind": head.kind, "in_dim": head.in_dim,
+                                         "out_dim": head.out_dim, "info": head.info},
+                                "quantizer": quantizer.to_json()})
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return digest
+
+    def head(self) -> Head:
+        """The stored head, checked against its recorded checksum."""
+        meta = self.setting("head")
+        rows = self.con.execute("SELECT sha256, data FROM artifacts WHERE name = 'head'").fetchall()
+        if meta is None or not rows:
+            raise CatalogError(f"{self.path} has no trained head; run `clip-branches train-head {self.path}`")
+        digest, blob = rows[0][0], bytes(rows[0][1])
+        if hashlib.sha256(blob).hexdigest() != digest or digest != meta.get("sha256"):
+            raise CorruptCatalog(f"the head stored in {self.path} does not match its checksum; train it again")
+        return Head.from_bytes(blob)
+
+    def quantizer(self) -> Quantizer:
+        obj = self.setting("quantizer")
+        if obj is None:
+            raise CatalogError(f"{self.path} has no quantizer; run `clip-branches train-head {self.path}`")
+        return Quantizer.from_json(obj)
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Delete images and their codes; returns how many were removed (unknown ids are ignored).
+
+        Removing codes drops the block index (its row ranges no longer hold), so selections
+        scan every row through insertion-order zone maps until the next :meth:`build_index`.
+        """
+        self._check_writable()
+        ids = _check_ids(ids, "ids")
+        if len(ids) == 0:
+            return 0
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("_gone", pa.table({"id": ids}))
+            n_images = con.execute("SELECT count(*) FROM images WHERE id IN (SELECT id FROM _gone)").fetchall()[0][0]
+            n_codes = con.execute("SELECT count(*) FROM codes WHERE id IN (SELECT id FROM _gone)").fetchall()[0][0]
+            con.execute("DELETE FROM images WHERE id IN (SELECT id FROM _gone)")
+            if n_codes:
+                con.execute("DELETE FROM codes WHERE id IN (SELECT id FROM _gone)")
+                # keep positions dense (0..n-1) so that exports and the tail blocks stay simple
+                con.execute("UPDATE codes SET pos = r.new_pos FROM (SELECT id, row_number() OVER (ORDER BY pos) - 1 "
+                            "AS new_pos FROM codes) AS r WHERE codes.id = r.id")
+                con.execute("DELETE FROM blocks")
+                self._set_settings({"index": None})
+                self._bump_data_version()
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            self._index = None
+            raise
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.unregister("_gone")
+        return int(n_images)
+
+    @property
+    def side_dir(self) -> Path:
+        """The folder beside the catalog file for raw embeddings and thumbnails (``<file>.d``)."""
+        return self.path.parent / f"{self.path.name}.d"
 
     def build_index(self, block_size: int = layout.DEFAULT_BLOCK_SIZE) -> dict:
         """Sort the codes into k-d block order and write the zone maps.
@@ -317,7 +436,7 @@ class Catalog:
         db = con.execute("SELECT current_database()").fetchall()[0][0]
         con.execute(f"ATTACH {_literal(str(tmp))} AS _compact")
         try:
-            con.execute(f"COPY FROM DATABASE {_quote(db)} TO _compact")
+            con.execute(f"COPY FROM DATABASE {quote_ident(db)} TO _compact")
         finally:
             con.execute("DETACH _compact")
         con.close()
@@ -498,7 +617,7 @@ def _check_metadata(metadata: Any, n: int) -> pa.Table | None:
     return table if table.num_columns else None
 
 
-def _quote(ident: str) -> str:
+def quote_ident(ident: str) -> str:
     """Quote an identifier that has already passed the _IDENT check."""
     return '"' + ident.replace('"', '""') + '"'
 

@@ -14,6 +14,9 @@ from .catalog import Catalog
 from .errors import CatalogError
 from .layout import DEFAULT_BLOCK_SIZE
 
+DEFAULT_ENCODER = "demo:fashion-v1"
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
+
 
 def _print_json(obj) -> None:
     json.dump(obj, sys.stdout, default=_json_default)
@@ -60,10 +63,85 @@ def cmd_synth(args) -> int:
 
 def cmd_index(args) -> int:
     with Catalog.open(args.catalog) as cat:
-        stats = cat.build_index(block_size=args.block_size)
+        if cat.setting("head") is not None and not args.codes_only:
+            from .pipeline import index_embeddings
+
+            stats = index_embeddings(cat, block_size=args.block_size)
+        else:
+            stats = cat.build_index(block_size=args.block_size)
         if args.compact:
             stats.update(cat.compact())
     _print_json(stats) if args.json else print(f"indexed {stats['rows']} rows in {stats['blocks']} blocks")
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    from .demodata import write_fashion_mnist
+
+    manifest = write_fashion_mnist(args.directory, limit=args.limit)
+    print(f"wrote the Fashion-MNIST images and their manifest {manifest}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from .encoders import load_encoder
+    from .ingest import ingest
+
+    with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
+        enc_id = args.encoder or cat.setting("encoder") or DEFAULT_ENCODER
+        encoder = load_encoder(enc_id, device=args.device, batch_size=args.batch_size)
+        report = ingest(cat, args.sources, encoder, batch_size=args.batch_size, workers=args.workers,
+                        progress=not args.quiet, max_pixels=args.max_pixels, thumbnails=not args.no_thumbnails,
+                        reembed=args.reembed)
+    summary = report.to_json()
+    if args.json:
+        _print_json(summary)
+        return 0
+    for uri, reason in summary.get("skipped_files", [])[:20]:
+        print(f"skipped {uri}: {reason}", file=sys.stderr)
+    print(
+        f"{args.catalog}: {summary['added']} added, {summary['updated']} updated, {summary['removed']} removed, "
+        f"{summary['skipped']} skipped; {summary['images_per_second']:.0f} images/s")
+    return 0
+
+
+def cmd_train_head(args) -> int:
+    from .pipeline import train_head
+
+    def log(entry):
+        if not args.quiet:
+            print(json.dumps(entry), file=sys.stderr)
+
+    with Catalog.open(args.catalog) as cat:
+        summary = train_head(cat, method=args.method, koleo=args.koleo, epochs=args.epochs, seed=args.seed,
+                             out_dim=args.dims, log=log)
+    _print_json(summary) if args.json else print(
+        f"trained a {summary['method']} head on {summary['rows']} images (sha256 {summary['sha256'][:12]})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """demo-data, ingest, train-head and index in one go."""
+    from .demodata import write_fashion_mnist
+    from .encoders import load_encoder
+    from .ingest import ingest
+    from .pipeline import index_embeddings, train_head
+
+    catalog = Path(args.catalog)
+    data = Path(args.data) if args.data else catalog.parent / "fashion-mnist"
+    manifest = write_fashion_mnist(data, limit=args.limit)
+    print(f"demo images: {manifest}", file=sys.stderr)
+    with Catalog.open(catalog) if catalog.exists() else Catalog.create(catalog) as cat:
+        report = ingest(cat, [str(manifest)], load_encoder(DEFAULT_ENCODER, batch_size=args.batch_size),
+                        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+        print(f"ingested: {report.added} added, {report.updated} updated, {report.removed} removed, "
+              f"{report.skipped} skipped", file=sys.stderr)
+        if report.added or report.updated or report.removed or cat.setting("head") is None:
+            summary = train_head(cat, epochs=args.epochs, seed=0)
+            print(f"head: {summary['method']} on {summary['rows']} images", file=sys.stderr)
+            stats = index_embeddings(cat)
+            print(f"index: {stats['rows']} rows in {stats['blocks']} blocks", file=sys.stderr)
+    print(f"demo catalog ready: {catalog}")
     return 0
 
 
@@ -152,8 +230,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog")
     s.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
     s.add_argument("--compact", action="store_true", help="rewrite the file afterwards to drop freed space")
+    s.add_argument("--codes-only", action="store_true",
+                   help="only re-sort the stored codes (default: recompute them from the embeddings when a head exists)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("demo-data", help="write the Fashion-MNIST images as PNG files with a labels manifest")
+    s.add_argument("directory")
+    s.add_argument("--limit", type=int, default=None, help="only the first N images of each split")
+    s.set_defaults(func=cmd_demo_data)
+
+    s = sub.add_parser("ingest", help="embed image folders or manifests into a catalog (incremental, resumable)")
+    s.add_argument("catalog")
+    s.add_argument("sources", nargs="+", metavar="SOURCE", help="a folder, or a CSV/Parquet manifest with a uri column")
+    s.add_argument("--encoder", default=None,
+                   help=f"encoder id (default: the catalog's, else {DEFAULT_ENCODER}); e.g. open_clip:ViT-B-32/laion2b_s34b_b79k")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu (default: the first available)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count; 0: in-process)")
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="larger images are skipped as possible decompression bombs")
+    s.add_argument("--no-thumbnails", action="store_true", help="do not cache thumbnails for the web UI")
+    s.add_argument("--reembed", action="store_true",
+                   help="allow an encoder other than the catalog's: every image is embedded again")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("train-head", help="train the 32-d head and fit the 8-bit quantizer on the raw embeddings")
+    s.add_argument("catalog")
+    s.add_argument("--method", default="auto", choices=["auto", "contrastive", "distill", "pca"],
+                   help="auto: contrastive with a caption column, else distillation")
+    s.add_argument("--koleo", type=float, default=0.1, help="weight of the KoLeo regulariser")
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--dims", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_train_head)
+
+    s = sub.add_parser("demo", help="build the offline demo catalog: demo-data, ingest, train-head, index")
+    s.add_argument("catalog", nargs="?", default="demo/fashion.duckdb")
+    s.add_argument("--data", default=None, help="where the demo images go (default: beside the catalog)")
+    s.add_argument("--limit", type=int, default=None, help="only the first N images of each split")
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("compact", help="rewrite the catalog file without freed space")
     s.add_argument("catalog")

@@ -50,3 +50,11 @@ class UnknownIds(CatalogError, KeyError):
 
 class InvalidSql(CatalogError, ValueError):
     """A user SQL query failed to parse or bind, or is not a read-only query."""
+
+
+class EncoderError(CatalogError):
+    """An encoder cannot be loaded: unknown id, missing weights, or a checkpoint that does not fit."""
+
+
+class IngestError(CatalogError):
+    """A source cannot be ingested: missing folder, unreadable manifest, no ``uri`` column."""

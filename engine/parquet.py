@@ -25,7 +25,7 @@ import duckdb
 
 from . import schema
 from .boxes import CODE_COLUMNS
-from .catalog import _IDENT, _RESERVED, _quote
+from .catalog import _IDENT, _RESERVED, quote_ident
 from .errors import CatalogError, CorruptCatalog
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False) -> dict:
         con.execute(f"COPY (SELECT * FROM images ORDER BY id) TO {_sql_path(tmp / 'images.parquet')} "
                     "(FORMAT parquet, COMPRESSION zstd)")
         con.execute(f"COPY (SELECT * FROM blocks ORDER BY block_id) TO {_sql_path(tmp / 'blocks.parquet')} "
+                    "(FORMAT parquet)")
+        con.execute(f"COPY (SELECT * FROM artifacts ORDER BY name) TO {_sql_path(tmp / 'artifacts.parquet')} "
                     "(FORMAT parquet)")
         meta = {"format": FORMAT, "schema_version": schema.latest_version(), "rows": len(cat),
                 "settings": cat.settings()}
@@ -100,16 +102,20 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
         if absent:
             raise CorruptCatalog(f"codes.parquet lacks columns {absent}")
         img_types = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {images_sql})").fetchall()
+        existing = {r[0].lower() for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'").fetchall()}
         con.execute("BEGIN TRANSACTION")
         try:
             for name, ctype in img_types:
-                if name not in ("id", "uri", "added_at"):
+                if name.lower() not in existing:
                     if not _IDENT.match(name) or name.lower() in _RESERVED:
                         raise CorruptCatalog(f"images.parquet has a column named {name!r}, which a catalog cannot hold")
-                    con.execute(f"ALTER TABLE images ADD COLUMN {_quote(name)} {ctype}")
+                    con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {ctype}")
             con.execute(f"INSERT INTO images BY NAME SELECT * FROM {images_sql}")
             con.execute(f"INSERT INTO codes BY NAME SELECT * FROM {codes_sql} ORDER BY pos")
             con.execute(f"INSERT INTO blocks BY NAME SELECT * FROM {_sql_path(src / 'blocks.parquet')} ORDER BY block_id")
+            if (src / "artifacts.parquet").is_file():
+                con.execute(f"INSERT INTO artifacts BY NAME SELECT * FROM {_sql_path(src / 'artifacts.parquet')}")
             n_codes, n_pos, max_pos = con.execute("SELECT count(*), count(DISTINCT pos), max(pos) FROM codes").fetchall()[0]
             if n_codes != meta.get("rows") or n_pos != n_codes or (n_codes and max_pos != n_codes - 1):
                 raise CorruptCatalog(f"{src}: codes.parquet holds {n_codes} rows, expected {meta.get('rows')} "

@@ -261,6 +261,12 @@ def _scan_blocks(cols, start, blk_lo, blk_hi, cand, ptr, boxes, full, box_lo, bo
         dims_buf = np.empty(cols.shape[0], dtype=np.int64)
         frac_buf = np.empty(cols.shape[0], dtype=np.float64)
         blk = cand[i]
+        # Members still to come in this block: once the best row cannot reach min_votes even
+        # with all of them, no row of the block can, and the block is dropped.
+        remaining = 0
+        for jj in range(ptr[i], ptr[i + 1]):
+            if jj == ptr[i] or box_member[boxes[jj]] != box_member[boxes[jj - 1]]:
+                remaining += 1
         j = ptr[i]
         while j < ptr[i + 1]:
             # boxes[j:j_end] belong to one member: OR their masks, then add one vote.
@@ -270,6 +276,7 @@ def _scan_blocks(cols, start, blk_lo, blk_hi, cand, ptr, boxes, full, box_lo, bo
             while j_end < ptr[i + 1] and box_member[boxes[j_end]] == m:
                 member_full = member_full or full[j_end] or box_ndims[boxes[j_end]] == 0
                 j_end += 1
+            remaining -= 1
             if member_full:
                 for r in range(n):
                     votes[r] += 1
@@ -282,9 +289,14 @@ def _scan_blocks(cols, start, blk_lo, blk_hi, cand, ptr, boxes, full, box_lo, bo
                                            blk_lo[blk], blk_hi[blk], inbox, dims_buf, frac_buf)
                 for r in range(n):
                     hit[r] |= inbox[r]
+            best = 0
             for r in range(n):
                 votes[r] += hit[r]
+                best = max(best, votes[r])
             j = j_end
+            if best + remaining < min_votes:
+                votes[:] = 0
+                break
         k = offsets[i]
         for r in range(n):
             if votes[r] >= min_votes:

@@ -134,7 +134,7 @@ def median_ms(fn, repeats, budget_s=None):
 
 def ensure_catalog(path: Path, rows: int, seed: int) -> None:
     if path.exists():
-        with engine.Catalog.open(path, read_only=True) as cat:
+        with engine.Catalog.open(path) as cat:  # writable: migrates a catalog of an older schema
             s = cat.setting("synth") or {}
             if s.get("rows") == rows and s.get("seed") == seed and not cat.index_status()["stale"]:
                 return

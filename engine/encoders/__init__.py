@@ -1,0 +1,90 @@
+"""Encoders: images and texts to L2-normalised float32 embeddings, behind one interface.
+
+An encoder id names the model and is stored in the catalog:
+
+* ``demo:fashion-v1`` -- the offline demo encoder (small CNN + frozen MiniLM text tower);
+* ``open_clip:MODEL/PRETRAINED`` -- any open_clip model and pretrained tag, e.g.
+  ``open_clip:ViT-B-32/laion2b_s34b_b79k``; ``PRETRAINED`` may be ``none`` (random weights)
+  or a local checkpoint path: ``open_clip:ViT-L-14-336/openai@/models/mcip.pth`` loads the
+  base model's architecture and then the checkpoint's full state dict with ``strict=True``.
+
+torch and open_clip are imported only when an encoder is loaded, so ``import engine`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import EncoderError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+DEFAULT_BATCH_SIZE = 64
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What ingestion, the head and text search need from an encoder."""
+
+    id: str  # stored in the catalog; loading it again gives the same model
+    dim: int  # embedding width
+    batch_size: int
+    device: str
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """One RGB PIL image to the model's input tensor (C, H, W). Picklable and CPU-only, so
+        DataLoader workers can run it."""
+
+    def encode_images(self, batch: Any) -> np.ndarray:
+        """A list of PIL images, or a stacked tensor of preprocessed ones (n, C, H, W), to
+        float32 (n, dim), rows L2-normalised."""
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts to float32 (n, dim), rows L2-normalised."""
+
+
+def choose_device(device: str | None = None) -> str:
+    """``device`` if given, else cuda, then mps, then cpu."""
+    if device:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_encoder(encoder_id: str, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
+    """The encoder named by ``encoder_id`` (see the module docstring)."""
+    if not isinstance(encoder_id, str) or ":" not in encoder_id:
+        raise EncoderError(
+            f"encoder id {encoder_id!r} is not of the form 'demo:NAME' or 'open_clip:MODEL/PRETRAINED'"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EncoderError(f"batch size must be a positive integer, got {batch_size!r}")
+    kind, _, spec = encoder_id.partition(":")
+    if kind == "demo":
+        from .demo import DemoEncoder
+
+        return DemoEncoder(spec, device=device, batch_size=batch_size)
+    if kind == "open_clip":
+        from .openclip import OpenClipEncoder
+
+        return OpenClipEncoder.from_spec(spec, device=device, batch_size=batch_size)
+    raise EncoderError(f"unknown encoder kind {kind!r} in {encoder_id!r}; use 'demo:' or 'open_clip:'")
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length, as float32 (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Encoder", "EncoderError", "choose_device", "l2_normalise", "load_encoder"]

@@ -1,0 +1,608 @@
+"""Ingestion: image files to raw embeddings in the catalog, incrementally and resumably.
+
+A run scans its sources (:mod:`engine.sources`), compares each file's path, size and mtime
+with the catalog to sort it into new, changed, unchanged or known-bad, and embeds the new and
+changed ones. Worker processes decode (:mod:`engine.imageio`), preprocess and write thumbnails;
+this process encodes and writes. Each batch is committed on its own: its float16 Parquet part is
+written and renamed into ``<catalog>.d/embeddings/`` first, then its ``images`` rows, its
+``embedding_parts`` row and its ``skipped`` rows land in one transaction. A run stopped at any
+point therefore leaves whole batches or nothing, and the next run picks up where it stopped.
+Files gone from a source are removed at the end with :meth:`Catalog.remove`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from .catalog import Catalog, quote_ident
+from .embeddings import PartStore
+from .encoders import Encoder
+from .errors import IngestError, ReadOnlyError
+from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, DecodedBatch, decoded_batches, thumbnail_path
+from .sources import MISSING, ScannedFiles, check_metadata_columns, scan_sources
+
+Progress = bool | Callable[[int, int], None]
+
+# DuckDB type names a metadata column may have: scalars, DECIMAL(p,s) and lists of them. Nested
+# types carry field names from the file into the DDL, so they are refused.
+_SCALAR_TYPE = re.compile(r"^[A-Z][A-Z0-9_ ]*(\(\d+(, ?\d+)?\))?(\[\])?$")
+
+
+@dataclass
+class IngestReport:
+    """What one run did. Times are wall-clock seconds except the worker-side ones
+    (``time_decode_s``, ``time_preprocess_s``, ``time_thumbs_s``), which add up the time spent
+    on each file across all worker processes."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: int = 0  # len(skipped_files): failed now, known bad from earlier runs, unusable rows
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason)
+    known_bad: int = 0  # of those, unchanged bad files not retried
+    ignored_columns: list[str] = field(default_factory=list)
+    encoder: str = ""
+    workers: int = 0
+    batch_size: int = 0
+    images_per_second: float = 0.0  # files decoded and embedded (or refused) per second of the embedding loop
+    time_total_s: float = 0.0
+    time_scan_s: float = 0.0
+    time_embed_s: float = 0.0  # wall time of the loop: wait for batches + encode + write
+    time_wait_s: float = 0.0  # the main process waiting for decoded batches
+    time_encode_s: float = 0.0
+    time_write_s: float = 0.0
+    time_finish_s: float = 0.0  # removals and clean-up
+    time_decode_s: float = 0.0
+    time_preprocess_s: float = 0.0
+    time_thumbs_s: float = 0.0
+    run_id: int = 0
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["skipped_files"] = [list(p) for p in self.skipped_files]
+        return out
+
+
+# -- the run ---------------------------------------------------------------------------------
+def ingest(
+    cat: Catalog,
+    sources: Sequence[str | os.PathLike] | str | os.PathLike,
+    encoder: Encoder,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: Progress = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    thumbnails: bool = True,
+    reembed: bool = False,
+) -> IngestReport:
+    """Bring the catalog up to date with the image files of ``sources`` (folders, manifests).
+
+    New files get ids after the largest one; changed files are re-embedded under their id;
+    files deleted from a source folder or no longer listed in a manifest are removed; files
+    that cannot be decoded are listed in the report and the ``skipped`` table and retried only
+    once they change. ``workers`` decoding processes (default: one per core; 0 decodes in
+    this process). ``progress``: a bar on stderr, False, or ``callable(done, total)``.
+    ``reembed`` allows an encoder other than the catalog's: every file in ``sources`` is then
+    embedded again (the head and index must be rebuilt afterwards).
+    """
+    t0 = time.perf_counter()
+    _check_args(cat, batch_size, workers, max_pixels)
+    report = IngestReport(encoder=encoder.id, batch_size=batch_size)
+    _check_encoder(cat, encoder, reembed)
+    scanned = scan_sources(sources)
+    store = PartStore(cat)
+    store.remove_debris()
+    meta = _metadata(cat, scanned, report)
+    plan = _plan(cat, scanned, encoder.id)
+    report.run_id = _start_run(cat, scanned, encoder.id)
+    report.unchanged = len(plan.unchanged)
+    report.time_scan_s = time.perf_counter() - t0
+
+    workers = _default_workers(len(plan.todo), batch_size) if workers is None else workers
+    report.workers = workers
+    writer = _BatchWriter(cat, store, scanned, plan, meta, encoder, report)
+    dataset = DecodeDataset([scanned.uris[e] for e in plan.todo], plan.todo_ids, encoder.preprocess,
+                            cat.side_dir if thumbnails else None, max_pixels)
+    _embed_all(dataset, encoder, writer, batch_size, workers, progress, report)
+
+    t1 = time.perf_counter()
+    _finish(cat, store, scanned, plan, meta, writer.lost_ids, report)
+    report.time_finish_s = time.perf_counter() - t1
+    report.skipped_files += plan.known_bad + scanned.problems
+    report.known_bad = len(plan.known_bad)
+    report.skipped = len(report.skipped_files)
+    report.time_total_s = time.perf_counter() - t0
+    _end_run(cat, report)
+    return report
+
+
+def _check_args(cat: Catalog, batch_size: int, workers: int | None, max_pixels: int) -> None:
+    if cat.read_only:
+        raise ReadOnlyError(f"{cat.path} is open read-only; open it with read_only=False to ingest")
+    for name, value, low in (("batch_size", batch_size, 1), ("max_pixels", max_pixels, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise IngestError(f"{name} must be an integer >= {low}, got {value!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise IngestError(f"workers must be an integer >= 0 (0: decode in this process), got {workers!r}")
+
+
+def _default_workers(n_files: int, batch_size: int) -> int:
+    """One decoding process per core (at most 8): with a slow encoder they fill their prefetch
+    queue and sleep, with a fast one they are the bottleneck and every core helps. None for a
+    batch or two, where starting processes costs more than it saves."""
+    if n_files <= 2 * batch_size:
+        return 0
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _check_encoder(cat: Catalog, encoder: Encoder, reembed: bool) -> None:
+    """Refuse to mix embedding spaces: the catalog keeps one encoder unless ``reembed``."""
+    recorded = cat.setting("encoder")
+    has_parts = cat.con.execute("SELECT count(*) FROM embedding_parts").fetchall()[0][0] > 0
+    if recorded not in (None, encoder.id) and has_parts and not reembed:
+        raise IngestError(
+            f"{cat.path} holds embeddings from encoder {recorded!r}; ingesting with {encoder.id!r} would mix "
+            f"two embedding spaces. Ingest with --encoder {recorded}, or re-embed with reembed=True "
+            "(then re-ingest every source and rebuild the head and index)"
+        )
+    if reembed and recorded != encoder.id:
+        # Recorded now, so that an interrupted re-embedding resumes without the flag.
+        cat._set_settings({"encoder": encoder.id})
+
+
+def _image_columns(cat: Catalog) -> dict[str, tuple[str, str]]:
+    """images' columns: lower-case name -> (name, DuckDB type)."""
+    rows = cat.con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
+    ).fetchall()
+    return {name.lower(): (name, dtype) for name, dtype in rows}
+
+
+def _refresh_views(cat: Catalog) -> None:
+    from .schema import refresh_views
+
+    refresh_views(cat.con)
+
+
+def _start_run(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> int:
+    run_id = cat.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchall()[0][0]
+    cat.con.execute("INSERT INTO ingest_runs (run_id, sources, encoder) VALUES (?, ?, ?)",
+                    [run_id, json.dumps([s.key for s in scanned.sources]), encoder_id])
+    return int(run_id)
+
+
+def _end_run(cat: Catalog, report: IngestReport) -> None:
+    cat.con.execute(
+        "UPDATE ingest_runs SET finished_at = current_timestamp, added = ?, updated = ?, removed = ?, "
+        "skipped = ? WHERE run_id = ?",
+        [report.added, report.updated, report.removed, report.skipped, report.run_id])
+
+
+# -- metadata columns ------------------------------------------------------------------------
+@dataclass
+class Metadata:
+    """Manifest metadata aligned with the scanned files.
+
+    table : one row per manifest row used, columns typed as in ``images``
+    row_of : int64 (n_files,), the table row of each file, -1 for files without one
+    """
+
+    table: pa.Table | None
+    row_of: np.ndarray
+
+    @property
+    def columns(self) -> list[str]:
+        return [] if self.table is None else self.table.column_names
+
+    def rows(self, entries: np.ndarray) -> tuple[pa.Table | None, np.ndarray]:
+        """The metadata of files ``entries`` (nulls where a file has none) and bool has_row."""
+        at = self.row_of[entries]
+        has = at >= 0
+        if self.table is None:
+            return None, has
+        return self.table.take(pa.array(np.where(has, at, 0), mask=~has)), has
+
+
+def _metadata(cat: Catalog, scanned: ScannedFiles, report: IngestReport) -> Metadata:
+    """Validate the manifests' columns, add the new ones to ``images`` and cast every value to
+    its column's type up front, so no batch can fail halfway on a bad value."""
+    row_of = np.full(len(scanned), -1, np.int64)
+    tables, offset = [], 0
+    existing = _image_columns(cat)
+    added = False
+    manifests = [s for s in scanned.sources if s.kind == "manifest"]
+    for m, source in zip(scanned.manifests, manifests, strict=True):
+        kept, ignored = check_metadata_columns(m.table.column_names, source.key)
+        report.ignored_columns += [c for c in ignored if c not in report.ignored_columns]
+        if not kept:
+            continue
+        table = m.table.select(kept)
+        added |= _add_columns(cat, table, existing, source.key)
+        tables.append(_cast(cat, table, existing, source.key))
+        row_of[m.entries] = np.arange(offset, offset + len(m.entries))
+        offset += len(m.entries)
+    if added:
+        _refresh_views(cat)
+    # Manifests with different columns stack with nulls where a column is missing.
+    table = pa.concat_tables(tables, promote_options="default") if tables else None
+    return Metadata(table, row_of)
+
+
+def _add_columns(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -> bool:
+    con = cat.con
+    con.register("_manifest", table)
+    try:
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _manifest)").fetchall())
+    finally:
+        con.unregister("_manifest")
+    added = False
+    for name in table.column_names:
+        if name.lower() in existing:
+            continue
+        dtype = "VARCHAR" if types[name] == '"NULL"' else types[name]
+        if not _SCALAR_TYPE.match(dtype):
+            raise IngestError(f"manifest {manifest}: column {name!r} has type {dtype}; only plain values "
+                              "(text, numbers, dates, booleans) and lists of them can be stored; flatten or drop it")
+        con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {dtype}")
+        existing[name.lower()] = (name, dtype)
+        added = True
+    return added
+
+
+def _cast(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -> pa.Table:
+    """``table`` with each column cast to the type (and spelling) of its ``images`` column."""
+    con = cat.con
+    con.register("_manifest", table)
+    try:
+        for name in table.column_names:
+            col, dtype = existing[name.lower()]
+            if not _SCALAR_TYPE.match(dtype):
+                raise IngestError(f"manifest {manifest}: column {name!r} would go into images.{col}, whose type "
+                                  f"{dtype} takes no manifest values; rename the column")
+            bad = con.execute(f"SELECT count(*) FROM _manifest WHERE {quote_ident(name)} IS NOT NULL "
+                              f"AND TRY_CAST({quote_ident(name)} AS {dtype}) IS NULL").fetchall()[0][0]
+            if bad:
+                raise IngestError(f"manifest {manifest}: {bad} value(s) of column {name!r} cannot be stored in "
+                                  f"images.{col} ({dtype}); fix them or rename the column")
+        select = ", ".join(f"CAST({quote_ident(n)} AS {existing[n.lower()][1]}) AS {quote_ident(existing[n.lower()][0])}"
+                           for n in table.column_names)
+        return con.sql(f"SELECT {select} FROM _manifest").to_arrow_table()
+    finally:
+        con.unregister("_manifest")
+
+
+# -- what to do with each file ---------------------------------------------------------------
+@dataclass
+class Plan:
+    """The files of a run, sorted. ``todo`` are positions into :class:`ScannedFiles` to embed,
+    ``todo_ids`` their image ids (kept for changed files, fresh for new ones)."""
+
+    todo: np.ndarray
+    todo_ids: np.ndarray
+    todo_new: np.ndarray
+    unchanged: np.ndarray  # positions
+    unchanged_ids: np.ndarray
+    known_bad: list[tuple[str, str]]
+    gone_ids: np.ndarray  # images whose file changed into a known-bad one
+
+
+def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
+    con = cat.con
+    scan = pa.table({"entry": np.arange(len(scanned), dtype=np.int64), "uri": pa.array(scanned.uris, pa.string()),
+                     "file_size": scanned.sizes, "file_mtime_ns": scanned.mtimes_ns})
+    con.register("_scan", scan)
+    try:
+        rows = con.sql("""
+            WITH cur AS (SELECT uri, min(id) AS id FROM images WHERE uri IS NOT NULL GROUP BY uri),
+                 bad AS (SELECT uri, file_size, file_mtime_ns, min(reason) AS reason FROM skipped
+                         WHERE file_size IS NOT NULL GROUP BY ALL)
+            SELECT s.entry, c.id,
+                   coalesce(i.file_size = s.file_size AND i.file_mtime_ns = s.file_mtime_ns
+                            AND p.encoder = $enc, false) AS current,
+                   b.reason
+            FROM _scan s
+            LEFT JOIN cur c USING (uri)
+            LEFT JOIN images i ON i.id = c.id
+            LEFT JOIN embedding_parts p ON p.part_id = i.embedding_part
+            LEFT JOIN bad b ON b.uri = s.uri AND b.file_size = s.file_size AND b.file_mtime_ns = s.file_mtime_ns
+            ORDER BY s.entry""", params={"enc": encoder_id}).to_arrow_table()
+        next_id = con.execute("SELECT greatest(coalesce((SELECT max(id) FROM images), -1), "
+                              "coalesce((SELECT max(id) FROM codes), -1)) + 1").fetchall()[0][0]
+    finally:
+        con.unregister("_scan")
+    entry = rows.column("entry").to_numpy()
+    known = rows.column("id").is_valid().to_numpy(zero_copy_only=False)
+    ids = rows.column("id").fill_null(-1).to_numpy()
+    current = rows.column("current").to_numpy(zero_copy_only=False)
+    reason = rows.column("reason")
+    bad = reason.is_valid().to_numpy(zero_copy_only=False)
+    todo_mask = ~current & ~bad
+    new = todo_mask & ~known
+    todo_ids = ids.copy()
+    todo_ids[new] = np.arange(next_id, next_id + int(new.sum()), dtype=np.int64)
+    reasons = reason.to_pylist()
+    return Plan(
+        todo=entry[todo_mask], todo_ids=todo_ids[todo_mask], todo_new=new[todo_mask],
+        unchanged=entry[current], unchanged_ids=ids[current],
+        known_bad=[(scanned.uris[e], reasons[k]) for k, e in enumerate(entry) if bad[k] and not current[k]],
+        gone_ids=ids[bad & known & ~current],
+    )
+
+
+def _embed_all(dataset: DecodeDataset, encoder: Encoder, writer: _BatchWriter, batch_size: int, workers: int,
+               progress: Progress, report: IngestReport) -> None:
+    total = len(dataset)
+    if total == 0:
+        return
+    bar = _progress(progress, total)
+    t_start = time.perf_counter()
+    done = 0
+    batches = decoded_batches(dataset, batch_size, workers)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            if batch is None:
+                break
+            emb = _encode(encoder, batch)
+            t2 = time.perf_counter()
+            writer.write(batch, emb)
+            t3 = time.perf_counter()
+            report.time_wait_s += t1 - t0
+            report.time_encode_s += t2 - t1
+            report.time_write_s += t3 - t2
+            report.time_decode_s += batch.t_decode
+            report.time_preprocess_s += batch.t_preprocess
+            report.time_thumbs_s += batch.t_thumb
+            done += len(batch.index)
+            bar(done, total)
+    finally:
+        batches.close()
+        bar(-1, total)
+        report.time_embed_s = time.perf_counter() - t_start
+        report.images_per_second = done / report.time_embed_s if report.time_embed_s > 0 else 0.0
+
+
+def _encode(encoder: Encoder, batch: DecodedBatch) -> np.ndarray:
+    """float32 (n_ok, dim) embeddings of the batch's decoded images."""
+    n_ok = int(batch.ok.sum())
+    if n_ok == 0:
+        return np.zeros((0, encoder.dim), np.float32)
+    emb = np.asarray(encoder.encode_images(batch.pixels), dtype=np.float32)
+    if emb.shape != (n_ok, encoder.dim):
+        raise IngestError(f"encoder {encoder.id} returned shape {emb.shape} for {n_ok} images of dim {encoder.dim}")
+    if not np.isfinite(emb).all():
+        raise IngestError(f"encoder {encoder.id} returned non-finite embeddings; check the model weights")
+    return emb
+
+
+# -- writing ---------------------------------------------------------------------------------
+_FILE_COLUMNS = ("id", "uri", "source", "file_size", "file_mtime_ns", "width", "height", "embedding_part")
+
+
+class _BatchWriter:
+    """Commits one decoded and encoded batch: part file, then rows in one transaction."""
+
+    def __init__(self, cat: Catalog, store: PartStore, scanned: ScannedFiles, plan: Plan, meta: Metadata,
+                 encoder: Encoder, report: IngestReport):
+        self.cat, self.store, self.scanned, self.plan, self.meta = cat, store, scanned, plan, meta
+        self.encoder, self.report = encoder, report
+        self.source_keys = [s.key for s in scanned.sources]
+        self.lost_ids: list[int] = []  # changed files that no longer decode: their images go at the end
+        self.encoder_recorded = cat.setting("encoder") == encoder.id
+
+    def write(self, batch: DecodedBatch, emb: np.ndarray) -> None:
+        entries = self.plan.todo[batch.index]
+        ids = self.plan.todo_ids[batch.index]
+        ok = batch.ok
+        part = self.store.write(ids[ok], emb) if ok.any() else None
+        rows = self._rows(entries[ok], ids[ok], batch.width[ok], batch.height[ok],
+                          self.plan.todo_new[batch.index][ok], part[0] if part else None)
+        failed = [(self.scanned.uris[e], r, int(self.scanned.sizes[e]), int(self.scanned.mtimes_ns[e]))
+                  for e, r, good in zip(entries, batch.reasons, ok, strict=True) if not good]
+        try:
+            self._commit(rows, part, [self.scanned.uris[e] for e in entries], failed)
+        except BaseException:
+            if part is not None:
+                (self.store.dir / part[1]).unlink(missing_ok=True)
+            raise
+        new = self.plan.todo_new[batch.index]
+        self.report.added += int((ok & new).sum())
+        self.report.updated += int((ok & ~new).sum())
+        self.report.skipped_files += [(u, r) for u, r, _, _ in failed]
+        self.lost_ids += ids[~ok & ~new].tolist()
+
+    def _rows(self, entries: np.ndarray, ids: np.ndarray, width: np.ndarray, height: np.ndarray,
+              new: np.ndarray, part_id: int | None) -> pa.Table:
+        s = self.scanned
+        meta, has_meta = self.meta.rows(entries)
+        cols = {
+            "id": pa.array(ids, pa.int64()),
+            "uri": pa.array([s.uris[e] for e in entries], pa.string()),
+            "source": pa.array([self.source_keys[s.source_index[e]] for e in entries], pa.string()),
+            "file_size": pa.array(s.sizes[entries], pa.int64()),
+            "file_mtime_ns": pa.array(s.mtimes_ns[entries], pa.int64()),
+            "width": pa.array(width, pa.int32()),
+            "height": pa.array(height, pa.int32()),
+            "embedding_part": pa.array(np.full(len(entries), part_id or 0), pa.int32()),
+            "_new": pa.array(new, pa.bool_()),
+            "_has_meta": pa.array(has_meta, pa.bool_()),
+        }
+        if meta is not None:
+            cols.update({c: meta.column(c) for c in meta.column_names})
+        return pa.table(cols)
+
+    def _commit(self, rows: pa.Table, part: tuple[int, str] | None, uris: list[str], failed: list[tuple]) -> None:
+        con = self.cat.con
+        meta_cols = self.meta.columns
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if rows.num_rows:
+                _upsert_images(con, rows, meta_cols)
+            if part is not None:
+                con.execute("INSERT INTO embedding_parts (part_id, file, encoder, dim, n_rows) VALUES (?, ?, ?, ?, ?)",
+                            [part[0], part[1], self.encoder.id, self.encoder.dim, rows.num_rows])
+            con.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [uris])
+            if failed:
+                con.executemany("INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, ?, ?, ?)",
+                                [list(f) for f in failed])
+            if part is not None and not self.encoder_recorded:
+                self.cat._set_settings({"encoder": self.encoder.id})
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self.encoder_recorded |= part is not None
+
+
+def _upsert_images(con: duckdb.DuckDBPyConnection, rows: pa.Table, meta_cols: list[str]) -> None:
+    """Insert the ``_new`` rows of ``rows`` and update the others by id; metadata columns only
+    change for rows that have a manifest row (``_has_meta``)."""
+    cols = [*_FILE_COLUMNS, *meta_cols]
+    names = ", ".join(quote_ident(c) for c in cols)
+    sets = ", ".join([f"{c} = r.{c}" for c in _FILE_COLUMNS[1:]] + [
+        f"{quote_ident(c)} = CASE WHEN r._has_meta THEN r.{quote_ident(c)} ELSE images.{quote_ident(c)} END" for c in meta_cols])
+    new = rows.column("_new").to_numpy(zero_copy_only=False)
+    con.register("_rows", rows)
+    try:
+        if new.any():
+            con.execute(f"INSERT INTO images ({names}) SELECT {names} FROM _rows WHERE _new")
+        if not new.all():
+            con.execute(f"UPDATE images SET {sets} FROM _rows r WHERE images.id = r.id AND NOT r._new")
+    finally:
+        con.unregister("_rows")
+
+
+# -- the end of a run ------------------------------------------------------------------------
+def _finish(cat: Catalog, store: PartStore, scanned: ScannedFiles, plan: Plan, meta: Metadata,
+            lost_ids: list[int], report: IngestReport) -> None:
+    """Refresh unchanged rows' source and metadata, record unusable rows, forget stale skips,
+    remove deleted files' images and drop parts nobody points to."""
+    con = cat.con
+    # A file that is listed but cannot be read right now keeps its image; one that is gone does not.
+    present = [u for u, reason in scanned.problems if reason != MISSING]
+    seen = pa.table({"uri": pa.array(scanned.uris + present, pa.string())})
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _refresh_unchanged(cat, scanned, plan, meta)
+        con.register("_seen", seen)
+        stale_skips = con.execute("SELECT uri FROM skipped k WHERE NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = k.uri)"
+                                  ).fetchall()
+        forget = [u for (u,) in stale_skips if _under(u, scanned.folder_prefixes()) or not os.path.exists(u)]
+        problems = dict(scanned.problems)  # one row per uri
+        con.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [forget + list(problems)])
+        if problems:
+            con.executemany("INSERT INTO skipped (uri, reason) VALUES (?, ?)", [list(p) for p in problems.items()])
+        gone = _deleted_images(cat, scanned)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("_seen")
+    remove = np.unique(np.concatenate([gone, plan.gone_ids, np.asarray(lost_ids, np.int64)]).astype(np.int64))
+    report.removed = cat.remove(remove) if len(remove) else 0
+    for i in remove.tolist():
+        thumbnail_path(cat.side_dir, i).unlink(missing_ok=True)
+    store.collect_garbage()
+
+
+def _refresh_unchanged(cat: Catalog, scanned: ScannedFiles, plan: Plan, meta: Metadata) -> None:
+    """Unchanged files keep their embedding but take their current source and manifest values."""
+    if not len(plan.unchanged):
+        return
+    values, has = meta.rows(plan.unchanged)
+    cols = {"id": pa.array(plan.unchanged_ids, pa.int64()),
+            "source": pa.array([scanned.sources[scanned.source_index[e]].key for e in plan.unchanged], pa.string()),
+            "_has_meta": pa.array(has, pa.bool_())}
+    if values is not None:
+        cols.update({c: values.column(c) for c in values.column_names})
+    sets = ", ".join(["source = r.source"] + [
+        f"{quote_ident(c)} = CASE WHEN r._has_meta THEN r.{quote_ident(c)} ELSE images.{quote_ident(c)} END" for c in meta.columns])
+    # Only rows that differ are written, so a run over an unchanged manifest writes nothing.
+    differs = " OR ".join(["images.source IS DISTINCT FROM r.source"] + [
+        f"(r._has_meta AND images.{quote_ident(c)} IS DISTINCT FROM r.{quote_ident(c)})" for c in meta.columns])
+    con = cat.con
+    con.register("_unchanged", pa.table(cols))
+    try:
+        con.execute(f"UPDATE images SET {sets} FROM _unchanged r WHERE images.id = r.id AND ({differs})")
+    finally:
+        con.unregister("_unchanged")
+
+
+def _deleted_images(cat: Catalog, scanned: ScannedFiles) -> np.ndarray:
+    """Ids of images whose file this run's sources no longer hold: listed by one of these
+    sources before and not now, or under one of these folders and gone from disk. Images under
+    a folder that could not be listed are kept. Needs ``_seen`` registered."""
+    con = cat.con
+    prefixes = scanned.folder_prefixes()
+    keys = [s.key for s in scanned.sources]
+    rows = con.execute(
+        "SELECT id, uri, source FROM images i WHERE uri IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = i.uri) "
+        "AND (source IN (SELECT unnest(?)) OR list_bool_or([starts_with(uri, p) FOR p IN ?]))",
+        [keys, prefixes]).fetchall()
+    unlisted = [p if p.endswith(os.sep) else p + os.sep for p in scanned.unlisted_dirs]
+    key_set = set(keys)
+    return np.array([i for i, uri, src in rows
+                     if not _under(uri, unlisted) and (src in key_set or not os.path.exists(uri))], np.int64)
+
+
+def _under(uri: str, prefixes: Sequence[str]) -> bool:
+    return any(uri.startswith(p) for p in prefixes)
+
+
+# -- progress --------------------------------------------------------------------------------
+def _progress(progress: Progress, total: int) -> Callable[[int, int], None]:
+    """A function ``(done, total)`` showing progress; ``done=-1`` closes it."""
+    if callable(progress):
+        return lambda done, n: progress(done, n) if done >= 0 else None
+    if not progress:
+        return lambda done, n: None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _TextProgress(total)
+    bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def update(done: int, n: int) -> None:
+        if done < 0:
+            bar.close()
+        else:
+            bar.update(done - bar.n)
+
+    return update
+
+
+class _TextProgress:
+    """A one-line progress display on stderr, for when tqdm is missing."""
+
+    def __init__(self, total: int):
+        self.total, self.t0, self.last = total, time.perf_counter(), 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done >= 0 and now - self.last < 0.5 and done < total:
+            return
+        self.last = now
+        if done < 0:
+            sys.stderr.write("\n")
+        else:
+            rate = done / max(now - self.t0, 1e-9)
+            sys.stderr.write(f"\r{done}/{total} images, {rate:.1f} img/s")
+        sys.stderr.flush()

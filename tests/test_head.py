@@ -1,0 +1,163 @@
+"""The 32-d head: KoLeo, PCA baseline, contrastive and distillation training, storage."""
+
+import numpy as np
+import pytest
+
+import engine
+from engine import head as H
+from engine import quantize
+
+torch = pytest.importorskip("torch")
+
+
+def _clustered(seed=0, n=3000, d=64, k=12, noise=0.6):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d))
+    labels = rng.integers(0, k, n)
+    x = centres[labels] + noise * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    return x.astype(np.float32), labels, c.astype(np.float32)
+
+
+def _nn_label_accuracy(y, labels):
+    s = y @ y.T
+    np.fill_diagonal(s, -np.inf)
+    return float(np.mean(labels[np.argmax(s, axis=1)] == labels))
+
+
+def test_koleo_matches_a_brute_force_definition():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(50, 8))
+    d = np.linalg.norm(y[:, None] - y[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    expected = -np.mean(np.log(d.min(axis=1)))
+    got = H.koleo_loss(torch.from_numpy(y)).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_pca_head_matches_sklearn_up_to_sign():
+    from sklearn.decomposition import PCA
+
+    x, _, _ = _clustered()
+    head = H.fit_pca(x, 16)
+    ref = PCA(16, svd_solver="full").fit_transform(x)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    got = head.apply(x)
+    signs = np.sign((got * ref).sum(axis=0))
+    assert np.allclose(got, ref * signs, atol=1e-4)
+
+
+def test_numpy_apply_matches_the_torch_network():
+    x, _, _ = _clustered(n=600)
+    captured = {}
+    orig = H._export
+
+    def spy(net, info):
+        captured["net"] = net
+        return orig(net, info)
+
+    H._export = spy
+    try:
+        head = H.train_distill(x, out_dim=8, epochs=1, batch_size=128)
+    finally:
+        H._export = orig
+    with torch.no_grad():
+        ref = captured["net"](torch.from_numpy(x)).numpy()
+    assert np.allclose(head.apply(x), ref, atol=1e-5)
+    assert np.allclose(np.linalg.norm(head.apply(x), axis=1), 1, atol=1e-5)
+
+
+def test_training_is_deterministic_for_a_seed():
+    x, _, c = _clustered(n=800)
+    a = H.train_distill(x, c, out_dim=8, epochs=2, seed=3)
+    b = H.train_distill(x, c, out_dim=8, epochs=2, seed=3)
+    other = H.train_distill(x, c, out_dim=8, epochs=2, seed=4)
+    assert a.sha256 == b.sha256
+    assert a.sha256 != other.sha256
+
+
+def test_distillation_keeps_neighbourhoods_and_prompt_rankings():
+    x, labels, centres = _clustered(n=2000)
+    head = H.train_distill(x, centres, out_dim=8, epochs=5, seed=0)
+    y = head.apply(x)
+    assert _nn_label_accuracy(x, labels) > 0.95  # the task is solvable in full dimension
+    assert _nn_label_accuracy(y, labels) > 0.9
+    # zero-shot through the head: each image's nearest centre prompt is its own cluster
+    zs = np.mean(np.argmax(y @ head.apply(centres).T, axis=1) == labels)
+    assert zs > 0.9
+
+
+def test_koleo_spreads_the_outputs():
+    x, _, c = _clustered(n=1500, noise=0.3)
+    plain = H.train_distill(x, c, out_dim=8, epochs=3, koleo=0.0, seed=0).apply(x)
+    spread = H.train_distill(x, c, out_dim=8, epochs=3, koleo=1.0, seed=0).apply(x)
+
+    def mean_nn_dist(y):
+        d = np.linalg.norm(y[:500, None] - y[None, :500], axis=2)
+        np.fill_diagonal(d, np.inf)
+        return d.min(axis=1).mean()
+
+    assert mean_nn_dist(spread) > 1.2 * mean_nn_dist(plain)
+
+
+def test_contrastive_head_aligns_pairs():
+    rng = np.random.default_rng(1)
+    img, _, _ = _clustered(n=2000, k=40, noise=0.2)
+    txt = img + 0.1 * rng.normal(size=img.shape).astype(np.float32)
+    head = H.train_contrastive(img, txt, out_dim=16, epochs=15, seed=0)
+    a, b = head.apply(img[:300]), head.apply(txt[:300])
+    top1 = np.mean(np.argmax(a @ b.T, axis=1) == np.arange(300))
+    pca = H.fit_pca(img, 16)
+    pa, pb = pca.apply(img[:300]), pca.apply(txt[:300])
+    pca_top1 = np.mean(np.argmax(pa @ pb.T, axis=1) == np.arange(300))
+    # pairs are hard to tell from their cluster mates; training on them beats a plain projection
+    assert top1 > 1.2 * pca_top1 and top1 > 0.15  # chance is 1/300
+    assert head.info["method"] == "contrastive"
+
+
+def test_bytes_round_trip_and_checksum():
+    x, _, _ = _clustered(n=500)
+    for head in (H.fit_pca(x, 8), H.train_distill(x, out_dim=8, epochs=1)):
+        back = H.Head.from_bytes(head.to_bytes())
+        assert back.sha256 == head.sha256
+        assert np.array_equal(back.apply(x), head.apply(x))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros(10, np.float32), "2-d"),
+    (np.zeros((10, 64), np.float32), "more than 32"),
+    (np.full((100, 64), np.nan, np.float32), "NaN"),
+])
+def test_bad_embeddings_are_refused(bad, match):
+    with pytest.raises(H.HeadError, match=match):
+        H.fit_pca(bad, 32)
+
+
+def test_wrong_width_at_apply_time():
+    x, _, _ = _clustered(n=200)
+    with pytest.raises(H.HeadError, match=r"\(n, 64\)"):
+        H.fit_pca(x, 8).apply(np.zeros((3, 10), np.float32))
+
+
+def test_corrupt_blob_is_refused():
+    with pytest.raises(H.HeadError, match="train it again"):
+        H.Head.from_bytes(b"not an npz file")
+
+
+def test_catalog_stores_the_head_and_checks_its_checksum(tmp_path):
+    x, _, _ = _clustered(n=400)
+    head = H.fit_pca(x, 32)
+    q = quantize.fit_affine(head.apply(x))
+    path = tmp_path / "c.duckdb"
+    with engine.Catalog.create(path) as cat:
+        with pytest.raises(engine.CatalogError, match="train-head"):
+            cat.head()
+        digest = cat.store_head(head, q)
+    with engine.Catalog.open(path, read_only=True) as cat:
+        assert cat.head().sha256 == digest == head.sha256
+        assert np.array_equal(cat.quantizer().encode(head.apply(x)), q.encode(head.apply(x)))
+    with engine.Catalog.open(path) as cat:
+        cat.con.execute("UPDATE artifacts SET data = ? WHERE name = 'head'", [b"tampered"])
+        with pytest.raises(engine.CorruptCatalog, match="checksum"):
+            cat.head()

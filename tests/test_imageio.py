@@ -1,0 +1,193 @@
+"""Safe decoding: every format and colour mode to RGB, and every kind of bad file refused."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import IngestError
+from engine.imageio import (
+    DecodeDataset,
+    UnreadableImage,
+    collate,
+    decode_image,
+    decoded_batches,
+    make_thumbnail,
+    thumbnail_path,
+    to_rgb,
+    write_thumbnail,
+)
+
+
+def noise(w: int = 40, h: int = 30, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def jpeg_bytes(w: int = 200, h: int = 150) -> bytes:
+    buf = io.BytesIO()
+    noise(w, h).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".jpg", "JPEG"), (".png", "PNG"), (".webp", "WEBP"), (".gif", "GIF"),
+                                         (".bmp", "BMP"), (".tiff", "TIFF")])
+def test_every_format_decodes_to_rgb(tmp_path, suffix, fmt):
+    path = tmp_path / f"a{suffix}"
+    im = noise()
+    (im.convert("P") if fmt == "GIF" else im).save(path, fmt)
+    out = decode_image(path)
+    assert out.image.mode == "RGB" and out.image.size == (40, 30) and (out.width, out.height) == (40, 30)
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F"])
+def test_colour_modes_convert_to_rgb(mode):
+    base = noise(16, 8)
+    if mode == "I;16":
+        im = Image.fromarray(np.full((8, 16), 65535, np.uint16))
+    elif mode in ("I", "F"):
+        im = Image.fromarray(np.linspace(0, 1000, 128).reshape(8, 16).astype(np.int32 if mode == "I" else np.float32))
+    else:
+        im = base.convert(mode)
+    assert im.mode == mode
+    rgb = to_rgb(im)
+    assert rgb.mode == "RGB" and rgb.size == (16, 8)
+    if mode == "I;16":  # 16-bit white stays white rather than being clipped or wrapped
+        assert np.asarray(rgb).min() == 255
+
+
+def test_transparency_composites_on_background():
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(to_rgb(rgba))[0, 0].tolist() == [255, 255, 255]
+    assert np.asarray(to_rgb(rgba, background=(0, 0, 0)))[0, 0].tolist() == [0, 0, 0]
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([200, 0, 0] * 256)
+    pal.info["transparency"] = 0
+    assert np.asarray(to_rgb(pal))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    im = noise(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rot.jpg"
+    im.save(path, "JPEG", exif=exif.tobytes())
+    out = decode_image(path)
+    assert out.image.size == (30, 40) and (out.width, out.height) == (30, 40)
+
+
+def test_animation_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c).convert("P") for c in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    pixel = np.asarray(decode_image(path).image)[0, 0]
+    assert pixel[0] > 200 and pixel[2] < 50
+
+
+def test_large_jpeg_decodes_at_reduced_scale_with_full_size_reported(tmp_path):
+    path = tmp_path / "big.jpg"
+    noise(2400, 1600).save(path, "JPEG")
+    out = decode_image(path, draft_min_side=300)
+    assert (out.width, out.height) == (2400, 1600)
+    assert min(out.image.size) >= 300 and out.image.size[0] < 2400
+
+
+@pytest.mark.parametrize("name, data, reason", [
+    ("empty.jpg", b"", "empty"),
+    ("text.jpg", b"this is not an image at all\n" * 10, "not a JPEG"),
+    ("random.png", bytes(range(256)) * 8, "not a JPEG"),
+    ("half.jpg", jpeg_bytes()[: len(jpeg_bytes()) // 2], "truncated"),
+    ("header.jpg", jpeg_bytes()[:200], "truncated"),
+])
+def test_bad_files_are_refused_with_a_reason(tmp_path, name, data, reason):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(UnreadableImage) as err:
+        decode_image(path)
+    assert reason in err.value.reason
+    assert isinstance(err.value, IngestError)
+
+
+def test_corrupt_png_data_is_refused(tmp_path):
+    buf = io.BytesIO()
+    noise(64, 64).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[100:140] = b"\x00" * 40  # inside the IDAT stream: bad CRC and bad deflate data
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnreadableImage):
+        decode_image(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(UnreadableImage, match="cannot decode"):
+        decode_image(tmp_path / "nope.jpg")
+
+
+def test_pixel_limit_and_pil_bomb_warning(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    noise(100, 100).save(path)
+    with pytest.raises(UnreadableImage, match="too many pixels"):
+        decode_image(path, max_pixels=9_999)
+    assert decode_image(path, max_pixels=10_000).image.size == (100, 100)
+    # PIL's own warning (above its global limit) counts as a refusal too
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)
+    with pytest.raises(UnreadableImage, match="too many pixels"):
+        decode_image(path, max_pixels=5_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000)  # above twice PIL's limit: its hard error
+    with pytest.raises(UnreadableImage, match="too many pixels"):
+        decode_image(path, max_pixels=50_000)
+
+
+def test_thumbnails_are_small_sharded_and_atomic(tmp_path):
+    assert thumbnail_path(tmp_path, 12345) == tmp_path / "thumbs" / "000012" / "12345.jpg"
+    assert make_thumbnail(noise(600, 300)).size == (200, 100)
+    assert make_thumbnail(noise(512, 300)).size == (256, 150)
+    assert make_thumbnail(noise(40, 30)).size == (40, 30)  # never enlarged
+    path = thumbnail_path(tmp_path, 7)
+    write_thumbnail(noise(600, 300), path)
+    write_thumbnail(noise(300, 600, seed=1), path)  # replaced in place
+    with Image.open(path) as im:
+        assert im.format == "JPEG" and im.size == (100, 200)
+    assert os.listdir(path.parent) == ["7.jpg"]  # no temporary files left
+
+
+def _flat(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.resize((4, 4)), dtype=np.float32).ravel()
+
+
+def test_decode_dataset_and_in_process_batches(tmp_path):
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.png"))
+        noise(seed=i).save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    paths.insert(2, str(tmp_path / "bad.png"))
+    ds = DecodeDataset(paths, np.arange(6), _flat, tmp_path / "side", max_pixels=10**6)
+    batches = list(decoded_batches(ds, 4, workers=0))
+    assert [len(b.index) for b in batches] == [4, 2]
+    assert batches[0].ok.tolist() == [True, True, False, True]
+    assert batches[0].reasons[2].startswith("not a")
+    assert batches[0].pixels.shape == (3, 48)
+    assert (tmp_path / "side" / "thumbs" / "000000" / "0.jpg").is_file()
+    assert not (tmp_path / "side" / "thumbs" / "000000" / "2.jpg").exists()
+    assert collate([ds[2]]).pixels is None
+
+
+def test_worker_processes_give_the_same_batches(tmp_path):
+    pytest.importorskip("torch")
+    paths = []
+    for i in range(7):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        noise(seed=i).save(paths[-1])
+    ds = DecodeDataset(paths, np.arange(7), _flat, None, max_pixels=10**6)
+    inline = list(decoded_batches(ds, 3, workers=0))
+    pooled = list(decoded_batches(ds, 3, workers=2))
+    assert len(inline) == len(pooled) == 3
+    for a, b in zip(inline, pooled, strict=True):
+        assert a.index.tolist() == b.index.tolist()
+        np.testing.assert_array_equal(a.pixels, b.pixels)

@@ -1,0 +1,123 @@
+"""End to end: demo images -> ingest -> train-head -> index -> select, through the real CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+import engine
+from engine import pipeline
+
+pytest.importorskip("torch")
+FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs the Debian package dataset-fashion-mnist")
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small demo catalog built by the one command that chains every step."""
+    root = tmp_path_factory.mktemp("demo")
+    cat = root / "fashion.duckdb"
+    r = _cli("demo", str(cat), "--limit", "150", "--epochs", "2", "--workers", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "demo catalog ready" in r.stdout
+    return cat
+
+
+def test_demo_catalog_has_labels_codes_head_and_index(demo):
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        status = cat.index_status()
+        assert status["rows"] == 300 and not status["stale"]
+        labels = cat.sql("SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY label").to_pylist()
+        assert len(labels) == 10 and sum(r["n"] for r in labels) == 300
+        assert cat.setting("encoder") == "demo:fashion-v1"
+        head = cat.head()
+        assert head.in_dim == 384 and head.out_dim == 32 and head.info["encoder"] == "demo:fashion-v1"
+        assert cat.setting("index")["head_sha256"] == head.sha256
+        # the stored codes are exactly head + quantizer over the raw embeddings
+        from engine.embeddings import load_embeddings
+
+        ids, emb = load_embeddings(cat)
+        expected = cat.quantizer().encode(head.apply(emb))
+        assert np.array_equal(cat.codes(ids), expected)
+
+
+def test_selecting_on_the_demo_catalog_matches_its_sql(demo):
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        ids = cat.sql("SELECT id FROM images ORDER BY id").column("id").to_numpy()
+        codes = cat.codes(ids)
+        box = {d: (int(np.percentile(codes[:, d], 20)), int(np.percentile(codes[:, d], 90))) for d in (0, 1, 2)}
+        res = cat.select(engine.BoxSet([box]))
+        inside = np.all([(codes[:, d] >= lo) & (codes[:, d] <= hi) for d, (lo, hi) in box.items()], axis=0)
+        assert set(res.ids.tolist()) == set(ids[inside].tolist())
+    con = duckdb.connect(str(demo), read_only=True)
+    try:
+        assert [r[0] for r in con.execute(res.sql).fetchall()] == res.ids.tolist()
+    finally:
+        con.close()
+
+
+def test_rerunning_the_demo_changes_nothing(demo):
+    before = demo.stat().st_mtime_ns
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        head = cat.head().sha256
+    r = _cli("demo", str(demo), "--limit", "150", "--epochs", "2", "--workers", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "0 added, 0 updated, 0 removed" in r.stderr
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        assert cat.head().sha256 == head
+    assert before <= demo.stat().st_mtime_ns
+
+
+def test_head_trained_for_another_encoder_is_refused(tmp_path, demo):
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(demo.read_bytes())
+    (tmp_path / "copy.duckdb.d").symlink_to(Path(f"{demo}.d"))
+    with engine.Catalog.open(copy) as cat:
+        cat._set_settings({"encoder": "open_clip:ViT-B-32/none"})
+        with pytest.raises(engine.StaleIndexError, match="train-head"):
+            pipeline.index_embeddings(cat)
+
+
+def test_export_import_keeps_the_head(tmp_path, demo):
+    out = tmp_path / "export"
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        cat.export_parquet(out)
+        head = cat.head().sha256
+    with engine.Catalog.import_parquet(out, tmp_path / "back.duckdb") as back:
+        assert back.head().sha256 == head
+        assert back.quantizer().to_json() == json.loads(json.dumps(back.setting("quantizer")))
+
+
+def test_train_head_methods_through_the_cli(tmp_path, demo):
+    copy = tmp_path / "c.duckdb"
+    copy.write_bytes(demo.read_bytes())
+    (tmp_path / "c.duckdb.d").symlink_to(Path(f"{demo}.d"))
+    r = _cli("train-head", str(copy), "--method", "pca", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["method"] == "pca" and summary["rows"] == 300
+    r = _cli("train-head", str(copy), "--method", "contrastive", "--quiet")
+    assert r.returncode == 2 and "caption" in r.stderr
+    r = _cli("index", str(copy), "--json")
+    assert r.returncode == 0, r.stderr
+    with engine.Catalog.open(copy, read_only=True) as cat:
+        assert cat.head().kind == "pca" and not cat.index_status()["stale"]
+
+
+def test_train_head_without_embeddings_says_what_to_do(tmp_path):
+    path = tmp_path / "empty.duckdb"
+    engine.Catalog.create(path).close()
+    r = _cli("train-head", str(path))
+    assert r.returncode == 2 and "ingest" in r.stderr
