@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from engine.encoders import Encoder, demo, load_encoder  # noqa: E402
-from engine.errors import EncoderError  # noqa: E402
+from engine.errors import EncoderError, IngestError  # noqa: E402
 
 needs_fashion_mnist = pytest.mark.skipif(
     not (demo.FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -238,13 +238,13 @@ def test_read_fashion_mnist_parses_idx_files(tmp_path):
 
 
 def test_read_fashion_mnist_rejects_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="'train' or 'test'"):
+    with pytest.raises(IngestError, match="'train' or 'test'"):
         demo.read_fashion_mnist("validation", root=tmp_path)
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+    with pytest.raises(IngestError, match="dataset-fashion-mnist"):
         demo.read_fashion_mnist("test", root=tmp_path)
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", 0x801, np.zeros((3, 28, 28)))
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", 0x801, np.zeros(3))
-    with pytest.raises(ValueError, match="not an idx images file"):
+    with pytest.raises(IngestError, match="not an idx images file"):
         demo.read_fashion_mnist("test", root=tmp_path)
 
 

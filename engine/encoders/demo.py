@@ -10,7 +10,6 @@ This module imports torch at the top; only :func:`engine.encoders.load_encoder` 
 
 from __future__ import annotations
 
-import gzip
 import os
 import threading
 from collections.abc import Sequence
@@ -22,24 +21,12 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from ..errors import EncoderError
+from ..demodata import CLASSES, DEBIAN_ROOT, SPLITS, idx_files, read_split
+from ..errors import EncoderError, IngestError
 from . import DEFAULT_BATCH_SIZE, choose_device
 
-FASHION_CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
-_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
-_IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # uint8 data, 3 or 1 dims
+FASHION_CLASSES = CLASSES
+FASHION_MNIST_ROOT = DEBIAN_ROOT
 
 IMAGE_SIZE = 28
 EMBED_DIM = 384
@@ -59,49 +46,21 @@ MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length, so vectors match s
 # --- Fashion-MNIST files ------------------------------------------------------------------------
 
 
-def _read_idx(path: Path, kind: str) -> np.ndarray:
-    """One gzipped idx file: uint8 (n, 28, 28) for ``kind="images"``, uint8 (n,) for labels."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != _IDX_MAGIC[kind]:
-        raise ValueError(f"{path} is not an idx {kind} file (magic {magic:#010x}); re-install the dataset")
-    ndim = magic & 0xFF
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    data = np.frombuffer(raw, dtype=np.uint8, offset=offset)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: expected {shape}, found {data.size} bytes of data")
-    return data.reshape(shape)
-
-
 def read_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The Fashion-MNIST ``split`` ("train": 60,000 pictures, "test": 10,000).
 
     Returns images uint8 (n, 28, 28) (light garment on a black background) and labels int64 (n,)
     indexing :data:`FASHION_CLASSES`. ``root`` defaults to Debian's install location.
     """
-    if split not in _SPLIT_PREFIX:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise IngestError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root) if root is not None else FASHION_MNIST_ROOT
-    prefix = _SPLIT_PREFIX[split]
-    paths = {
-        "images": root / f"{prefix}-images-idx3-ubyte.gz",
-        "labels": root / f"{prefix}-labels-idx1-ubyte.gz",
-    }
-    for path in paths.values():
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Fashion-MNIST file {path} not found; install the Debian package "
-                "'dataset-fashion-mnist' or pass the folder holding the idx files as root="
-            )
-    images = _read_idx(paths["images"], "images")
-    labels = _read_idx(paths["labels"], "labels").astype(np.int64)
-    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(images) != len(labels):
-        raise ValueError(
-            f"Fashion-MNIST files under {root} disagree: {images.shape} images, {labels.shape} labels"
-        )
-    return images, labels
+    for name in idx_files(split).values():
+        if not (root / name).is_file():
+            raise IngestError(f"Fashion-MNIST file {root / name} not found; install the Debian package "
+                              "'dataset-fashion-mnist' or pass the folder holding the idx files as root=")
+    images, labels = read_split(root, split)
+    return images, labels.astype(np.int64)
 
 
 # --- image tower --------------------------------------------------------------------------------
