@@ -12,6 +12,7 @@ import numpy as np
 from .boxes import BoxSet
 from .catalog import Catalog
 from .errors import CatalogError
+from .head import DEFAULT_KOLEO
 from .layout import DEFAULT_BLOCK_SIZE
 
 DEFAULT_ENCODER = "demo:fashion-v1"
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog")
     s.add_argument("--method", default="auto", choices=["auto", "contrastive", "distill", "pca"],
                    help="auto: contrastive with a caption column, else distillation")
-    s.add_argument("--koleo", type=float, default=0.1, help="weight of the KoLeo regulariser")
+    s.add_argument("--koleo", type=float, default=DEFAULT_KOLEO, help="weight of the KoLeo regulariser")
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--dims", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)

@@ -27,7 +27,7 @@ from .errors import CatalogError
 
 DEFAULT_OUT_DIM = 32
 DEFAULT_HIDDEN = 512
-DEFAULT_KOLEO = 0.1
+DEFAULT_KOLEO = 0.3
 
 
 class HeadError(CatalogError):
