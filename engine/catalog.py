@@ -255,6 +255,33 @@ class Catalog:
         self._set_settings({"data_version": int(self.setting("data_version", 0)) + 1})
         self._index = None
 
+    def _drop_index(self) -> None:
+        """Forget the block index (inside a write transaction): selection then scans every row
+        through insertion-order zone maps until the next :meth:`build_index`."""
+        self.con.execute("DELETE FROM blocks")
+        self._set_settings({"index": None})
+        self._bump_data_version()
+
+    @contextlib.contextmanager
+    def _transaction(self, **tables: pa.Table):
+        """One write transaction with ``tables`` registered under their names for its duration;
+        rolled back, and the in-memory index forgotten, if anything in it raises."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name, table in tables.items():
+                con.register(name, table)
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            self._index = None
+            raise
+        finally:
+            for name in tables:
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(name)
+
     def replace_codes(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray) -> None:
         """Make ``codes`` the catalog's codes: row i is the code of image ``ids[i]``.
 
@@ -272,26 +299,14 @@ class Catalog:
         con = self.con
         table = pa.table({"pos": np.arange(len(ids), dtype=np.int64), "id": ids,
                           **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.register("_new_codes", table)
+        with self._transaction(_new_codes=table):
             missing = con.execute(
                 "SELECT n.id FROM _new_codes n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10").fetchall()
             if missing:
                 raise UnknownIds([r[0] for r in missing])
             con.execute("DELETE FROM codes")
-            con.execute("DELETE FROM blocks")
             con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
-            self._set_settings({"index": None})
-            self._bump_data_version()
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            self._index = None
-            raise
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                con.unregister("_new_codes")
+            self._drop_index()
 
     # -- head and quantizer ------------------------------------------------------------------
     def store_head(self, head: Head, quantizer: Quantizer) -> str:
@@ -301,17 +316,12 @@ class Catalog:
         blob = head.to_bytes()
         digest = hashlib.sha256(blob).hexdigest()
         con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             con.execute("DELETE FROM artifacts WHERE name = 'head'")
             con.execute("INSERT INTO artifacts (name, sha256, data) VALUES ('head', ?, ?)", [digest, blob])
             self._set_settings({"head": {"sha256": digest, "kind": head.kind, "in_dim": head.in_dim,
                                          "out_dim": head.out_dim, "info": head.info},
                                 "quantizer": quantizer.to_json()})
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return digest
 
     def head(self) -> Head:
@@ -342,9 +352,7 @@ class Catalog:
         if len(ids) == 0:
             return 0
         con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.register("_gone", pa.table({"id": ids}))
+        with self._transaction(_gone=pa.table({"id": ids})):
             n_images = con.execute("SELECT count(*) FROM images WHERE id IN (SELECT id FROM _gone)").fetchall()[0][0]
             n_codes = con.execute("SELECT count(*) FROM codes WHERE id IN (SELECT id FROM _gone)").fetchall()[0][0]
             con.execute("DELETE FROM images WHERE id IN (SELECT id FROM _gone)")
@@ -353,17 +361,7 @@ class Catalog:
                 # keep positions dense (0..n-1) so that exports and the tail blocks stay simple
                 con.execute("UPDATE codes SET pos = r.new_pos FROM (SELECT id, row_number() OVER (ORDER BY pos) - 1 "
                             "AS new_pos FROM codes) AS r WHERE codes.id = r.id")
-                con.execute("DELETE FROM blocks")
-                self._set_settings({"index": None})
-                self._bump_data_version()
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            self._index = None
-            raise
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                con.unregister("_gone")
+                self._drop_index()
         return int(n_images)
 
     @property
