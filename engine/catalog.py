@@ -478,12 +478,29 @@ class Catalog:
         return self._index
 
     def index_status(self) -> dict:
-        """Rows, indexed rows and blocks; ``stale`` when rows were added after the last build."""
+        """Rows, indexed rows and blocks, and what makes the index ``stale``:
+
+        - ``unindexed_rows``: codes added after the last build (scanned, but not pruned well);
+        - ``images_without_codes``: ingested images that have no codes yet (never returned);
+        - ``stale_codes``: images re-embedded after their codes were computed (returned at
+          their old position).
+
+        The last two clear with ``clip-branches index``."""
         index = self.setting("index")
         n_rows = len(self)
         indexed = int(index["indexed_rows"]) if index else 0
+        without = int(self.con.execute(
+            "SELECT count(*) FROM images i WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.id = i.id)"
+        ).fetchall()[0][0])
+        watermark = (index or {}).get("embedding_part_max")
+        stale_codes = 0
+        if watermark is not None:
+            stale_codes = int(self.con.execute(
+                "SELECT count(*) FROM images i JOIN codes c USING (id) WHERE i.embedding_part > ?", [int(watermark)]
+            ).fetchall()[0][0])
         return {"rows": n_rows, "indexed_rows": indexed, "unindexed_rows": n_rows - indexed,
-                "stale": n_rows != indexed, "index": index}
+                "images_without_codes": without, "stale_codes": stale_codes,
+                "stale": n_rows != indexed or without > 0 or stale_codes > 0, "index": index}
 
     def select(self, boxes: BoxSet | Mapping | Sequence, min_votes: int = 1) -> SelectResult:
         """Every image inside the box set, with its member votes.

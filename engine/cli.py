@@ -94,10 +94,15 @@ def cmd_ingest(args) -> int:
         report = ingest(cat, args.sources, encoder, batch_size=args.batch_size, workers=args.workers,
                         progress=not args.quiet, max_pixels=args.max_pixels, thumbnails=not args.no_thumbnails,
                         reembed=args.reembed)
+        status = cat.index_status()
     summary = report.to_json()
     if args.json:
         _print_json(summary)
         return 0
+    pending = status["images_without_codes"] + status["stale_codes"]
+    if pending and status["index"] is not None:
+        print(f"new or changed images not yet searchable: {pending}; run `clip-branches index {args.catalog}`",
+              file=sys.stderr)
     for uri, reason in summary.get("skipped_files", [])[:20]:
         print(f"skipped {uri}: {reason}", file=sys.stderr)
     print(

@@ -109,6 +109,8 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None) -> dict:
         raise StaleIndexError(f"the head was trained on embeddings of {head.info.get('encoder')!r} but the images "
                               f"are now embedded by {cat.setting('encoder')!r}; run `clip-branches train-head "
                               f"{cat.path}` again")
+    # Images whose part is newer than this were re-embedded after their codes were computed.
+    part_max = int(cat.con.execute("SELECT coalesce(max(part_id), 0) FROM embedding_parts").fetchall()[0][0])
     ids, emb = _load_embeddings(cat)
     if emb.shape[1] != head.in_dim:
         raise StaleIndexError(f"the embeddings are {emb.shape[1]}-d but the head expects {head.in_dim}-d; "
@@ -121,5 +123,6 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None) -> dict:
     stats = cat.build_index(**({} if block_size is None else {"block_size": block_size}))
     index = cat.setting("index") or {}
     index["head_sha256"] = head.sha256
+    index["embedding_part_max"] = part_max
     cat._set_settings({"index": index})
     return {"rows": int(len(ids)), "time_encode_s": t1 - t0, **stats}

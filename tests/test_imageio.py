@@ -164,7 +164,7 @@ def test_decode_dataset_and_in_process_batches(tmp_path):
     paths = []
     for i in range(5):
         paths.append(str(tmp_path / f"{i}.png"))
-        noise(seed=i).save(paths[-1])
+        noise(300 if i == 0 else 40, 30, seed=i).save(paths[-1])
     (tmp_path / "bad.png").write_bytes(b"nope")
     paths.insert(2, str(tmp_path / "bad.png"))
     ds = DecodeDataset(paths, np.arange(6), _flat, tmp_path / "side", max_pixels=10**6)
@@ -174,7 +174,8 @@ def test_decode_dataset_and_in_process_batches(tmp_path):
     assert batches[0].reasons[2].startswith("not a")
     assert batches[0].pixels.shape == (3, 48)
     assert (tmp_path / "side" / "thumbs" / "000000" / "0.jpg").is_file()
-    assert not (tmp_path / "side" / "thumbs" / "000000" / "2.jpg").exists()
+    assert not (tmp_path / "side" / "thumbs" / "000000" / "2.jpg").exists()  # refused
+    assert not (tmp_path / "side" / "thumbs" / "000000" / "1.jpg").exists()  # 40 px: no thumbnail
     assert collate([ds[2]]).pixels is None
 
 

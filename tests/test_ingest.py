@@ -185,12 +185,26 @@ def test_embeddings_round_trip_as_float16(make_catalog, tree):
         load_embeddings(cat, [10**9])
 
 
-def test_thumbnails_exist_for_every_image(make_catalog, tree):
+def test_thumbnails_exist_for_images_larger_than_a_thumbnail(make_catalog, tree):
+    save(tree / "big.png", 60, size=(600, 300))
+    save(tree / "tall.jpg", 61, size=(200, 257))
     cat = make_catalog()
     run(cat, [tree])
-    for (i,) in cat.con.execute("SELECT id FROM images").fetchall():
-        with Image.open(thumbnail_path(cat.side_dir, i)) as im:
-            assert max(im.size) <= 256
+    ids = dict(cat.con.execute("SELECT uri, id FROM images").fetchall())
+    assert len(ids) == GOOD + 2
+    for uri, i in ids.items():
+        path = thumbnail_path(cat.side_dir, i)
+        if uri.endswith(("big.png", "tall.jpg")):
+            with Image.open(path) as im:
+                assert max(im.size) <= 256 and im.format == "JPEG"
+        else:  # 40 x 30: served as it is
+            assert not path.exists()
+    # a file that shrinks loses its thumbnail
+    save(tree / "big.png", 62, size=(100, 50))
+    touch_later(tree / "big.png")
+    run(cat, [tree])
+    assert not thumbnail_path(cat.side_dir, ids[str(tree / "big.png")]).exists()
+    assert thumbnail_path(cat.side_dir, ids[str(tree / "tall.jpg")]).exists()
     no_thumbs = make_catalog()
     run(no_thumbs, [tree], thumbnails=False)
     assert not (no_thumbs.side_dir / "thumbs").exists()

@@ -121,3 +121,41 @@ def test_train_head_without_embeddings_says_what_to_do(tmp_path):
     engine.Catalog.create(path).close()
     r = _cli("train-head", str(path))
     assert r.returncode == 2 and "ingest" in r.stderr
+
+
+def test_new_and_reembedded_images_show_as_stale_until_indexed(tmp_path, demo):
+    import shutil
+
+    from PIL import Image
+
+    copy = tmp_path / "c.duckdb"
+    copy.write_bytes(demo.read_bytes())
+    shutil.copytree(f"{demo}.d", f"{copy}.d")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i, name in enumerate(["a.png", "b.png"]):
+        Image.fromarray(np.full((28, 28), 40 * i + 20, np.uint8)).save(extra / name)
+
+    def status():
+        r = _cli("info", str(copy), "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    r = _cli("ingest", str(copy), str(extra), "--workers", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "not yet searchable: 2;" in r.stderr and f"clip-branches index {copy}" in r.stderr
+    s = status()
+    assert (s["images_without_codes"], s["stale_codes"], s["stale"]) == (2, 0, True)
+    assert _cli("index", str(copy)).returncode == 0
+    s = status()
+    assert (s["images_without_codes"], s["stale_codes"], s["stale"]) == (0, 0, False)
+
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(extra / "a.png")
+    st = (extra / "a.png").stat()
+    os.utime(extra / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+    r = _cli("ingest", str(copy), str(extra), "--workers", "0", "--quiet")
+    assert r.returncode == 0 and "not yet searchable: 1;" in r.stderr
+    s = status()
+    assert (s["images_without_codes"], s["stale_codes"], s["stale"]) == (0, 1, True)
+    assert _cli("index", str(copy)).returncode == 0
+    assert status()["stale"] is False
