@@ -6,6 +6,9 @@ The Python API::
     with engine.Catalog.open("catalog.duckdb", read_only=True) as cat:
         result = cat.select(engine.BoxSet([{3: (10, 40), 7: (0, 99)}]))
         result.ids, result.votes, result.sql, result.stats
+        found = cat.search("ankle boot", k=60)             # text, image= or id=
+        refined = cat.refine(positives=found.ids[:8], model="ensemble")
+        refined.ids, refined.scores, refined.sql, refined.stats
 """
 
 from .boxes import N_DIMS, BoxSet
@@ -14,6 +17,7 @@ from .errors import (
     CatalogError,
     CatalogNotFound,
     CorruptCatalog,
+    InvalidArgument,
     InvalidBoxes,
     InvalidCodes,
     InvalidSql,
@@ -22,6 +26,7 @@ from .errors import (
     StaleIndexError,
     UnknownIds,
 )
+from .refine import Result
 
 __version__ = "0.1.0"
 
@@ -32,11 +37,13 @@ __all__ = [
     "CatalogError",
     "CatalogNotFound",
     "CorruptCatalog",
+    "InvalidArgument",
     "InvalidBoxes",
     "InvalidCodes",
     "InvalidSql",
     "ReadOnlyError",
     "SchemaVersionError",
+    "Result",
     "SelectResult",
     "StaleIndexError",
     "UnknownIds",

@@ -204,26 +204,44 @@ class BoxSet:
             return "TRUE"
         return " OR ".join(preds)
 
-    def to_sql(self, source: str = "codes", *, min_votes: int = 1) -> str:
+    def to_sql(self, source: str = "codes", *, min_votes: int = 1, center: Sequence[int] | None = None) -> str:
         """A complete SELECT returning ``(id, votes)`` ranked by votes, then block position.
+
+        With ``center`` (an integer code, one value per dim), rows of equal votes are ranked by
+        their squared distance to it before block position.
 
         ``source`` is a table name or any relation expression, e.g.
         ``read_parquet('export/codes.parquet')``. Only integers from this box set enter the
         text; ``source`` is the caller's.
         """
         min_votes = max(1, int(min_votes))
+        order = "pos" if center is None else "dist, pos"
+        dist = "" if center is None else f",\n    {distance_sql(center, self.n_dims)} AS dist"
         uniq = np.unique(self.members)
         if len(uniq) <= 1:
             if min_votes > 1:
                 return f"SELECT id, 1 AS votes FROM {source} WHERE FALSE"
-            return f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\nORDER BY pos"
+            if center is None:
+                return f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\nORDER BY pos"
+            return (f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\n"
+                    f"ORDER BY {distance_sql(center, self.n_dims)}, pos")
         # A sum of per-member 0/1 terms counts each member once, however many of its boxes
         # hold the row. Plain "+" keeps the text portable to engines without list functions.
         terms = "\n    + ".join(f"CAST(({self.predicate(int(m))}) AS INTEGER)" for m in uniq)
         return (
-            f"SELECT id, votes FROM (\n  SELECT id, pos,\n    {terms}\n  AS votes\n  FROM {source}\n) AS voted\n"
-            f"WHERE votes >= {min_votes}\nORDER BY votes DESC, pos"
+            f"SELECT id, votes FROM (\n  SELECT id, pos,\n    {terms}\n  AS votes{dist}\n  FROM {source}\n) AS voted\n"
+            f"WHERE votes >= {min_votes}\nORDER BY votes DESC, {order}"
         )
+
+
+def distance_sql(center: Sequence[int], n_dims: int = N_DIMS) -> str:
+    """SQL for the squared L2 distance of a row's code to the integer code ``center``; exact
+    integer arithmetic, so every engine ranks ties identically."""
+    c = [int(v) for v in center]
+    if len(c) != n_dims or any(not 0 <= v <= 255 for v in c):
+        raise InvalidBoxes(f"center must be {n_dims} integers in 0..255")
+    terms = (f"(CAST({column(d)} AS INTEGER) - {v}) * (CAST({column(d)} AS INTEGER) - {v})" for d, v in enumerate(c))
+    return "(" + " + ".join(terms) + ")"
 
 
 def _parse_members(members: Sequence[int] | None, n_boxes: int) -> np.ndarray:

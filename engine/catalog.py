@@ -26,15 +26,20 @@ from .errors import (
     CatalogError,
     CatalogNotFound,
     CorruptCatalog,
+    InvalidArgument,
     InvalidCodes,
     InvalidSql,
     ReadOnlyError,
+    StaleIndexError,
     UnknownIds,
 )
 from .head import Head
 from .quantize import Quantizer
+from .refine import Result
 from .resources import sql_text
 
+MAX_K = 100_000
+MAX_QUERY_CHARS = 1000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _RESERVED = {"id", "pos", "added_at", *CODE_COLUMNS}
 
@@ -69,6 +74,8 @@ class Catalog:
         self._index: query.BlockIndex | None = None
         self._index_version: int | None = None
         self._id_order: np.ndarray | None = None
+        self._pool: tuple | None = None
+        self._encoder = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -378,6 +385,8 @@ class Catalog:
         self._check_writable()
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
             raise CatalogError(f"block_size must be an integer >= 2, got {block_size!r}")
+        from .learn.models import feature_subsets as default_subsets
+
         t0 = time.perf_counter()
         cols, ids = self._load_codes()
         t1 = time.perf_counter()
@@ -399,7 +408,7 @@ class Catalog:
             con.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
             index = {"block_size": block_size, "n_blocks": blocks.n_blocks, "indexed_rows": len(ids),
                      "projections": [list(range(N_DIMS))], "split": "max-variance median",
-                     "built_at": _now()}
+                     "feature_subsets": [list(f) for f in default_subsets()], "built_at": _now()}
             self._set_settings({"index": index})
             self._bump_data_version()
             con.execute("COMMIT")
@@ -519,6 +528,166 @@ class Catalog:
         sel = query.select(index, boxset, int(min_votes))
         sel.stats["time_load_ms"] = (t1 - t0) * 1e3
         return SelectResult(sel.ids, sel.votes, boxset.to_sql("codes", min_votes=int(min_votes)), sel.stats)
+
+    # -- search by classification -----------------------------------------------------------
+    def feature_subsets(self) -> list[tuple[int, ...]]:
+        """The feature subsets learned boxes may constrain, as recorded by the index build."""
+        from .learn.models import feature_subsets
+
+        recorded = (self.setting("index") or {}).get("feature_subsets")
+        return [tuple(s) for s in recorded] if recorded else feature_subsets()
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of ``ids`` in the block index; UnknownIds for any id not there."""
+        index = self.block_index()
+        if self._id_order is None:
+            self._id_order = np.argsort(index.ids, kind="stable")
+        sorted_ids = index.ids[self._id_order]
+        at = np.searchsorted(sorted_ids, ids)
+        at_clipped = np.minimum(at, max(len(sorted_ids) - 1, 0))
+        found = (at < len(sorted_ids)) & (sorted_ids[at_clipped] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+        if not found.all():
+            raise UnknownIds(ids[~found].tolist())
+        return self._id_order[at]
+
+    def refine(self, positives, negatives=(), model: str = "ensemble", sampled_negatives: int = 500,
+               negative_weight: float = 1.0, random_state=None, filter_sampled: bool = True) -> Result:
+        """Train ``model`` on the labelled ids plus sampled negatives and return every image of
+        the catalog it classifies as positive, ranked by votes, then by distance to the
+        positives' mean code, then block position.
+
+        ``model`` is ``"ensemble"`` (25 decision branch models, majority vote), ``"branch"``,
+        ``"tree"`` or ``"forest"`` (scikit-learn models turned into boxes). Sampled negatives
+        come from a fixed random pool of catalog rows, skipping labelled ids, and (with
+        ``filter_sampled``) those that look more like the positives than like the catalog
+        (:func:`engine.refine.reliable_negatives`); user negatives weigh ``negative_weight``
+        times a sampled one. Works on read-only catalogs.
+        """
+        from . import refine as rf
+
+        model, sampled_negatives, negative_weight = rf.check_options(model, sampled_negatives, negative_weight)
+        pos, neg = rf.check_labels(positives, negatives)
+        t0 = time.perf_counter()
+        index = self.block_index()
+        if index.n_rows == 0:
+            raise UnknownIds(pos.tolist())
+        pos_codes = index.cols[:, self._positions(pos)].T
+        neg_codes = index.cols[:, self._positions(neg)].T
+        pool = self._negative_pool(sampled_negatives)
+        sampled = rf.sample_negatives(index.ids[pool], sampled_negatives, np.concatenate([pos, neg]))
+        sampled_codes = index.cols[:, self._positions(sampled)].T
+        n_sampled = len(sampled)
+        if filter_sampled:
+            keep = rf.reliable_negatives(sampled_codes, pos_codes)
+            sampled, sampled_codes = sampled[keep], sampled_codes[keep]
+        X, y, w = rf.training_set(pos_codes, neg_codes, sampled_codes, negative_weight)
+        t1 = time.perf_counter()
+        estimator = rf.make_model(model, self.feature_subsets(), random_state).fit(X, y, sample_weight=w)
+        t2 = time.perf_counter()
+        center = rf.center_code(pos_codes)
+        sel = query.select(index, estimator.boxes_, estimator.min_votes_, center=center)
+        t3 = time.perf_counter()
+        sql = estimator.boxes_.to_sql("codes", min_votes=estimator.min_votes_, center=center.tolist())
+        stats = {
+            "model": model, "positives": int(len(pos)), "negatives": int(len(neg)),
+            "sampled_negatives": n_sampled, "sampled_dropped": n_sampled - int(len(sampled)),
+            "negative_weight": negative_weight,
+            "boxes": len(estimator.boxes_), "min_votes": int(estimator.min_votes_),
+            "time_sample_ms": (t1 - t0) * 1e3, "time_train_ms": (t2 - t1) * 1e3,
+            "time_query_ms": (t3 - t2) * 1e3, "time_total_ms": (t3 - t0) * 1e3,
+            "rows": index.n_rows, "blocks": sel.stats["blocks"], "blocks_touched": sel.stats["blocks_touched"],
+            "rows_touched": sel.stats["rows_in_touched_blocks"],
+            "share_touched": sel.stats["rows_in_touched_blocks"] / max(index.n_rows, 1),
+            "results": int(len(sel.ids)),
+        }
+        return rf.Result(sel.ids, sel.votes.astype(np.int64), sql, stats, estimator)
+
+    def _negative_pool(self, size: int) -> np.ndarray:
+        from . import refine as rf
+
+        index = self.block_index()
+        key = (self._index_version, index.n_rows, max(size, rf.POOL_SIZE))
+        if self._pool is None or self._pool[0] != key:
+            self._pool = (key, rf.negative_pool(index.n_rows, size))
+        return self._pool[1]
+
+    def search(self, text: str | None = None, *, image=None, id: int | None = None, k: int = 60) -> Result:
+        """The ``k`` images nearest to a text query, an image (path, bytes or PIL image) or the
+        image ``id``, by exact squared L2 distance between 32-byte codes (ties: block position).
+
+        Text and images go through the catalog's encoder, head and quantizer; ``id`` uses the
+        image's own code. Works on read-only catalogs.
+        """
+        from . import knn
+        from . import refine as rf
+
+        given = [name for name, v in (("text", text), ("image", image), ("id", id)) if v is not None]
+        if len(given) != 1:
+            raise InvalidArgument("give exactly one of text=, image= or id=")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        t0 = time.perf_counter()
+        index = self.block_index()
+        if id is not None:
+            code = index.cols[:, self._positions(rf.parse_ids([id], "id"))[0]].astype(np.uint8)
+            kind = "id"
+        else:
+            code = self._encode_query(text, image)
+            kind = "text" if text is not None else "image"
+        t1 = time.perf_counter()
+        pos, dist = knn.topk(index.cols, code, int(k))
+        t2 = time.perf_counter()
+        from .boxes import distance_sql
+
+        sql = f"SELECT id, {distance_sql(code.tolist())} AS dist FROM codes\nORDER BY dist, pos\nLIMIT {int(k)}"
+        stats = {"query": kind, "k": int(k), "rows": index.n_rows, "rows_touched": index.n_rows,
+                 "share_touched": 1.0 if index.n_rows else 0.0, "results": int(len(pos)),
+                 "time_encode_ms": (t1 - t0) * 1e3, "time_query_ms": (t2 - t1) * 1e3,
+                 "time_total_ms": (t2 - t0) * 1e3}
+        return rf.Result(index.ids[pos], dist.astype(np.int64), sql, stats)
+
+    def encoder(self):
+        """The catalog's encoder, loaded once per Catalog object."""
+        if self._encoder is None:
+            from .encoders import load_encoder
+
+            enc_id = self.setting("encoder")
+            if not enc_id:
+                raise CatalogError(f"{self.path} records no encoder, so it cannot encode queries; search by id=")
+            self._encoder = load_encoder(enc_id)
+        return self._encoder
+
+    def _encode_query(self, text, image) -> np.ndarray:
+        """uint8 (32,) code of a text or image query: encoder, head, quantizer."""
+        enc = self.encoder()
+        head, quant = self.head(), self.quantizer()
+        if text is not None:
+            if not isinstance(text, str):
+                raise InvalidArgument(f"text must be a string, got {type(text).__name__}")
+            text = text.strip()
+            if not text:
+                raise InvalidArgument("the text query is empty; type what to look for")
+            if len(text) > MAX_QUERY_CHARS:
+                raise InvalidArgument(f"the text query has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+            emb = enc.encode_texts([text])
+        else:
+            from PIL import Image
+
+            from .imageio import UnreadableImage, decode_image
+
+            if isinstance(image, Image.Image):
+                pil = image.convert("RGB")
+            else:
+                try:
+                    pil = decode_image(image).image
+                except UnreadableImage as e:
+                    raise InvalidArgument(f"the query image cannot be used: {e.reason}") from None
+            emb = enc.encode_images([pil])
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.shape[1] != head.in_dim:
+            raise StaleIndexError(f"the encoder gives {emb.shape[1]}-d vectors but the head expects {head.in_dim}; "
+                                  f"run `clip-branches train-head {self.path}` again")
+        return quant.encode(head.apply(emb))[0]
 
     def codes(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Codes of ``ids``: uint8 (len(ids), 32) in the order of ``ids``."""

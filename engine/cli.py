@@ -177,6 +177,47 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    with Catalog.open(args.catalog, read_only=True) as cat:
+        if args.id is not None:
+            result = cat.search(id=args.id, k=args.k)
+        elif args.image is not None:
+            result = cat.search(image=args.image, k=args.k)
+        else:
+            result = cat.search(args.query, k=args.k)
+        return _print_result(cat, result, args)
+
+
+def cmd_refine(args) -> int:
+    with Catalog.open(args.catalog, read_only=True) as cat:
+        result = cat.refine(args.positive, args.negative or (), model=args.model,
+                            sampled_negatives=args.sampled_negatives, negative_weight=args.negative_weight,
+                            random_state=args.seed)
+        return _print_result(cat, result, args)
+
+
+def _print_result(cat: Catalog, result, args) -> int:
+    """JSON (ids capped at --limit, with the total) or one ``id<TAB>score<TAB>label`` line per image."""
+    if args.json:
+        _print_json(result.to_json(limit=args.limit))
+        return 0
+    shown = result.ids[: args.limit]
+    labels = {}
+    if "label" in _images_columns(cat) and len(shown):
+        rows = cat.sql("SELECT id, label FROM images WHERE id IN (SELECT unnest($ids))", {"ids": shown.tolist()})
+        labels = dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist(), strict=True))
+    for i, score in zip(shown.tolist(), result.scores[: len(shown)].tolist(), strict=True):
+        print(f"{i}\t{score}" + (f"\t{labels.get(i)}" if labels else ""))
+    s = result.stats
+    print(f"# {s['results']} results; {s['time_total_ms']:.1f} ms", file=sys.stderr)
+    return 0
+
+
+def _images_columns(cat: Catalog) -> set[str]:
+    rows = cat.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'images'")
+    return set(rows.column("column_name").to_pylist())
+
+
 def cmd_sql(args) -> int:
     with Catalog.open(args.catalog, read_only=True) as cat:
         table = cat.sql(args.query)
@@ -296,6 +337,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=100, help="rows to print without --json")
     s.add_argument("--json", action="store_true", help="print ids, votes, sql and stats as JSON")
     s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("search", help="the k images nearest to a text query, an image file or an image id")
+    s.add_argument("catalog")
+    s.add_argument("query", nargs="?", help="text to search for")
+    s.add_argument("--image", help="search with this image file instead of text")
+    s.add_argument("--id", type=int, help="search with the image of this id (more like this)")
+    s.add_argument("-k", type=int, default=60, help="how many images (default 60)")
+    s.add_argument("--limit", type=int, default=None, help="print at most this many ids")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("refine", help="train on labelled ids and return every image of the catalog it classifies positive")
+    s.add_argument("catalog")
+    s.add_argument("--positive", required=True, help="comma-separated positive ids")
+    s.add_argument("--negative", default="", help="comma-separated negative ids")
+    s.add_argument("--model", default="ensemble", choices=["ensemble", "branch", "tree", "forest"])
+    s.add_argument("--sampled-negatives", type=int, default=500)
+    s.add_argument("--negative-weight", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=None, help="random_state of the model (reproducible results)")
+    s.add_argument("--limit", type=int, default=1000, help="ids to print (default 1000; the count is always total)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_refine)
 
     s = sub.add_parser("sql", help="run one read-only SQL query on a catalog")
     s.add_argument("catalog")

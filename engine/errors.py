@@ -58,3 +58,7 @@ class EncoderError(CatalogError):
 
 class IngestError(CatalogError):
     """A source cannot be ingested: missing folder, unreadable manifest, no ``uri`` column."""
+
+
+class InvalidArgument(CatalogError, ValueError):
+    """A search or refine argument is malformed: no positives, a model name, a slider value."""

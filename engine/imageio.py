@@ -9,6 +9,7 @@ preprocessing in worker processes, so the process that encodes never waits on PI
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import warnings
@@ -62,13 +63,14 @@ class DecodedImage:
 
 
 def decode_image(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_min_side: int | None = DRAFT_MIN_SIDE,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> DecodedImage:
-    """Read the first frame of an image file completely and return it as RGB.
+    """Read the first frame of an image file (a path, or the file's bytes) completely and
+    return it as RGB.
 
     Transparent pixels are composited onto ``background``; palette, CMYK and 16-bit pictures
     are converted; EXIF orientation is applied. Raises :class:`UnreadableImage` for empty,
@@ -77,6 +79,10 @@ def decode_image(
     ``PIL.Image.MAX_IMAGE_PIXELS``, applies whatever ``max_pixels`` says).
     """
     try:
+        if isinstance(path, (bytes, bytearray, memoryview)):
+            if len(path) == 0:
+                raise UnreadableImage("empty file")
+            return _decode(io.BytesIO(path), max_pixels, draft_min_side, background)
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise UnreadableImage("empty file")

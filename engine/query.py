@@ -88,8 +88,9 @@ def prepare_boxes(boxset: BoxSet) -> tuple[np.ndarray, ...]:
     return lo, hi, np.ascontiguousarray(dims), ndims, member.astype(np.int64)
 
 
-def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1) -> Selection:
-    """Every row inside at least one box, with at least ``min_votes`` member votes."""
+def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1, center: np.ndarray | None = None) -> Selection:
+    """Every row inside at least one box, with at least ``min_votes`` member votes, ranked by
+    votes, then (with an integer code ``center``) squared distance to it, then block position."""
     t0 = time.perf_counter()
     min_votes = max(1, int(min_votes))
     lo, hi, dims, ndims, member = prepare_boxes(boxset)
@@ -115,7 +116,11 @@ def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1) -> Selection:
         lo, hi, dims, ndims, member, min_votes,
     )
     t2 = time.perf_counter()
-    order = scan.rank_by_votes(pos, votes, max(boxset.n_members, 1))
+    if center is None:
+        order = scan.rank_by_votes(pos, votes, max(boxset.n_members, 1))
+    else:
+        dist = scan.center_distances(index.cols, pos, np.asarray(center, dtype=np.int64))
+        order = scan.rank_by_votes_then_distance(pos, votes, dist, max(boxset.n_members, 1))
     ids, votes = index.ids[pos[order]], votes[order]
     t3 = time.perf_counter()
     stats = {

@@ -133,6 +133,54 @@ def rank_by_votes(pos, votes, max_votes):
     return order
 
 
+@numba.njit(cache=True, parallel=True)
+def center_distances(cols, pos, center):
+    """Squared L2 distance (int64) from each row ``pos[i]`` to the integer code ``center``."""
+    n = pos.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for i in numba.prange(n):
+        p = pos[i]
+        acc = 0
+        for d in range(cols.shape[0]):
+            diff = np.int64(cols[d, p]) - center[d]
+            acc += diff * diff
+        out[i] = acc
+    return out
+
+
+@numba.njit(cache=True)
+def rank_by_votes_then_distance(pos, votes, dist, max_votes):
+    """Stable order by votes (descending), then ``dist`` (ascending, below 2**22), then the
+    arrival order (block position): two 11-bit LSD radix passes on ``dist``, then the counting
+    sort on votes. O(n), where a comparison sort of 3M keys takes 10x longer."""
+    n = votes.shape[0]
+    order = np.arange(n)
+    tmp = np.empty(n, dtype=np.int64)
+    for shift in (0, 11):
+        counts = np.zeros(2049, dtype=np.int64)
+        for i in range(n):
+            counts[((dist[i] >> shift) & 2047) + 1] += 1
+        for k in range(2048):
+            counts[k + 1] += counts[k]
+        for j in range(n):
+            i = order[j]
+            k = (dist[i] >> shift) & 2047
+            tmp[counts[k]] = i
+            counts[k] += 1
+        order, tmp = tmp, order
+    counts = np.zeros(max_votes + 2, dtype=np.int64)
+    for i in range(n):
+        counts[max_votes - votes[i] + 1] += 1
+    for k in range(max_votes + 1):
+        counts[k + 1] += counts[k]
+    for j in range(n):
+        i = order[j]
+        k = max_votes - votes[i]
+        tmp[counts[k]] = i
+        counts[k] += 1
+    return tmp
+
+
 @numba.njit(cache=True)
 def group_pairs(n_blocks, pair_block, pair_box, pair_full, box_member, min_votes):
     """Group candidate pairs by block (boxes in ascending order within a block).

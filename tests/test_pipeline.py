@@ -159,3 +159,56 @@ def test_new_and_reembedded_images_show_as_stale_until_indexed(tmp_path, demo):
     assert (s["images_without_codes"], s["stale_codes"], s["stale"]) == (0, 1, True)
     assert _cli("index", str(copy)).returncode == 0
     assert status()["stale"] is False
+
+
+def test_text_image_and_example_search_on_the_demo_catalog(demo):
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        labels = {r["id"]: r["label"] for r in cat.sql("SELECT id, label FROM images").to_pylist()}
+        res = cat.search("sneaker", k=20)
+        assert len(res.ids) == 20 and res.stats["query"] == "text"
+        assert sum(labels[i] == "Sneaker" for i in res.ids) >= 12
+        assert np.all(np.diff(res.scores) >= 0)
+        bag = next(i for i, lab in labels.items() if lab == "Bag")
+        uri = cat.sql("SELECT uri FROM images WHERE id = $i", {"i": bag}).column("uri")[0].as_py()
+        by_file = cat.search(image=uri, k=10)
+        by_bytes = cat.search(image=Path(uri).read_bytes(), k=10)
+        np.testing.assert_array_equal(by_file.ids, by_bytes.ids)
+        by_id = cat.search(id=bag, k=10)
+        assert by_id.ids[0] == bag
+        assert sum(labels[i] == "Bag" for i in by_file.ids) >= 6
+        for bad, match in (("", "empty"), ("   ", "empty"), ("x" * 10_000, "limit")):
+            with pytest.raises(engine.InvalidArgument, match=match):
+                cat.search(bad)
+        with pytest.raises(engine.InvalidArgument, match="cannot be used"):
+            cat.search(image=b"not an image")
+        for odd in ("a/b?c#d", "it's \"quoted\"", "sneaker 👟"):
+            assert len(cat.search(odd, k=5).ids) == 5
+
+
+def test_search_and_refine_through_the_cli(demo):
+    r = _cli("search", str(demo), "ankle boot", "-k", "30", "--json")
+    assert r.returncode == 0, r.stderr
+    found = json.loads(r.stdout)
+    assert len(found["ids"]) == 30 and "ORDER BY dist, pos" in found["sql"]
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        labels = {r["id"]: r["label"] for r in cat.sql("SELECT id, label FROM images").to_pylist()}
+    boots = [i for i in found["ids"] if labels[i] == "Ankle boot"][:5]
+    others = [i for i in found["ids"] if labels[i] != "Ankle boot"][:3]
+    args = ["refine", str(demo), "--positive", ",".join(map(str, boots)), "--model", "ensemble", "--seed", "1", "--json"]
+    if others:
+        args += ["--negative", ",".join(map(str, others))]
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    refined = json.loads(r.stdout)
+    assert refined["stats"]["model"] == "ensemble" and refined["results"] == len(refined["ids"])
+    got = [labels[i] for i in refined["ids"]]
+    assert got and got.count("Ankle boot") >= 0.6 * len(got)
+    con = duckdb.connect(str(demo), read_only=True)
+    try:
+        assert [row[0] for row in con.execute(refined["sql"]).fetchall()] == refined["ids"]
+    finally:
+        con.close()
+    r = _cli("refine", str(demo), "--positive", "1,x")
+    assert r.returncode == 2 and "not an integer" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("search", str(demo))
+    assert r.returncode == 2 and "exactly one" in r.stderr

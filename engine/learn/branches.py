@@ -1,0 +1,340 @@
+"""numba kernels that grow decision branch models: unions of boxes over uint8 codes.
+
+One model is grown by separate-and-conquer. While positives remain uncovered, a random
+uncovered positive seeds a box on each candidate feature subset. The subset's dims are cut one
+at a time, in random order: each starts tight at the seed's value and widens by absorbing the
+nearest values of the rows inside the earlier cuts, up to ``min_pts`` distinct values per side,
+keeping the widening with the lowest weighted Gini impurity of inside vs outside. Each border is
+placed halfway between the last value inside and the first value outside. The subset whose box
+has the lowest impurity wins (ties go to the smaller subset), its points leave the training set,
+and the next box grows.
+
+Randomness comes from a per-model xorshift64* stream, so members of an ensemble grow in
+parallel threads and a fixed seed gives the same boxes on any thread count.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+N_VALUES = 256
+
+
+@numba.njit(cache=True, inline="always")
+def _next(state):
+    """xorshift64* step on ``state[0]``; returns 64 random bits."""
+    x = state[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    state[0] = x
+    return x * np.uint64(2685821657736338717)
+
+
+@numba.njit(cache=True, inline="always")
+def _below(state, m):
+    """A uniform integer in 0..m-1."""
+    return np.int64((_next(state) >> np.uint64(11)) % np.uint64(m))
+
+
+@numba.njit(cache=True)
+def seed_state(seed):
+    """A non-zero xorshift state from any 64-bit seed (splitmix64 finaliser)."""
+    z = np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    state = np.empty(1, np.uint64)
+    state[0] = z if z != 0 else np.uint64(1)
+    return state
+
+
+@numba.njit(cache=True, inline="always")
+def _score(p_in, n_in, p_out, n_out):
+    """Weighted Gini of the inside/outside split, up to a constant: lower is purer.
+
+    ``sum_parts W * gini = W_total - sum_parts (P^2 + N^2) / W``; the total is fixed while a
+    box grows, so the negated sum ranks splits exactly as the impurity does.
+    """
+    s = 0.0
+    w_in = p_in + n_in
+    if w_in > 0:
+        s += (p_in * p_in + n_in * n_in) / w_in
+    w_out = p_out + n_out
+    if w_out > 0:
+        s += (p_out * p_out + n_out * n_out) / w_out
+    return -s
+
+
+@numba.njit(cache=True)
+def _grow_box(X, pos_w, neg_w, active, seed, dims, k, min_pts, state, lo, hi, cnt, hist_p, hist_n, has):
+    """Grow a box on ``dims[:k]`` around row ``seed``; fills ``lo``/``hi`` (full 0..255 on the
+    other dims) and returns ``(score, positive weight inside, negative weight inside)``.
+
+    The dims are cut in random order, like the splits along one branch of a decision tree:
+    dim d starts tight at the seed's value and widens over the rows that are inside the cuts
+    made so far (the "slab"), absorbing the nearest values on each side while the weighted
+    Gini of inside vs outside improves. ``cnt``, ``hist_*`` and ``has`` are scratch;
+    ``cnt[i]`` counts the dims on which row i is inside (uncut dims count as inside).
+    """
+    n = X.shape[0]
+    for d in range(X.shape[1]):
+        lo[d] = 0
+        hi[d] = 255
+    p_tot = 0.0
+    n_tot = 0.0
+    for i in range(n):
+        cnt[i] = k
+        if active[i]:
+            p_tot += pos_w[i]
+            n_tot += neg_w[i]
+    order = np.empty(k, np.int64)
+    for j in range(k):
+        order[j] = dims[j]
+    for j in range(k - 1, 0, -1):
+        r = _below(state, j + 1)
+        order[j], order[r] = order[r], order[j]
+    p_in = 0.0
+    n_in = 0.0
+    for j in range(k):
+        d = order[j]
+        seed_v = np.int64(X[seed, d])
+        # the slab: active rows inside every cut so far (dim d is still uncut)
+        hist_p[:] = 0.0
+        hist_n[:] = 0.0
+        has[:] = False
+        for i in range(n):
+            if active[i] and cnt[i] == k:
+                v = X[i, d]
+                hist_p[v] += pos_w[i]
+                hist_n[v] += neg_w[i]
+                has[v] = True
+        p_in = hist_p[seed_v]
+        n_in = hist_n[seed_v]
+        # lower side: absorb the values below the seed's
+        best = _score(p_in, n_in, p_tot - p_in, n_tot - n_in)
+        best_v = seed_v
+        best_p = p_in
+        best_n = n_in
+        ap = p_in
+        an = n_in
+        tried = 0
+        v = seed_v - 1
+        while v >= 0 and tried < min_pts:
+            if has[v]:
+                tried += 1
+                ap += hist_p[v]
+                an += hist_n[v]
+                s = _score(ap, an, p_tot - ap, n_tot - an)
+                if s < best:
+                    best = s
+                    best_v = v
+                    best_p = ap
+                    best_n = an
+            v -= 1
+        p_in = best_p
+        n_in = best_n
+        out = best_v - 1
+        while out >= 0 and not has[out]:
+            out -= 1
+        new_lo = 0 if out < 0 else (out + best_v + 1) // 2
+        # upper side: absorb the values above the seed's
+        best_v = seed_v
+        ap = p_in
+        an = n_in
+        tried = 0
+        v = seed_v + 1
+        while v < N_VALUES and tried < min_pts:
+            if has[v]:
+                tried += 1
+                ap += hist_p[v]
+                an += hist_n[v]
+                s = _score(ap, an, p_tot - ap, n_tot - an)
+                if s < best:
+                    best = s
+                    best_v = v
+                    best_p = ap
+                    best_n = an
+            v += 1
+        p_in = best_p
+        n_in = best_n
+        out = best_v + 1
+        while out < N_VALUES and not has[out]:
+            out += 1
+        new_hi = N_VALUES - 1 if out >= N_VALUES else (best_v + out) // 2
+        # cut dim d
+        for i in range(n):
+            if active[i]:
+                v = np.int64(X[i, d])
+                if v < new_lo or v > new_hi:
+                    cnt[i] -= 1
+        lo[d] = new_lo
+        hi[d] = new_hi
+    # No slab value lies between the absorbed values and the halfway borders, so p_in and n_in
+    # are the weights inside the finished box.
+    return _score(p_in, n_in, p_tot - p_in, n_tot - n_in), p_in, n_in
+
+
+@numba.njit(cache=True)
+def grow_model(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failures, min_pts, seed):
+    """Grow one decision branch model.
+
+    X : uint8 (n, n_dims); pos_w, neg_w : float64 (n,) weight of each row as positive / negative
+    (a row with both zero is not in the training set); subsets : int64 (S, max_k) padded dims,
+    sorted by size; sizes : int64 (S,); n_try : subsets tried per box (a random subset of the
+    family when below S). Returns ``(lo, hi)`` uint8 (n_boxes, n_dims).
+    """
+    n, n_dims = X.shape
+    state = seed_state(seed)
+    active = np.empty(n, np.bool_)
+    for i in range(n):
+        active[i] = pos_w[i] > 0 or neg_w[i] > 0
+    seedable = np.empty(n, np.bool_)
+    for i in range(n):
+        seedable[i] = active[i] and pos_w[i] > 0
+    out_lo = np.zeros((max_boxes, n_dims), np.uint8)
+    out_hi = np.zeros((max_boxes, n_dims), np.uint8)
+    n_boxes = 0
+    failures = 0
+    n_sub = subsets.shape[0]
+    cnt = np.zeros(n, np.int64)
+    hist_p = np.zeros(N_VALUES, np.float64)
+    hist_n = np.zeros(N_VALUES, np.float64)
+    has = np.zeros(N_VALUES, np.bool_)
+    lo = np.zeros(n_dims, np.int64)
+    hi = np.zeros(n_dims, np.int64)
+    best_lo = np.zeros(n_dims, np.int64)
+    best_hi = np.zeros(n_dims, np.int64)
+    pick = np.arange(n_sub)
+    chosen = np.zeros(n_sub, np.bool_)
+    while n_boxes < max_boxes and failures < max_failures:
+        n_seedable = 0
+        for i in range(n):
+            if seedable[i]:
+                n_seedable += 1
+        if n_seedable == 0:
+            break
+        r = _below(state, n_seedable)
+        seed_row = -1
+        for i in range(n):
+            if seedable[i]:
+                if r == 0:
+                    seed_row = i
+                    break
+                r -= 1
+        # a random n_try of the subsets, tried in family order (smaller subsets first)
+        chosen[:] = False
+        if n_try >= n_sub:
+            chosen[:] = True
+        else:
+            for j in range(n_sub):
+                pick[j] = j
+            for j in range(n_try):
+                r = j + _below(state, n_sub - j)
+                pick[j], pick[r] = pick[r], pick[j]
+                chosen[pick[j]] = True
+        best = np.inf
+        best_p = 0.0
+        best_n = 0.0
+        for s in range(n_sub):
+            if not chosen[s]:
+                continue
+            score, p_in, n_in = _grow_box(X, pos_w, neg_w, active, seed_row, subsets[s], sizes[s], min_pts,
+                                          state, lo, hi, cnt, hist_p, hist_n, has)
+            if score < best:
+                best = score
+                best_p = p_in
+                best_n = n_in
+                best_lo[:] = lo
+                best_hi[:] = hi
+        if best_p > best_n:
+            for d in range(n_dims):
+                out_lo[n_boxes, d] = best_lo[d]
+                out_hi[n_boxes, d] = best_hi[d]
+            n_boxes += 1
+            failures = 0
+            for i in range(n):
+                if not active[i]:
+                    continue
+                inside = True
+                for d in range(n_dims):
+                    if X[i, d] < best_lo[d] or X[i, d] > best_hi[d]:
+                        inside = False
+                        break
+                if inside:
+                    active[i] = False
+                    seedable[i] = False
+        else:
+            failures += 1
+            seedable[seed_row] = False
+    return out_lo[:n_boxes].copy(), out_hi[:n_boxes].copy()
+
+
+@numba.njit(cache=True)
+def _bootstrap(pos_w, neg_w, state, counts):
+    """Bootstrap counts over the training rows (rows with weight), with at least one positive."""
+    n = pos_w.shape[0]
+    rows = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if pos_w[i] > 0 or neg_w[i] > 0:
+            rows[m] = i
+            m += 1
+    counts[:] = 0
+    n_pos = 0
+    for _ in range(m):
+        i = rows[_below(state, m)]
+        counts[i] += 1
+        if pos_w[i] > 0:
+            n_pos += 1
+    if n_pos == 0:
+        positives = np.empty(m, np.int64)
+        q = 0
+        for j in range(m):
+            if pos_w[rows[j]] > 0:
+                positives[q] = rows[j]
+                q += 1
+        if q > 0:
+            counts[positives[_below(state, q)]] += 1
+
+
+@numba.njit(cache=True, parallel=True)
+def grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failures, min_pts, seeds, bootstrap):
+    """Grow ``len(seeds)`` models in parallel, member ``m`` on its own bootstrap sample (when
+    ``bootstrap``) and random stream. Returns ``(lo, hi, member)`` of all boxes."""
+    n_members = seeds.shape[0]
+    n, n_dims = X.shape
+    los = np.zeros((n_members, max_boxes, n_dims), np.uint8)
+    his = np.zeros((n_members, max_boxes, n_dims), np.uint8)
+    n_boxes = np.zeros(n_members, np.int64)
+    for m in numba.prange(n_members):
+        state = seed_state(seeds[m])
+        pw = pos_w.copy()
+        nw = neg_w.copy()
+        if bootstrap:
+            counts = np.zeros(n, np.int64)
+            _bootstrap(pos_w, neg_w, state, counts)
+            for i in range(n):
+                pw[i] *= counts[i]
+                nw[i] *= counts[i]
+        lo, hi = grow_model(X, pw, nw, subsets, sizes, n_try, max_boxes, max_failures, min_pts,
+                            _next(state))
+        b = lo.shape[0]
+        los[m, :b] = lo
+        his[m, :b] = hi
+        n_boxes[m] = b
+    total = 0
+    for m in range(n_members):
+        total += n_boxes[m]
+    out_lo = np.empty((total, n_dims), np.uint8)
+    out_hi = np.empty((total, n_dims), np.uint8)
+    member = np.empty(total, np.int64)
+    q = 0
+    for m in range(n_members):
+        for b in range(n_boxes[m]):
+            out_lo[q] = los[m, b]
+            out_hi[q] = his[m, b]
+            member[q] = m
+            q += 1
+    return out_lo, out_hi, member

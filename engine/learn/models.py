@@ -1,0 +1,175 @@
+"""Decision branch classifiers with the scikit-learn estimator API.
+
+``DecisionBranchClassifier`` is one model, ``DecisionBranchEnsemble`` 25 of them voting. Both
+learn boxes over index-aware feature subsets (:func:`feature_subsets`, recorded by the catalog's
+index build), and both expose the result as ``boxes_``, a :class:`~engine.boxes.BoxSet` that
+``Catalog.select`` answers with pruned block scans and that compiles to SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from ..boxes import N_DIMS, BoxSet
+from ..errors import InvalidArgument
+from . import branches
+from .base import BoxClassifierMixin, check_codes, check_labels, check_weights
+
+# (subset size, how many): the original's family of 104 subsets.
+DEFAULT_FAMILY = ((4, 64), (6, 32), (8, 8))
+
+
+def feature_subsets(n_dims: int = N_DIMS, family: Sequence[tuple[int, int]] = DEFAULT_FAMILY,
+                    seed: int = 0) -> list[tuple[int, ...]]:
+    """A fixed family of distinct feature subsets: ``count`` random subsets of each ``size``,
+    drawn so that every dim is used about equally often within a size."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[int, ...]] = []
+    for size, count in family:
+        if not 1 <= size <= n_dims:
+            raise InvalidArgument(f"subset size {size} is outside 1..{n_dims}")
+        seen: set[tuple[int, ...]] = set()
+        pool: list[int] = []
+        attempts = 0
+        while len(seen) < count and attempts < 100 * count:
+            attempts += 1
+            if len(pool) < size:  # deal dims from shuffled decks: balanced usage
+                pool.extend(rng.permutation(n_dims).tolist())
+            pick = tuple(sorted(set(pool[:size])))
+            del pool[:size]
+            if len(pick) == size and pick not in seen:
+                seen.add(pick)
+                out.append(pick)
+    return out
+
+
+def _subset_arrays(subsets) -> tuple[np.ndarray, np.ndarray]:
+    """Padded int64 (S, max_k) dims and (S,) sizes, smaller subsets first (they win ties)."""
+    if subsets is None:
+        subsets = feature_subsets()
+    subs = []
+    for s in subsets:
+        dims = sorted({int(d) for d in s})
+        if not dims or dims[0] < 0 or dims[-1] >= N_DIMS:
+            raise InvalidArgument(f"feature subset {tuple(s)} must name dims in 0..{N_DIMS - 1}")
+        subs.append(dims)
+    if not subs:
+        raise InvalidArgument("give at least one feature subset")
+    subs.sort(key=len)
+    width = max(len(s) for s in subs)
+    arr = np.full((len(subs), width), -1, np.int64)
+    for i, s in enumerate(subs):
+        arr[i, : len(s)] = s
+    return arr, np.array([len(s) for s in subs], np.int64)
+
+
+def _seed(random_state) -> int:
+    """A 63-bit seed from None (fresh entropy), an int or a numpy Generator."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**63))
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer))):
+        raise InvalidArgument(f"random_state must be None, an integer or a numpy Generator, got {random_state!r}")
+    return int(np.random.default_rng(random_state).integers(2**63))
+
+
+class _BranchBase(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
+    def _prepare(self, X, y, sample_weight):
+        X = check_codes(X)
+        y = check_labels(y, len(X))
+        w = check_weights(sample_weight, len(X))
+        if not (y & (w > 0)).any():
+            raise InvalidArgument("the training set needs at least one positive with a non-zero weight")
+        pos_w = np.where(y, w, 0.0)
+        neg_w = np.where(y, 0.0, w)
+        subsets, sizes = _subset_arrays(self.subsets)
+        n_try = max(1, int(round(self.subset_fraction * len(sizes))))
+        if not 0 < self.subset_fraction <= 1:
+            raise InvalidArgument(f"subset_fraction must be in (0, 1], got {self.subset_fraction!r}")
+        if self.min_pts == "auto":
+            min_pts = max(1, min(50, int(1.5 * int(y.sum()))))
+        elif isinstance(self.min_pts, (int, np.integer)) and self.min_pts >= 1:
+            min_pts = int(self.min_pts)
+        else:
+            raise InvalidArgument(f"min_pts must be 'auto' or a positive integer, got {self.min_pts!r}")
+        for name in ("max_boxes", "max_failures"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        return X, pos_w, neg_w, subsets, sizes, n_try, min_pts
+
+    def _finish(self, boxes: BoxSet, min_votes: int):
+        self.boxes_ = boxes
+        self.min_votes_ = min_votes
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = N_DIMS
+        return self
+
+
+class DecisionBranchClassifier(_BranchBase):
+    """One decision branch model: a union of at most ``max_boxes`` boxes.
+
+    Parameters
+    ----------
+    subsets : sequence of dim tuples, optional
+        The feature subsets a box may constrain; default :func:`feature_subsets`. Pass the
+        catalog's (``Catalog.feature_subsets()``) so every box is one the index prunes for.
+    max_boxes : int
+        Stop after this many boxes (30).
+    max_failures : int
+        Stop after this many seeds in a row grow no box with more positive than negative weight.
+    min_pts : int or "auto"
+        Distinct values tried per side when widening a dim; auto is min(50, 1.5 x positives).
+    subset_fraction : float
+        Share of the subsets tried for each box (1.0: all of them).
+    random_state : None, int or numpy Generator
+    """
+
+    def __init__(self, subsets=None, max_boxes=30, max_failures=5, min_pts="auto", subset_fraction=1.0,
+                 random_state=None):
+        self.subsets = subsets
+        self.max_boxes = max_boxes
+        self.max_failures = max_failures
+        self.min_pts = min_pts
+        self.subset_fraction = subset_fraction
+        self.random_state = random_state
+
+    def fit(self, X, y, sample_weight=None):
+        X, pos_w, neg_w, subsets, sizes, n_try, min_pts = self._prepare(X, y, sample_weight)
+        lo, hi = branches.grow_model(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
+                                     int(self.max_failures), min_pts, np.uint64(_seed(self.random_state)))
+        return self._finish(BoxSet.from_arrays(lo, hi), 1)
+
+
+class DecisionBranchEnsemble(_BranchBase):
+    """``n_estimators`` decision branch models, each on its own bootstrap sample (with at least
+    one positive), random stream and random share of the subsets per box. A row's vote count is
+    the number of members with a box containing it; it is positive with more than half.
+
+    Parameters are those of :class:`DecisionBranchClassifier`, plus ``n_estimators`` (25) and
+    ``bootstrap`` (True); ``subset_fraction`` defaults to 0.5. Members grow in parallel threads,
+    and a fixed ``random_state`` gives the same boxes on any number of threads.
+    """
+
+    def __init__(self, n_estimators=25, subsets=None, max_boxes=30, max_failures=5, min_pts="auto",
+                 subset_fraction=0.5, bootstrap=True, random_state=None):
+        self.n_estimators = n_estimators
+        self.subsets = subsets
+        self.max_boxes = max_boxes
+        self.max_failures = max_failures
+        self.min_pts = min_pts
+        self.subset_fraction = subset_fraction
+        self.bootstrap = bootstrap
+        self.random_state = random_state
+
+    def fit(self, X, y, sample_weight=None):
+        n = self.n_estimators
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InvalidArgument(f"n_estimators must be a positive integer, got {n!r}")
+        X, pos_w, neg_w, subsets, sizes, n_try, min_pts = self._prepare(X, y, sample_weight)
+        seeds = np.random.default_rng(_seed(self.random_state)).integers(0, 2**63, size=int(n), dtype=np.uint64)
+        lo, hi, member = branches.grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
+                                                int(self.max_failures), min_pts, seeds, bool(self.bootstrap))
+        return self._finish(BoxSet.from_arrays(lo, hi, member), int(n) // 2 + 1)

@@ -1,0 +1,174 @@
+"""Search by classification: the training set of a refine round, the model menu, and results.
+
+A refine round trains a box classifier on the user's labelled images plus negatives sampled from
+a fixed random pool of catalog rows (random rows are almost all negative when positives are
+rare), then applies it to the whole catalog through the block index (``Catalog.refine``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InvalidArgument
+
+MODELS = ("ensemble", "branch", "tree", "forest")
+DEFAULT_SAMPLED_NEGATIVES = 500
+MAX_SAMPLED_NEGATIVES = 100_000
+# The pool's seed is fixed, so a given catalog state samples the same negatives every round and
+# results change only when the labels (or random_state, for the model) do.
+POOL_SEED = 0x5EED
+POOL_SIZE = 16_384
+
+
+@dataclass
+class Result:
+    """Ranked images from ``Catalog.search`` or ``Catalog.refine``.
+
+    ids : int64, best first
+    scores : int64; refine: member votes (higher is better); search: squared distance of the
+        codes to the query code (lower is better)
+    sql : a SELECT that returns the same ids in the same order when run on the catalog file
+    stats : times per phase (ms), rows touched, result count, ...
+    model : the fitted estimator of a refine round (its ``boxes_`` are what the SQL tests)
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    sql: str
+    stats: dict
+    model: object = field(default=None, repr=False)
+
+    def to_json(self, limit: int | None = None) -> dict:
+        ids = self.ids if limit is None else self.ids[:limit]
+        return {"ids": ids.tolist(), "scores": self.scores[: len(ids)].tolist(), "sql": self.sql,
+                "stats": self.stats, "results": int(len(self.ids))}
+
+
+def parse_ids(values, what: str) -> np.ndarray:
+    """int64 ids from a sequence of integers (or integer-valued strings from a form)."""
+    if values is None:
+        return np.zeros(0, np.int64)
+    if isinstance(values, (str, bytes)):
+        values = [v for v in str(values if isinstance(values, str) else values.decode()).split(",") if v.strip()]
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    try:
+        values = list(values)
+    except TypeError:
+        raise InvalidArgument(f"{what} must be a list of image ids, got {values!r}") from None
+    out = []
+    for v in values:
+        if isinstance(v, bool):
+            raise InvalidArgument(f"{what}: {v!r} is not an image id")
+        if isinstance(v, (int, np.integer)):
+            out.append(int(v))
+        elif isinstance(v, str) and v.strip().lstrip("-").isdigit() and len(v.strip()) < 20:
+            out.append(int(v.strip()))
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            out.append(int(v))
+        else:
+            raise InvalidArgument(f"{what}: {v!r} is not an integer image id")
+    ids = np.asarray(out, dtype=np.int64)
+    return np.unique(ids)
+
+
+def check_labels(positives, negatives) -> tuple[np.ndarray, np.ndarray]:
+    pos = parse_ids(positives, "positives")
+    neg = parse_ids(negatives, "negatives")
+    if len(pos) == 0:
+        raise InvalidArgument("label at least one image as positive before fine-tuning")
+    both = np.intersect1d(pos, neg)
+    if len(both):
+        shown = ", ".join(str(i) for i in both[:10])
+        raise InvalidArgument(f"image id(s) {shown} are labelled both positive and negative; pick one")
+    return pos, neg
+
+
+def check_options(model: str, sampled_negatives, negative_weight) -> tuple[str, int, float]:
+    if model not in MODELS:
+        raise InvalidArgument(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if isinstance(sampled_negatives, bool) or not isinstance(sampled_negatives, (int, np.integer)):
+        raise InvalidArgument(f"sampled_negatives must be an integer, got {sampled_negatives!r}")
+    if not 0 <= sampled_negatives <= MAX_SAMPLED_NEGATIVES:
+        raise InvalidArgument(f"sampled_negatives must be in 0..{MAX_SAMPLED_NEGATIVES}, got {sampled_negatives}")
+    try:
+        weight = float(negative_weight)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"negative_weight must be a number, got {negative_weight!r}") from None
+    if isinstance(negative_weight, bool) or not np.isfinite(weight) or not 0 < weight <= 1e6:
+        raise InvalidArgument(f"negative_weight must be a positive number up to 1e6, got {negative_weight!r}")
+    return model, int(sampled_negatives), weight
+
+
+def negative_pool(n_rows: int, size: int) -> np.ndarray:
+    """Row positions of the fixed sampling pool: the first ``size`` of one seeded permutation
+    prefix, so asking for fewer negatives gives a prefix of what asking for more gives."""
+    want = min(n_rows, max(size, POOL_SIZE))
+    return np.random.default_rng(POOL_SEED).choice(n_rows, size=want, replace=False)
+
+
+def sample_negatives(pool_ids: np.ndarray, count: int, exclude: np.ndarray) -> np.ndarray:
+    """The first ``count`` ids of the pool that are not labelled."""
+    keep = pool_ids[~np.isin(pool_ids, exclude)]
+    return keep[:count]
+
+
+def reliable_negatives(sampled_codes: np.ndarray, pos_codes: np.ndarray) -> np.ndarray:
+    """Mask of the sampled rows to keep as negatives: those nearer the sample's own mean than
+    the positives' mean (Rocchio, as in positive-unlabelled learning).
+
+    Random rows are unlabelled, not negative: a class of 10% puts ~50 of its members among 500
+    samples, and those hem every box in at the labelled points. Rows that look more like the
+    positives than like the catalog at large are dropped from the sample; user negatives are
+    always kept.
+    """
+    if len(sampled_codes) == 0:
+        return np.zeros(0, bool)
+    s = sampled_codes.astype(np.float64)
+    mu_pos = pos_codes.astype(np.float64).mean(axis=0)
+    mu_all = s.mean(axis=0)
+    return ((s - mu_all) ** 2).sum(axis=1) <= ((s - mu_pos) ** 2).sum(axis=1)
+
+
+def make_model(name: str, subsets: Sequence[Sequence[int]], random_state):
+    """An unfitted estimator for a model name of :data:`MODELS`."""
+    if name == "ensemble":
+        from .learn.models import DecisionBranchEnsemble
+
+        return DecisionBranchEnsemble(subsets=subsets, random_state=random_state)
+    if name == "branch":
+        from .learn.models import DecisionBranchClassifier
+
+        return DecisionBranchClassifier(subsets=subsets, random_state=random_state)
+    from .learn import trees
+
+    if name == "tree":
+        return trees.TreeBoxes(random_state=random_state)
+    return trees.ForestBoxes(n_estimators=25, random_state=random_state)
+
+
+def training_set(pos_codes: np.ndarray, neg_codes: np.ndarray, sampled_codes: np.ndarray,
+                 negative_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X, y and sample weights: user negatives weigh ``negative_weight`` times a sampled one,
+    and the positives together weigh as much as all negatives together.
+
+    The balance matters because sampled negatives are only probably negative: when the class
+    the user wants is 10% of the catalog, 500 random rows hold about 50 of its members. With
+    unit weights, 8 positives are outnumbered inside their own region and every model shrinks
+    to boxes around the labelled points; balanced, a box over the region is purer than one
+    around a single positive, and a box that also takes in another class is not.
+    """
+    X = np.concatenate([pos_codes, neg_codes, sampled_codes])
+    y = np.concatenate([np.ones(len(pos_codes), np.int64), np.zeros(len(neg_codes) + len(sampled_codes), np.int64)])
+    w_neg = np.concatenate([np.full(len(neg_codes), negative_weight), np.ones(len(sampled_codes))])
+    w_pos = w_neg.sum() / len(pos_codes) if len(pos_codes) and w_neg.sum() > 0 else 1.0
+    w = np.concatenate([np.full(len(pos_codes), w_pos), w_neg])
+    return X, y, w
+
+
+def center_code(pos_codes: np.ndarray) -> np.ndarray:
+    """The positives' mean code, rounded: ties in votes rank by integer distance to it."""
+    return np.rint(pos_codes.astype(np.float64).mean(axis=0)).astype(np.int64)

@@ -1,0 +1,203 @@
+"""Decision branch models: boxes, votes, compiled SQL and the block index agree; the estimator API."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+
+from engine import query
+from engine.boxes import CODE_COLUMNS
+from engine.errors import CatalogError, InvalidArgument
+from engine.layout import kd_order, zone_maps
+from engine.learn.base import NotFittedError, box_votes
+from engine.learn.models import DecisionBranchClassifier, DecisionBranchEnsemble, feature_subsets
+
+SMALL_FAMILY = [(0, 1), (2, 3, 4), (5, 6, 7, 8), (1, 9), (10, 11, 31)]
+
+
+@st.composite
+def datasets(draw, max_rows: int = 60):
+    """Small labelled code sets with colliding values, bounds at 0/255 and weights."""
+    n = draw(st.integers(2, max_rows))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["narrow", "edges", "clusters"]))
+    if kind == "narrow":
+        X = rng.integers(0, 6, (n, 32))
+    elif kind == "edges":
+        X = rng.choice([0, 1, 2, 253, 254, 255], (n, 32))
+    else:
+        centres = rng.integers(0, 256, (3, 32))
+        X = np.clip(centres[rng.integers(0, 3, n)] + rng.integers(-8, 9, (n, 32)), 0, 255)
+    y = rng.random(n) < draw(st.floats(0.05, 0.7))
+    y[rng.integers(n)] = True
+    w = None
+    if draw(st.booleans()):
+        w = rng.choice([0.5, 1.0, 3.0], n)
+    Z = np.concatenate([X, rng.integers(0, 256, (20, 32)), np.clip(X + rng.integers(-2, 3, X.shape), 0, 255)])
+    return X.astype(np.uint8), y, w, Z.astype(np.uint8), seed
+
+
+def _sql_rows(model, Z: np.ndarray) -> list[tuple[int, int]]:
+    """(id, votes) rows of the model's compiled SQL run by plain DuckDB over Z (id = row index)."""
+    tbl = pa.table({"pos": np.arange(len(Z)), "id": np.arange(len(Z)),
+                    **{c: pa.array(Z[:, d], pa.uint8()) for d, c in enumerate(CODE_COLUMNS)}})
+    con = duckdb.connect()
+    try:
+        con.register("codes", tbl)
+        return con.execute(model.boxes_.to_sql("codes", min_votes=model.min_votes_)).fetchall()
+    finally:
+        con.close()
+
+
+def _index(Z: np.ndarray, block_size: int) -> query.BlockIndex:
+    cols = np.ascontiguousarray(Z.T)
+    perm, starts = kd_order(cols, block_size=block_size)
+    cols = np.ascontiguousarray(cols[:, perm])
+    return query.BlockIndex.from_arrays(cols, perm.astype(np.int64), zone_maps(cols, starts), block_size)
+
+
+def _models(seed):
+    return [DecisionBranchClassifier(random_state=seed),
+            DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, random_state=seed),
+            DecisionBranchEnsemble(n_estimators=5, random_state=seed),
+            DecisionBranchEnsemble(n_estimators=4, subsets=SMALL_FAMILY, bootstrap=False, random_state=seed)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=datasets())
+def test_predict_votes_sql_and_index_agree(data):
+    X, y, w, Z, seed = data
+    for model in _models(seed):
+        model.fit(X, y, sample_weight=w)
+        votes = model.decision_function(Z)
+        np.testing.assert_array_equal(votes, box_votes(model.boxes_, Z))
+        predicted = np.flatnonzero(model.predict(Z))
+        assert set(predicted.tolist()) == {i for i in range(len(Z)) if votes[i] >= model.min_votes_}
+        rows = _sql_rows(model, Z)
+        assert sorted(r[0] for r in rows) == predicted.tolist()
+        assert all(r[1] == votes[r[0]] for r in rows)
+        sel = query.select(_index(Z, 4), model.boxes_, model.min_votes_)
+        assert sorted(sel.ids.tolist()) == predicted.tolist()
+        np.testing.assert_array_equal(sel.votes, votes[sel.ids])
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=datasets())
+def test_boxes_constrain_one_subset_and_hold_more_positive_than_negative_weight(data):
+    X, y, w, _, seed = data
+    model = DecisionBranchClassifier(subsets=SMALL_FAMILY, random_state=seed).fit(X, y, sample_weight=w)
+    weights = np.ones(len(X)) if w is None else w
+    remaining = np.ones(len(X), bool)
+    for i in range(len(model.boxes_)):
+        dims = set(model.boxes_.constrained(i))
+        assert any(dims <= set(s) for s in SMALL_FAMILY)
+        inside = remaining & np.all((model.boxes_.lo[i] <= X) & (model.boxes_.hi[i] >= X), axis=1)
+        assert (weights * inside * y).sum() > (weights * inside * ~y).sum()
+        remaining &= ~inside  # separate and conquer: later boxes see what earlier ones left
+    assert len(model.boxes_) <= model.max_boxes
+
+
+def test_separable_classes_are_learned_exactly(rng):
+    a = np.clip(rng.normal(60, 4, (300, 32)), 0, 255).astype(np.uint8)
+    b = np.clip(rng.normal(190, 4, (300, 32)), 0, 255).astype(np.uint8)
+    X = np.concatenate([a[:30], b[:200]])
+    y = np.r_[np.ones(30, bool), np.zeros(200, bool)]
+    for model in (DecisionBranchClassifier(random_state=0), DecisionBranchEnsemble(random_state=0)):
+        model.fit(X, y)
+        assert model.predict(a).all() and not model.predict(b).any()
+
+
+def test_ensemble_counts_each_member_once_and_needs_a_majority(rng):
+    X = rng.integers(0, 256, (200, 32), dtype=np.uint8)
+    y = X[:, 0] < 60
+    model = DecisionBranchEnsemble(n_estimators=7, random_state=1).fit(X, y)
+    assert model.min_votes_ == 4
+    assert set(np.unique(model.boxes_.members).tolist()) <= set(range(7))
+    votes = model.decision_function(X)
+    assert votes.max() <= 7
+    # a member with several boxes holding one row still votes once
+    per_member = np.stack([box_votes(_member(model.boxes_, m), X) for m in range(7)])
+    np.testing.assert_array_equal(votes, per_member.sum(axis=0))
+    assert per_member.max() <= 1
+    np.testing.assert_array_equal(model.predict(X), (votes >= 4).astype(int))
+
+
+def _member(boxes, m):
+    from engine.boxes import BoxSet
+
+    keep = boxes.members == m
+    return BoxSet.from_arrays(boxes.lo[keep], boxes.hi[keep])
+
+
+def test_fixed_random_state_is_reproducible_and_seeds_differ(rng):
+    X = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    y = (X[:, 3] > 150) & (X[:, 7] < 120)
+    for cls in (DecisionBranchClassifier, DecisionBranchEnsemble):
+        a = cls(random_state=5).fit(X, y).boxes_
+        b = cls(random_state=5).fit(X, y).boxes_
+        assert a == b
+        c = cls(random_state=np.random.default_rng(5)).fit(X, y).boxes_
+        d = cls(random_state=6).fit(X, y).boxes_
+        assert not (a == c and a == d)
+
+
+def test_default_family_is_the_originals_104_subsets():
+    fam = feature_subsets()
+    assert [len(s) for s in fam].count(4) == 64 and [len(s) for s in fam].count(6) == 32
+    assert [len(s) for s in fam].count(8) == 8 and len(set(fam)) == 104
+    assert all(0 <= d < 32 for s in fam for d in s)
+    assert feature_subsets() == fam  # deterministic
+    used = np.bincount([d for s in fam if len(s) == 4 for d in s], minlength=32)
+    assert used.min() >= 6  # every dim is in several 4-dim subsets
+
+
+def test_estimator_api(rng):
+    X = rng.integers(0, 256, (50, 32), dtype=np.uint8)
+    y = X[:, 0] > 128
+    model = DecisionBranchEnsemble(n_estimators=3, max_boxes=4, random_state=0)
+    assert model.get_params()["n_estimators"] == 3
+    twin = clone(model).set_params(n_estimators=5)
+    assert twin.n_estimators == 5 and model.n_estimators == 3
+    assert model.fit(X, y) is model
+    assert model.classes_.tolist() == [0, 1] and model.n_features_in_ == 32
+    assert 0 <= model.score(X, y) <= 1
+    with pytest.raises(NotFittedError, match="fit"):
+        DecisionBranchClassifier().predict(X)
+
+
+@pytest.mark.parametrize("kwargs, X, y, match", [
+    ({}, np.zeros((5, 31), np.uint8), [1, 0, 0, 0, 0], "shape"),
+    ({}, np.full((3, 32), 300), [1, 0, 0], "0..255"),
+    ({}, np.zeros((3, 32), np.uint8), [0, 0, 0], "at least one positive"),
+    ({}, np.zeros((3, 32), np.uint8), [2, 0, 1], "binary"),
+    ({"subset_fraction": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "subset_fraction"),
+    ({"min_pts": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "min_pts"),
+    ({"max_boxes": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "max_boxes"),
+    ({"subsets": [(40,)]}, np.zeros((3, 32), np.uint8), [1, 0, 0], "dims"),
+    ({"subsets": []}, np.zeros((3, 32), np.uint8), [1, 0, 0], "at least one"),
+    ({"random_state": "x"}, np.zeros((3, 32), np.uint8), [1, 0, 0], "random_state"),
+])
+def test_bad_arguments_are_refused_clearly(kwargs, X, y, match):
+    with pytest.raises(InvalidArgument, match=match):
+        DecisionBranchClassifier(**kwargs).fit(X, y)
+    assert issubclass(InvalidArgument, CatalogError)
+
+
+def test_negative_weights_are_refused():
+    with pytest.raises(InvalidArgument, match="sample_weight"):
+        DecisionBranchEnsemble().fit(np.zeros((2, 32), np.uint8), [1, 0], sample_weight=[1, -1])
+
+
+def test_a_single_positive_and_identical_negatives(rng):
+    X = np.zeros((4, 32), np.uint8)
+    model = DecisionBranchClassifier(random_state=0).fit(X, [1, 0, 0, 0])
+    assert len(model.boxes_) == 0  # the positive's point is 3:1 negative: no box can be pure enough
+    X[0] = 9
+    model.fit(X, [1, 0, 0, 0])
+    assert model.predict(X).tolist() == [1, 0, 0, 0]

@@ -1,0 +1,221 @@
+"""Catalog.refine: the whole catalog classified, ranked and reproduced by its SQL; bad input."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+import engine
+from engine import refine as rf
+from engine.errors import InvalidArgument, UnknownIds
+
+MODELS = ("ensemble", "branch", "tree", "forest")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """3,000 codes in 6 clusters (labels kept beside), indexed in blocks of 64."""
+    rng = np.random.default_rng(7)
+    centres = rng.integers(30, 226, (6, 32))
+    labels = rng.integers(0, 6, 3000)
+    codes = np.clip(centres[labels] + rng.normal(0, 9, (3000, 32)), 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("refine") / "c.duckdb"
+    with engine.Catalog.create(path) as cat:
+        cat.add_codes(codes, ids=np.arange(1000, 4000))
+        cat.build_index(block_size=64)
+    return path, codes, labels
+
+
+def _expected_order(model, codes, ids, pos_of, center):
+    """The oracle: predicted rows ranked by votes desc, distance to center, block position."""
+    votes = model.decision_function(codes)
+    keep = np.flatnonzero(votes >= model.min_votes_)
+    dist = ((codes[keep].astype(np.int64) - center) ** 2).sum(axis=1)
+    order = np.lexsort((pos_of[keep], dist, -votes[keep]))
+    return ids[keep][order], votes[keep][order]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_refine_returns_every_positive_ranked_as_its_sql_does(catalog, model):
+    path, codes, labels = catalog
+    ids = np.arange(1000, 4000)
+    positives = ids[labels == 2][:8]
+    negatives = ids[labels == 4][:3]
+    with engine.Catalog.open(path, read_only=True) as cat:
+        res = cat.refine(positives, negatives, model=model, random_state=3)
+        pos_table = cat.sql("SELECT id, pos FROM codes ORDER BY id")
+    pos_of = pos_table.column("pos").to_numpy()
+    center = rf.center_code(codes[positives - 1000])
+    want_ids, want_votes = _expected_order(res.model, codes, ids, pos_of, center)
+    np.testing.assert_array_equal(res.ids, want_ids)
+    np.testing.assert_array_equal(res.scores, want_votes)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute(res.sql).fetchall()
+    finally:
+        con.close()
+    assert [r[0] for r in rows] == res.ids.tolist()
+    assert [r[1] for r in rows] == res.scores.tolist()
+    s = res.stats
+    assert s["model"] == model and s["results"] == len(res.ids) and s["positives"] == 8 and s["negatives"] == 3
+    assert s["sampled_negatives"] == 500 and 0 < s["sampled_dropped"] < 250 and 0 < s["share_touched"] <= 1
+    assert all(s[k] >= 0 for k in ("time_sample_ms", "time_train_ms", "time_query_ms", "time_total_ms"))
+    # well separated clusters: the labelled class comes back, and little else
+    got = set(res.ids.tolist())
+    true = set(ids[labels == 2].tolist())
+    assert len(got & true) >= 0.5 * len(true) and len(got - true) <= 0.1 * len(got)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_refine_is_reproducible_for_a_fixed_random_state(catalog, model):
+    path, _, labels = catalog
+    positives = np.arange(1000, 4000)[labels == 1][:5]
+    with engine.Catalog.open(path, read_only=True) as cat:
+        a = cat.refine(positives, model=model, random_state=11)
+        b = cat.refine(positives, model=model, random_state=11)
+    with engine.Catalog.open(path, read_only=True) as cat:  # a fresh object samples the same pool
+        c = cat.refine(positives, model=model, random_state=11)
+    for other in (b, c):
+        np.testing.assert_array_equal(a.ids, other.ids)
+        assert a.sql == other.sql
+
+
+def test_sampled_rows_that_look_like_the_positives_are_dropped(catalog):
+    path, codes, labels = catalog
+    ids = np.arange(1000, 4000)
+    positives = ids[labels == 5][:6]
+    with engine.Catalog.open(path, read_only=True) as cat:
+        kept = cat.refine(positives, model="tree", random_state=0)
+        unfiltered = cat.refine(positives, model="tree", random_state=0, filter_sampled=False)
+    assert kept.stats["sampled_negatives"] == unfiltered.stats["sampled_negatives"] == 500
+    assert unfiltered.stats["sampled_dropped"] == 0
+    tree, full = kept.model.estimator_.tree_, unfiltered.model.estimator_.tree_
+    assert tree.n_node_samples[0] < full.n_node_samples[0]  # the tree saw fewer negatives
+    sample = np.random.default_rng(0).choice(3000, 500, replace=False)
+    mask = rf.reliable_negatives(codes[sample], codes[positives - 1000])
+    in_class = labels[sample] == 5
+    assert not mask[in_class].any()  # unlabelled members of the class are not used as negatives
+    assert mask[~in_class].all()  # other clusters stay negative
+
+
+def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog):
+    path, codes, labels = catalog
+    ids = np.arange(1000, 4000)
+    with engine.Catalog.open(path, read_only=True) as cat:
+        pool = ids[cat.block_index().ids.argsort()][0:0]  # noqa: F841 - pool positions are internal
+        res = cat.refine(ids[labels == 0][:4], ids[labels == 3][:4], sampled_negatives=0, model="tree",
+                         random_state=0)
+        assert res.stats["sampled_negatives"] == 0
+        X = np.concatenate([codes[ids[labels == 0][:4] - 1000], codes[ids[labels == 3][:4] - 1000]])
+        np.testing.assert_array_equal(res.model.estimator_.predict(X), [1, 1, 1, 1, 0, 0, 0, 0])
+        a = cat._negative_pool(500)
+        b = cat._negative_pool(100)
+        np.testing.assert_array_equal(a, b)  # one fixed pool: asking for fewer takes a prefix
+    sampled = rf.sample_negatives(np.array([5, 6, 7, 8, 9]), 3, exclude=np.array([6, 8]))
+    assert sampled.tolist() == [5, 7, 9]
+    X, y, w = rf.training_set(np.zeros((2, 32), np.uint8), np.ones((1, 32), np.uint8),
+                              np.full((3, 32), 2, np.uint8), 25.0)
+    assert y.tolist() == [1, 1, 0, 0, 0, 0] and w.tolist() == [14, 14, 25, 1, 1, 1]
+
+
+def test_catalog_smaller_than_the_negatives_asked_for(make_catalog, codegen, rng):
+    cat = make_catalog(codegen.clustered(rng, 30), block_size=8)
+    res = cat.refine([0, 1], model="ensemble", sampled_negatives=2000, random_state=0)
+    assert res.stats["sampled_negatives"] == 28 and res.stats["sampled_dropped"] < 28
+    for model in MODELS:
+        assert cat.refine([0], [5], model=model, sampled_negatives=2000, random_state=0).stats["results"] >= 0
+
+
+def test_refine_on_rows_added_after_the_index_build(make_catalog, codegen, rng):
+    cat = make_catalog(codegen.clustered(rng, 200), block_size=16)
+    extra = cat.add_codes(codegen.clustered(rng, 20))
+    res = cat.refine([int(extra[0])], model="branch", random_state=0)
+    con = cat.con
+    assert [r[0] for r in con.execute(res.sql).fetchall()] == res.ids.tolist()
+
+
+@pytest.mark.parametrize("positives, negatives, error, match", [
+    ([], [], InvalidArgument, "at least one image as positive"),
+    (None, [], InvalidArgument, "at least one image as positive"),
+    ([1000, 1001], [1001], InvalidArgument, "both positive and negative"),
+    ([1000, 99], [], UnknownIds, "99"),
+    ([1000], [5000], UnknownIds, "5000"),
+    (["a"], [], InvalidArgument, "not an integer"),
+    ([1.5], [], InvalidArgument, "not an integer"),
+    ([True], [], InvalidArgument, "not an image id"),
+    (1000, [], InvalidArgument, "list of image ids"),
+])
+def test_bad_labels_are_refused_clearly(catalog, positives, negatives, error, match):
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(error, match=match):
+        cat.refine(positives, negatives)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"model": "svm"}, "unknown model"),
+    ({"sampled_negatives": -1}, "sampled_negatives"),
+    ({"sampled_negatives": "500"}, "sampled_negatives"),
+    ({"sampled_negatives": 10**9}, "sampled_negatives"),
+    ({"negative_weight": 0}, "negative_weight"),
+    ({"negative_weight": "heavy"}, "negative_weight"),
+    ({"negative_weight": float("nan")}, "negative_weight"),
+])
+def test_bad_options_are_refused_clearly(catalog, kwargs, match):
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(InvalidArgument, match=match):
+        cat.refine([1000], **kwargs)
+
+
+def test_ids_given_as_strings_from_a_form(catalog):
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat:
+        a = cat.refine("1000,1001", "1002", model="tree", random_state=0)
+        b = cat.refine([1000, 1001], [1002], model="tree", random_state=0)
+    np.testing.assert_array_equal(a.ids, b.ids)
+
+
+def test_empty_catalog(make_catalog):
+    cat = make_catalog()
+    with pytest.raises(UnknownIds):
+        cat.refine([0])
+
+
+# -- search ----------------------------------------------------------------------------------
+def test_search_by_id_is_the_exact_nearest_codes_and_its_sql(catalog):
+    path, codes, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat:
+        res = cat.search(id=1234, k=25)
+        pos_of = cat.sql("SELECT id, pos FROM codes ORDER BY id").column("pos").to_numpy()
+    dist = ((codes.astype(np.int64) - codes[234].astype(np.int64)) ** 2).sum(axis=1)
+    want = np.lexsort((pos_of, dist))[:25] + 1000
+    np.testing.assert_array_equal(res.ids, want)
+    assert res.ids[0] == 1234 and res.scores[0] == 0
+    np.testing.assert_array_equal(res.scores, np.sort(dist)[:25])
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        assert [r[0] for r in con.execute(res.sql).fetchall()] == res.ids.tolist()
+    finally:
+        con.close()
+    assert res.stats["results"] == 25 and res.stats["query"] == "id"
+
+
+def test_search_k_larger_than_the_catalog(make_catalog, codegen, rng):
+    cat = make_catalog(codegen.uniform(rng, 7), block_size=4)
+    assert sorted(cat.search(id=3, k=60).ids.tolist()) == list(range(7))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({}, InvalidArgument, "exactly one"),
+    ({"text": "x", "id": 1000}, InvalidArgument, "exactly one"),
+    ({"id": 1000, "k": 0}, InvalidArgument, "k must be"),
+    ({"id": 1000, "k": 10**7}, InvalidArgument, "k must be"),
+    ({"id": 1000, "k": "5"}, InvalidArgument, "k must be"),
+    ({"id": 77}, UnknownIds, "77"),
+    ({"id": "abc"}, InvalidArgument, "not an integer"),
+    ({"text": "shoes"}, engine.CatalogError, "records no encoder"),
+])
+def test_bad_searches_are_refused_clearly(catalog, kwargs, error, match):
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(error, match=match):
+        cat.search(**kwargs)
