@@ -474,7 +474,12 @@ class Catalog:
         return layout.Blocks(start.astype(np.int64), lo.astype(np.uint8), hi.astype(np.uint8))
 
     def block_index(self) -> query.BlockIndex:
-        """The in-memory scan index, loaded on first use and reloaded after any change."""
+        """The in-memory scan index, loaded on first use and reloaded after any change.
+
+        A read-only catalog cannot change while it is open (DuckDB refuses a writer while
+        readers hold the file), so its index is never checked again once loaded."""
+        if self._index is not None and self.read_only:
+            return self._index
         version = int(self.setting("data_version", 0))
         if self._index is None or self._index_version != version:
             cols, ids = self._load_codes()

@@ -14,6 +14,7 @@ from .catalog import Catalog
 from .errors import CatalogError
 from .head import DEFAULT_KOLEO
 from .layout import DEFAULT_BLOCK_SIZE
+from .refine import MODELS
 
 DEFAULT_ENCODER = "demo:fashion-v1"
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog")
     s.add_argument("--positive", required=True, help="comma-separated positive ids")
     s.add_argument("--negative", default="", help="comma-separated negative ids")
-    s.add_argument("--model", default="ensemble", choices=["ensemble", "branch", "tree", "forest"])
+    s.add_argument("--model", default="ensemble", choices=MODELS)
     s.add_argument("--sampled-negatives", type=int, default=500)
     s.add_argument("--negative-weight", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=None, help="random_state of the model (reproducible results)")

@@ -14,7 +14,6 @@ import numpy as np
 
 from .errors import InvalidArgument
 
-MODELS = ("ensemble", "branch", "tree", "forest")
 DEFAULT_SAMPLED_NEGATIVES = 500
 MAX_SAMPLED_NEGATIVES = 100_000
 # The pool's seed is fixed, so a given catalog state samples the same negatives every round and
@@ -133,21 +132,39 @@ def reliable_negatives(sampled_codes: np.ndarray, pos_codes: np.ndarray) -> np.n
     return ((s - mu_all) ** 2).sum(axis=1) <= ((s - mu_pos) ** 2).sum(axis=1)
 
 
+def _ensemble(subsets, random_state):
+    from .learn.models import DecisionBranchEnsemble
+
+    return DecisionBranchEnsemble(n_estimators=25, subsets=subsets, random_state=random_state)
+
+
+def _branch(subsets, random_state):
+    from .learn.models import DecisionBranchClassifier
+
+    return DecisionBranchClassifier(subsets=subsets, random_state=random_state)
+
+
+def _tree(subsets, random_state):
+    from .learn.trees import TreeBoxes
+
+    return TreeBoxes(random_state=random_state)
+
+
+def _forest(subsets, random_state):
+    from .learn.trees import ForestBoxes
+
+    return ForestBoxes(n_estimators=25, random_state=random_state)
+
+
+# Model names of the API, the CLI and the UI, and the estimators they build. The learners are
+# imported on first use: scikit-learn costs a second to import.
+MODEL_FACTORIES = {"ensemble": _ensemble, "branch": _branch, "tree": _tree, "forest": _forest}
+MODELS = tuple(MODEL_FACTORIES)
+
+
 def make_model(name: str, subsets: Sequence[Sequence[int]], random_state):
     """An unfitted estimator for a model name of :data:`MODELS`."""
-    if name == "ensemble":
-        from .learn.models import DecisionBranchEnsemble
-
-        return DecisionBranchEnsemble(subsets=subsets, random_state=random_state)
-    if name == "branch":
-        from .learn.models import DecisionBranchClassifier
-
-        return DecisionBranchClassifier(subsets=subsets, random_state=random_state)
-    from .learn import trees
-
-    if name == "tree":
-        return trees.TreeBoxes(random_state=random_state)
-    return trees.ForestBoxes(n_estimators=25, random_state=random_state)
+    return MODEL_FACTORIES[name](subsets, random_state)
 
 
 def training_set(pos_codes: np.ndarray, neg_codes: np.ndarray, sampled_codes: np.ndarray,

@@ -100,7 +100,8 @@ class _BranchBase(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
         return X, pos_w, neg_w, subsets, sizes, n_try, min_pts
 
-    def _finish(self, boxes: BoxSet, min_votes: int):
+    def _finish(self, boxes: BoxSet, min_votes: int, subsets: np.ndarray, sizes: np.ndarray):
+        self.subsets_ = [tuple(int(d) for d in row[:k]) for row, k in zip(subsets, sizes, strict=True)]
         self.boxes_ = boxes
         self.min_votes_ = min_votes
         self.classes_ = np.array([0, 1])
@@ -127,7 +128,7 @@ class DecisionBranchClassifier(_BranchBase):
     random_state : None, int or numpy Generator
     """
 
-    def __init__(self, subsets=None, max_boxes=30, max_failures=5, min_pts="auto", subset_fraction=1.0,
+    def __init__(self, *, subsets=None, max_boxes=30, max_failures=5, min_pts="auto", subset_fraction=1.0,
                  random_state=None):
         self.subsets = subsets
         self.max_boxes = max_boxes
@@ -140,7 +141,7 @@ class DecisionBranchClassifier(_BranchBase):
         X, pos_w, neg_w, subsets, sizes, n_try, min_pts = self._prepare(X, y, sample_weight)
         lo, hi = branches.grow_model(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
                                      int(self.max_failures), min_pts, np.uint64(_seed(self.random_state)))
-        return self._finish(BoxSet.from_arrays(lo, hi), 1)
+        return self._finish(BoxSet.from_arrays(lo, hi), 1, subsets, sizes)
 
 
 class DecisionBranchEnsemble(_BranchBase):
@@ -153,7 +154,7 @@ class DecisionBranchEnsemble(_BranchBase):
     and a fixed ``random_state`` gives the same boxes on any number of threads.
     """
 
-    def __init__(self, n_estimators=25, subsets=None, max_boxes=30, max_failures=5, min_pts="auto",
+    def __init__(self, *, n_estimators=25, subsets=None, max_boxes=30, max_failures=5, min_pts="auto",
                  subset_fraction=0.5, bootstrap=True, random_state=None):
         self.n_estimators = n_estimators
         self.subsets = subsets
@@ -172,4 +173,4 @@ class DecisionBranchEnsemble(_BranchBase):
         seeds = np.random.default_rng(_seed(self.random_state)).integers(0, 2**63, size=int(n), dtype=np.uint64)
         lo, hi, member = branches.grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
                                                 int(self.max_failures), min_pts, seeds, bool(self.bootstrap))
-        return self._finish(BoxSet.from_arrays(lo, hi, member), int(n) // 2 + 1)
+        return self._finish(BoxSet.from_arrays(lo, hi, member), int(n) // 2 + 1, subsets, sizes)

@@ -1,0 +1,23 @@
+"""Box-set classifiers with the scikit-learn estimator API.
+
+Every model here exposes ``boxes_`` (a :class:`~engine.boxes.BoxSet`) and ``min_votes_`` once
+fitted, so ``Catalog.select(model.boxes_, model.min_votes_)`` applies it to a whole catalog
+through the block index, and ``model.boxes_.to_sql(...)`` gives the same rows in SQL.
+
+- :class:`DecisionBranchClassifier` and :class:`DecisionBranchEnsemble` (numba)
+- :class:`TreeBoxes` and :class:`ForestBoxes`: scikit-learn's tree and forest, their positive
+  leaves turned into boxes
+"""
+
+from .base import NotFittedError
+from .models import DecisionBranchClassifier, DecisionBranchEnsemble, feature_subsets
+from .trees import ForestBoxes, TreeBoxes
+
+__all__ = [
+    "DecisionBranchClassifier",
+    "DecisionBranchEnsemble",
+    "ForestBoxes",
+    "NotFittedError",
+    "TreeBoxes",
+    "feature_subsets",
+]
