@@ -5,10 +5,12 @@ all go through it."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from .errors import (
     InvalidArgument,
     InvalidCodes,
     InvalidSql,
+    QueryInterrupted,
     ReadOnlyError,
     StaleIndexError,
     UnknownIds,
@@ -73,8 +76,12 @@ class Catalog:
         self.read_only = read_only
         self._index: query.BlockIndex | None = None
         self._index_version: int | None = None
-        self._id_order: np.ndarray | None = None
         self._pool: tuple | None = None
+        self._subsets: tuple | None = None
+        self._settings: dict | None = None
+        self._query_model: tuple | None = None
+        # Guards lazy loads and the connection, so threads can share one read-only catalog.
+        self._lock = threading.RLock()
         self._encoder = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -103,13 +110,25 @@ class Catalog:
         return cat
 
     @classmethod
-    def open(cls, path: str | os.PathLike, read_only: bool = False) -> Catalog:
-        """Open an existing catalog. Writable catalogs with an older schema are migrated."""
+    def open(cls, path: str | os.PathLike, read_only: bool = False, *, sandbox: bool = False,
+             memory_limit: str = "1GB") -> Catalog:
+        """Open an existing catalog. Writable catalogs with an older schema are migrated.
+
+        ``sandbox`` (read-only only) is for serving untrusted SQL: DuckDB then reads no files
+        or URLs but the catalog (no ``read_csv``, ``COPY``, ``ATTACH``, extension loading),
+        queries share ``memory_limit``, and the configuration is locked against ``SET``.
+        """
         path = Path(path)
         if not path.is_file():
             raise CatalogNotFound(f"no catalog at {path}; create one with `clip-branches create` or `synth`")
+        config = {}
+        if sandbox:
+            if not read_only:
+                raise CatalogError("a sandboxed catalog must be opened read-only")
+            config = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                      "autoload_known_extensions": False, "memory_limit": memory_limit, "lock_configuration": True}
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.IOException as e:
             msg = str(e)
             if "lock" in msg.lower():
@@ -164,10 +183,23 @@ class Catalog:
 
     # -- settings ----------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
-        rows = self.con.execute("SELECT key, value FROM settings").fetchall()
+        """Every setting, decoded from JSON. A read-only catalog reads them once: nothing can
+        change them while it is open, and the hot paths then never touch the connection."""
+        if self.read_only:
+            with self._lock:
+                if self._settings is None:
+                    self._settings = self._read_settings()
+                return copy.deepcopy(self._settings)
+        return self._read_settings()
+
+    def _read_settings(self) -> dict[str, Any]:
+        with self._lock:
+            rows = self.con.execute("SELECT key, value FROM settings").fetchall()
         return {k: json.loads(v) for k, v in rows}
 
     def setting(self, key: str, default: Any = None) -> Any:
+        if self.read_only:
+            return self.settings().get(key, default)
         rows = self.con.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchall()
         return default if not rows else json.loads(rows[0][0])
 
@@ -422,7 +454,6 @@ class Catalog:
         t3 = time.perf_counter()
         self._index = query.BlockIndex.from_arrays(cols, ids, blocks, block_size)
         self._index_version = int(self.setting("data_version"))
-        self._id_order = None
         return {"rows": len(ids), "blocks": blocks.n_blocks, "time_load_s": t1 - t0,
                 "time_sort_s": t2 - t1, "time_write_s": t3 - t2}
 
@@ -480,6 +511,10 @@ class Catalog:
         readers hold the file), so its index is never checked again once loaded."""
         if self._index is not None and self.read_only:
             return self._index
+        with self._lock:
+            return self._load_index()
+
+    def _load_index(self) -> query.BlockIndex:
         version = int(self.setting("data_version", 0))
         if self._index is None or self._index_version != version:
             cols, ids = self._load_codes()
@@ -487,8 +522,8 @@ class Catalog:
             blocks = self._load_blocks()
             block_size = int(index.get("block_size", layout.DEFAULT_BLOCK_SIZE))
             self._index = query.BlockIndex.from_arrays(cols, ids, blocks, block_size)
+            self._index.positions(np.zeros(0, np.int64))  # build the id lookup now, not on a request
             self._index_version = version
-            self._id_order = None
         return self._index
 
     def index_status(self) -> dict:
@@ -537,23 +572,25 @@ class Catalog:
     # -- search by classification -----------------------------------------------------------
     def feature_subsets(self) -> list[tuple[int, ...]]:
         """The feature subsets learned boxes may constrain, as recorded by the index build."""
+
+        self.block_index()
+        with self._lock:
+            return self._load_subsets()
+
+    def _load_subsets(self) -> list[tuple[int, ...]]:
         from .learn.models import feature_subsets
 
-        recorded = (self.setting("index") or {}).get("feature_subsets")
-        return [tuple(s) for s in recorded] if recorded else feature_subsets()
+        if self._subsets is None or self._subsets[0] != self._index_version:
+            recorded = (self.setting("index") or {}).get("feature_subsets")
+            self._subsets = (self._index_version, [tuple(s) for s in recorded] if recorded else feature_subsets())
+        return self._subsets[1]
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of ``ids`` in the block index; UnknownIds for any id not there."""
-        index = self.block_index()
-        if self._id_order is None:
-            self._id_order = np.argsort(index.ids, kind="stable")
-        sorted_ids = index.ids[self._id_order]
-        at = np.searchsorted(sorted_ids, ids)
-        at_clipped = np.minimum(at, max(len(sorted_ids) - 1, 0))
-        found = (at < len(sorted_ids)) & (sorted_ids[at_clipped] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
-        if not found.all():
-            raise UnknownIds(ids[~found].tolist())
-        return self._id_order[at]
+        pos = self.block_index().positions(ids)
+        if (pos < 0).any():
+            raise UnknownIds(np.asarray(ids)[pos < 0].tolist())
+        return pos
 
     def refine(self, positives, negatives=(), model: str = "ensemble", sampled_negatives: int = 500,
                negative_weight: float = 1.0, random_state=None, filter_sampled: bool = True) -> Result:
@@ -576,26 +613,20 @@ class Catalog:
         index = self.block_index()
         if index.n_rows == 0:
             raise UnknownIds(pos.tolist())
-        pos_codes = index.cols[:, self._positions(pos)].T
-        neg_codes = index.cols[:, self._positions(neg)].T
-        pool = self._negative_pool(sampled_negatives)
-        sampled = rf.sample_negatives(index.ids[pool], sampled_negatives, np.concatenate([pos, neg]))
-        sampled_codes = index.cols[:, self._positions(sampled)].T
-        n_sampled = len(sampled)
-        if filter_sampled:
-            keep = rf.reliable_negatives(sampled_codes, pos_codes)
-            sampled, sampled_codes = sampled[keep], sampled_codes[keep]
-        X, y, w = rf.training_set(pos_codes, neg_codes, sampled_codes, negative_weight)
+        train = rf.assemble(index.cols, self._positions(pos), self._positions(neg),
+                            self._negative_pool(sampled_negatives), sampled_negatives, negative_weight,
+                            filter_sampled)
         t1 = time.perf_counter()
-        estimator = rf.make_model(model, self.feature_subsets(), random_state).fit(X, y, sample_weight=w)
+        estimator = rf.make_model(model, self.feature_subsets(), random_state).fit(train.X, train.y,
+                                                                                   sample_weight=train.w)
         t2 = time.perf_counter()
-        center = rf.center_code(pos_codes)
+        center = rf.center_code(train.pos_codes)
         sel = query.select(index, estimator.boxes_, estimator.min_votes_, center=center)
         t3 = time.perf_counter()
         sql = estimator.boxes_.to_sql("codes", min_votes=estimator.min_votes_, center=center.tolist())
         stats = {
             "model": model, "positives": int(len(pos)), "negatives": int(len(neg)),
-            "sampled_negatives": n_sampled, "sampled_dropped": n_sampled - int(len(sampled)),
+            "sampled_negatives": train.n_sampled, "sampled_dropped": train.n_dropped,
             "negative_weight": negative_weight,
             "boxes": len(estimator.boxes_), "min_votes": int(estimator.min_votes_),
             "time_sample_ms": (t1 - t0) * 1e3, "time_train_ms": (t2 - t1) * 1e3,
@@ -612,9 +643,10 @@ class Catalog:
 
         index = self.block_index()
         key = (self._index_version, index.n_rows, max(size, rf.POOL_SIZE))
-        if self._pool is None or self._pool[0] != key:
-            self._pool = (key, rf.negative_pool(index.n_rows, size))
-        return self._pool[1]
+        with self._lock:
+            if self._pool is None or self._pool[0] != key:
+                self._pool = (key, rf.negative_pool(index.n_rows, size))
+            return self._pool[1]
 
     def search(self, text: str | None = None, *, image=None, id: int | None = None, k: int = 60) -> Result:
         """The ``k`` images nearest to a text query, an image (path, bytes or PIL image) or the
@@ -651,8 +683,19 @@ class Catalog:
                  "time_total_ms": (t2 - t0) * 1e3}
         return rf.Result(index.ids[pos], dist.astype(np.int64), sql, stats)
 
+    def _head_and_quantizer(self) -> tuple[Head, Quantizer]:
+        """The head and quantizer for queries; a read-only catalog loads them once."""
+        with self._lock:
+            if self._query_model is None or not self.read_only:
+                self._query_model = (self.head(), self.quantizer())
+            return self._query_model
+
     def encoder(self):
         """The catalog's encoder, loaded once per Catalog object."""
+        with self._lock:
+            return self._load_encoder()
+
+    def _load_encoder(self):
         if self._encoder is None:
             from .encoders import load_encoder
 
@@ -665,7 +708,7 @@ class Catalog:
     def _encode_query(self, text, image) -> np.ndarray:
         """uint8 (32,) code of a text or image query: encoder, head, quantizer."""
         enc = self.encoder()
-        head, quant = self.head(), self.quantizer()
+        head, quant = self._head_and_quantizer()
         if text is not None:
             if not isinstance(text, str):
                 raise InvalidArgument(f"text must be a string, got {type(text).__name__}")
@@ -697,17 +740,7 @@ class Catalog:
     def codes(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Codes of ``ids``: uint8 (len(ids), 32) in the order of ``ids``."""
         ids = _check_ids(ids, "ids")
-        index = self.block_index()
-        if self._id_order is None:
-            self._id_order = np.argsort(index.ids, kind="stable")
-        sorted_ids = index.ids[self._id_order]
-        at = np.searchsorted(sorted_ids, ids)
-        at_clipped = np.minimum(at, max(len(sorted_ids) - 1, 0))
-        found = (at < len(sorted_ids)) & (sorted_ids[at_clipped] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
-        if not found.all():
-            raise UnknownIds(ids[~found].tolist())
-        pos = self._id_order[at]
-        return np.ascontiguousarray(index.cols[:, pos].T)
+        return np.ascontiguousarray(self.block_index().cols[:, self._positions(ids)].T)
 
     def sql(self, text: str, params: Sequence | Mapping | None = None) -> pa.Table:
         """Run one read-only query (SELECT, VALUES, ...) and return an Arrow table.
@@ -715,17 +748,9 @@ class Catalog:
         Anything that is not a single query statement is refused with :class:`InvalidSql`, and
         the query runs in a transaction that is rolled back.
         """
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidSql("the query is empty")
-        try:
-            statements = duckdb.extract_statements(text)
-        except duckdb.Error as e:
-            raise InvalidSql(str(e)) from None
-        if len(statements) != 1:
-            raise InvalidSql(f"give exactly one statement, got {len(statements)}")
-        if statements[0].type != duckdb.StatementType.SELECT:
-            raise InvalidSql(f"only queries are allowed here, not {statements[0].type.name} statements")
-        cur = self.con.cursor()
+        _check_query(text)
+        with self._lock:
+            cur = self.con.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
             try:
@@ -736,6 +761,48 @@ class Catalog:
                 cur.execute("ROLLBACK")
         finally:
             cur.close()
+
+    def query(self, text: str, *, time_limit_s: float = 5.0, max_rows: int = 1000,
+              relations: Mapping[str, pa.Table] | None = None) -> QueryResult:
+        """Run one user query like :meth:`sql`, with a time limit and a row limit.
+
+        At most ``max_rows`` rows come back (``truncated`` says whether there were more); a
+        query still running after ``time_limit_s`` is interrupted and raises
+        :class:`QueryInterrupted`. ``relations`` are Arrow tables the query may name (e.g. the
+        last refine result), visible to this query only.
+        """
+        statement = _check_query(text)
+        with self._lock:
+            cur = self.con.cursor()
+        timer = threading.Timer(time_limit_s, cur.interrupt)
+        t0 = time.perf_counter()
+        try:
+            for name, table in (relations or {}).items():
+                cur.register(name, table)
+            cur.execute("BEGIN TRANSACTION")
+            timer.start()
+            try:
+                reader = cur.sql(statement.query).to_arrow_reader(max(1, min(max_rows + 1, 100_000)))
+                batches, n = [], 0
+                for batch in reader:
+                    batches.append(batch)
+                    n += batch.num_rows
+                    if n > max_rows:
+                        break
+                table = pa.Table.from_batches(batches, schema=reader.schema)
+            except duckdb.InterruptException:
+                raise QueryInterrupted(f"the query ran longer than {time_limit_s:g} s and was stopped; "
+                                       "add a LIMIT or a narrower WHERE") from None
+            except duckdb.Error as e:
+                raise InvalidSql(str(e)) from None
+            finally:
+                timer.cancel()
+                with contextlib.suppress(duckdb.Error):
+                    cur.execute("ROLLBACK")
+        finally:
+            cur.close()
+        truncated = table.num_rows > max_rows
+        return QueryResult(table.slice(0, max_rows), truncated, (time.perf_counter() - t0) * 1e3)
 
     # -- Parquet -----------------------------------------------------------------------------
     def export_parquet(self, directory: str | os.PathLike, *, overwrite: bool = False) -> dict:
@@ -753,6 +820,37 @@ class Catalog:
 
 
 # -- validation helpers ----------------------------------------------------------------------
+@dataclass
+class QueryResult:
+    """A user query's rows (at most the row limit), whether more were cut off, and its time."""
+
+    table: pa.Table
+    truncated: bool
+    time_ms: float
+
+
+MAX_QUERY_TEXT = 100_000
+
+
+def _check_query(text: Any):
+    """The one SELECT statement of ``text``; InvalidSql for anything else."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidSql("the query is empty")
+    if len(text) > MAX_QUERY_TEXT:
+        raise InvalidSql(f"the query has {len(text)} characters; the limit is {MAX_QUERY_TEXT}")
+    try:
+        statements = duckdb.extract_statements(text)
+    except duckdb.Error as e:
+        raise InvalidSql(str(e)) from None
+    except RecursionError:
+        raise InvalidSql("the query is nested too deeply") from None
+    if len(statements) != 1:
+        raise InvalidSql(f"give exactly one statement, got {len(statements)}")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise InvalidSql(f"only queries are allowed here, not {statements[0].type.name} statements")
+    return statements[0]
+
+
 def _check_codes(codes: Any) -> np.ndarray:
     if not isinstance(codes, np.ndarray):
         raise InvalidCodes(f"codes must be a numpy array of uint8, got {type(codes).__name__}")

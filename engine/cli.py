@@ -148,7 +148,9 @@ def cmd_demo(args) -> int:
             print(f"head: {summary['method']} on {summary['rows']} images", file=sys.stderr)
             stats = index_embeddings(cat)
             print(f"index: {stats['rows']} rows in {stats['blocks']} blocks", file=sys.stderr)
-    print(f"demo catalog ready: {catalog}")
+    print(f"demo catalog ready: {catalog}", flush=True)
+    if not args.no_serve:
+        serve([str(catalog)], args.host, args.port)
     return 0
 
 
@@ -217,6 +219,24 @@ def _print_result(cat: Catalog, result, args) -> int:
 def _images_columns(cat: Catalog) -> set[str]:
     rows = cat.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'images'")
     return set(rows.column("column_name").to_pylist())
+
+
+def cmd_serve(args) -> int:
+    serve(args.catalogs, args.host, args.port)
+    return 0
+
+
+def serve(catalogs: list[str], host: str, port: int) -> None:
+    """Serve the web UI over ``catalogs`` until interrupted."""
+    try:
+        import uvicorn
+
+        from web import create_app
+    except ImportError as e:
+        raise CatalogError(f"the web UI needs its dependencies: pip install -e . ({e})") from None
+    app = create_app(catalogs)
+    print(f"clip-branches: serving {', '.join(catalogs)} at http://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def cmd_sql(args) -> int:
@@ -317,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_train_head)
 
-    s = sub.add_parser("demo", help="build the offline demo catalog: demo-data, ingest, train-head, index")
+    s = sub.add_parser("demo", help="build the offline demo catalog (demo-data, ingest, train-head, index), then serve it")
     s.add_argument("catalog", nargs="?", default="demo/fashion.duckdb")
     s.add_argument("--data", default=None, help="where the demo images go (default: beside the catalog)")
     s.add_argument("--limit", type=int, default=None, help="only the first N images of each split")
@@ -325,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--no-serve", action="store_true", help="build the catalog, then exit")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("compact", help="rewrite the catalog file without freed space")
@@ -360,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=1000, help="ids to print (default 1000; the count is always total)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_refine)
+
+    s = sub.add_parser("serve", help="serve the search-and-refine web UI over one or more catalogs")
+    s.add_argument("catalogs", nargs="+")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("sql", help="run one read-only SQL query on a catalog")
     s.add_argument("catalog")

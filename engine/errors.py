@@ -62,3 +62,7 @@ class IngestError(CatalogError):
 
 class InvalidArgument(CatalogError, ValueError):
     """A search or refine argument is malformed: no positives, a model name, a slider value."""
+
+
+class QueryInterrupted(InvalidSql):
+    """A user query ran past its time limit and was stopped."""

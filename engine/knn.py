@@ -6,15 +6,16 @@ at this size: one query reads 32 bytes per row, 320 MB at 10M rows, which two co
 a few tens of milliseconds.
 
 The kernels work column-major on chunks of ``CHUNK_ROWS`` rows: the chunk's int32 partial
-distances stay in L1 while the dims are added in, four contiguous columns per pass. Each task
-keeps its own bounded max-heap of the best keys so far; a key packs ``dist << POS_BITS | pos``
-into one int64, so comparing keys compares (distance, position) and ties need no extra code.
-After every pass a chunk whose smallest partial distance already exceeds the task's k-th best
-is dropped without reading its remaining columns. That test only pays once the heaps hold good
-rows, so each scan starts with the ``NEAR_CHUNKS`` chunks whose middle row is nearest the query
-and then streams through the rest in order. On codes in k-d block order (``BlockIndex.cols``),
-where neighbouring rows are close, this leaves about 6 of the 32 columns read per row; on codes
-in random order, about 26. The task heaps are merged by sorting their keys.
+distances stay in L1 while the dims are added in, four contiguous columns per pass. The chunks
+are dealt out to one task per thread, and each task keeps its own bounded max-heap of the best
+keys so far; a key packs ``dist << POS_BITS | pos`` into one int64, so comparing keys compares
+(distance, position) and ties need no extra code. After every pass a chunk whose smallest
+partial distance already exceeds the task's k-th best is dropped without reading its remaining
+columns. That test only pays once the heaps hold good rows, so each scan starts with the
+``NEAR_CHUNKS`` chunks whose middle row is nearest the query and then streams through the rest
+in order. On codes in k-d block order (``BlockIndex.cols``), where neighbouring rows are close,
+this leaves about 6 of the 32 columns read per row; on codes in random order, about 26. The
+task heaps are merged by sorting their keys.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ CHUNK_ROWS = 4096
 # query's neighbourhood, so every heap is tight before the sequential pass starts; in random
 # order they cost a few random reads and nothing else.
 NEAR_CHUNKS = 64
-# Below this many rows (times queries) one thread is faster than waking the pool.
-PARALLEL_MIN_ROWS = 200_000
+# Below this many rows (times queries) one thread is as fast: such a scan takes a few ms, and
+# waking a second thread costs about as much on two cores when the other one is busy.
+PARALLEL_MIN_ROWS = 1_000_000
 # Low bits of a key that hold the row position; the distance (at most 32 * 255**2 < 2**21) sits
 # above them, so keys fit an int64 for any table below 2**40 rows.
 POS_BITS = 40
@@ -86,14 +88,12 @@ def _scan_chunk(cols, q, dims, c0, m, heap, acc):
     """Offer rows ``c0:c0+m`` to the max-heap ``heap`` of keys for query ``q`` (int32 (n_dims,)).
 
     A row whose distance exceeds the top key's can never get in, so once every partial
-    distance of the chunk does, the chunk is done.
+    distance of the chunk does, the chunk is done: its remaining columns are never read.
     """
-    n_dims = dims.shape[0]
     limit = heap[0] >> POS_BITS
     acc[:m] = 0
-    for j in range(0, n_dims, 4):
-        low = _add_dims(cols, q, dims, j, c0, m, acc)
-        if low > limit and j + 4 < n_dims:
+    for j in range(0, dims.shape[0], 4):
+        if _add_dims(cols, q, dims, j, c0, m, acc) > limit:
             return
     for r in range(m):
         if acc[r] <= limit:
@@ -143,44 +143,74 @@ def _schedule(cols, queries, n_tasks, chunk_rows, n_near):
     return seq, bounds
 
 
-def _topk_keys(cols, queries, dims, k, n_tasks, chunk_rows=CHUNK_ROWS, n_near=NEAR_CHUNKS):
-    """Sorted keys of the ``k`` best rows per query: int64 (n_queries, k), ``k <= n_rows``.
+@numba.njit(cache=True)
+def _plan(cols, queries, k, n_tasks, chunk_rows, n_near):
+    """Chunk schedule and heap pool: ``(seq, bounds, offset, pool)``.
 
-    cols : uint8 (n_dims, n_rows), C-contiguous, n_rows >= 1
-    queries : int32 (n_queries, n_dims)
-    dims : int64 (n_queries, n_dims), the order in which each query adds up its dims
-    n_tasks : heaps per query, each filled from its own share of the chunks (in parallel in the
-        parallel twin)
-    chunk_rows, n_near : see ``CHUNK_ROWS`` and ``NEAR_CHUNKS``; tests make them small so that
-        small inputs take every path
+    Task t scans chunks ``seq[bounds[t]:bounds[t+1]]`` into the heaps ``pool[:, offset[t]:offset[t+1]]``
+    (one per query), each of ``min(k, its rows)`` keys, so every slot ends up holding a real row.
     """
     n_rows = cols.shape[1]
-    n_q = queries.shape[0]
     seq, bounds = _schedule(cols, queries, n_tasks, chunk_rows, n_near)
-    # Task t keeps min(k, its rows) keys per query at offset[t]: every slot gets a real row.
     offset = np.zeros(n_tasks + 1, dtype=np.int64)
     for t in range(n_tasks):
         rows = 0
         for i in range(bounds[t], bounds[t + 1]):
             rows += min(chunk_rows, n_rows - seq[i] * chunk_rows)
         offset[t + 1] = offset[t] + min(k, rows)
-    pool = np.full((n_q, offset[n_tasks]), _EMPTY, dtype=np.int64)
-    for t in numba.prange(n_tasks):
-        acc = np.empty(chunk_rows, dtype=np.int32)
-        # Chunk outside, queries inside: a batch reads each chunk from memory once.
-        for i in range(bounds[t], bounds[t + 1]):
-            c0 = seq[i] * chunk_rows
-            m = min(chunk_rows, n_rows - c0)
-            for j in range(n_q):
-                _scan_chunk(cols, queries[j], dims[j], c0, m, pool[j, offset[t] : offset[t + 1]], acc)
-    out = np.empty((n_q, k), dtype=np.int64)
-    for j in range(n_q):
+    pool = np.full((queries.shape[0], offset[n_tasks]), _EMPTY, dtype=np.int64)
+    return seq, bounds, offset, pool
+
+
+@numba.njit(cache=True)
+def _run_task(cols, queries, dims, chunks, pool, lo, hi, chunk_rows):
+    """Scan ``chunks`` into the heaps ``pool[j, lo:hi]``, chunk outside and queries inside, so
+    that a batch reads each chunk from memory once."""
+    n_rows = cols.shape[1]
+    acc = np.empty(chunk_rows, dtype=np.int32)
+    for c in chunks:
+        c0 = c * chunk_rows
+        m = min(chunk_rows, n_rows - c0)
+        for j in range(queries.shape[0]):
+            _scan_chunk(cols, queries[j], dims[j], c0, m, pool[j, lo:hi], acc)
+
+
+@numba.njit(cache=True)
+def _merge(pool, k):
+    """The ``k`` smallest keys of each row of ``pool`` (all task heaps of one query), sorted."""
+    out = np.empty((pool.shape[0], k), dtype=np.int64)
+    for j in range(pool.shape[0]):
         out[j] = np.sort(pool[j])[:k]
     return out
 
 
-topk_keys = numba.njit(parallel=True, cache=True)(_topk_keys)
-topk_keys_serial = numba.njit(cache=True)(_topk_keys)
+# The serial and parallel twins are two functions, not one function compiled twice: numba's
+# cache keys an entry by the function's name, line and bytecode but not by ``parallel``, so
+# twins of one function overwrite each other's cached code.
+@numba.njit(parallel=True, cache=True)
+def topk_keys(cols, queries, dims, k, n_tasks, chunk_rows, n_near):
+    """Sorted keys of the ``k`` best rows per query: int64 (n_queries, k), ``k <= n_rows``.
+
+    cols : uint8 (n_dims, n_rows), C-contiguous, n_rows >= 1
+    queries : int32 (n_queries, n_dims)
+    dims : int64 (n_queries, n_dims), the order in which each query adds up its dims
+    n_tasks : heaps per query, each filled from its own share of the chunks, in parallel
+    chunk_rows, n_near : ``CHUNK_ROWS`` and ``NEAR_CHUNKS`` (arguments rather than constants so
+        that tests can make them small enough for small inputs to take every path)
+    """
+    seq, bounds, offset, pool = _plan(cols, queries, k, n_tasks, chunk_rows, n_near)
+    for t in numba.prange(n_tasks):
+        _run_task(cols, queries, dims, seq[bounds[t] : bounds[t + 1]], pool, offset[t], offset[t + 1], chunk_rows)
+    return _merge(pool, k)
+
+
+@numba.njit(cache=True)
+def topk_keys_serial(cols, queries, dims, k, n_tasks, chunk_rows, n_near):
+    """:func:`topk_keys` on the calling thread alone (the tasks run one after the other)."""
+    seq, bounds, offset, pool = _plan(cols, queries, k, n_tasks, chunk_rows, n_near)
+    for t in range(n_tasks):
+        _run_task(cols, queries, dims, seq[bounds[t] : bounds[t + 1]], pool, offset[t], offset[t + 1], chunk_rows)
+    return _merge(pool, k)
 
 
 def _prepare(cols: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,9 +222,10 @@ def _prepare(cols: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise InvalidArgument(f"k must be a positive integer (the number of neighbours to return), got {k!r}")
     cols = np.asarray(cols)
-    if cols.ndim != 2 or cols.shape[0] != N_DIMS or cols.dtype != np.uint8:
-        raise InvalidArgument(f"codes must be uint8 of shape ({N_DIMS}, n_rows), column-major; "
-                              f"got {cols.dtype} {cols.shape}")
+    if cols.ndim != 2 or cols.shape[0] != N_DIMS or cols.dtype != np.uint8 or not cols.flags.c_contiguous:
+        # A silent copy would cost more than the scan itself, on every query.
+        raise InvalidArgument(f"codes must be a C-contiguous uint8 array of shape ({N_DIMS}, n_rows), one "
+                              f"row per dim (np.ascontiguousarray(codes.T) once); got {cols.dtype} {cols.shape}")
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != N_DIMS:
         raise InvalidArgument(f"a query must be a code of {N_DIMS} values, got shape {queries.shape[1:]}")
@@ -203,7 +234,7 @@ def _prepare(cols: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray,
         raise InvalidArgument("a query must hold integer code values in 0..255; quantize embeddings first")
     q = queries.astype(np.int32)
     dims = np.argsort(-np.abs(2 * q - 255), axis=1, kind="stable").astype(np.int64)
-    return np.ascontiguousarray(cols), q, dims
+    return cols, q, dims
 
 
 def _keys(cols: np.ndarray, queries: np.ndarray, dims: np.ndarray, k: int, parallel: bool | None) -> np.ndarray:
@@ -211,8 +242,8 @@ def _keys(cols: np.ndarray, queries: np.ndarray, dims: np.ndarray, k: int, paral
     if parallel is None:
         parallel = n_rows * len(queries) >= PARALLEL_MIN_ROWS
     if parallel:
-        return topk_keys(cols, queries, dims, k, numba.get_num_threads())
-    return topk_keys_serial(cols, queries, dims, k, 1)
+        return topk_keys(cols, queries, dims, int(k), numba.get_num_threads(), CHUNK_ROWS, NEAR_CHUNKS)
+    return topk_keys_serial(cols, queries, dims, int(k), 1, CHUNK_ROWS, NEAR_CHUNKS)
 
 
 def _decode(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,8 +285,9 @@ def topk_many(cols: np.ndarray, queries: np.ndarray, k: int, *,
 
     queries : uint8 (n_queries, 32)
 
-    The batch shares one pass over the codes: each chunk is loaded from memory once and then
-    served from cache to every query, so a batch costs far less than its queries one by one.
+    The batch shares one pass over the codes: each chunk is loaded from memory once for all the
+    queries. That saves memory traffic where chunks are read in full (codes in random order);
+    in k-d block order each query drops most chunks early on its own, and a batch saves little.
     """
     cols, q, dims = _prepare(cols, queries, k)
     want = min(k, cols.shape[1])

@@ -31,6 +31,7 @@ class BlockIndex:
     ids: np.ndarray
     blocks: Blocks
     indexed_rows: int
+    _lookup: tuple | None = field(init=False, default=None, repr=False)
     tree_lo: np.ndarray = field(init=False, repr=False)
     tree_hi: np.ndarray = field(init=False, repr=False)
     n_leaves: int = field(init=False)
@@ -61,9 +62,42 @@ class BlockIndex:
     def n_rows(self) -> int:
         return self.cols.shape[1]
 
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row position of each id (int64), -1 where the id is not in the index.
+
+        The lookup is built once per index: a dense array indexed by id when the ids are
+        non-negative and not much sparser than the rows (the usual case: 0..n-1 with a few
+        removed), else the sorted ids with their positions for binary search.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._lookup is None:
+            self._lookup = _id_lookup(self.ids)
+        table, order = self._lookup
+        if order is None:  # dense: table[id] = position
+            ok = (ids >= 0) & (ids < len(table))
+            out = np.full(len(ids), -1, np.int64)
+            out[ok] = table[ids[ok]]
+            return out
+        if len(table) == 0:
+            return np.full(len(ids), -1, np.int64)
+        at = np.minimum(np.searchsorted(table, ids), len(table) - 1)
+        return np.where(table[at] == ids, order[at], -1)
+
     @property
     def memory_bytes(self) -> int:
         return self.cols.nbytes + self.ids.nbytes + self.tree_lo.nbytes * 2
+
+
+def _id_lookup(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(table, None)`` with ``table[id] = position`` (-1 for gaps) for dense ids, else
+    ``(sorted ids, their positions)``."""
+    n = len(ids)
+    if n and ids.min() >= 0 and ids.max() < 2 * n + 1024:
+        table = np.full(int(ids.max()) + 1, -1, np.int64)
+        table[ids] = np.arange(n, dtype=np.int64)
+        return table, None
+    order = np.argsort(ids, kind="stable")
+    return ids[order], order
 
 
 @dataclass

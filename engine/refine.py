@@ -109,10 +109,39 @@ def negative_pool(n_rows: int, size: int) -> np.ndarray:
     return np.random.default_rng(POOL_SEED).choice(n_rows, size=want, replace=False)
 
 
-def sample_negatives(pool_ids: np.ndarray, count: int, exclude: np.ndarray) -> np.ndarray:
-    """The first ``count`` ids of the pool that are not labelled."""
-    keep = pool_ids[~np.isin(pool_ids, exclude)]
+def sample_negatives(pool: np.ndarray, count: int, exclude: np.ndarray) -> np.ndarray:
+    """The first ``count`` rows of the pool that are not labelled (not in ``exclude``)."""
+    keep = pool[~np.isin(pool, exclude)]
     return keep[:count]
+
+
+@dataclass
+class Training:
+    """A refine round's training set: ``X`` uint8 (n, 32), ``y`` int64, ``w`` float64; the
+    positives' codes; how many rows were sampled and how many of them were dropped."""
+
+    X: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    pos_codes: np.ndarray
+    n_sampled: int
+    n_dropped: int
+
+
+def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarray, count: int,
+             negative_weight: float, filter_sampled: bool = True) -> Training:
+    """The training set of a refine round, from row positions into ``cols`` (uint8 (32, n)):
+    labelled positives ``pos`` and negatives ``neg``, and up to ``count`` rows of ``pool``
+    that are not labelled, less those :func:`reliable_negatives` drops."""
+    pos_codes = np.ascontiguousarray(cols[:, pos].T)
+    neg_codes = np.ascontiguousarray(cols[:, neg].T)
+    sampled = sample_negatives(pool, count, np.concatenate([pos, neg]))
+    sampled_codes = np.ascontiguousarray(cols[:, sampled].T)
+    n_sampled = len(sampled)
+    if filter_sampled:
+        sampled_codes = sampled_codes[reliable_negatives(sampled_codes, pos_codes)]
+    X, y, w = training_set(pos_codes, neg_codes, sampled_codes, negative_weight)
+    return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes))
 
 
 def reliable_negatives(sampled_codes: np.ndarray, pos_codes: np.ndarray) -> np.ndarray:

@@ -13,8 +13,27 @@ Shapes and dtypes (the Python side converts; kernels never check):
 
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
+
+
+def _twin(func, suffix: str):
+    """A copy of ``func`` under another name.
+
+    numba's cache keys compiled code by the function's qualified name and first line, not by
+    ``parallel=``: a parallel and a serial kernel built from one function share one cache
+    entry, and whichever compiled last runs in both places (measured: the "serial" twin then
+    paid the thread pool's wake-up on every call). A distinct name gives each its own entry.
+    """
+    name = func.__name__ + suffix
+    code = func.__code__.replace(co_name=name, co_qualname=func.__qualname__ + suffix)
+    twin = types.FunctionType(code, func.__globals__, name, func.__defaults__, func.__closure__)
+    twin.__qualname__ = func.__qualname__ + suffix
+    twin.__module__ = func.__module__
+    twin.__doc__ = func.__doc__
+    return twin
 
 
 @numba.njit(cache=True)
@@ -112,8 +131,8 @@ def _prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
 
 # Each kernel with prange comes twice: parallel for big queries, serial for small ones, which
 # would otherwise pay for waking the thread pool (tens of ms when the other core is busy).
-prune = numba.njit(parallel=True, cache=True)(_prune)
-prune_serial = numba.njit(cache=True)(_prune)
+prune = numba.njit(parallel=True, cache=True)(_twin(_prune, "_parallel"))
+prune_serial = numba.njit(cache=True)(_twin(_prune, "_serial"))
 
 
 @numba.njit(cache=True)
@@ -367,8 +386,8 @@ def _scan_blocks(cols, start, blk_lo, blk_hi, cand, ptr, boxes, full, box_lo, bo
     return pos, vts, rows_tested.sum(), tested.sum()
 
 
-scan_blocks = numba.njit(parallel=True, cache=True)(_scan_blocks)
-scan_blocks_serial = numba.njit(cache=True)(_scan_blocks)
+scan_blocks = numba.njit(parallel=True, cache=True)(_twin(_scan_blocks, "_parallel"))
+scan_blocks_serial = numba.njit(cache=True)(_twin(_scan_blocks, "_serial"))
 
 
 @numba.njit(parallel=True, cache=True)

@@ -78,3 +78,25 @@ def make_catalog(tmp_path) -> Callable[..., engine.Catalog]:
     yield factory
     for cat in opened:
         cat.close()
+
+
+@pytest.fixture(scope="session")
+def web_demo(tmp_path_factory):
+    """A demo catalog of 1,000 Fashion-MNIST images (100 per class), built by the CLI, for the
+    web tests; skipped without the Debian dataset package."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("needs the Debian package dataset-fashion-mnist")
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("webdemo")
+    path = root / "fashion.duckdb"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "engine", "demo", str(path), "--limit", "500", "--epochs", "2",
+                        "--workers", "0", "--quiet", "--no-serve"], capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr
+    return path

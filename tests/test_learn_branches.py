@@ -66,6 +66,7 @@ def _models(seed):
     return [DecisionBranchClassifier(random_state=seed),
             DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, random_state=seed),
             DecisionBranchEnsemble(n_estimators=5, random_state=seed),
+            DecisionBranchEnsemble(n_estimators=3, bootstrap=True, random_state=seed),
             DecisionBranchEnsemble(n_estimators=4, subsets=SMALL_FAMILY, bootstrap=False, random_state=seed)]
 
 
@@ -187,6 +188,18 @@ def test_bad_arguments_are_refused_clearly(kwargs, X, y, match):
     with pytest.raises(InvalidArgument, match=match):
         DecisionBranchClassifier(**kwargs).fit(X, y)
     assert issubclass(InvalidArgument, CatalogError)
+
+
+def test_bootstrap_modes(rng):
+    X = rng.integers(0, 256, (120, 32), dtype=np.uint8)
+    y = X[:, 5] > 200
+    fits = {b: DecisionBranchEnsemble(n_estimators=6, bootstrap=b, random_state=2).fit(X, y).boxes_
+            for b in (True, False, "negatives")}
+    assert fits[True] != fits["negatives"]
+    # without resampling, members differ only by their random streams and subset shares
+    assert fits[False].n_members >= 1
+    with pytest.raises(InvalidArgument, match="bootstrap"):
+        DecisionBranchEnsemble(bootstrap="positives").fit(X, y)
 
 
 def test_negative_weights_are_refused():

@@ -29,7 +29,7 @@ def demo(tmp_path_factory):
     """A small demo catalog built by the one command that chains every step."""
     root = tmp_path_factory.mktemp("demo")
     cat = root / "fashion.duckdb"
-    r = _cli("demo", str(cat), "--limit", "150", "--epochs", "2", "--workers", "0", "--quiet")
+    r = _cli("demo", str(cat), "--limit", "150", "--epochs", "2", "--workers", "0", "--quiet", "--no-serve")
     assert r.returncode == 0, r.stderr
     assert "demo catalog ready" in r.stdout
     return cat
@@ -72,7 +72,7 @@ def test_rerunning_the_demo_changes_nothing(demo):
     before = demo.stat().st_mtime_ns
     with engine.Catalog.open(demo, read_only=True) as cat:
         head = cat.head().sha256
-    r = _cli("demo", str(demo), "--limit", "150", "--epochs", "2", "--workers", "0", "--quiet")
+    r = _cli("demo", str(demo), "--limit", "150", "--epochs", "2", "--workers", "0", "--quiet", "--no-serve")
     assert r.returncode == 0, r.stderr
     assert "0 added, 0 updated, 0 removed" in r.stderr
     with engine.Catalog.open(demo, read_only=True) as cat:

@@ -219,3 +219,16 @@ def test_bad_searches_are_refused_clearly(catalog, kwargs, error, match):
     path, _, _ = catalog
     with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(error, match=match):
         cat.search(**kwargs)
+
+
+@pytest.mark.parametrize("ids", [np.arange(50), np.arange(50)[::-1] * 3, np.arange(50) * 10**12 - 7, np.array([], np.int64)])
+def test_block_index_id_lookup_dense_and_sparse(ids):
+    from engine.query import BlockIndex
+
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(ids).astype(np.int64)
+    index = BlockIndex.from_arrays(np.zeros((32, len(ids)), np.uint8), ids, None, 8)
+    probe = np.concatenate([ids, [-1, 10**15, 51, 2]])
+    got = index.positions(probe)
+    want = np.array([int(np.flatnonzero(ids == i)[0]) if (ids == i).any() else -1 for i in probe])
+    np.testing.assert_array_equal(got, want)

@@ -272,16 +272,23 @@ def grow_model(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failures, 
 
 
 @numba.njit(cache=True)
-def _bootstrap(pos_w, neg_w, state, counts):
-    """Bootstrap counts over the training rows (rows with weight), with at least one positive."""
+def _bootstrap(pos_w, neg_w, state, counts, negatives_only):
+    """Bootstrap counts over the training rows (rows with weight), with at least one positive;
+    with ``negatives_only``, every positive is kept once and only the negatives are drawn."""
     n = pos_w.shape[0]
     rows = np.empty(n, np.int64)
     m = 0
+    counts[:] = 0
     for i in range(n):
-        if pos_w[i] > 0 or neg_w[i] > 0:
+        if negatives_only and pos_w[i] > 0:
+            counts[i] = 1
+        elif pos_w[i] > 0 or neg_w[i] > 0:
             rows[m] = i
             m += 1
-    counts[:] = 0
+    if negatives_only:
+        for _ in range(m):
+            counts[rows[_below(state, m)]] += 1
+        return
     n_pos = 0
     for _ in range(m):
         i = rows[_below(state, m)]
@@ -301,8 +308,9 @@ def _bootstrap(pos_w, neg_w, state, counts):
 
 @numba.njit(cache=True, parallel=True)
 def grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failures, min_pts, seeds, bootstrap):
-    """Grow ``len(seeds)`` models in parallel, member ``m`` on its own bootstrap sample (when
-    ``bootstrap``) and random stream. Returns ``(lo, hi, member)`` of all boxes."""
+    """Grow ``len(seeds)`` models in parallel, member ``m`` on its own random stream and, by
+    ``bootstrap``, on all rows (0), a bootstrap sample of all rows (1) or of the negatives only
+    (2). Returns ``(lo, hi, member)`` of all boxes."""
     n_members = seeds.shape[0]
     n, n_dims = X.shape
     los = np.zeros((n_members, max_boxes, n_dims), np.uint8)
@@ -312,9 +320,9 @@ def grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failure
         state = seed_state(seeds[m])
         pw = pos_w.copy()
         nw = neg_w.copy()
-        if bootstrap:
+        if bootstrap > 0:
             counts = np.zeros(n, np.int64)
-            _bootstrap(pos_w, neg_w, state, counts)
+            _bootstrap(pos_w, neg_w, state, counts, bootstrap == 2)
             for i in range(n):
                 pw[i] *= counts[i]
                 nw[i] *= counts[i]

@@ -1,0 +1,100 @@
+"""Catalog.query on a sandboxed read-only catalog: limits, and every escape attempt refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import engine
+from engine.errors import InvalidSql, QueryInterrupted
+
+
+@pytest.fixture(scope="module")
+def sandboxed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sandbox") / "c.duckdb"
+    with engine.Catalog.create(path) as cat:
+        rng = np.random.default_rng(0)
+        cat.add_codes(rng.integers(0, 256, (500, 32), dtype=np.uint8),
+                      metadata=pa.table({"label": [f"c{i % 5}" for i in range(500)]}))
+        cat.build_index(block_size=64)
+    cat = engine.Catalog.open(path, read_only=True, sandbox=True)
+    yield cat, path
+    cat.close()
+
+
+def test_rows_are_capped_and_truncation_is_reported(sandboxed):
+    cat, _ = sandboxed
+    r = cat.query("SELECT id FROM codes ORDER BY id", max_rows=7)
+    assert r.table.column("id").to_pylist() == list(range(7)) and r.truncated
+    r = cat.query("SELECT id FROM codes WHERE id < 3 ORDER BY id", max_rows=7)
+    assert r.table.num_rows == 3 and not r.truncated and r.time_ms >= 0
+
+
+def test_relations_combine_a_result_with_metadata(sandboxed):
+    cat, _ = sandboxed
+    last = pa.table({"id": [1, 2, 3, 6], "votes": [25, 20, 14, 13]})
+    r = cat.query("SELECT r.id FROM last_result r JOIN images USING (id) WHERE label = 'c1' ORDER BY votes DESC",
+                  relations={"last_result": last})
+    assert r.table.column("id").to_pylist() == [1, 6]
+    with pytest.raises(InvalidSql, match="last_result"):  # registered for that query only
+        cat.query("SELECT * FROM last_result")
+
+
+def test_endless_query_is_interrupted(sandboxed):
+    cat, _ = sandboxed
+    endless = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+    with pytest.raises(QueryInterrupted, match="longer than 0.5 s"):
+        cat.query(endless, time_limit_s=0.5)
+    assert cat.query("SELECT count(*) AS n FROM codes").table.column("n").to_pylist() == [500]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("COPY codes TO '/tmp/out.csv'", "not COPY"),
+    ("EXPORT DATABASE '/tmp/x'", "not EXPORT"),
+    ("ATTACH '/tmp/other.duckdb' AS o", "not ATTACH"),
+    ("DETACH o", "not DETACH"),
+    ("INSTALL httpfs", "not"),
+    ("LOAD httpfs", "not LOAD"),
+    ("SET memory_limit = '100GB'", "not SET"),
+    ("RESET memory_limit", "not"),
+    ("PRAGMA threads = 1", "not"),
+    ("CALL pragma_version()", "not CALL"),
+    ("CREATE TABLE t (a INTEGER)", "not CREATE"),
+    ("CREATE TEMP VIEW v AS SELECT 1", "not CREATE"),
+    ("INSERT INTO codes SELECT * FROM codes", "not INSERT"),
+    ("UPDATE images SET uri = 'x'", "not UPDATE"),
+    ("DELETE FROM codes", "not DELETE"),
+    ("DROP TABLE codes", "not DROP"),
+    ("ALTER TABLE images ADD COLUMN x INTEGER", "not ALTER"),
+    ("CHECKPOINT", "not"),
+    ("SELECT 1; SELECT 2", "exactly one statement"),
+    ("SELECT 1; DROP TABLE codes", "exactly one statement"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "disabled"),
+    ("SELECT * FROM read_text('/etc/passwd')", "disabled"),
+    ("SELECT * FROM read_blob('/etc/passwd')", "disabled"),
+    ("SELECT * FROM read_parquet('/tmp/*.parquet')", "disabled"),
+    ("SELECT * FROM '/etc/passwd'", "disabled|not exist|Catalog Error"),
+    ("SELECT * FROM glob('/etc/*')", "disabled"),
+    ("SELECT * FROM read_json_auto('http://example.com/x.json')", "disabled"),
+    ("", "empty"),
+    ("   ", "empty"),
+    ("SELECT " + "(" * 3000 + "1" + ")" * 3000, "depth|nested"),
+    ("SELECT " + " + ".join(["1"] * 60_000), "characters"),
+    ("SELEC 1", "syntax"),
+])
+def test_escape_attempts_are_refused(sandboxed, text, match):
+    cat, _ = sandboxed
+    with pytest.raises(InvalidSql, match=match):
+        cat.query(text, time_limit_s=2)
+
+
+def test_the_file_is_untouched_and_the_settings_locked(sandboxed):
+    cat, path = sandboxed
+    before = path.stat().st_mtime_ns
+    for text in ("SELECT * FROM duckdb_settings() WHERE name = 'enable_external_access'",):
+        value = cat.query(text).table.column("value").to_pylist()
+        assert value == ["false"]
+    assert path.stat().st_mtime_ns == before
+    with pytest.raises(engine.CatalogError, match="read-only"):
+        engine.Catalog.open(path, read_only=False, sandbox=True)

@@ -1,0 +1,235 @@
+"""The web app through Litestar's test client: pages, fragments, JSON twins, thumbnails, the
+console, and bad input answered with a clear 4xx."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("litestar")
+
+from litestar.testing import TestClient  # noqa: E402
+
+from web import Settings, create_app  # noqa: E402
+
+HX = {"HX-Request": "true"}
+
+
+@pytest.fixture(scope="module")
+def client(web_demo, tmp_path_factory):
+    """A test client over a copy of the demo catalog, with tight limits."""
+    root = tmp_path_factory.mktemp("served")
+    path = root / "fashion.duckdb"
+    shutil.copy(web_demo, path)
+    (root / "fashion.duckdb.d").symlink_to(f"{web_demo}.d")
+    import duckdb
+
+    con = duckdb.connect(str(web_demo), read_only=True)
+    _LABELS.update(dict(con.execute("SELECT id, label FROM images").fetchall()))
+    con.close()
+    settings = Settings(page_size=24, sql_time_limit_s=1.0, sql_max_rows=100, results_kept=8)
+    with TestClient(create_app([path], settings)) as c:
+        yield c
+
+
+def _ids(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'data-id="(\d+)"', html)]
+
+
+_LABELS: dict[int, str] = {}
+
+
+def _labels(client) -> dict[int, str]:
+    return _LABELS
+
+
+def test_search_page_has_every_control(client):
+    r = client.get("/")
+    assert r.status_code == 200
+    html = r.text
+    for needle in ('id="q"', 'id="catalog-chooser"', 'name="file"', 'id="all-positive"', 'id="all-negative"',
+                   'id="clear-labels"', 'id="model"', 'id="sampled-negatives"', 'max="2000"', 'id="negative-weight"',
+                   'id="refine-button"', 'id="reset"', 'id="help"', "/static/htmx.min.js"):
+        assert needle in html, needle
+    for model in ("ensemble", "branch", "tree", "forest"):
+        assert f'value="{model}"' in html
+    assert "unpkg" not in html and "cdn" not in html.lower()
+    js = client.get("/static/htmx.min.js")
+    assert js.status_code == 200 and len(js.content) > 40_000
+
+
+def test_text_search_returns_a_grid_of_sensible_thumbnails(client):
+    r = client.get("/search", params={"q": "sneaker"}, headers=HX)
+    assert r.status_code == 200
+    ids = _ids(r.text)
+    assert len(ids) == 24  # one page; the search itself returns 60
+    labels = _labels(client)
+    assert sum(labels[i] == "Sneaker" for i in ids) >= 18
+    assert "ORDER BY dist, pos" in r.text and 'id="copy-sql"' in r.text
+    token = re.search(r'data-token="([^"]+)"', r.text).group(1)
+    more = client.get(f"/results/{token}", params={"offset": 24}, headers=HX)
+    assert len(_ids(more.text)) == 24 and not set(_ids(more.text)) & set(ids)
+
+
+def test_refine_returns_every_positive_with_stats_sql_and_paging(client):
+    labels = _labels(client)
+    found = client.get("/api/search", params={"q": "ankle boot", "k": 60}).json()["ids"]
+    pos = [i for i in found if labels[i] == "Ankle boot"][:8]
+    neg = [i for i in found if labels[i] != "Ankle boot"][:2]
+    r = client.post("/refine", data={"positives": ",".join(map(str, pos)), "negatives": ",".join(map(str, neg)),
+                                     "model": "forest", "sampled_negatives": "500", "negative_weight": "5"},
+                    headers=HX)
+    assert r.status_code == 200, r.text
+    total = int(re.search(r'id="result-count">([\d,]+)<', r.text).group(1).replace(",", ""))
+    for needle in ("sample", "train", "query", "% of the catalog", "SELECT id, votes"):
+        assert needle in r.text
+    api = client.post("/api/refine", json={"positives": ",".join(map(str, pos)), "negatives": ",".join(map(str, neg)),
+                                           "model": "forest", "sampled_negatives": 500, "negative_weight": 5},
+                      params={"limit": 5000}).json()
+    assert api["results"] == total and api["stats"]["model"] == "forest"
+    got = [labels[i] for i in api["ids"]]
+    assert got.count("Ankle boot") >= 0.8 * len(got)
+    # paging reaches every result, in the engine's order
+    token = re.search(r'data-token="([^"]+)"', r.text).group(1)
+    seen, offset = _ids(r.text), 24
+    while offset < total:
+        page = client.get(f"/results/{token}", params={"offset": offset}, headers=HX).text
+        seen += _ids(page)
+        offset += 24
+    assert len(seen) == total
+
+
+def test_more_like_this_and_image_upload(client, web_demo):
+    labels = _labels(client)
+    bag = next(i for i, lab in labels.items() if lab == "Bag")
+    r = client.get("/similar", params={"id": bag}, headers=HX)
+    assert r.status_code == 200 and _ids(r.text)[0] == bag
+    uri = client.post("/api/sql", json={"sql": f"SELECT uri FROM images WHERE id = {bag}"}).json()["rows"][0]["uri"]
+    with open(uri, "rb") as f:
+        r = client.post("/search/image", files={"file": ("bag.png", f.read(), "image/png")}, headers=HX)
+    assert r.status_code == 200
+    assert sum(labels[i] == "Bag" for i in _ids(r.text)) >= 12
+
+
+def test_thumbnails_keep_aspect_ratio_and_are_cached(client, web_demo, tmp_path):
+    r = client.get("/api/search", params={"q": "bag", "k": 1}).json()
+    image_id = r["ids"][0]
+    t = client.get(f"/thumb/fashion/{image_id}")
+    assert t.status_code == 200 and t.headers["content-type"].startswith("image/")
+    assert "max-age" in t.headers["cache-control"] and t.headers["etag"]
+    with Image.open(io.BytesIO(t.content)) as im:
+        assert im.size == (28, 28)  # small originals are served as they are
+    again = client.get(f"/thumb/fashion/{image_id}", headers={"If-None-Match": t.headers["etag"]})
+    assert again.status_code == 304
+    full = client.get(f"/image/fashion/{image_id}")
+    assert full.status_code == 200 and full.content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("url", ["/thumb/fashion/99999999", "/thumb/fashion/-5", "/image/fashion/424242424",
+                                 "/thumb/nosuchcatalog/1", "/thumb/fashion/12abc", "/results/expired-token"])
+def test_unknown_ids_catalogs_and_tokens_are_404(client, url):
+    r = client.get(url)
+    assert r.status_code == 404
+    assert "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("q", ["a/b", "what?", "#1 hit", "it's \"quoted\"", "sneaker 👟", "ünïcödé", "%20%00"])
+def test_odd_queries_work(client, q):
+    r = client.get("/search", params={"q": q}, headers=HX)
+    assert r.status_code == 200 and len(_ids(r.text)) == 24
+
+
+@pytest.mark.parametrize("params, status, message", [
+    ({"q": ""}, 400, "empty"),
+    ({"q": "   "}, 400, "empty"),
+    ({"q": "x" * 10_000}, 400, "limit is 1000"),
+    ({"q": "x" * 30_000}, 400, ""),
+    ({"q": "shoe", "k": "abc"}, 400, "k"),
+    ({"q": "shoe", "k": "0"}, 400, "k"),
+    ({"q": "shoe", "catalog": "nope"}, 404, "no catalog named"),
+])
+def test_bad_searches_get_a_clear_4xx(client, params, status, message):
+    r = client.get("/search", params=params, headers=HX)
+    assert r.status_code == status
+    assert message in r.text and 'class="error"' in r.text and "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("form, status, message", [
+    ({"positives": ""}, 400, "at least one image as positive"),
+    ({"positives": "1,99999999"}, 404, "99999999"),
+    ({"positives": "abc"}, 400, "not an integer"),
+    ({"positives": "1", "negatives": "1"}, 400, "both positive and negative"),
+    ({"positives": "1", "sampled_negatives": "abc"}, 400, "sampled_negatives"),
+    ({"positives": "1", "sampled_negatives": "5000"}, 400, "0..2000"),
+    ({"positives": "1", "negative_weight": "heavy"}, 400, "negative_weight"),
+    ({"positives": "1", "negative_weight": "0"}, 400, "1..100"),
+    ({"positives": "1", "model": "svm"}, 400, "unknown model"),
+])
+def test_bad_refines_get_a_clear_4xx(client, form, status, message):
+    r = client.post("/refine", data=form, headers=HX)
+    assert r.status_code == status, r.text
+    assert message in r.text and "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("payload", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50])
+def test_corrupt_uploads_get_a_clear_4xx(client, payload):
+    r = client.post("/search/image", files={"file": ("x.png", payload, "image/png")}, headers=HX)
+    assert r.status_code == 400 and 'class="error"' in r.text
+    assert "empty" in r.text or "cannot be used" in r.text
+
+
+def test_console_runs_queries_and_shows_ids_as_thumbnails(client):
+    r = client.post("/console", data={"sql": "SELECT id, label FROM images ORDER BY id LIMIT 3"}, headers=HX)
+    assert r.status_code == 200
+    assert r.text.count("<tr>") == 4 and r.text.count('class="mini"') == 3
+    r = client.post("/console", data={"sql": "SELECT id FROM codes"}, headers=HX)
+    assert "cut at 100" in r.text
+
+
+def test_console_combines_the_last_result_with_metadata(client):
+    labels = _labels(client)
+    found = client.get("/search", params={"q": "sneaker"}, headers=HX)
+    token = re.search(r'data-token="([^"]+)"', found.text).group(1)
+    sql = "SELECT r.id FROM last_result r JOIN images USING (id) WHERE label = 'Sneaker' ORDER BY r.rank"
+    rows = client.post("/api/sql", json={"sql": sql, "result": token}).json()["rows"]
+    assert rows and all(labels[r["id"]] == "Sneaker" for r in rows)
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("COPY images TO '/tmp/leak.csv'", "not COPY"),
+    ("ATTACH '/tmp/x.duckdb'", "not ATTACH"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "disabled by configuration"),
+    ("INSTALL httpfs", "not"),
+    ("DROP TABLE images", "not DROP"),
+    ("SELECT 1; SELECT 2", "exactly one statement"),
+    ("SELEC nonsense", "syntax error"),
+])
+def test_console_refuses_escapes_with_duckdbs_message(client, sql, message):
+    r = client.post("/console", data={"sql": sql}, headers=HX)
+    assert r.status_code == 400 and message in r.text and "Traceback" not in r.text
+
+
+def test_console_stops_an_endless_query(client):
+    endless = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+    r = client.post("/console", data={"sql": endless}, headers=HX)
+    assert r.status_code == 408 and "longer than 1 s" in r.text
+
+
+def test_openapi_schema_declares_every_route(client):
+    schema = client.get("/schema/openapi.json").json()
+    paths = schema["paths"]
+    for p in ("/", "/search", "/similar", "/search/image", "/refine", "/results/{token}",
+              "/thumb/{catalog}/{image_id}", "/image/{catalog}/{image_id}", "/console", "/api/search",
+              "/api/refine", "/api/sql"):
+        assert p in paths, p
+    params = {p["name"] for p in paths["/search"]["get"]["parameters"]}
+    assert {"q", "k", "catalog"} <= params
+
+
+def test_settings_are_documented():
+    help_ = Settings.help()
+    assert set(help_) == set(Settings.__dataclass_fields__) and all(help_.values())

@@ -1,0 +1,205 @@
+"""The UI in a real browser: Debian's chromium driven by playwright against `clip-branches
+serve` on 127.0.0.1. Every test saves a screenshot under test-output/."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+OUT = Path(__file__).resolve().parent.parent / "test-output"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(web_demo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    path = root / "fashion.duckdb"
+    shutil.copy(web_demo, path)
+    (root / "fashion.duckdb.d").symlink_to(f"{web_demo}.d")
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not start: {proc.stdout.read()}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server + "/")
+    yield pg
+    OUT.mkdir(exist_ok=True)
+    pg.screenshot(path=str(OUT / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert errors == [], errors
+
+
+def _search(pg, text: str) -> None:
+    pg.fill("#q", text)
+    pg.press("#q", "Enter")
+    pg.wait_for_selector("#grid .thumb")
+
+
+def _count(pg) -> int:
+    return int(pg.inner_text("#result-count").replace(",", ""))
+
+
+def test_search_shows_a_grid(page):
+    _search(page, "sneaker")
+    assert page.locator("#grid .thumb").count() == 60
+    assert _count(page) == 60
+    first = page.locator("#grid .thumb img").first
+    first.wait_for()
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", first.element_handle())
+
+
+def test_labelling_by_click_keyboard_and_all_buttons(page):
+    _search(page, "ankle boot")
+    thumbs = page.locator("#grid .thumb")
+    thumbs.nth(0).click()
+    assert "pos" in thumbs.nth(0).get_attribute("class")
+    thumbs.nth(0).click()
+    assert "neg" in thumbs.nth(0).get_attribute("class")
+    thumbs.nth(0).click()
+    assert "pos" not in thumbs.nth(0).get_attribute("class") and "neg" not in thumbs.nth(0).get_attribute("class")
+    thumbs.nth(1).focus()
+    page.keyboard.press("Enter")
+    assert "pos" in thumbs.nth(1).get_attribute("class")
+    page.keyboard.press("n")
+    assert "neg" in thumbs.nth(1).get_attribute("class")
+    assert page.inner_text("#label-counts") == "0 positive, 1 negative"
+    page.click("#all-positive")
+    assert page.locator("#grid .thumb.pos").count() == 60
+    assert page.inner_text("#label-counts") == "60 positive, 0 negative"
+    page.click("#all-negative")
+    assert page.locator("#grid .thumb.neg").count() == 60
+    page.click("#clear-labels")
+    assert page.locator("#grid .thumb.pos, #grid .thumb.neg").count() == 0
+
+
+def test_fine_tuning_changes_the_results_and_shows_statistics(page):
+    _search(page, "sneaker")
+    before = page.locator("#grid .thumb").evaluate_all("els => els.map(e => e.dataset.id)")
+    page.click("#all-positive")
+    page.select_option("#model", "ensemble")
+    page.click("#refine-button")
+    page.wait_for_selector(".result[data-kind=refine]")
+    stats = page.inner_text("#stats")
+    assert "classified positive by the ensemble model" in stats
+    assert re.search(r"sample [\d.]+ ms · train [\d.]+ ms · query [\d.]+ ms", stats)
+    assert "% of the catalog" in stats
+    after = page.locator("#grid .thumb").evaluate_all("els => els.map(e => e.dataset.id)")
+    assert after != before and _count(page) != 60
+    # labels survive the new grid: the 60 positives stay green where they reappear
+    assert page.locator("#grid .thumb.pos").count() >= 1
+
+
+def test_load_more_pages_through_every_result(page):
+    _search(page, "bag")
+    page.click("#all-positive")
+    page.select_option("#model", "branch")
+    page.click("#refine-button")
+    page.wait_for_selector(".result[data-kind=refine]")
+    total = _count(page)
+    assert total > 60
+    while page.locator("#load-more button").count():
+        page.click("#load-more button")
+        page.wait_for_function(f"document.querySelectorAll('#grid .thumb').length > {page.locator('#grid .thumb').count()}"
+                               f" || !document.querySelector('#load-more')")
+    assert page.locator("#grid .thumb").count() == total
+
+
+def test_sql_panel_shows_and_copies_the_sql(page):
+    _search(page, "dress")
+    page.click("#all-positive")
+    page.click("#refine-button")
+    page.wait_for_selector(".result[data-kind=refine]")
+    page.click("#sql-panel summary")
+    sql = page.inner_text("#sql-text")
+    assert sql.startswith("SELECT id, votes") and "BETWEEN" in sql
+    page.click("#copy-sql")
+    page.wait_for_function("document.getElementById('copy-sql').textContent === 'Copied'")
+
+
+def test_console_runs_queries_and_refuses_escapes(page, server):
+    page.goto(server + "/console")
+    page.fill("#sql", "SELECT id, label FROM images WHERE label = 'Bag' ORDER BY id LIMIT 5")
+    page.click("#run-sql")
+    page.wait_for_selector("table.sql-result")
+    assert page.locator("table.sql-result tbody tr").count() == 5
+    assert page.locator("table.sql-result img.mini").count() == 5
+    page.fill("#sql", "SELECT * FROM read_csv('/etc/passwd')")
+    page.click("#run-sql")
+    page.wait_for_selector("#console-result .error")
+    assert "disabled by configuration" in page.inner_text("#console-result .error")
+
+
+def test_reload_keeps_labels_and_results(page):
+    _search(page, "pullover")
+    thumbs = page.locator("#grid .thumb")
+    ids = [thumbs.nth(i).get_attribute("data-id") for i in range(3)]
+    thumbs.nth(0).click()
+    thumbs.nth(1).click()
+    thumbs.nth(2).click()
+    thumbs.nth(2).click()
+    page.reload()
+    page.wait_for_selector("#grid .thumb")
+    assert page.inner_text("#label-counts") == "2 positive, 1 negative"
+    assert "pos" in page.locator(f'#grid .thumb[data-id="{ids[0]}"]').get_attribute("class")
+    assert "neg" in page.locator(f'#grid .thumb[data-id="{ids[2]}"]').get_attribute("class")
+    assert page.input_value("#q") == "pullover"
+
+
+def test_errors_show_a_message(page):
+    page.fill("#q", "   ")
+    page.click("#search-button")
+    page.wait_for_selector("#results .error")
+    assert "empty" in page.inner_text("#results .error")

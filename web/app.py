@@ -1,0 +1,407 @@
+"""The Litestar app: search, label, fine-tune and a read-only SQL console over engine.Catalog.
+
+Handlers stay thin: every search, refine and query goes through :class:`engine.Catalog`
+(opened read-only and sandboxed), CPU-bound calls run in worker threads, and each SQL query
+gets its own DuckDB cursor. Labels live in the browser (per tab, in sessionStorage), so the
+server keeps no per-user state beyond a small LRU of refine results for paging.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import Body, FromPath, JSONBody, Parameter
+from litestar.plugins.htmx import HTMXPlugin, HTMXRequest, HTMXTemplate
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import File, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+import engine
+from engine import refine as rf
+from engine.errors import CatalogError, InvalidArgument, QueryInterrupted, UnknownIds
+
+from .settings import Settings
+from .thumbs import Thumbnails
+
+HERE = Path(__file__).parent
+MODEL_LABELS = {"ensemble": "Ensemble of 25 decision branch models", "branch": "Single decision branch model",
+                "tree": "Decision tree", "forest": "Random forest (25 trees)"}
+
+
+@dataclass
+class Served:
+    """One catalog the app serves."""
+
+    name: str
+    path: Path
+    cat: engine.Catalog
+    thumbs: Thumbnails
+    rows: int
+
+
+class Results:
+    """The last refine results, by token, for "load more" (an LRU of ``capacity`` entries)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[str, tuple[str, engine.Result]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, catalog: str, result: engine.Result) -> str:
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._items[token] = (catalog, result)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return token
+
+    def get(self, token: str) -> tuple[str, engine.Result]:
+        with self._lock:
+            item = self._items.get(token)
+            if item is None:
+                raise NotFoundException("this result is no longer kept; run the search or fine-tune again")
+            self._items.move_to_end(token)
+            return item
+
+
+class App:
+    """The catalogs, settings and result store the handlers share (one per Litestar app)."""
+
+    def __init__(self, paths: list[str | Path], settings: Settings):
+        if not paths:
+            raise CatalogError("give at least one catalog to serve")
+        self.settings = settings
+        self.catalogs: dict[str, Served] = {}
+        for p in paths:
+            path = Path(p)
+            cat = engine.Catalog.open(path, read_only=True, sandbox=True, memory_limit=settings.sql_memory_limit)
+            name = path.stem
+            while name in self.catalogs:
+                name += "_"
+            index = cat.block_index()
+            self.catalogs[name] = Served(name, path, cat, Thumbnails(cat), index.n_rows)
+        self.results = Results(settings.results_kept)
+
+    def catalog(self, name: str | None) -> Served:
+        if name is None or name == "":
+            return next(iter(self.catalogs.values()))
+        served = self.catalogs.get(name)
+        if served is None:
+            raise NotFoundException(f"no catalog named {name!r}; choose one of {', '.join(self.catalogs)}")
+        return served
+
+    def warm_up(self) -> None:
+        """Load indexes and compile-cache kernels now, so the first request is not the slow one."""
+        for served in self.catalogs.values():
+            cat = served.cat
+            first = cat.sql("SELECT id FROM codes ORDER BY pos LIMIT 2").column("id").to_pylist()
+            if first:
+                cat.search(id=first[0], k=5)
+                for model in rf.MODELS:
+                    cat.refine(first[:1], model=model, sampled_negatives=min(50, served.rows - 1),
+                               random_state=0)
+
+    def close(self) -> None:
+        for served in self.catalogs.values():
+            served.cat.close()
+
+
+# -- rendering -------------------------------------------------------------------------------
+def _page(app: App, served: Served, result: engine.Result, offset: int, token: str | None) -> dict:
+    """Template context of one page of result thumbnails."""
+    size = app.settings.page_size
+    ids = result.ids[offset: offset + size].tolist()
+    scores = result.scores[offset: offset + size].tolist()
+    next_offset = offset + size if token is not None and offset + size < len(result.ids) else None
+    return {"catalog": served.name, "items": list(zip(ids, scores, strict=True)), "token": token,
+            "next_offset": next_offset, "shown": min(offset + size, len(result.ids)), "total": len(result.ids)}
+
+
+def _result_context(app: App, served: Served, result: engine.Result, kind: str) -> dict:
+    token = app.results.put(served.name, result)
+    stats = dict(result.stats)
+    return {"kind": kind, "stats": stats, "sql": result.sql, "total": len(result.ids),
+            "rows": served.rows, **_page(app, served, result, 0, token)}
+
+
+def _render(request: Request, name: str, context: dict, status_code: int = 200) -> Template:
+    return HTMXTemplate(template_name=name, context=context, status_code=status_code)
+
+
+def _render_result(request: Request, app: App, served: Served, result: engine.Result, kind: str) -> Template:
+    """The results fragment, with the engine's own time in ``X-Engine-Ms`` for load tests."""
+    return HTMXTemplate(template_name="_results.html", context=_result_context(app, served, result, kind),
+                        headers={"X-Engine-Ms": f"{result.stats['time_total_ms']:.2f}"})
+
+
+# -- errors ----------------------------------------------------------------------------------
+def _error_response(request: Request, status: int, message: str) -> Response:
+    """An error fragment for pages and HTMX, JSON for API clients; never a stack trace."""
+    wants_html = request.headers.get("hx-request") or "text/html" in request.headers.get("accept", "")
+    if wants_html and not request.url.path.startswith("/api/"):
+        return Template(template_name="_error.html", context={"message": message, "status": status},
+                        status_code=status)
+    return Response({"error": message, "status_code": status}, status_code=status, media_type=MediaType.JSON)
+
+
+def _catalog_error(request: Request, exc: CatalogError) -> Response:
+    status = 404 if isinstance(exc, UnknownIds) else 408 if isinstance(exc, QueryInterrupted) else 400
+    return _error_response(request, status, str(exc))
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    detail = exc.detail
+    if isinstance(exc, ValidationException) and exc.extra:
+        parts = []
+        for e in exc.extra if isinstance(exc.extra, list) else [exc.extra]:
+            if isinstance(e, dict):
+                key = e.get("key") or e.get("source") or ""
+                parts.append(f"{key}: {e.get('message', '')}".strip(": "))
+        detail = "invalid input: " + "; ".join(parts) if parts else detail
+    return _error_response(request, exc.status_code, str(detail))
+
+
+# -- handlers --------------------------------------------------------------------------------
+CatalogParam = Annotated[str | None, Parameter(description="catalog name (default: the first one served)")]
+
+
+def _state(request: Request) -> App:
+    return request.app.state.cb
+
+
+@get("/", sync_to_thread=False)
+def index(request: HTMXRequest, catalog: CatalogParam = None) -> Template:
+    app = _state(request)
+    served = app.catalog(catalog)
+    return Template(template_name="search.html", context={
+        "catalogs": list(app.catalogs.values()), "current": served, "models": MODEL_LABELS,
+        "page_size": app.settings.page_size, "max_negatives": 2000})
+
+
+@get("/search", sync_to_thread=True)
+def search_text(request: HTMXRequest,
+                q: Annotated[str, Parameter(description="text query", max_length=20_000)] = "",
+                catalog: CatalogParam = None,
+                k: Annotated[int, Parameter(ge=1, le=1000, description="results")] = 60) -> Template:
+    app = _state(request)
+    served = app.catalog(catalog)
+    result = served.cat.search(q, k=k)
+    return _render_result(request, app, served, result, "search")
+
+
+@get("/similar", sync_to_thread=True)
+def search_similar(request: HTMXRequest, id: Annotated[int, Parameter(description="image id")],
+                   catalog: CatalogParam = None, k: Annotated[int, Parameter(ge=1, le=1000)] = 60) -> Template:
+    app = _state(request)
+    served = app.catalog(catalog)
+    result = served.cat.search(id=id, k=k)
+    return _render_result(request, app, served, result, "similar")
+
+
+@dataclass
+class ImageQuery:
+    file: UploadFile
+    catalog: str | None = None
+    k: int = 60
+
+
+@post("/search/image", sync_to_thread=True, status_code=200)
+def search_image(request: HTMXRequest,
+                 data: Annotated[ImageQuery, Body(media_type=RequestEncodingType.MULTI_PART)]) -> Template:
+    app = _state(request)
+    served = app.catalog(data.catalog)
+    if not 1 <= data.k <= 1000:
+        raise InvalidArgument("k must be in 1..1000")
+    blob = data.file.file.read(app.settings.max_upload_bytes + 1)
+    if len(blob) > app.settings.max_upload_bytes:
+        raise InvalidArgument(f"the image is larger than {app.settings.max_upload_bytes} bytes")
+    if not blob:
+        raise InvalidArgument("the uploaded file is empty; choose an image")
+    result = served.cat.search(image=blob, k=data.k)
+    return _render_result(request, app, served, result, "image")
+
+
+@dataclass
+class RefineForm:
+    positives: str = ""
+    negatives: str = ""
+    model: str = "ensemble"
+    sampled_negatives: int = 500
+    negative_weight: float = 1.0
+    catalog: str | None = None
+    seed: int = 0
+
+
+@post("/refine", sync_to_thread=True, status_code=200)
+def refine(request: HTMXRequest,
+           data: Annotated[RefineForm, Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Template:
+    app = _state(request)
+    served = app.catalog(data.catalog)
+    result = _refine(served, data)
+    return _render_result(request, app, served, result, "refine")
+
+
+def _refine(served: Served, data: RefineForm) -> engine.Result:
+    if not 0 <= data.sampled_negatives <= 2000:
+        raise InvalidArgument(f"negatives sampled must be in 0..2000, got {data.sampled_negatives}")
+    if not 1 <= data.negative_weight <= 100:
+        raise InvalidArgument(f"negative weight must be in 1..100, got {data.negative_weight}")
+    return served.cat.refine(data.positives, data.negatives, model=data.model,
+                             sampled_negatives=data.sampled_negatives, negative_weight=data.negative_weight,
+                             random_state=data.seed)
+
+
+@get("/results/{token:str}", sync_to_thread=False)
+def results_page(request: HTMXRequest, token: FromPath[str],
+                 offset: Annotated[int, Parameter(ge=0, description="first result to show")] = 0) -> Template:
+    app = _state(request)
+    name, result = app.results.get(token)
+    return _render(request, "_page.html", _page(app, app.catalog(name), result, offset, token))
+
+
+@get("/thumb/{catalog:str}/{image_id:int}", sync_to_thread=True)
+def thumbnail(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> Response:
+    app = _state(request)
+    served = app.catalog(catalog)
+    data, media_type, etag = served.thumbs.get(image_id)
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={app.settings.thumb_max_age_s}"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(b"", status_code=304, headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
+
+
+@get("/image/{catalog:str}/{image_id:int}", sync_to_thread=True)
+def original(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> File:
+    served = _state(request).catalog(catalog)
+    path = served.thumbs.original_path(image_id)
+    return File(path=path, content_disposition_type="inline",
+                headers={"Cache-Control": f"public, max-age={_state(request).settings.thumb_max_age_s}"})
+
+
+@get("/console", sync_to_thread=False)
+def console_page(request: HTMXRequest, catalog: CatalogParam = None) -> Template:
+    app = _state(request)
+    served = app.catalog(catalog)
+    tables = served.cat.sql(
+        "SELECT table_name, string_agg(column_name, ', ' ORDER BY column_index) AS columns FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND NOT starts_with(table_name, '_') GROUP BY table_name ORDER BY table_name"
+    ).to_pylist()
+    return Template(template_name="console.html", context={
+        "catalogs": list(app.catalogs.values()), "current": served, "tables": tables,
+        "time_limit": app.settings.sql_time_limit_s, "max_rows": app.settings.sql_max_rows})
+
+
+@dataclass
+class SqlForm:
+    sql: str = ""
+    catalog: str | None = None
+    result: str = ""
+
+
+@post("/console", sync_to_thread=True, status_code=200)
+def console_run(request: HTMXRequest,
+                data: Annotated[SqlForm, Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Template:
+    app = _state(request)
+    served = app.catalog(data.catalog)
+    res = _run_sql(app, served, data)
+    columns = res.table.column_names
+    id_columns = {c for c in columns if c == "id" or c.endswith("_id") and c != "block_id"}
+    rows = [[row[c] for c in columns] for row in res.table.to_pylist()]
+    return _render(request, "_table.html", {
+        "catalog": served.name, "columns": columns, "rows": rows, "id_columns": id_columns,
+        "truncated": res.truncated, "time_ms": res.time_ms, "max_rows": app.settings.sql_max_rows})
+
+
+def _run_sql(app: App, served: Served, data: SqlForm):
+    relations = {}
+    if data.result:
+        name, result = app.results.get(data.result)
+        if name == served.name:
+            import pyarrow as pa
+
+            relations["last_result"] = pa.table({
+                "id": result.ids, "score": result.scores,
+                "rank": np.arange(1, len(result.ids) + 1, dtype=np.int64)})
+    return served.cat.query(data.sql, time_limit_s=app.settings.sql_time_limit_s,
+                            max_rows=app.settings.sql_max_rows, relations=relations)
+
+
+# -- JSON twins ------------------------------------------------------------------------------
+@get("/api/search", sync_to_thread=True)
+def api_search(request: Request, q: Annotated[str, Parameter(max_length=20_000)] = "", catalog: CatalogParam = None,
+               id: Annotated[int | None, Parameter(description="image id: more like this")] = None,
+               k: Annotated[int, Parameter(ge=1, le=1000)] = 60) -> dict[str, Any]:
+    served = _state(request).catalog(catalog)
+    result = served.cat.search(id=id, k=k) if id is not None else served.cat.search(q, k=k)
+    return result.to_json()
+
+
+@post("/api/refine", sync_to_thread=True, status_code=200)
+def api_refine(request: Request, data: JSONBody[RefineForm],
+               limit: Annotated[int, Parameter(ge=0, le=1_000_000)] = 1000) -> dict[str, Any]:
+    served = _state(request).catalog(data.catalog)
+    return _refine(served, data).to_json(limit=limit)
+
+
+@post("/api/sql", sync_to_thread=True, status_code=200)
+def api_sql(request: Request, data: JSONBody[SqlForm]) -> dict[str, Any]:
+    app = _state(request)
+    res = _run_sql(app, app.catalog(data.catalog), data)
+    return {"columns": res.table.column_names, "rows": res.table.to_pylist(), "truncated": res.truncated,
+            "time_ms": res.time_ms}
+
+
+def server_timing(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware adding ``Server-Timing: app;dur=<ms>``: the time from the request's
+    arrival to its response headers, so a client can tell its own wait from the server's."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - t0) * 1e3
+                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.2f}".encode())]
+            await send(message)
+
+        await app(scope, receive, timed_send)
+
+    return middleware
+
+
+def create_app(paths: list[str | Path], settings: Settings | None = None, *, warm_up: bool = True) -> Litestar:
+    """The Litestar app serving ``paths`` (catalog files, opened read-only and sandboxed)."""
+    state = App(list(paths), settings or Settings())
+    if warm_up:
+        state.warm_up()
+    app = Litestar(
+        route_handlers=[index, search_text, search_similar, search_image, refine, results_page, thumbnail,
+                        original, console_page, console_run, api_search, api_refine, api_sql,
+                        create_static_files_router(path="/static", directories=[HERE / "static"])],
+        plugins=[HTMXPlugin()],
+        template_config=TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
+        exception_handlers={CatalogError: _catalog_error, HTTPException: _http_error},
+        request_max_body_size=state.settings.max_upload_bytes + 1_000_000,
+        on_shutdown=[state.close],
+        middleware=[server_timing],
+        debug=False,
+    )
+    app.state.cb = state
+    return app
+
