@@ -769,7 +769,8 @@ class Catalog:
         At most ``max_rows`` rows come back (``truncated`` says whether there were more); a
         query still running after ``time_limit_s`` is interrupted and raises
         :class:`QueryInterrupted`. ``relations`` are Arrow tables the query may name (e.g. the
-        last refine result), visible to this query only.
+        last refine result; ``last_result`` is empty unless given), visible to this query only,
+        as are the macros of ``sql/console_macros.sql``.
         """
         statement = _check_query(text)
         with self._lock:
@@ -777,8 +778,14 @@ class Catalog:
         timer = threading.Timer(time_limit_s, cur.interrupt)
         t0 = time.perf_counter()
         try:
-            for name, table in (relations or {}).items():
+            relations = {"last_result": _EMPTY_RESULT, **(relations or {})}
+            for name, table in relations.items():
                 cur.register(name, table)
+            try:
+                for macro in duckdb.extract_statements(sql_text("console_macros")):
+                    cur.execute(macro.query)
+            except duckdb.Error as e:
+                raise InvalidSql(f"the relations given do not fit the console macros: {e}") from None
             cur.execute("BEGIN TRANSACTION")
             timer.start()
             try:
@@ -830,6 +837,9 @@ class QueryResult:
 
 
 MAX_QUERY_TEXT = 100_000
+# What the console macros see as ``last_result`` when a query comes without one.
+_EMPTY_RESULT = pa.table({"id": pa.array([], pa.int64()), "score": pa.array([], pa.int64()),
+                          "rank": pa.array([], pa.int64())})
 
 
 def _check_query(text: Any):

@@ -234,6 +234,14 @@ def serve(catalogs: list[str], host: str, port: int) -> None:
         from web import create_app
     except ImportError as e:
         raise CatalogError(f"the web UI needs its dependencies: pip install -e . ({e})") from None
+    # Requests run in parallel threads; one torch thread per query encoding keeps concurrent
+    # searches from oversubscribing the cores (measured with scripts/bench_web.py, 8 clients).
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
     app = create_app(catalogs)
     print(f"clip-branches: serving {', '.join(catalogs)} at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

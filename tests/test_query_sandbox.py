@@ -33,12 +33,12 @@ def test_rows_are_capped_and_truncation_is_reported(sandboxed):
 
 def test_relations_combine_a_result_with_metadata(sandboxed):
     cat, _ = sandboxed
-    last = pa.table({"id": [1, 2, 3, 6], "votes": [25, 20, 14, 13]})
-    r = cat.query("SELECT r.id FROM last_result r JOIN images USING (id) WHERE label = 'c1' ORDER BY votes DESC",
+    last = pa.table({"id": [1, 2, 3, 6], "score": [25, 20, 14, 13], "rank": [1, 2, 3, 4]})
+    r = cat.query("SELECT r.id FROM last_result r JOIN images USING (id) WHERE label = 'c1' ORDER BY score DESC",
                   relations={"last_result": last})
     assert r.table.column("id").to_pylist() == [1, 6]
-    with pytest.raises(InvalidSql, match="last_result"):  # registered for that query only
-        cat.query("SELECT * FROM last_result")
+    # registered for that query only: the next one sees an empty last_result
+    assert cat.query("SELECT * FROM last_result").table.num_rows == 0
 
 
 def test_endless_query_is_interrupted(sandboxed):
@@ -98,3 +98,15 @@ def test_the_file_is_untouched_and_the_settings_locked(sandboxed):
     assert path.stat().st_mtime_ns == before
     with pytest.raises(engine.CatalogError, match="read-only"):
         engine.Catalog.open(path, read_only=False, sandbox=True)
+
+
+def test_console_macros_combine_the_last_result_with_metadata(sandboxed):
+    cat, _ = sandboxed
+    last = pa.table({"id": [6, 1, 2], "score": [25, 20, 14], "rank": [1, 2, 3]})
+    r = cat.query("SELECT id, label FROM result_images() WHERE label IN ('c1', 'c2')", relations={"last_result": last})
+    assert r.table.to_pylist() == [{"id": 6, "label": "c1"}, {"id": 1, "label": "c1"}, {"id": 2, "label": "c2"}]
+    r = cat.query("SELECT count(*) AS n FROM catalog WHERE in_last_result(id) AND f00 >= 0",
+                  relations={"last_result": last})
+    assert r.table.column("n").to_pylist() == [3]
+    r = cat.query("SELECT count(*) AS n FROM added_after(TIMESTAMP '2000-01-01')")
+    assert r.table.column("n").to_pylist() == [500]

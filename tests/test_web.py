@@ -197,6 +197,11 @@ def test_console_combines_the_last_result_with_metadata(client):
     sql = "SELECT r.id FROM last_result r JOIN images USING (id) WHERE label = 'Sneaker' ORDER BY r.rank"
     rows = client.post("/api/sql", json={"sql": sql, "result": token}).json()["rows"]
     assert rows and all(labels[r["id"]] == "Sneaker" for r in rows)
+    macro = client.post("/api/sql", json={"sql": "SELECT id FROM result_images() WHERE label = 'Sneaker'",
+                                          "result": token}).json()["rows"]
+    assert macro == rows
+    empty = client.post("/api/sql", json={"sql": "SELECT count(*) AS n FROM last_result"}).json()["rows"]
+    assert empty == [{"n": 0}]
 
 
 @pytest.mark.parametrize("sql, message", [

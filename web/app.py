@@ -110,6 +110,8 @@ class App:
             first = cat.sql("SELECT id FROM codes ORDER BY pos LIMIT 2").column("id").to_pylist()
             if first:
                 cat.search(id=first[0], k=5)
+                if cat.setting("encoder") and cat.setting("head"):
+                    cat.search("warm up", k=5)  # loads the encoder, head and quantizer
                 for model in rf.MODELS:
                     cat.refine(first[:1], model=model, sampled_negatives=min(50, served.rows - 1),
                                random_state=0)
@@ -326,15 +328,15 @@ def console_run(request: HTMXRequest,
 
 
 def _run_sql(app: App, served: Served, data: SqlForm):
-    relations = {}
+    import pyarrow as pa
+
+    ids, scores = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if data.result:
         name, result = app.results.get(data.result)
         if name == served.name:
-            import pyarrow as pa
-
-            relations["last_result"] = pa.table({
-                "id": result.ids, "score": result.scores,
-                "rank": np.arange(1, len(result.ids) + 1, dtype=np.int64)})
+            ids, scores = result.ids, result.scores
+    relations = {"last_result": pa.table({"id": pa.array(ids, pa.int64()), "score": pa.array(scores, pa.int64()),
+                                          "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})}
     return served.cat.query(data.sql, time_limit_s=app.settings.sql_time_limit_s,
                             max_rows=app.settings.sql_max_rows, relations=relations)
 
