@@ -238,3 +238,26 @@ def test_openapi_schema_declares_every_route(client):
 def test_settings_are_documented():
     help_ = Settings.help()
     assert set(help_) == set(Settings.__dataclass_fields__) and all(help_.values())
+
+
+def test_result_store_is_bounded_by_entries_and_ids():
+    import numpy as np
+
+    import engine
+    from web.app import Results
+
+    def result(n):
+        return engine.Result(np.arange(n), np.zeros(n, np.int64), "", {})
+
+    store = Results(capacity=3, max_ids=100)
+    a = store.put("c", result(60))
+    b = store.put("c", result(30))
+    assert store.get(a)[1].ids.size == 60
+    c = store.put("c", result(20))  # 110 ids: the least recently used (b) goes
+    with pytest.raises(Exception, match="no longer kept"):
+        store.get(b)
+    assert store.get(a) and store.get(c)
+    big = store.put("c", result(500))  # alone above the bound, the newest result is still kept
+    assert store.get(big)[1].ids.size == 500
+    with pytest.raises(Exception, match="no longer kept"):
+        store.get(a)

@@ -53,19 +53,25 @@ class Served:
 
 
 class Results:
-    """The last refine results, by token, for "load more" (an LRU of ``capacity`` entries)."""
+    """The last results, by token, for "load more" and the console: an LRU of at most
+    ``capacity`` entries and ``max_ids`` result ids in all (a refine over a large catalog can
+    return millions)."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, max_ids: int):
         self.capacity = capacity
+        self.max_ids = max_ids
         self._items: OrderedDict[str, tuple[str, engine.Result]] = OrderedDict()
+        self._ids = 0
         self._lock = threading.Lock()
 
     def put(self, catalog: str, result: engine.Result) -> str:
         token = secrets.token_urlsafe(12)
         with self._lock:
             self._items[token] = (catalog, result)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._ids += len(result.ids)
+            while len(self._items) > 1 and (len(self._items) > self.capacity or self._ids > self.max_ids):
+                _, (_, old) = self._items.popitem(last=False)
+                self._ids -= len(old.ids)
         return token
 
     def get(self, token: str) -> tuple[str, engine.Result]:
@@ -93,7 +99,7 @@ class App:
                 name += "_"
             index = cat.block_index()
             self.catalogs[name] = Served(name, path, cat, Thumbnails(cat), index.n_rows)
-        self.results = Results(settings.results_kept)
+        self.results = Results(settings.results_kept, settings.result_ids_kept)
 
     def catalog(self, name: str | None) -> Served:
         if name is None or name == "":

@@ -74,6 +74,14 @@ class BoxClassifierMixin:
     ``set_params`` and cloning; ``classes_`` is always ``[0, 1]``.
     """
 
+    def _set_fitted(self, boxes: BoxSet, min_votes: int):
+        """Record what every box classifier learns; returns self, for ``fit`` to return."""
+        self.boxes_ = boxes
+        self.min_votes_ = int(min_votes)
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = N_DIMS
+        return self
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "boxes_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")

@@ -67,6 +67,45 @@ def _score(p_in, n_in, p_out, n_out):
     return -s
 
 
+@numba.njit(cache=True, inline="always")
+def _widen(hist_p, hist_n, has, start, step, min_pts, p_in, n_in, p_tot, n_tot, best):
+    """Absorb the slab's values beyond ``start`` in direction ``step`` (-1 or 1), up to
+    ``min_pts`` distinct ones, keeping the extent with the best score. Returns
+    ``(score, last value inside, positive weight inside, negative weight inside)``."""
+    best_v = start
+    best_p = p_in
+    best_n = n_in
+    ap = p_in
+    an = n_in
+    tried = 0
+    v = start + step
+    while 0 <= v < N_VALUES and tried < min_pts:
+        if has[v]:
+            tried += 1
+            ap += hist_p[v]
+            an += hist_n[v]
+            s = _score(ap, an, p_tot - ap, n_tot - an)
+            if s < best:
+                best = s
+                best_v = v
+                best_p = ap
+                best_n = an
+        v += step
+    return best, best_v, best_p, best_n
+
+
+@numba.njit(cache=True, inline="always")
+def _border(has, inside, step):
+    """The bound halfway between the last value ``inside`` and the first slab value beyond it in
+    direction ``step``; the end of the code range when there is none."""
+    out = inside + step
+    while 0 <= out < N_VALUES and not has[out]:
+        out += step
+    if step < 0:
+        return 0 if out < 0 else (out + inside + 1) // 2
+    return N_VALUES - 1 if out >= N_VALUES else (inside + out) // 2
+
+
 @numba.njit(cache=True)
 def _grow_box(X, pos_w, neg_w, active, seed, dims, k, min_pts, state, lo, hi, cnt, hist_p, hist_n, has):
     """Grow a box on ``dims[:k]`` around row ``seed``; fills ``lo``/``hi`` (full 0..255 on the
@@ -112,57 +151,13 @@ def _grow_box(X, pos_w, neg_w, active, seed, dims, k, min_pts, state, lo, hi, cn
                 has[v] = True
         p_in = hist_p[seed_v]
         n_in = hist_n[seed_v]
-        # lower side: absorb the values below the seed's
         best = _score(p_in, n_in, p_tot - p_in, n_tot - n_in)
-        best_v = seed_v
-        best_p = p_in
-        best_n = n_in
-        ap = p_in
-        an = n_in
-        tried = 0
-        v = seed_v - 1
-        while v >= 0 and tried < min_pts:
-            if has[v]:
-                tried += 1
-                ap += hist_p[v]
-                an += hist_n[v]
-                s = _score(ap, an, p_tot - ap, n_tot - an)
-                if s < best:
-                    best = s
-                    best_v = v
-                    best_p = ap
-                    best_n = an
-            v -= 1
-        p_in = best_p
-        n_in = best_n
-        out = best_v - 1
-        while out >= 0 and not has[out]:
-            out -= 1
-        new_lo = 0 if out < 0 else (out + best_v + 1) // 2
-        # upper side: absorb the values above the seed's
-        best_v = seed_v
-        ap = p_in
-        an = n_in
-        tried = 0
-        v = seed_v + 1
-        while v < N_VALUES and tried < min_pts:
-            if has[v]:
-                tried += 1
-                ap += hist_p[v]
-                an += hist_n[v]
-                s = _score(ap, an, p_tot - ap, n_tot - an)
-                if s < best:
-                    best = s
-                    best_v = v
-                    best_p = ap
-                    best_n = an
-            v += 1
-        p_in = best_p
-        n_in = best_n
-        out = best_v + 1
-        while out < N_VALUES and not has[out]:
-            out += 1
-        new_hi = N_VALUES - 1 if out >= N_VALUES else (best_v + out) // 2
+        best, low_v, p_in, n_in = _widen(hist_p, hist_n, has, seed_v, -1, min_pts, p_in, n_in, p_tot, n_tot,
+                                         best)
+        best, high_v, p_in, n_in = _widen(hist_p, hist_n, has, seed_v, 1, min_pts, p_in, n_in, p_tot, n_tot,
+                                          best)
+        new_lo = _border(has, low_v, -1)
+        new_hi = _border(has, high_v, 1)
         # cut dim d
         for i in range(n):
             if active[i]:

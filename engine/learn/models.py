@@ -104,11 +104,7 @@ class _BranchBase(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
 
     def _finish(self, boxes: BoxSet, min_votes: int, subsets: np.ndarray, sizes: np.ndarray):
         self.subsets_ = [tuple(int(d) for d in row[:k]) for row, k in zip(subsets, sizes, strict=True)]
-        self.boxes_ = boxes
-        self.min_votes_ = min_votes
-        self.classes_ = np.array([0, 1])
-        self.n_features_in_ = N_DIMS
-        return self
+        return self._set_fitted(boxes, min_votes)
 
 
 class DecisionBranchClassifier(_BranchBase):

@@ -176,7 +176,15 @@ def _empty_boxes() -> BoxSet:
     return BoxSet.from_arrays(empty, empty)
 
 
-class TreeBoxes(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
+class _WrappedBoxes(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
+    def sklearn_predict(self, X) -> np.ndarray:
+        """The wrapped model's own ``predict`` on codes: int64 (n,). For a tree the boxes
+        reproduce it exactly; a forest's is the soft vote (see :class:`ForestBoxes`)."""
+        self._check_fitted()
+        return self.estimator_.predict(check_codes(X).astype(np.float32)).astype(np.int64)
+
+
+class TreeBoxes(_WrappedBoxes):
     """A scikit-learn ``DecisionTreeClassifier`` on codes, exposed as one member's boxes.
 
     Parameters are those of ``DecisionTreeClassifier``, passed through unchanged. After ``fit``,
@@ -229,19 +237,10 @@ class TreeBoxes(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
         k = _positive_index(tree.classes_)
         boxes = _empty_boxes() if k is None else BoxSet.from_arrays(*tree_boxes(tree, k))
         self.estimator_ = tree
-        self.boxes_ = boxes
-        self.min_votes_ = 1
-        self.classes_ = np.array([0, 1])
-        self.n_features_in_ = N_DIMS
-        return self
-
-    def sklearn_predict(self, X) -> np.ndarray:
-        """``estimator_.predict`` on codes: int64 (n,); the reference the boxes reproduce."""
-        self._check_fitted()
-        return self.estimator_.predict(check_codes(X).astype(np.float32)).astype(np.int64)
+        return self._set_fitted(boxes, 1)
 
 
-class ForestBoxes(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
+class ForestBoxes(_WrappedBoxes):
     """A scikit-learn ``RandomForestClassifier`` on codes, one box-set member per tree.
 
     A row is positive when more than half of the trees predict 1 for it (hard majority voting):
@@ -309,13 +308,4 @@ class ForestBoxes(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
         k = _positive_index(forest.classes_)
         boxes = _empty_boxes() if k is None else BoxSet.from_arrays(*forest_boxes(forest, k))
         self.estimator_ = forest
-        self.boxes_ = boxes
-        self.min_votes_ = len(forest.estimators_) // 2 + 1
-        self.classes_ = np.array([0, 1])
-        self.n_features_in_ = N_DIMS
-        return self
-
-    def sklearn_predict(self, X) -> np.ndarray:
-        """The wrapped forest's own (soft-voting) ``predict`` on codes: int64 (n,)."""
-        self._check_fitted()
-        return self.estimator_.predict(check_codes(X).astype(np.float32)).astype(np.int64)
+        return self._set_fitted(boxes, len(forest.estimators_) // 2 + 1)
