@@ -242,6 +242,8 @@ def serve(catalogs: list[str], host: str, port: int) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
+    print("clip-branches: loading the catalogs and warming up the search kernels (the first start on a "
+          "machine compiles them, about a minute)", flush=True)
     app = create_app(catalogs)
     print(f"clip-branches: serving {', '.join(catalogs)} at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -96,9 +96,9 @@ def test_search_shows_a_grid(page):
     _search(page, "sneaker")
     assert page.locator("#grid .thumb").count() == 60
     assert _count(page) == 60
-    first = page.locator("#grid .thumb img").first
-    first.wait_for()
-    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", first.element_handle())
+    # the first thumbnail loads and decodes (lazy loading: it is in view)
+    page.wait_for_function("() => { const img = document.querySelector('#grid .thumb img');"
+                           " return img.complete && img.naturalWidth > 0; }")
 
 
 def test_labelling_by_click_keyboard_and_all_buttons(page):
