@@ -608,6 +608,7 @@ class Catalog:
         from . import refine as rf
 
         model, sampled_negatives, negative_weight = rf.check_options(model, sampled_negatives, negative_weight)
+        random_state = rf.check_random_state(random_state)
         pos, neg = rf.check_labels(positives, negatives)
         t0 = time.perf_counter()
         index = self.block_index()
@@ -789,7 +790,8 @@ class Catalog:
             cur.execute("BEGIN TRANSACTION")
             timer.start()
             try:
-                reader = cur.sql(statement.query).to_arrow_reader(max(1, min(max_rows + 1, 100_000)))
+                rel = _printable(cur.sql(statement.query))
+                reader = rel.to_arrow_reader(max(1, min(max_rows + 1, 100_000)))
                 batches, n = [], 0
                 for batch in reader:
                     batches.append(batch)
@@ -859,6 +861,21 @@ def _check_query(text: Any):
     if statements[0].type != duckdb.StatementType.SELECT:
         raise InvalidSql(f"only queries are allowed here, not {statements[0].type.name} statements")
     return statements[0]
+
+
+# Types whose values can lie outside Python's datetime range ('infinity', year 0 and before).
+_TEMPORAL = ("DATE", "TIMESTAMP")
+
+
+def _printable(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """``rel`` with its date and timestamp columns as DuckDB's own text ('-infinity',
+    '0044-03-15 (BC)'), which every client can show; other columns unchanged."""
+    types = [str(t) for t in rel.types]
+    if not any(t.startswith(_TEMPORAL) for t in types):
+        return rel
+    exprs = [f"CAST({quote_ident(c)} AS VARCHAR) AS {quote_ident(c)}" if t.startswith(_TEMPORAL) else quote_ident(c)
+             for c, t in zip(rel.columns, types, strict=True)]
+    return rel.project(", ".join(exprs))
 
 
 def _check_codes(codes: Any) -> np.ndarray:

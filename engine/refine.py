@@ -63,13 +63,16 @@ def parse_ids(values, what: str) -> np.ndarray:
         if isinstance(v, bool):
             raise InvalidArgument(f"{what}: {v!r} is not an image id")
         if isinstance(v, (int, np.integer)):
-            out.append(int(v))
-        elif isinstance(v, str) and v.strip().lstrip("-").isdigit() and len(v.strip()) < 20:
-            out.append(int(v.strip()))
+            i = int(v)
+        elif isinstance(v, str) and v.strip().lstrip("-").isdigit() and len(v.strip()) <= 40:
+            i = int(v.strip())
         elif isinstance(v, (float, np.floating)) and float(v).is_integer():
-            out.append(int(v))
+            i = int(v)
         else:
             raise InvalidArgument(f"{what}: {v!r} is not an integer image id")
+        if not -(2**63) <= i < 2**63:
+            raise InvalidArgument(f"{what}: {i} is out of the range of image ids (64-bit integers)")
+        out.append(i)
     ids = np.asarray(out, dtype=np.int64)
     return np.unique(ids)
 
@@ -84,6 +87,20 @@ def check_labels(positives, negatives) -> tuple[np.ndarray, np.ndarray]:
         shown = ", ".join(str(i) for i in both[:10])
         raise InvalidArgument(f"image id(s) {shown} are labelled both positive and negative; pick one")
     return pos, neg
+
+
+MAX_SEED = 2**32 - 1  # scikit-learn's limit; the decision branch models accept the same range
+
+
+def check_random_state(random_state):
+    """None, a numpy Generator, or an integer seed in 0..2**32-1 (the range every model takes)."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+        raise InvalidArgument(f"random_state must be None or an integer seed, got {random_state!r}")
+    if not 0 <= int(random_state) <= MAX_SEED:
+        raise InvalidArgument(f"random_state must be in 0..{MAX_SEED}, got {random_state}")
+    return int(random_state)
 
 
 def check_options(model: str, sampled_negatives, negative_weight) -> tuple[str, int, float]:

@@ -110,3 +110,14 @@ def test_console_macros_combine_the_last_result_with_metadata(sandboxed):
     assert r.table.column("n").to_pylist() == [3]
     r = cat.query("SELECT count(*) AS n FROM added_after(TIMESTAMP '2000-01-01')")
     assert r.table.column("n").to_pylist() == [500]
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("SELECT TIMESTAMP '-infinity' AS v", "-infinity"),
+    ("SELECT DATE 'infinity' AS v", "infinity"),
+    ("SELECT DATE '0044-03-15 (BC)' AS v", "0044-03-15 (BC)"),
+    ("SELECT TIMESTAMP '2026-11-23 10:00:00' AS v", "2026-11-23 10:00:00"),
+])
+def test_dates_outside_pythons_range_come_as_text(sandboxed, text, shown):
+    cat, _ = sandboxed
+    assert cat.query(text).table.to_pylist() == [{"v": shown}]

@@ -232,3 +232,31 @@ def test_block_index_id_lookup_dense_and_sparse(ids):
     got = index.positions(probe)
     want = np.array([int(np.flatnonzero(ids == i)[0]) if (ids == i).any() else -1 for i in probe])
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad", [[2**63], ["9223372036854775808"], ["9999999999999999999"], [-(2**63) - 1],
+                                 [float(2**64)]])
+def test_ids_beyond_64_bits_are_refused_clearly(catalog, bad):
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat:
+        with pytest.raises(InvalidArgument, match="out of the range"):
+            cat.refine(bad)
+        with pytest.raises(InvalidArgument, match="out of the range"):
+            cat.refine([1000], bad)
+        with pytest.raises(InvalidArgument, match="out of the range"):
+            cat.search(id=bad[0])
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**40, "7", True, 1.5])
+def test_random_states_every_model_cannot_take_are_refused(catalog, model, seed):
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(InvalidArgument, match="random_state"):
+        cat.refine([1000], model=model, random_state=seed)
+
+
+def test_the_largest_seed_works_for_every_model(catalog):
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat:
+        for model in MODELS:
+            assert cat.refine([1000], model=model, random_state=rf.MAX_SEED).stats["model"] == model

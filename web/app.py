@@ -31,7 +31,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import engine
 from engine import refine as rf
-from engine.errors import CatalogError, InvalidArgument, QueryInterrupted, UnknownIds
+from engine.errors import CatalogError, InvalidArgument, InvalidSql, QueryInterrupted, UnknownIds
 
 from .settings import Settings
 from .thumbs import Thumbnails
@@ -162,7 +162,7 @@ def _error_response(request: Request, status: int, message: str) -> Response:
     if wants_html and not request.url.path.startswith("/api/"):
         return Template(template_name="_error.html", context={"message": message, "status": status},
                         status_code=status)
-    return Response({"error": message, "status_code": status}, status_code=status, media_type=MediaType.JSON)
+    return Response({"status_code": status, "detail": message}, status_code=status, media_type=MediaType.JSON)
 
 
 def _catalog_error(request: Request, exc: CatalogError) -> Response:
@@ -327,10 +327,19 @@ def console_run(request: HTMXRequest,
     res = _run_sql(app, served, data)
     columns = res.table.column_names
     id_columns = {c for c in columns if c == "id" or c.endswith("_id") and c != "block_id"}
-    rows = [[row[c] for c in columns] for row in res.table.to_pylist()]
+    rows = [[row[c] for c in columns] for row in _rows(res.table)]
     return _render(request, "_table.html", {
         "catalog": served.name, "columns": columns, "rows": rows, "id_columns": id_columns,
         "truncated": res.truncated, "time_ms": res.time_ms, "max_rows": app.settings.sql_max_rows})
+
+
+def _rows(table) -> list[dict]:
+    """The rows of a query result as Python values. Dates and timestamps come as text already
+    (``Catalog.query``); a value nested deeper that Python cannot hold is a clear 400."""
+    try:
+        return table.to_pylist()
+    except (OverflowError, ValueError) as e:
+        raise InvalidSql(f"a value in the result cannot be shown ({e}); CAST it to VARCHAR") from None
 
 
 def _run_sql(app: App, served: Served, data: SqlForm):
@@ -368,7 +377,7 @@ def api_refine(request: Request, data: JSONBody[RefineForm],
 def api_sql(request: Request, data: JSONBody[SqlForm]) -> dict[str, Any]:
     app = _state(request)
     res = _run_sql(app, app.catalog(data.catalog), data)
-    return {"columns": res.table.column_names, "rows": res.table.to_pylist(), "truncated": res.truncated,
+    return {"columns": res.table.column_names, "rows": _rows(res.table), "truncated": res.truncated,
             "time_ms": res.time_ms}
 
 
