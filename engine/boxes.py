@@ -22,7 +22,7 @@ from .errors import InvalidBoxes
 
 N_DIMS = 32
 CODE_COLUMNS = tuple(f"f{d:02d}" for d in range(N_DIMS))
-_DIM_NAME = re.compile(r"^f([0-9]{2})$")
+_DIM_NAME = re.compile(r"^f([0-9]{2})\Z")
 _DIM_INT = re.compile(r"^-?[0-9]{1,9}$")
 
 
@@ -103,7 +103,8 @@ class BoxSet:
                 raise InvalidBoxes(f"box {i} is {type(box).__name__}, expected a mapping {{dim: [lo, hi]}}")
             for key, bounds in box.items():
                 dim = _parse_dim(key, n_dims)
-                if isinstance(bounds, (str, bytes, Mapping)) or not isinstance(bounds, Sequence | np.ndarray):
+                if (isinstance(bounds, (str, bytes, Mapping)) or not isinstance(bounds, Sequence | np.ndarray)
+                        or (isinstance(bounds, np.ndarray) and bounds.ndim != 1)):
                     raise InvalidBoxes(f"box {i}, dim {dim}: bounds must be a pair [lo, hi], got {bounds!r}")
                 if len(bounds) != 2:
                     raise InvalidBoxes(f"box {i}, dim {dim}: bounds must be a pair [lo, hi], got {bounds!r}")
@@ -147,10 +148,15 @@ class BoxSet:
                 data = json.loads(data)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise InvalidBoxes(f"box file is not valid JSON: {e}") from None
+            except RecursionError:
+                raise InvalidBoxes("box JSON is nested too deeply") from None
+            except ValueError as e:  # e.g. an integer of more than 4300 digits
+                raise InvalidBoxes(f"box JSON holds a value that cannot be read: {e}") from None
         if isinstance(data, Mapping):
             unknown = set(data) - {"boxes", "members"}
             if unknown:
-                raise InvalidBoxes(f"unknown key(s) in box JSON: {sorted(unknown)}; expected 'boxes' and 'members'")
+                raise InvalidBoxes(f"unknown key(s) in box JSON: {sorted(map(repr, unknown))}; "
+                                   "expected 'boxes' and 'members'")
             if "boxes" not in data:
                 raise InvalidBoxes("box JSON has no 'boxes' list")
             return cls(data["boxes"], data.get("members"), n_dims=n_dims)

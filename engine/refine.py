@@ -7,6 +7,7 @@ rare), then applies it to the whole catalog through the block index (``Catalog.r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ MAX_SAMPLED_NEGATIVES = 100_000
 # results change only when the labels (or random_state, for the model) do.
 POOL_SEED = 0x5EED
 POOL_SIZE = 16_384
+_ID_TEXT = re.compile(r"-?[0-9]{1,40}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 @dataclass
@@ -50,8 +52,13 @@ def parse_ids(values, what: str) -> np.ndarray:
     """int64 ids from a sequence of integers (or integer-valued strings from a form)."""
     if values is None:
         return np.zeros(0, np.int64)
-    if isinstance(values, (str, bytes)):
-        values = [v for v in str(values if isinstance(values, str) else values.decode()).split(",") if v.strip()]
+    if isinstance(values, bytes):
+        try:
+            values = values.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{what} must be comma-separated image ids, got undecodable bytes") from None
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
     if isinstance(values, np.ndarray):
         values = values.tolist()
     try:
@@ -64,7 +71,7 @@ def parse_ids(values, what: str) -> np.ndarray:
             raise InvalidArgument(f"{what}: {v!r} is not an image id")
         if isinstance(v, (int, np.integer)):
             i = int(v)
-        elif isinstance(v, str) and v.strip().lstrip("-").isdigit() and len(v.strip()) <= 40:
+        elif isinstance(v, str) and _ID_TEXT.fullmatch(v.strip()):
             i = int(v.strip())
         elif isinstance(v, (float, np.floating)) and float(v).is_integer():
             i = int(v)
@@ -104,7 +111,7 @@ def check_random_state(random_state):
 
 
 def check_options(model: str, sampled_negatives, negative_weight) -> tuple[str, int, float]:
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise InvalidArgument(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     if isinstance(sampled_negatives, bool) or not isinstance(sampled_negatives, (int, np.integer)):
         raise InvalidArgument(f"sampled_negatives must be an integer, got {sampled_negatives!r}")
@@ -112,7 +119,7 @@ def check_options(model: str, sampled_negatives, negative_weight) -> tuple[str, 
         raise InvalidArgument(f"sampled_negatives must be in 0..{MAX_SAMPLED_NEGATIVES}, got {sampled_negatives}")
     try:
         weight = float(negative_weight)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"negative_weight must be a number, got {negative_weight!r}") from None
     if isinstance(negative_weight, bool) or not np.isfinite(weight) or not 0 < weight <= 1e6:
         raise InvalidArgument(f"negative_weight must be a positive number up to 1e6, got {negative_weight!r}")
@@ -190,16 +197,23 @@ def _branch(subsets, random_state):
     return DecisionBranchClassifier(subsets=subsets, random_state=random_state)
 
 
+def _sklearn_seed(random_state):
+    """scikit-learn takes no numpy Generator: draw its integer seed from it."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(MAX_SEED + 1))
+    return random_state
+
+
 def _tree(subsets, random_state):
     from .learn.trees import TreeBoxes
 
-    return TreeBoxes(random_state=random_state)
+    return TreeBoxes(random_state=_sklearn_seed(random_state))
 
 
 def _forest(subsets, random_state):
     from .learn.trees import ForestBoxes
 
-    return ForestBoxes(n_estimators=25, random_state=random_state)
+    return ForestBoxes(n_estimators=25, random_state=_sklearn_seed(random_state))
 
 
 # Model names of the API, the CLI and the UI, and the estimators they build. The learners are
