@@ -199,7 +199,10 @@ class Catalog:
 
     def setting(self, key: str, default: Any = None) -> Any:
         if self.read_only:
-            return self.settings().get(key, default)
+            with self._lock:
+                if self._settings is None:
+                    self._settings = self._read_settings()
+                return copy.deepcopy(self._settings.get(key, default))
         rows = self.con.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchall()
         return default if not rows else json.loads(rows[0][0])
 
@@ -276,12 +279,18 @@ class Catalog:
             schema.refresh_views(con)
         return ids
 
+    def image_columns(self) -> list[str]:
+        """Names of the ``images`` table's columns (``id``, ``uri``, metadata, ...), in order."""
+        with self._lock:
+            rows = self.con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main' "
+                "ORDER BY column_index").fetchall()
+        return [r[0] for r in rows]
+
     def _ensure_metadata_columns(self, meta: pa.Table | None) -> list[str]:
         if meta is None:
             return []
-        existing = {r[0] for r in self.con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
-        ).fetchall()}
+        existing = set(self.image_columns())
         types = dict(self.con.execute("SELECT column_name, column_type FROM (DESCRIBE _new_meta)").fetchall())
         types.pop("id")
         for name in meta.column_names:

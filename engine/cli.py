@@ -206,7 +206,7 @@ def _print_result(cat: Catalog, result, args) -> int:
         return 0
     shown = result.ids[: args.limit]
     labels = {}
-    if "label" in _images_columns(cat) and len(shown):
+    if "label" in cat.image_columns() and len(shown):
         rows = cat.sql("SELECT id, label FROM images WHERE id IN (SELECT unnest($ids))", {"ids": shown.tolist()})
         labels = dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist(), strict=True))
     for i, score in zip(shown.tolist(), result.scores[: len(shown)].tolist(), strict=True):
@@ -214,11 +214,6 @@ def _print_result(cat: Catalog, result, args) -> int:
     s = result.stats
     print(f"# {s['results']} results; {s['time_total_ms']:.1f} ms", file=sys.stderr)
     return 0
-
-
-def _images_columns(cat: Catalog) -> set[str]:
-    rows = cat.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'images'")
-    return set(rows.column("column_name").to_pylist())
 
 
 def cmd_serve(args) -> int:

@@ -20,13 +20,6 @@ from .prompts import vocabulary
 METHODS = ("auto", "contrastive", "distill", "pca")
 
 
-def _image_columns(cat: Catalog) -> set[str]:
-    rows = cat.con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
 def _load_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
     from .embeddings import load_embeddings
 
@@ -60,7 +53,7 @@ def train_head(
     cat._check_writable()
     t0 = time.perf_counter()
     ids, emb = _load_embeddings(cat)
-    has_captions = "caption" in _image_columns(cat)
+    has_captions = "caption" in cat.image_columns()
     if method == "auto":
         method = "contrastive" if has_captions else "distill"
     if method == "contrastive" and not has_captions:

@@ -100,3 +100,20 @@ def web_demo(tmp_path_factory):
                        timeout=900)
     assert r.returncode == 0, r.stderr
     return path
+
+
+@pytest.fixture(scope="session")
+def web_demo_copy(web_demo, tmp_path_factory):
+    """Factory: a fresh copy of the web demo catalog file, sharing its side folder (read-only
+    use), so a test module can open it with its own DuckDB configuration."""
+
+    def copy():
+        import shutil
+
+        root = tmp_path_factory.mktemp("webdemo-copy")
+        path = root / web_demo.name
+        shutil.copy(web_demo, path)
+        (root / f"{web_demo.name}.d").symlink_to(f"{web_demo}.d")
+        return path
+
+    return copy

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -33,12 +32,9 @@ def _fuzz_http():
 
 
 @pytest.fixture(scope="module")
-def app(web_demo, tmp_path_factory):
+def app(web_demo_copy):
     """The app over a copy of the demo catalog, with tight limits."""
-    root = tmp_path_factory.mktemp("fuzzed")
-    path = root / "fashion.duckdb"
-    shutil.copy(web_demo, path)
-    (root / "fashion.duckdb.d").symlink_to(f"{web_demo}.d")
+    path = web_demo_copy()
     settings = Settings(page_size=24, sql_time_limit_s=1.0, sql_max_rows=100, results_kept=8)
     return create_app([path], settings)
 

@@ -103,7 +103,6 @@ def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog)
     path, codes, labels = catalog
     ids = np.arange(1000, 4000)
     with engine.Catalog.open(path, read_only=True) as cat:
-        pool = ids[cat.block_index().ids.argsort()][0:0]  # noqa: F841 - pool positions are internal
         res = cat.refine(ids[labels == 0][:4], ids[labels == 3][:4], sampled_negatives=0, model="tree",
                          random_state=0)
         assert res.stats["sampled_negatives"] == 0

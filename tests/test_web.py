@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 
 import pytest
 from PIL import Image
@@ -20,12 +19,9 @@ HX = {"HX-Request": "true"}
 
 
 @pytest.fixture(scope="module")
-def client(web_demo, tmp_path_factory):
+def client(web_demo, web_demo_copy):
     """A test client over a copy of the demo catalog, with tight limits."""
-    root = tmp_path_factory.mktemp("served")
-    path = root / "fashion.duckdb"
-    shutil.copy(web_demo, path)
-    (root / "fashion.duckdb.d").symlink_to(f"{web_demo}.d")
+    path = web_demo_copy()
     import duckdb
 
     con = duckdb.connect(str(web_demo), read_only=True)

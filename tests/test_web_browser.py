@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,11 +27,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(web_demo, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser")
-    path = root / "fashion.duckdb"
-    shutil.copy(web_demo, path)
-    (root / "fashion.duckdb.d").symlink_to(f"{web_demo}.d")
+def server(web_demo_copy):
+    path = web_demo_copy()
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(path), "--port", str(port)],

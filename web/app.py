@@ -145,8 +145,8 @@ def _result_context(app: App, served: Served, result: engine.Result, kind: str) 
             "rows": served.rows, **_page(app, served, result, 0, token)}
 
 
-def _render(request: Request, name: str, context: dict, status_code: int = 200) -> Template:
-    return HTMXTemplate(template_name=name, context=context, status_code=status_code)
+def _render(request: Request, name: str, context: dict) -> Template:
+    return HTMXTemplate(template_name=name, context=context)
 
 
 def _render_result(request: Request, app: App, served: Served, result: engine.Result, kind: str) -> Template:

@@ -28,12 +28,12 @@ BROWSER_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg
 class Thumbnails:
     def __init__(self, cat: engine.Catalog):
         self.cat = cat
-        self._cols: set[str] | None = None
+        self._columns = set(cat.image_columns())  # a served catalog is read-only: fixed
 
     def _lookup(self, image_id: int) -> tuple[Path, int | None, int | None]:
         if not 0 <= image_id < 2**63:
             raise NotFoundException(f"no image with id {image_id} in this catalog")
-        cols = {"uri"} | ({"width", "height"} & self._columns())
+        cols = {"uri"} | ({"width", "height"} & self._columns)
         rows = self.cat.sql(f"SELECT {', '.join(sorted(cols))} FROM images WHERE id = $id",
                             {"id": int(image_id)}).to_pylist()
         if not rows or rows[0]["uri"] is None:
@@ -43,21 +43,12 @@ class Thumbnails:
             raise NotFoundException(f"the file of image {image_id} is gone: {path}")
         return path, rows[0].get("width"), rows[0].get("height")
 
-    def _columns(self) -> set[str]:
-        if self._cols is None:
-            self._cols = set(self.cat.sql(
-                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
-            ).column("column_name").to_pylist())
-        return self._cols
-
     def original_path(self, image_id: int) -> Path:
         """The image file of ``image_id``; 404 for ids the catalog does not hold or files gone."""
         return self._lookup(image_id)[0]
 
     def get(self, image_id: int) -> tuple[bytes, str, str]:
         """``(bytes, media type, ETag)`` of the thumbnail of ``image_id``."""
-        if not 0 <= image_id < 2**63:
-            raise NotFoundException(f"no image with id {image_id} in this catalog")
         cached = thumbnail_path(self.cat.side_dir, image_id)
         if cached.is_file():
             return self._file(cached, "image/jpeg")
