@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +123,78 @@ def _decode(f, max_pixels: int, draft_min_side: int | None, background) -> Decod
         # Decode everything now, before anything else touches the image: truncation and corrupt
         # data surface here (PNG's getexif() would otherwise load it and hide the error).
         im.load()
+        if im.format == "PNG" and _rows_may_be_missing(im):
+            _check_png_rows(f)
     orientation = _orientation(im)
     if orientation in _SWAPS_AXES:
         w, h = h, w
     if orientation not in (None, 1):
         im = ImageOps.exif_transpose(im)
     return DecodedImage(to_rgb(im, background), w, h)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20
+
+
+def _rows_may_be_missing(im: Image.Image) -> bool:
+    """Whether a decoded PNG could have lost rows: PIL leaves rows it never received as zero
+    bytes, and a stream that stops early always loses the last row (or, interlaced, the last
+    odd row, which the final pass holds)."""
+    w, h = im.size
+    if h <= 2:
+        return True
+    tail = im.crop((0, h - 2, w, h)).tobytes()
+    row = len(tail) // 2
+    return tail.count(0, 0, row) == row or tail.count(0, row) == len(tail) - row
+
+
+def _check_png_rows(f) -> None:
+    """Refuse a PNG whose image data ends before its last row.
+
+    PIL stops without an error when the zlib stream is complete but short, and the rows that
+    are not there come back black; a 1 KB file would pass as a picture of any size. This
+    inflates the IDAT stream again, in steps of 1 MB that are counted and dropped, and compares
+    the count with the size the header promises.
+    """
+    f.seek(0)
+    if f.read(8) != _PNG_SIGNATURE:
+        return
+    need, have = None, 0
+    inflate = zlib.decompressobj()
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I4s", head)
+        data = f.read(length)
+        f.seek(4, os.SEEK_CUR)  # CRC: PIL has checked it
+        if kind == b"IHDR" and len(data) >= 13:
+            w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[:13])
+            need = _png_raw_size(w, h, depth * _PNG_CHANNELS.get(colour, 4), interlace)
+        elif kind == b"IDAT" and need is not None:
+            while data and not inflate.eof and have < need:
+                have += len(inflate.decompress(data, _INFLATE_STEP))
+                data = inflate.unconsumed_tail
+        elif kind in (b"IEND", b"fdAT"):
+            break
+        if inflate.eof or (need is not None and have >= need):
+            break
+    if need is not None and have < need:
+        raise UnreadableImage(f"truncated image data ({have:,} of {need:,} bytes)")
+
+
+def _png_raw_size(w: int, h: int, bits_per_pixel: int, interlace: int) -> int:
+    """Bytes of filtered scanlines a PNG of this shape inflates to."""
+
+    def rows(pw: int, ph: int) -> int:
+        return ph * (1 + (pw * bits_per_pixel + 7) // 8) if pw and ph else 0
+
+    if interlace != 1:
+        return rows(w, h)
+    return sum(rows(max(0, -(-(w - x0) // dx)), max(0, -(-(h - y0) // dy))) for x0, y0, dx, dy in _ADAM7)
 
 
 def _too_large(w: int, h: int, limit: int) -> str:
@@ -147,7 +215,7 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
     if im.mode == "RGB":
         return im
     if im.mode in _HIGH_DEPTH:
-        return Image.fromarray(_grey_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+        return Image.fromarray(_grey_to_uint8(im)).convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode in ("L", "1") and "transparency" in im.info:
@@ -162,16 +230,40 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
         raise UnreadableImage(f"unsupported colour mode {im.mode}") from None
 
 
-def _grey_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+def _grey_to_uint8(im: Image.Image) -> np.ndarray:
     """Grey levels of a 16-bit, 32-bit or float image to uint8 (h, w), scaled rather than
     clipped: 16-bit modes by 255/65535, "I" likewise when its values fit in 16 bits, anything
-    else by its own min..max."""
-    a = np.nan_to_num(a.astype(np.float64))
-    lo, hi = 0.0, 65535.0
-    if a.size and (mode == "F" or (mode == "I" and (a.min() < 0 or a.max() > 65535))):
-        lo, hi = float(a.min()), float(a.max())
+    else by its own min..max. Works in strips of about 64k pixels, so the temporaries stay
+    small whatever the picture's size."""
+    w, h = im.size
+    out = np.empty((h, w), np.uint8)
+    step = max(1, (1 << 16) // max(1, w))
+    strips = [(y, min(h, y + step)) for y in range(0, h, step)]
+
+    def strip(y0: int, y1: int) -> np.ndarray:
+        return np.asarray(im.crop((0, y0, w, y1)))
+
+    sixteen_bit = im.mode != "F"
+    if im.mode == "I":
+        lo, hi = im.getextrema()
+        sixteen_bit = lo >= 0 and hi <= 65535
+    if sixteen_bit:
+        for y0, y1 in strips:  # exact rounding of v * 255 / 65535 (= v / 257, never a tie)
+            v = strip(y0, y1).astype(np.uint32)
+            v *= 255
+            v += 32767
+            v //= 65535
+            out[y0:y1] = v
+        return out
+    lo, hi = np.inf, -np.inf
+    for y0, y1 in strips:
+        v = np.nan_to_num(strip(y0, y1).astype(np.float64))
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return np.clip((a - lo) * scale, 0, 255).round().astype(np.uint8)
+    for y0, y1 in strips:
+        v = np.nan_to_num(strip(y0, y1).astype(np.float64))
+        out[y0:y1] = np.clip((v - lo) * scale, 0, 255).round()
+    return out
 
 
 # -- thumbnails ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Bad-input fuzzing of three engine surfaces; prints one JSON document, exits 1 on any crash.
 
 A *crash* is any exception other than the engine's typed errors (``CatalogError`` and its
-subclasses; for the decoder ``UnreadableImage``), a case slower than the time limit, or a wrong
-answer where the answer can be checked. Typed refusals are counted by class, so the report
+subclasses; for the decoder ``UnreadableImage``), a case slower than the time limit (for a
+picture the decoder accepts, plus ``--slow-per-mp`` per megapixel), or a wrong answer where
+the answer can be checked. Typed refusals are counted by class, so the report
 shows how deep the generated inputs got.
 
 boxes
@@ -1524,7 +1525,8 @@ def _arg_kind(arg: Any) -> str:
     return type(arg).__name__ + size
 
 
-def run_decoder(n: int, rng_seed: int, slow_s: float, hang_s: float, save_dir: str | None) -> Tally:
+def run_decoder(n: int, rng_seed: int, slow_s: float, hang_s: float, save_dir: str | None,
+                slow_per_mp: float = 0.1) -> Tally:
     """Cases 0..n-1 in a worker process; a case silent for ``hang_s`` is a hang, and a worker
     that dies (a segfault in a codec) a crash; either way a fresh worker goes on after it."""
     tally = Tally()
@@ -1562,8 +1564,10 @@ def run_decoder(n: int, rng_seed: int, slow_s: float, hang_s: float, save_dir: s
                 tally.outcomes[label] += 1
                 if label.startswith("ok (pixels"):
                     tally.checks["pixels_compared"] += 1
-                if dt > slow_s:
-                    tally.crash(f"slow: over {slow_s:g} s", f"{desc} took {dt:.2f} s ({label} {detail})",
+                limit = slow_s + _megapixels(detail) * slow_per_mp
+                if dt > limit:
+                    tally.crash(f"slow: over {slow_s:g} s + {slow_per_mp:g} s per decoded megapixel",
+                                f"{desc} took {dt:.2f} s, limit {limit:.2f} s ({label} {detail})",
                                 f"took {dt:.2f} s")
             i, starting = j + 1, False
         proc.join(timeout=5)
@@ -1571,6 +1575,12 @@ def run_decoder(n: int, rng_seed: int, slow_s: float, hang_s: float, save_dir: s
             proc.kill()
         parent.close()
     return tally
+
+
+def _megapixels(detail: str) -> float:
+    """Megapixels of a decoded picture from its ``WxH`` detail; 0 for a refusal."""
+    m = re.fullmatch(r"(\d+)x(\d+)", detail)
+    return int(m[1]) * int(m[2]) / 1e6 if m else 0.0
 
 
 def _lost_case(tally: Tally, i: int, sig: str, rng_seed: int, bases: list, specials: list) -> None:
@@ -1608,6 +1618,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--surfaces", nargs="+", choices=["boxes", "refine", "decoder"],
                         default=["boxes", "refine", "decoder"])
     parser.add_argument("--slow", type=float, default=2.0, help="seconds after which a case counts as a hang")
+    parser.add_argument("--slow-per-mp", type=float, default=0.1,
+                        help="seconds the decoder may add per megapixel of a picture it decodes")
     parser.add_argument("--hang-timeout", type=float, default=60.0,
                         help="seconds after which a decoder case is stopped (its worker killed)")
     parser.add_argument("--shrink-seconds", type=float, default=15.0,
@@ -1617,13 +1629,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-    report: dict = {"seed": args.seed, "cases_per_surface": args.cases, "slow_limit_s": args.slow, "surfaces": {}}
+    report: dict = {"seed": args.seed, "cases_per_surface": args.cases, "slow_limit_s": args.slow,
+                    "slow_s_per_decoded_megapixel": args.slow_per_mp, "surfaces": {}}
     with tempfile.TemporaryDirectory(prefix="fuzz-catalogs-") as tmp:
         boxes_path, refine_path = build_catalogs(Path(tmp), args.seed)
         for name in args.surfaces:
             if name == "decoder":
                 t0 = time.perf_counter()
-                tally = run_decoder(args.cases, args.seed, args.slow, args.hang_timeout, args.save_dir)
+                tally = run_decoder(args.cases, args.seed, args.slow, args.hang_timeout, args.save_dir,
+                                    args.slow_per_mp)
                 tally.seconds = time.perf_counter() - t0
             else:
                 view = CatalogView.open(boxes_path if name == "boxes" else refine_path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -121,6 +123,70 @@ def test_corrupt_png_data_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(UnreadableImage):
         decode_image(path)
+
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_bytes(pixels: np.ndarray, colour: int, depth: int, interlace: bool, drop_rows: int = 0,
+              drop_bytes: int = 0) -> bytes:
+    """A PNG written by hand (filter 0), Adam7-interlaced or not, its zlib stream valid but
+    without the last ``drop_rows`` scanlines and then the last ``drop_bytes`` bytes."""
+    h, w = pixels.shape[:2]
+
+    def scanlines(a: np.ndarray) -> list[bytes]:
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            return []
+        if depth < 8:
+            bits = np.unpackbits(a.astype(np.uint8)[..., None], axis=-1)[..., 8 - depth:]
+            packed = np.packbits(bits.reshape(a.shape[0], -1), axis=1)
+        else:
+            packed = a.astype(">u2" if depth == 16 else np.uint8).reshape(a.shape[0], -1).view(np.uint8)
+        return [b"\0" + row.tobytes() for row in packed]
+
+    passes = [pixels[y0::dy, x0::dx] for x0, y0, dx, dy in ADAM7] if interlace else [pixels]
+    rows = [row for p in passes for row in scanlines(p)]
+    raw = b"".join(rows[:len(rows) - drop_rows])
+    raw = raw[:len(raw) - drop_bytes]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, int(interlace))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("w, h", [(1, 1), (3, 5), (9, 17), (8, 8), (33, 2)])
+@pytest.mark.parametrize("colour, depth", [(0, 1), (0, 4), (0, 8), (0, 16), (2, 8), (4, 8), (6, 16)])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_png_is_refused_when_its_image_data_ends_early(w, h, colour, depth, interlace):
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    rng = np.random.default_rng(w * h + depth)
+    pixels = rng.integers(0, 2 ** depth, (h, w, channels) if channels > 1 else (h, w))
+    whole = png_bytes(pixels, colour, depth, interlace)
+    if channels == 1 and depth <= 8:  # the hand-written file says what was meant (PIL widens to 8 bits)
+        with Image.open(io.BytesIO(whole)) as im:
+            assert np.array_equal(np.asarray(im.convert("L")), pixels * (255 // (2 ** depth - 1)))
+    out = decode_image(whole)
+    assert (out.width, out.height) == (w, h)
+    for rows, extra in [(1, 0), (0, 1), (1, 1)]:  # a stream that ends on a row boundary, and one that does not
+        with pytest.raises(UnreadableImage, match="truncated"):
+            decode_image(png_bytes(pixels, colour, depth, interlace, drop_rows=rows, drop_bytes=extra))
+
+
+def test_large_png_without_its_last_rows_is_refused_after_other_images():
+    """Rows never received are zero in PIL's buffer, even when it reuses memory that held
+    other pictures: the cheap test of the last rows sees them."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(1, 256, (700, 900, 3))
+    for _ in range(3):
+        decode_image(png_bytes(pixels, 2, 8, False))
+    for interlace in (False, True):
+        with pytest.raises(UnreadableImage, match="truncated image data"):
+            decode_image(png_bytes(pixels, 2, 8, interlace, drop_rows=1))
+        with pytest.raises(UnreadableImage, match="truncated image data"):
+            decode_image(png_bytes(pixels, 2, 8, interlace, drop_rows=300))
 
 
 def test_missing_file_is_refused(tmp_path):
