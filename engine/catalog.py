@@ -87,27 +87,32 @@ class Catalog:
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike) -> Catalog:
-        """Create a new, empty catalog file at ``path``; fails if the file exists."""
+        """Create a new, empty catalog file at ``path``; fails if the file exists.
+
+        The file is built under a temporary name beside ``path`` and renamed into place once
+        its schema and settings are written: a process killed halfway leaves no file at ``path``
+        that the next run would refuse as not a catalog."""
         path = Path(path)
         if path.exists():
             raise CatalogError(f"{path} already exists; open it with Catalog.open or choose a new path")
         if not path.parent.is_dir():
             raise CatalogNotFound(f"directory {path.parent} does not exist")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
         try:
-            con = duckdb.connect(str(path))
+            con = duckdb.connect(str(tmp))
             try:
                 schema.migrate(con)
-                cat = cls(con, path, read_only=False)
-                cat._set_settings({"dims": N_DIMS, "data_version": 0, "index": None,
-                                   "encoder": None, "quantizer": None, "created_at": _now()})
-            except BaseException:
+                cls(con, tmp, read_only=False)._set_settings({
+                    "dims": N_DIMS, "data_version": 0, "index": None, "encoder": None, "quantizer": None,
+                    "created_at": _now()})
+                con.execute("CHECKPOINT")
+            finally:
                 con.close()
-                raise
-        except BaseException:
-            for p in (path, Path(f"{path}.wal")):
+            os.replace(tmp, path)
+        finally:
+            for p in (tmp, Path(f"{tmp}.wal")):
                 p.unlink(missing_ok=True)
-            raise
-        return cat
+        return cls(duckdb.connect(str(path)), path, read_only=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, read_only: bool = False, *, sandbox: bool = False,
@@ -176,6 +181,15 @@ class Catalog:
         if self._con is None:
             raise CatalogError("the catalog is closed; open it again with Catalog.open")
         return self._con
+
+    def connection_count(self) -> int:
+        """DuckDB connections open to this catalog's database in this process, as DuckDB counts
+        them: the catalog's own connection plus every cursor not yet closed (one per query in
+        flight), and other ``Catalog`` objects open on the same file. 0 once closed."""
+        with self._lock:
+            if self._con is None:
+                return 0
+            return int(self._con.execute("SELECT count FROM duckdb_connection_count()").fetchall()[0][0])
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -338,12 +352,7 @@ class Catalog:
         next to sort the new ones).
         """
         self._check_writable()
-        codes = _check_codes(codes)
-        ids = _check_ids(ids, "ids")
-        if len(ids) != codes.shape[0]:
-            raise InvalidCodes(f"{len(ids)} ids for {codes.shape[0]} codes; give one id per row")
-        if len(np.unique(ids)) != len(ids):
-            raise InvalidCodes("ids contain duplicates")
+        codes, ids = _check_replacement(codes, ids)
         con = self.con
         table = pa.table({"pos": np.arange(len(ids), dtype=np.int64), "id": ids,
                           **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
@@ -417,19 +426,30 @@ class Catalog:
         """The folder beside the catalog file for raw embeddings and thumbnails (``<file>.d``)."""
         return self.path.parent / f"{self.path.name}.d"
 
-    def build_index(self, block_size: int = layout.DEFAULT_BLOCK_SIZE) -> dict:
+    def build_index(self, block_size: int = layout.DEFAULT_BLOCK_SIZE, *, codes: np.ndarray | None = None,
+                    ids: Sequence[int] | np.ndarray | None = None,
+                    index_info: Mapping[str, Any] | None = None) -> dict:
         """Sort the codes into k-d block order and write the zone maps.
 
         Idempotent: rows start from id order, so the result does not depend on the current
-        physical order. Returns timing stats.
+        physical order. ``codes`` and ``ids`` (as for :meth:`replace_codes`) replace the
+        catalog's codes in the transaction that writes their index, so an interrupted build
+        leaves the old codes and index, never new codes without one. ``index_info``: more
+        entries for the index settings. Returns timing stats.
         """
         self._check_writable()
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
             raise CatalogError(f"block_size must be an integer >= 2, got {block_size!r}")
+        if (codes is None) != (ids is None):
+            raise InvalidCodes("give codes and ids together, or neither to sort the stored codes")
         from .learn.models import feature_subsets as default_subsets
 
         t0 = time.perf_counter()
-        cols, ids = self._load_codes()
+        if codes is None:
+            cols, ids = self._load_codes()
+        else:
+            codes, ids = _check_replacement(codes, ids)
+            cols = np.ascontiguousarray(codes.T)
         t1 = time.perf_counter()
         perm, starts = layout.kd_order(cols, block_size=block_size, initial=np.argsort(ids, kind="stable"))
         cols = np.ascontiguousarray(cols[:, perm])
@@ -443,13 +463,19 @@ class Catalog:
         try:
             con.register("_sorted", codes_tbl)
             con.register("_blocks", _blocks_table(blocks))
+            if codes is not None:
+                missing = con.execute(
+                    "SELECT n.id FROM _sorted n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10").fetchall()
+                if missing:
+                    raise UnknownIds([r[0] for r in missing])
             con.execute("DELETE FROM codes")
             con.execute("INSERT INTO codes BY NAME SELECT * FROM _sorted")
             con.execute("DELETE FROM blocks")
             con.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
             index = {"block_size": block_size, "n_blocks": blocks.n_blocks, "indexed_rows": len(ids),
                      "projections": [list(range(N_DIMS))], "split": "max-variance median",
-                     "feature_subsets": [list(f) for f in default_subsets()], "built_at": _now()}
+                     "feature_subsets": [list(f) for f in default_subsets()], "built_at": _now(),
+                     **(index_info or {})}
             self._set_settings({"index": index})
             self._bump_data_version()
             con.execute("COMMIT")
@@ -811,6 +837,11 @@ class Catalog:
             except duckdb.InterruptException:
                 raise QueryInterrupted(f"the query ran longer than {time_limit_s:g} s and was stopped; "
                                        "add a LIMIT or a narrower WHERE") from None
+            except duckdb.OutOfMemoryException:
+                cur.execute("ROLLBACK")
+                limit = cur.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+                raise InvalidSql(f"the query needed more than the memory limit of {limit} and was stopped; "
+                                 "add a LIMIT, aggregate, or select fewer rows or columns") from None
             except duckdb.Error as e:
                 raise InvalidSql(str(e)) from None
             finally:
@@ -867,8 +898,12 @@ def _check_query(text: Any):
         raise InvalidSql("the query is nested too deeply") from None
     if len(statements) != 1:
         raise InvalidSql(f"give exactly one statement, got {len(statements)}")
-    if statements[0].type != duckdb.StatementType.SELECT:
-        raise InvalidSql(f"only queries are allowed here, not {statements[0].type.name} statements")
+    try:
+        kind = statements[0].type
+    except ValueError:  # a statement type newer than the Python client's enum
+        raise InvalidSql("only queries (SELECT) are allowed here") from None
+    if kind != duckdb.StatementType.SELECT:
+        raise InvalidSql(f"only queries are allowed here, not {kind.name} statements")
     return statements[0]
 
 
@@ -898,6 +933,17 @@ def _check_codes(codes: Any) -> np.ndarray:
     if codes.ndim != 2 or codes.shape[1] != N_DIMS:
         raise InvalidCodes(f"codes must have shape (n, {N_DIMS}), got {codes.shape}")
     return codes
+
+
+def _check_replacement(codes: Any, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Codes uint8 (n, 32) and n distinct int64 ids to replace a catalog's codes."""
+    codes = _check_codes(codes)
+    ids = _check_ids(ids, "ids")
+    if len(ids) != codes.shape[0]:
+        raise InvalidCodes(f"{len(ids)} ids for {codes.shape[0]} codes; give one id per row")
+    if len(np.unique(ids)) != len(ids):
+        raise InvalidCodes("ids contain duplicates")
+    return codes, ids
 
 
 def _check_ids(ids: Any, what: str) -> np.ndarray:

@@ -9,7 +9,8 @@ An export is a directory::
     catalog.json     format tag, schema version and settings
 
 It is written into a temporary sibling directory and renamed into place at the end, so an
-interrupted export never leaves a half-written directory under the final name.
+interrupted export never leaves a half-written directory under the final name; with
+``overwrite``, the old export is renamed aside before and deleted after.
 """
 
 from __future__ import annotations
@@ -69,9 +70,7 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False) -> dict:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -79,8 +78,30 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False) -> dict:
             "bytes": {f: (out / f).stat().st_size for f in FILES}}
 
 
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished export ``tmp`` to ``out``. An existing ``out`` is renamed aside first
+    and deleted only after the new one is in place, so a process killed at any point leaves
+    under ``out`` a whole export, old or new (or, between the two renames, nothing), never a
+    half-deleted one that still looks complete."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, aside / out.name)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(aside / out.name, out)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)
+
+
 def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
-    """Create a catalog at ``path`` from an export directory, block order and zone maps included."""
+    """Create a catalog at ``path`` from an export directory, block order and zone maps included.
+
+    The catalog is built under a hidden name beside ``path`` and renamed into place when it is
+    complete, so an interrupted import leaves no file at ``path`` and can simply be run again."""
     missing = [f for f in FILES if not (src / f).is_file()]
     if missing:
         raise CatalogError(f"{src} is not a clip-branches export: missing {', '.join(missing)}")
@@ -92,7 +113,10 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
         raise CorruptCatalog(f"{src / 'catalog.json'} does not describe a {FORMAT} export")
     if int(meta.get("schema_version", 0)) > schema.latest_version():
         raise CatalogError(f"{src} was exported by a newer clip-branches (schema {meta['schema_version']})")
-    cat = cls.create(path)
+    if path.exists():
+        raise CatalogError(f"{path} already exists; import into a new path")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.importing")
+    cat = cls.create(tmp)
     try:
         con = cat.con
         codes_sql = _sql_path(src / "codes.parquet")
@@ -129,15 +153,17 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
             raise
         schema.refresh_views(con)
         con.execute("CHECKPOINT")
+        cat.close()
+        os.replace(tmp, path)
     except duckdb.Error as e:
         cat.close()
-        _remove(path)
+        _remove(tmp)
         raise CorruptCatalog(f"could not import {src}: {str(e).splitlines()[0]}") from None
     except BaseException:
         cat.close()
-        _remove(path)
+        _remove(tmp)
         raise
-    return cat
+    return cls.open(path)
 
 
 def _remove(path: Path) -> None:

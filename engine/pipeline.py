@@ -92,8 +92,8 @@ def _catalog_encoder(cat: Catalog):
 
 
 def index_embeddings(cat: Catalog, *, block_size: int | None = None) -> dict:
-    """Encode every image's raw embedding with the stored head and quantizer, replace the
-    codes, and build the block index. Returns a summary."""
+    """Encode every image's raw embedding with the stored head and quantizer, and replace the
+    codes and the block index in one transaction. Returns a summary."""
     cat._check_writable()
     t0 = time.perf_counter()
     head = cat.head()
@@ -112,10 +112,6 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None) -> dict:
     if codes.shape[1] != 32:
         raise CatalogError(f"the head outputs {codes.shape[1]} dims; the catalog stores 32")
     t1 = time.perf_counter()
-    cat.replace_codes(codes, ids)
-    stats = cat.build_index(**({} if block_size is None else {"block_size": block_size}))
-    index = cat.setting("index") or {}
-    index["head_sha256"] = head.sha256
-    index["embedding_part_max"] = part_max
-    cat._set_settings({"index": index})
+    stats = cat.build_index(**({} if block_size is None else {"block_size": block_size}), codes=codes, ids=ids,
+                            index_info={"head_sha256": head.sha256, "embedding_part_max": part_max})
     return {"rows": int(len(ids)), "time_encode_s": t1 - t0, **stats}

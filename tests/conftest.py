@@ -117,3 +117,22 @@ def web_demo_copy(web_demo, tmp_path_factory):
         return path
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], object]:
+    """Factory: ``scripts/NAME.py`` as a module (the scripts folder is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    def load(name: str):
+        if name not in sys.modules:
+            path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses look their module up while the class is built
+            spec.loader.exec_module(module)
+        return sys.modules[name]
+
+    return load

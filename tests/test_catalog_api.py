@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import duckdb
 import numpy as np
@@ -403,3 +406,33 @@ def test_len_and_context_manager(tmp_path, rng):
         len(cat)
     with engine.Catalog.open(path, read_only=True) as cat:
         assert len(cat) == 12
+
+
+# -- creation ------------------------------------------------------------------------------------
+KILLED_CREATE = """
+import os, signal
+from engine import catalog
+
+def killed(con, target=None):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+catalog.schema.migrate = killed
+catalog.Catalog.create({path!r})
+"""
+
+
+def test_create_killed_before_the_schema_leaves_no_file_that_blocks_the_next_run(tmp_path):
+    # The file used to be created in place, so a kill between DuckDB making it and the schema
+    # being written left a file that every later open refused as "not a clip-branches catalog".
+    path = tmp_path / "c.duckdb"
+    r = subprocess.run([sys.executable, "-c", KILLED_CREATE.format(path=str(path))],
+                       capture_output=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    assert not path.exists()
+    with engine.Catalog.create(path) as cat:
+        assert cat.setting("data_version") == 0 and cat.setting("dims") == N_DIMS
+    with engine.Catalog.open(path, read_only=True) as cat:
+        assert len(cat) == 0
+    others = [p.name for p in tmp_path.iterdir() if p != path]
+    assert len(others) == 1 and others[0].endswith(".creating")  # the killed run's half-made file only
+

@@ -1,6 +1,9 @@
 """Parquet export and import: identical selections, row-group statistics, atomic writes."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import duckdb
 import numpy as np
@@ -8,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import engine
+from engine import parquet
 from engine.synth import synth_catalog
 
 
@@ -97,3 +101,72 @@ def test_import_rejects_incomplete_or_foreign_directories(catalog, tmp_path):
     with pytest.raises(engine.CorruptCatalog, match="rows"):
         engine.Catalog.import_parquet(out, tmp_path / "z.duckdb")
     assert not (tmp_path / "z.duckdb").exists()
+
+
+KILLED_OVERWRITE = """
+import os, signal, sys
+import engine
+from engine import parquet
+
+def killed(path, *args, **kwargs):
+    for root, _, files in os.walk(path):
+        if files:
+            os.unlink(os.path.join(root, sorted(files)[0]))
+            break
+    os.kill(os.getpid(), signal.SIGKILL)
+
+parquet.shutil.rmtree = killed
+with engine.Catalog.open(sys.argv[1], read_only=True) as cat:
+    cat.export_parquet(sys.argv[2], overwrite=True)
+"""
+
+
+def test_overwrite_killed_while_deleting_the_old_export_leaves_a_whole_export(tmp_path):
+    # The old export used to be deleted in place before the new one was renamed in: a kill
+    # midway left a half-deleted directory under the name that still looked complete.
+    path = tmp_path / "c.duckdb"
+    synth_catalog(path, 2_000, seed=1, block_size=256)
+    out = tmp_path / "export"
+    with engine.Catalog.open(path) as cat:
+        cat.export_parquet(out)
+        cat.add_codes(np.zeros((5, 32), np.uint8))
+        n = len(cat)
+    r = subprocess.run([sys.executable, "-c", KILLED_OVERWRITE, str(path), str(out)], capture_output=True,
+                       timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert {p.name for p in out.iterdir()} == {*parquet.FILES, "artifacts.parquet"}
+    with engine.Catalog.import_parquet(out, tmp_path / "back.duckdb") as back:
+        assert len(back) == n
+
+
+
+KILLED_IMPORT = """
+import os, signal, sys
+import engine
+from engine import parquet
+
+def killed(con):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def create(cls, path):  # once the empty catalog exists, die after the import commits its rows
+    cat = plain_create(cls, path)
+    parquet.schema.refresh_views = killed
+    return cat
+
+plain_create = engine.Catalog.create.__func__
+engine.Catalog.create = classmethod(create)
+engine.Catalog.import_parquet(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_import_killed_before_it_completes_leaves_nothing_in_the_way(catalog, tmp_path):
+    out, path = tmp_path / "export", tmp_path / "imported.duckdb"
+    with engine.Catalog.open(catalog, read_only=True) as cat:
+        cat.export_parquet(out)
+        n, codes = len(cat), cat.codes(np.arange(5))
+    r = subprocess.run([sys.executable, "-c", KILLED_IMPORT, str(out), str(path)], capture_output=True,
+                       timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not path.exists()
+    with engine.Catalog.import_parquet(out, path) as back:
+        assert len(back) == n and np.array_equal(back.codes(np.arange(5)), codes)

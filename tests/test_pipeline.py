@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,45 @@ def test_search_and_refine_through_the_cli(demo):
     assert r.returncode == 2 and "not an integer" in r.stderr and "Traceback" not in r.stderr
     r = _cli("search", str(demo))
     assert r.returncode == 2 and "exactly one" in r.stderr
+
+
+KILLED_INDEX = """
+import os, signal, sys
+import engine
+from engine import layout, pipeline
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+layout.kd_order = killed  # dies after the new codes are computed, before they are sorted
+with engine.Catalog.open(sys.argv[1]) as cat:
+    pipeline.index_embeddings(cat, block_size=64)
+"""
+
+
+def test_index_killed_before_sorting_keeps_the_old_codes_and_index(tmp_path, demo):
+    # The codes used to be replaced in a transaction of their own before the sort: a kill in
+    # between left new codes without blocks, so every selection scanned the whole catalog.
+    copy = tmp_path / "c.duckdb"
+    copy.write_bytes(demo.read_bytes())
+    (tmp_path / "c.duckdb.d").symlink_to(Path(f"{demo}.d"))
+
+    def state():
+        with engine.Catalog.open(copy, read_only=True) as cat:
+            return (cat.sql("SELECT * FROM codes ORDER BY pos"), cat.sql("SELECT * FROM blocks ORDER BY block_id"),
+                    cat.setting("index"))
+
+    with engine.Catalog.open(copy) as cat:
+        pipeline.train_head(cat, method="pca")
+    before = state()
+    r = subprocess.run([sys.executable, "-c", KILLED_INDEX, str(copy)], capture_output=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    after = state()
+    assert after[0].equals(before[0]) and after[1].equals(before[1]) and after[2] == before[2]
+    assert after[1].num_rows > 0
+    with engine.Catalog.open(copy) as cat:
+        pipeline.index_embeddings(cat, block_size=64)
+        index = cat.setting("index")
+        assert index["head_sha256"] == cat.head().sha256 and index["embedding_part_max"] >= 1
+        assert not cat.index_status()["stale"] and not cat.sql("SELECT * FROM codes ORDER BY pos").equals(before[0])
+

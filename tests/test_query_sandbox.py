@@ -68,6 +68,30 @@ def test_endless_query_is_interrupted(sandboxed):
     ("DROP TABLE codes", "not DROP"),
     ("ALTER TABLE images ADD COLUMN x INTEGER", "not ALTER"),
     ("CHECKPOINT", "not"),
+    ("VACUUM", "not VACUUM"),
+    ("PRAGMA memory_limit = '100GB'", "not"),
+    ("PRAGMA enable_profiling", "not PRAGMA"),
+    ("PRAGMA disable_optimizer", "not PRAGMA"),
+    ("SET GLOBAL threads = 1", "not SET"),
+    ("SET VARIABLE x = 1", "not SET"),
+    ("USE memory", "not"),
+    ("IMPORT DATABASE '/tmp/x'", "not"),
+    ("FORCE INSTALL httpfs", "not"),
+    ("LOAD '/tmp/evil.duckdb_extension'", "not LOAD"),
+    ("UPDATE EXTENSIONS", "only queries"),
+    ("PREPARE p AS SELECT 1", "not PREPARE"),
+    ("BEGIN TRANSACTION", "not TRANSACTION"),
+    ("CREATE MACRO m(a) AS a", "not CREATE"),
+    ("CREATE SECRET s (TYPE S3, KEY_ID 'x', SECRET 'y')", "not CREATE"),
+    ("UPDATE codes SET f00 = 1 RETURNING *", "not UPDATE"),
+    ("COPY (SELECT 1) TO '/tmp/x.csv'", "not COPY"),
+    ("SELECT * FROM query('DROP TABLE codes')", "single SELECT"),
+    ("SELECT * FROM query('COPY codes TO ''/tmp/q.csv''')", "single SELECT"),
+    ("SELECT * FROM query('SELECT 1; DROP TABLE codes')", "single SELECT"),
+    ("SELECT * FROM sniff_csv('/etc/passwd')", "disabled"),
+    ("SELECT * FROM parquet_metadata('/tmp/x.parquet')", "disabled"),
+    ("SELECT * FROM duckdb_secrets()", "disabled"),
+    ("SELECT getenv('HOME')", "does not exist"),
     ("SELECT 1; SELECT 2", "exactly one statement"),
     ("SELECT 1; DROP TABLE codes", "exactly one statement"),
     ("SELECT * FROM read_csv('/etc/passwd')", "disabled"),
@@ -87,6 +111,20 @@ def test_escape_attempts_are_refused(sandboxed, text, match):
     cat, _ = sandboxed
     with pytest.raises(InvalidSql, match=match):
         cat.query(text, time_limit_s=2)
+
+
+@pytest.mark.parametrize("text", [
+    "SELECT list(x) FROM range(300000000) t(x)",
+    "SELECT string_agg(repeat('x', 1000), '') FROM range(2000000)",
+])
+def test_a_query_past_the_memory_limit_is_stopped(tmp_path, text):
+    path = tmp_path / "c.duckdb"
+    with engine.Catalog.create(path) as cat:
+        cat.add_codes(np.zeros((10, 32), np.uint8))
+    with engine.Catalog.open(path, read_only=True, sandbox=True, memory_limit="200MB") as cat:
+        with pytest.raises(InvalidSql, match="memory limit of 190.7 MiB"):
+            cat.query(text, time_limit_s=60)
+        assert cat.query("SELECT count(*) AS n FROM codes").table.column("n").to_pylist() == [10]
 
 
 def test_the_file_is_untouched_and_the_settings_locked(sandboxed):
