@@ -225,10 +225,36 @@ def test_openapi_schema_declares_every_route(client):
     paths = schema["paths"]
     for p in ("/", "/search", "/similar", "/search/image", "/refine", "/results/{token}",
               "/thumb/{catalog}/{image_id}", "/image/{catalog}/{image_id}", "/console", "/api/search",
-              "/api/refine", "/api/sql"):
+              "/api/refine", "/api/sql", "/api/health"):
         assert p in paths, p
     params = {p["name"] for p in paths["/search"]["get"]["parameters"]}
     assert {"q", "k", "catalog"} <= params
+
+
+def test_health_reports_rows_connections_and_results_kept(client):
+    health = client.get("/api/health")
+    assert health.status_code == 200
+    body = health.json()
+    rows = client.post("/api/sql", json={"sql": "SELECT count(*) AS n FROM codes"}).json()["rows"][0]["n"]
+    assert body["status"] == "ok" and body["catalogs"] == {"fashion": {"rows": rows, "duckdb_connections": 1}}
+    client.get("/search", params={"q": "bag"}, headers=HX)
+    body = client.get("/api/health").json()
+    assert 1 <= body["results_cached"] <= 8 and body["result_ids_cached"] >= 60
+    assert client.get("/api/health", params={"catalog": "fashion"}).json()["catalogs"].keys() == {"fashion"}
+    assert client.get("/api/health", params={"catalog": "nope"}).status_code == 404
+    schema = client.get("/schema/openapi.json").json()
+    ref = schema["paths"]["/api/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ref == {"$ref": "#/components/schemas/Health"}
+
+
+def test_failed_and_stopped_queries_close_their_cursors(client):
+    endless = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+    for sql in (endless, "SELEC nonsense", "SELECT * FROM read_csv('/etc/passwd')", "SELECT 1; SELECT 2",
+                "SELECT id FROM codes"):
+        client.post("/console", data={"sql": sql}, headers=HX)
+        client.post("/api/sql", json={"sql": sql, "result": "expired-token"})
+    client.get("/thumb/fashion/99999999")
+    assert client.get("/api/health").json()["catalogs"]["fashion"]["duckdb_connections"] == 1
 
 
 def test_settings_are_documented():

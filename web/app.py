@@ -82,6 +82,11 @@ class Results:
             self._items.move_to_end(token)
             return item
 
+    def size(self) -> tuple[int, int]:
+        """Results kept and result ids kept in all."""
+        with self._lock:
+            return len(self._items), self._ids
+
 
 class App:
     """The catalogs, settings and result store the handlers share (one per Litestar app)."""
@@ -381,6 +386,37 @@ def api_sql(request: Request, data: JSONBody[SqlForm]) -> dict[str, Any]:
             "time_ms": res.time_ms}
 
 
+@dataclass
+class CatalogHealth:
+    """One served catalog: its rows and the DuckDB connections open to it now."""
+
+    rows: int
+    duckdb_connections: int
+
+
+@dataclass
+class Health:
+    """The server's state: ``catalogs`` by name, and the results kept for paging and the console."""
+
+    status: str
+    catalogs: dict[str, CatalogHealth]
+    results_cached: int
+    result_ids_cached: int
+
+
+@get("/api/health", sync_to_thread=True, summary="Health", description=(
+    "Liveness and resources: rows and open DuckDB connections per catalog (the catalog's own connection "
+    "plus one cursor per query in flight, as DuckDB counts them; 1 when idle), and the results kept for "
+    "paging and the console (entries and result ids)."))
+def api_health(request: Request, catalog: Annotated[str | None, Parameter(
+        description="only this catalog (default: every catalog served)")] = None) -> Health:
+    app = _state(request)
+    served = [app.catalog(catalog)] if catalog else list(app.catalogs.values())
+    catalogs = {s.name: CatalogHealth(s.rows, s.cat.connection_count()) for s in served}
+    kept, ids = app.results.size()
+    return Health("ok", catalogs, kept, ids)
+
+
 def server_timing(app: ASGIApp) -> ASGIApp:
     """ASGI middleware adding ``Server-Timing: app;dur=<ms>``: the time from the request's
     arrival to its response headers, so a client can tell its own wait from the server's."""
@@ -409,7 +445,7 @@ def create_app(paths: list[str | Path], settings: Settings | None = None, *, war
         state.warm_up()
     app = Litestar(
         route_handlers=[index, search_text, search_similar, search_image, refine, results_page, thumbnail,
-                        original, console_page, console_run, api_search, api_refine, api_sql,
+                        original, console_page, console_run, api_search, api_refine, api_sql, api_health,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         plugins=[HTMXPlugin()],
         template_config=TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
