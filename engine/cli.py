@@ -91,11 +91,22 @@ def cmd_ingest(args) -> int:
 
     with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
         enc_id = args.encoder or cat.setting("encoder") or DEFAULT_ENCODER
-        encoder = load_encoder(enc_id, device=args.device, batch_size=args.batch_size)
-        report = ingest(cat, args.sources, encoder, batch_size=args.batch_size, workers=args.workers,
-                        progress=not args.quiet, max_pixels=args.max_pixels, thumbnails=not args.no_thumbnails,
-                        reembed=args.reembed)
+        if args.spark:
+            from .distributed import spark_ingest
+
+            report = spark_ingest(cat, args.sources, enc_id, master=args.spark, partitions=args.partitions,
+                                  batch_size=args.batch_size, device=args.device, max_pixels=args.max_pixels,
+                                  thumbnails=not args.no_thumbnails, reembed=args.reembed, progress=not args.quiet)
+        else:
+            encoder = load_encoder(enc_id, device=args.device, batch_size=args.batch_size)
+            report = ingest(cat, args.sources, encoder, batch_size=args.batch_size, workers=args.workers,
+                            progress=not args.quiet, max_pixels=args.max_pixels, thumbnails=not args.no_thumbnails,
+                            reembed=args.reembed)
         status = cat.index_status()
+    return _print_ingest(args, report, status)
+
+
+def _print_ingest(args, report, status: dict) -> int:
     summary = report.to_json()
     if args.json:
         _print_json(summary)
@@ -110,6 +121,29 @@ def cmd_ingest(args) -> int:
         f"{args.catalog}: {summary['added']} added, {summary['updated']} updated, {summary['removed']} removed, "
         f"{summary['skipped']} skipped; {summary['images_per_second']:.0f} images/s")
     return 0
+
+
+def cmd_spark_encode(args) -> int:
+    from .distributed import encode_with_spark
+
+    job = encode_with_spark(args.sources, args.directory, encoder_id=args.encoder, catalog=args.catalog,
+                            master=args.master, partitions=args.partitions, batch_size=args.batch_size,
+                            device=args.device, max_pixels=args.max_pixels, thumbnails=not args.no_thumbnails,
+                            overwrite=args.overwrite, progress=not args.quiet)
+    _print_json(job) if args.json else print(
+        f"{args.directory}: {job['encoded']} encoded, {job['failed']} unreadable ({job['todo']} of {job['files']} "
+        f"files to encode) on {job['parallelism']} workers, {job['images_per_second']:.0f} images/s; take it in with "
+        f"`clip-branches ingest-parts CATALOG {args.directory}`")
+    return 0
+
+
+def cmd_ingest_parts(args) -> int:
+    from .distributed import ingest_parts
+
+    with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
+        report = ingest_parts(cat, args.directory, reembed=args.reembed)
+        status = cat.index_status()
+    return _print_ingest(args, report, status)
 
 
 def cmd_train_head(args) -> int:
@@ -326,9 +360,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-thumbnails", action="store_true", help="do not cache thumbnails for the web UI")
     s.add_argument("--reembed", action="store_true",
                    help="allow an encoder other than the catalog's: every image is embedded again")
+    s.add_argument("--spark", default=None, metavar="MASTER",
+                   help="encode with Spark workers instead, e.g. local[4] or spark://host:7077 (needs pyspark, Java)")
+    s.add_argument("--partitions", type=int, default=None, help="Spark tasks (default: two per worker)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("spark-encode", help="encode image folders or manifests with Spark workers into a folder "
+                                            "that `ingest-parts` takes into a catalog")
+    s.add_argument("directory", help="output folder (new or empty)")
+    s.add_argument("sources", nargs="+", metavar="SOURCE", help="a folder, or a CSV/Parquet manifest with a uri column")
+    s.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder id (default {DEFAULT_ENCODER})")
+    s.add_argument("--catalog", default=None,
+                   help="encode only what this catalog lacks or holds changed, under the ids it would give")
+    s.add_argument("--master", default="local[4]", help="Spark master (default local[4])")
+    s.add_argument("--partitions", type=int, default=None, help="Spark tasks (default: two per worker)")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu on the workers (default: the first available)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    s.add_argument("--no-thumbnails", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace what the output folder holds")
+    s.add_argument("--quiet", action="store_true", help="no Spark progress bar")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_spark_encode)
+
+    s = sub.add_parser("ingest-parts", help="take the output of `spark-encode` into a catalog (atomic; "
+                                            "taking it in again adds nothing)")
+    s.add_argument("catalog")
+    s.add_argument("directory")
+    s.add_argument("--reembed", action="store_true",
+                   help="allow an encoder other than the catalog's: every image is embedded again")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ingest_parts)
 
     s = sub.add_parser("train-head", help="train the 32-d head and fit the 8-bit quantizer on the raw embeddings")
     s.add_argument("catalog")

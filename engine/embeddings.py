@@ -8,6 +8,7 @@ that no row records is debris from an interrupted run, and a recorded part is al
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,22 +48,33 @@ class PartStore:
     def write(self, ids: np.ndarray, emb: np.ndarray) -> tuple[int, str]:
         """Write a part durably under its final name; returns (part_id, file name). The caller
         records it in the same transaction as its rows, or the next run deletes it."""
-        part_id, self.next_id = self.next_id, self.next_id + 1
-        name = f"part-{part_id:08d}.parquet"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        n, dim = emb.shape
-        values = pa.array(emb.astype(np.float16).ravel(), pa.float16())
-        table = pa.table({"id": pa.array(ids, pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(values, dim)})
-        tmp = self.dir / f".{name}.tmp"
+        part_id, name = self._next_name()
+        write_part_file(self.dir / name, ids, emb)
+        return part_id, name
+
+    def adopt(self, src: str | os.PathLike) -> tuple[int, str]:
+        """Bring in a finished part file written elsewhere (by :func:`write_part_file`) under the
+        next part name: a hard link when ``src`` is on the same file system, else a copy; ``src``
+        stays. Returns (part_id, file name), with the same contract as :meth:`write`."""
+        part_id, name = self._next_name()
+        tmp = self.dir / f".{name}.{os.getpid()}.tmp"
         try:
-            pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
-            fsync_path(tmp)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+                fsync_path(tmp)
             os.replace(tmp, self.dir / name)
             fsync_path(self.dir)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return part_id, name
+
+    def _next_name(self) -> tuple[int, str]:
+        part_id, self.next_id = self.next_id, self.next_id + 1
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return part_id, f"part-{part_id:08d}.parquet"
 
     def collect_garbage(self) -> int:
         """Delete parts no image points to any more (all rows re-embedded or removed)."""
@@ -80,6 +92,25 @@ class PartStore:
         for _, name in dead:  # after the commit: a crash in between leaves debris, never a dangling row
             (self.dir / name).unlink(missing_ok=True)
         return len(dead)
+
+
+def write_part_file(path: str | os.PathLike, ids: np.ndarray, emb: np.ndarray) -> None:
+    """Write ids int64 (n,) and embeddings (n, dim), stored as float16, as a part file at
+    ``path``: under a temporary name, flushed to disk, then renamed, so ``path`` is whole or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, dim = emb.shape
+    values = pa.array(emb.astype(np.float16).ravel(), pa.float16())
+    table = pa.table({"id": pa.array(ids, pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(values, dim)})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_path(path: Path) -> None:

@@ -406,28 +406,38 @@ class _BatchWriter:
         self.encoder_recorded = cat.setting("encoder") == encoder.id
 
     def write(self, batch: DecodedBatch, emb: np.ndarray) -> None:
-        entries = self.plan.todo[batch.index]
         ids = self.plan.todo_ids[batch.index]
         ok = batch.ok
         part = self.store.write(ids[ok], emb) if ok.any() else None
-        rows = self._rows(entries[ok], ids[ok], batch.width[ok], batch.height[ok],
-                          self.plan.todo_new[batch.index][ok], part[0] if part else None)
-        failed = [(self.scanned.uris[e], r, int(self.scanned.sizes[e]), int(self.scanned.mtimes_ns[e]))
-                  for e, r, good in zip(entries, batch.reasons, ok, strict=True) if not good]
+        parts = [] if part is None else [(part[0], part[1], ids[ok])]
+        self.commit(batch.index, ok, batch.width, batch.height, batch.reasons, parts)
+
+    def commit(self, index: np.ndarray, ok: np.ndarray, width: np.ndarray, height: np.ndarray,
+               reasons: Sequence[str | None], parts: list[tuple[int, str, np.ndarray]]) -> None:
+        """Record the files ``plan.todo[index]`` in one transaction: the ``ok`` ones as images
+        whose embeddings are in ``parts`` ((part_id, file name, ids) of parts already in the
+        store under their final names), the others as skipped with their ``reasons``. The parts
+        are deleted if the transaction fails."""
+        entries = self.plan.todo[index]
+        ids = self.plan.todo_ids[index]
         try:
-            self._commit(rows, part, [self.scanned.uris[e] for e in entries], failed)
+            part_of = _part_of(ids[ok], parts)
+            rows = self._rows(entries[ok], ids[ok], width[ok], height[ok], self.plan.todo_new[index][ok], part_of)
+            failed = [(self.scanned.uris[e], r, int(self.scanned.sizes[e]), int(self.scanned.mtimes_ns[e]))
+                      for e, r, good in zip(entries, reasons, ok, strict=True) if not good]
+            self._commit(rows, parts, [self.scanned.uris[e] for e in entries], failed)
         except BaseException:
-            if part is not None:
-                (self.store.dir / part[1]).unlink(missing_ok=True)
+            for _, name, _ in parts:
+                (self.store.dir / name).unlink(missing_ok=True)
             raise
-        new = self.plan.todo_new[batch.index]
+        new = self.plan.todo_new[index]
         self.report.added += int((ok & new).sum())
         self.report.updated += int((ok & ~new).sum())
         self.report.skipped_files += [(u, r) for u, r, _, _ in failed]
         self.lost_ids += ids[~ok & ~new].tolist()
 
     def _rows(self, entries: np.ndarray, ids: np.ndarray, width: np.ndarray, height: np.ndarray,
-              new: np.ndarray, part_id: int | None) -> pa.Table:
+              new: np.ndarray, part_of: np.ndarray) -> pa.Table:
         s = self.scanned
         meta, has_meta = self.meta.rows(entries)
         cols = {
@@ -438,7 +448,7 @@ class _BatchWriter:
             "file_mtime_ns": pa.array(s.mtimes_ns[entries], pa.int64()),
             "width": pa.array(width, pa.int32()),
             "height": pa.array(height, pa.int32()),
-            "embedding_part": pa.array(np.full(len(entries), part_id or 0), pa.int32()),
+            "embedding_part": pa.array(part_of, pa.int32()),
             "_new": pa.array(new, pa.bool_()),
             "_has_meta": pa.array(has_meta, pa.bool_()),
         }
@@ -446,27 +456,45 @@ class _BatchWriter:
             cols.update({c: meta.column(c) for c in meta.column_names})
         return pa.table(cols)
 
-    def _commit(self, rows: pa.Table, part: tuple[int, str] | None, uris: list[str], failed: list[tuple]) -> None:
+    def _commit(self, rows: pa.Table, parts: list[tuple[int, str, np.ndarray]], uris: list[str],
+                failed: list[tuple]) -> None:
         con = self.cat.con
         meta_cols = self.meta.columns
         con.execute("BEGIN TRANSACTION")
         try:
             if rows.num_rows:
                 _upsert_images(con, rows, meta_cols)
-            if part is not None:
-                con.execute("INSERT INTO embedding_parts (part_id, file, encoder, dim, n_rows) VALUES (?, ?, ?, ?, ?)",
-                            [part[0], part[1], self.encoder.id, self.encoder.dim, rows.num_rows])
+            if parts:
+                con.executemany("INSERT INTO embedding_parts (part_id, file, encoder, dim, n_rows) VALUES (?, ?, ?, ?, ?)",
+                                [[part_id, name, self.encoder.id, self.encoder.dim, len(part_ids)]
+                                 for part_id, name, part_ids in parts])
             con.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [uris])
             if failed:
                 con.executemany("INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, ?, ?, ?)",
                                 [list(f) for f in failed])
-            if part is not None and not self.encoder_recorded:
+            if parts and not self.encoder_recorded:
                 self.cat._set_settings({"encoder": self.encoder.id})
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self.encoder_recorded |= part is not None
+        self.encoder_recorded |= bool(parts)
+
+
+def _part_of(ids: np.ndarray, parts: list[tuple[int, str, np.ndarray]]) -> np.ndarray:
+    """int64 (len(ids),): the part_id of the part holding each of ``ids``; every id must be in
+    exactly one part and every part id among ``ids``."""
+    if not parts:
+        if len(ids):
+            raise IngestError(f"{len(ids)} embedded images have no part")
+        return np.zeros(0, np.int64)
+    held = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    owner = np.concatenate([np.full(len(p[2]), p[0], np.int64) for p in parts])
+    order = np.argsort(held, kind="stable")
+    at = np.searchsorted(held, ids, sorter=order).clip(0, max(len(held) - 1, 0))
+    if len(held) != len(ids) or not np.array_equal(held[order[at]], ids):
+        raise IngestError("the embedding parts do not hold exactly the embedded images")
+    return owner[order[at]]
 
 
 def _upsert_images(con: duckdb.DuckDBPyConnection, rows: pa.Table, meta_cols: list[str]) -> None:
