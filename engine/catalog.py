@@ -357,10 +357,7 @@ class Catalog:
         table = pa.table({"pos": np.arange(len(ids), dtype=np.int64), "id": ids,
                           **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
         with self._transaction(_new_codes=table):
-            missing = con.execute(
-                "SELECT n.id FROM _new_codes n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10").fetchall()
-            if missing:
-                raise UnknownIds([r[0] for r in missing])
+            _check_known(con, "_new_codes")
             con.execute("DELETE FROM codes")
             con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
             self._drop_index()
@@ -464,10 +461,7 @@ class Catalog:
             con.register("_sorted", codes_tbl)
             con.register("_blocks", _blocks_table(blocks))
             if codes is not None:
-                missing = con.execute(
-                    "SELECT n.id FROM _sorted n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10").fetchall()
-                if missing:
-                    raise UnknownIds([r[0] for r in missing])
+                _check_known(con, "_sorted")
             con.execute("DELETE FROM codes")
             con.execute("INSERT INTO codes BY NAME SELECT * FROM _sorted")
             con.execute("DELETE FROM blocks")
@@ -933,6 +927,13 @@ def _check_codes(codes: Any) -> np.ndarray:
     if codes.ndim != 2 or codes.shape[1] != N_DIMS:
         raise InvalidCodes(f"codes must have shape (n, {N_DIMS}), got {codes.shape}")
     return codes
+
+
+def _check_known(con: duckdb.DuckDBPyConnection, relation: str) -> None:
+    """UnknownIds (the first ten) when ``relation`` has ids that ``images`` does not."""
+    missing = con.execute(f"SELECT n.id FROM {relation} n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10").fetchall()
+    if missing:
+        raise UnknownIds([r[0] for r in missing])
 
 
 def _check_replacement(codes: Any, ids: Any) -> tuple[np.ndarray, np.ndarray]:
