@@ -64,7 +64,10 @@ def _index(Z: np.ndarray, block_size: int) -> query.BlockIndex:
 
 def _models(seed):
     return [DecisionBranchClassifier(random_state=seed),
+            DecisionBranchClassifier(growth="bottom-up", random_state=seed),
             DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, random_state=seed),
+            DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, growth="bottom-up", random_state=seed),
+            DecisionBranchEnsemble(n_estimators=4, growth="bottom-up", random_state=seed),
             DecisionBranchEnsemble(n_estimators=5, random_state=seed),
             DecisionBranchEnsemble(n_estimators=3, bootstrap=True, random_state=seed),
             DecisionBranchEnsemble(n_estimators=4, subsets=SMALL_FAMILY, bootstrap=False, random_state=seed)]
@@ -90,9 +93,10 @@ def test_predict_votes_sql_and_index_agree(data):
 
 @settings(max_examples=30, deadline=None)
 @given(data=datasets())
-def test_boxes_constrain_one_subset_and_hold_more_positive_than_negative_weight(data):
+@pytest.mark.parametrize("growth", ["top-down", "bottom-up"])
+def test_boxes_constrain_one_subset_and_hold_more_positive_than_negative_weight(data, growth):
     X, y, w, _, seed = data
-    model = DecisionBranchClassifier(subsets=SMALL_FAMILY, random_state=seed).fit(X, y, sample_weight=w)
+    model = DecisionBranchClassifier(subsets=SMALL_FAMILY, growth=growth, random_state=seed).fit(X, y, sample_weight=w)
     weights = np.ones(len(X)) if w is None else w
     remaining = np.ones(len(X), bool)
     for i in range(len(model.boxes_)):
@@ -109,9 +113,11 @@ def test_separable_classes_are_learned_exactly(rng):
     b = np.clip(rng.normal(190, 4, (300, 32)), 0, 255).astype(np.uint8)
     X = np.concatenate([a[:30], b[:200]])
     y = np.r_[np.ones(30, bool), np.zeros(200, bool)]
-    for model in (DecisionBranchClassifier(random_state=0), DecisionBranchEnsemble(random_state=0)):
-        model.fit(X, y)
-        assert model.predict(a).all() and not model.predict(b).any()
+    for growth in ("top-down", "bottom-up"):
+        for model in (DecisionBranchClassifier(growth=growth, random_state=0),
+                      DecisionBranchEnsemble(growth=growth, random_state=0)):
+            model.fit(X, y)
+            assert model.predict(a).all() and not model.predict(b).any()
 
 
 def test_ensemble_counts_each_member_once_and_needs_a_majority(rng):
@@ -183,6 +189,8 @@ def test_estimator_api(rng):
     ({"subsets": [(40,)]}, np.zeros((3, 32), np.uint8), [1, 0, 0], "dims"),
     ({"subsets": []}, np.zeros((3, 32), np.uint8), [1, 0, 0], "at least one"),
     ({"random_state": "x"}, np.zeros((3, 32), np.uint8), [1, 0, 0], "random_state"),
+    ({"growth": "sideways"}, np.zeros((3, 32), np.uint8), [1, 0, 0], "growth"),
+    ({"growth": None}, np.zeros((3, 32), np.uint8), [1, 0, 0], "growth"),
 ])
 def test_bad_arguments_are_refused_clearly(kwargs, X, y, match):
     with pytest.raises(InvalidArgument, match=match):
@@ -214,3 +222,98 @@ def test_a_single_positive_and_identical_negatives(rng):
     X[0] = 9
     model.fit(X, [1, 0, 0, 0])
     assert model.predict(X).tolist() == [1, 0, 0, 0]
+
+
+# -- bottom-up growth against a slow, obvious reference ---------------------------------------------
+def _gini_score(p_in, n_in, p_out, n_out):
+    s = 0.0
+    if p_in + n_in > 0:
+        s += (p_in * p_in + n_in * n_in) / (p_in + n_in)
+    if p_out + n_out > 0:
+        s += (p_out * p_out + n_out * n_out) / (p_out + n_out)
+    return -s
+
+
+def _reference_bottom_up(X, pw, nw, seed, order, min_pts):
+    """The original decision branch growth, spelled out with numpy (inclusive integer bounds)."""
+    X = X.astype(np.int64)
+    n = len(X)
+    active = (pw > 0) | (nw > 0)
+    lo, hi = np.zeros(32, np.int64), np.full(32, 255, np.int64)
+    p_tot, n_tot = pw[active].sum(), nw[active].sum()
+    equal = active & (np.arange(n) != seed)
+
+    def nearest_positive(d, step):
+        others = active & (pw > 0) & (np.arange(n) != seed) & ((X[:, d] - X[seed, d]) * step > 0)
+        if not others.any():
+            return X[seed, d]
+        return X[others, d].min() if step > 0 else X[others, d].max()
+
+    for d in order:  # the seed box
+        sv = X[seed, d]
+        above = X[equal & (X[:, d] > sv), d]
+        below = X[equal & (X[:, d] < sv), d]
+        hi[d] = above.min() - 1 if len(above) else nearest_positive(d, 1)
+        lo[d] = below.max() + 1 if len(below) else nearest_positive(d, -1)
+        equal &= X[:, d] == sv
+
+    def inside(dims):
+        ok = active.copy()
+        for e in dims:
+            ok &= (lo[e] <= X[:, e]) & (X[:, e] <= hi[e])
+        return ok
+
+    for d in order:  # one expansion pass
+        slab = inside([e for e in order if e != d])
+        box = slab & (lo[d] <= X[:, d]) & (X[:, d] <= hi[d])
+        p_in, n_in = pw[box].sum(), nw[box].sum()
+        new = {}
+        for step in (-1, 1):
+            start = lo[d] if step < 0 else hi[d]
+            beyond = slab & ((X[:, d] - start) * step > 0)
+            values = sorted(set(X[beyond, d].tolist()), key=lambda v: (v - start) * step)
+            inner = start
+            if (beyond & (pw > 0)).any():
+                best = _gini_score(p_in, n_in, p_tot - p_in, n_tot - n_in)
+                ap, an, bp, bn = p_in, n_in, p_in, n_in
+                for v in values[:min_pts]:
+                    at = beyond & (X[:, d] == v)
+                    ap, an = ap + pw[at].sum(), an + nw[at].sum()
+                    s = _gini_score(ap, an, p_tot - ap, n_tot - an)
+                    if s < best:
+                        best, inner, bp, bn = s, v, ap, an
+                p_in, n_in = bp, bn
+            outer = [v for v in values if (v - inner) * step > 0]
+            if not outer:
+                new[step] = 0 if step < 0 else 255
+            else:
+                new[step] = -((-(inner + outer[0])) // 2) if step < 0 else (inner + outer[0]) // 2
+        lo[d], hi[d] = new[-1], new[1]
+    box = inside(order)
+    return lo, hi, _gini_score(pw[box].sum(), nw[box].sum(), p_tot - pw[box].sum(), n_tot - nw[box].sum())
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=datasets(max_rows=120), k=st.sampled_from([1, 2, 4, 6, 8]), min_pts=st.sampled_from([1, 3, 50]),
+       order_seed=st.integers(0, 2**32 - 1))
+def test_bottom_up_box_equals_the_numpy_reference(data, k, min_pts, order_seed):
+    from engine.learn import branches
+
+    X, y, w, _, _ = data
+    w = np.ones(len(X)) if w is None else w
+    if w[0] == 0:
+        w = w + 0.5
+    pw, nw = np.where(y, w, 0.0), np.where(y, 0.0, w)
+    rng = np.random.default_rng(order_seed)
+    seed = int(rng.choice(np.flatnonzero(pw > 0)))
+    order = rng.permutation(32)[:k].astype(np.int64)
+    lo, hi = np.zeros(32, np.int64), np.zeros(32, np.int64)
+    n = len(X)
+    score, p_in, n_in = branches._grow_box_bottom_up(
+        X, pw, nw, (pw > 0) | (nw > 0), seed, order, k, min_pts, lo, hi, np.zeros(n, np.int64),
+        np.zeros(256), np.zeros(256), np.zeros(256, np.bool_))
+    ref_lo, ref_hi, ref_score = _reference_bottom_up(X, pw, nw, seed, order, min_pts)
+    np.testing.assert_array_equal(lo, ref_lo)
+    np.testing.assert_array_equal(hi, ref_hi)
+    assert score == pytest.approx(ref_score)
+    assert (lo[order] <= X[seed, order]).all() and (X[seed, order] <= hi[order]).all()  # the seed is inside

@@ -20,6 +20,8 @@ from .base import BoxClassifierMixin, check_codes, check_labels, check_weights
 
 # bootstrap option -> kernel mode: no resampling, all rows, negatives only.
 _BOOTSTRAP = {False: 0, True: 1, "negatives": 2}
+# growth option -> kernel mode.
+GROWTH = {"top-down": branches.TOP_DOWN, "bottom-up": branches.BOTTOM_UP}
 # (subset size, how many): the original's family of 104 subsets.
 DEFAULT_FAMILY = ((4, 64), (6, 32), (8, 8))
 
@@ -96,11 +98,13 @@ class _BranchBase(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
             min_pts = int(self.min_pts)
         else:
             raise InvalidArgument(f"min_pts must be 'auto' or a positive integer, got {self.min_pts!r}")
+        if not isinstance(self.growth, str) or self.growth not in GROWTH:
+            raise InvalidArgument(f"growth must be one of {', '.join(GROWTH)}, got {self.growth!r}")
         for name in ("max_boxes", "max_failures"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
-        return X, pos_w, neg_w, subsets, sizes, n_try, min_pts
+        return X, pos_w, neg_w, subsets, sizes, n_try, min_pts, GROWTH[self.growth]
 
     def _finish(self, boxes: BoxSet, min_votes: int, subsets: np.ndarray, sizes: np.ndarray):
         self.subsets_ = [tuple(int(d) for d in row[:k]) for row, k in zip(subsets, sizes, strict=True)]
@@ -126,12 +130,16 @@ class DecisionBranchClassifier(_BranchBase):
         ensemble needs ~11 positives to beat k-NN with it and ~8 with 50.
     subset_fraction : float
         Share of the subsets tried for each box (1.0: all of them).
+    growth : "bottom-up" or "top-down"
+        How a box grows around its seed (:mod:`engine.learn.branches`): bottom-up as the
+        original code does (default), or top-down, one cut after another like a tree's branch.
     random_state : None, int or numpy Generator
     """
 
     def __init__(self, *, subsets=None, max_boxes=30, max_failures=5, min_pts=50, subset_fraction=1.0,
-                 random_state=None):
+                 growth="bottom-up", random_state=None):
         self.subsets = subsets
+        self.growth = growth
         self.max_boxes = max_boxes
         self.max_failures = max_failures
         self.min_pts = min_pts
@@ -139,9 +147,9 @@ class DecisionBranchClassifier(_BranchBase):
         self.random_state = random_state
 
     def fit(self, X, y, sample_weight=None):
-        X, pos_w, neg_w, subsets, sizes, n_try, min_pts = self._prepare(X, y, sample_weight)
+        X, pos_w, neg_w, subsets, sizes, n_try, min_pts, growth = self._prepare(X, y, sample_weight)
         lo, hi = branches.grow_model(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
-                                     int(self.max_failures), min_pts, np.uint64(_seed(self.random_state)))
+                                     int(self.max_failures), min_pts, np.uint64(_seed(self.random_state)), growth)
         return self._finish(BoxSet.from_arrays(lo, hi), 1, subsets, sizes)
 
 
@@ -164,8 +172,9 @@ class DecisionBranchEnsemble(_BranchBase):
     """
 
     def __init__(self, *, n_estimators=25, subsets=None, max_boxes=30, max_failures=5, min_pts=50,
-                 subset_fraction=0.5, bootstrap="negatives", random_state=None):
+                 subset_fraction=0.5, bootstrap="negatives", growth="bottom-up", random_state=None):
         self.n_estimators = n_estimators
+        self.growth = growth
         self.subsets = subsets
         self.max_boxes = max_boxes
         self.max_failures = max_failures
@@ -180,8 +189,9 @@ class DecisionBranchEnsemble(_BranchBase):
             raise InvalidArgument(f"n_estimators must be a positive integer, got {n!r}")
         if self.bootstrap not in _BOOTSTRAP:
             raise InvalidArgument(f"bootstrap must be True, False or 'negatives', got {self.bootstrap!r}")
-        X, pos_w, neg_w, subsets, sizes, n_try, min_pts = self._prepare(X, y, sample_weight)
+        X, pos_w, neg_w, subsets, sizes, n_try, min_pts, growth = self._prepare(X, y, sample_weight)
         seeds = np.random.default_rng(_seed(self.random_state)).integers(0, 2**63, size=int(n), dtype=np.uint64)
         lo, hi, member = branches.grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
-                                                int(self.max_failures), min_pts, seeds, _BOOTSTRAP[self.bootstrap])
+                                                int(self.max_failures), min_pts, seeds, _BOOTSTRAP[self.bootstrap],
+                                                growth)
         return self._finish(BoxSet.from_arrays(lo, hi, member), int(n) // 2 + 1, subsets, sizes)
