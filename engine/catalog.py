@@ -621,52 +621,86 @@ class Catalog:
             raise UnknownIds(np.asarray(ids)[pos < 0].tolist())
         return pos
 
-    def refine(self, positives, negatives=(), model: str = "ensemble", sampled_negatives: int = 500,
-               negative_weight: float = 1.0, random_state=None, filter_sampled: bool = True) -> Result:
+    def refine(self, positives, negatives=(), model="ensemble", sampled_negatives: int = 500,
+               negative_weight: float = 1.0, random_state=None, filter_sampled: bool = True,
+               guide: bool = True, suggestions: int = 60) -> Result:
         """Train ``model`` on the labelled ids plus sampled negatives and return every image of
         the catalog it classifies as positive, ranked by votes, then by distance to the
-        positives' mean code, then block position.
+        positives' mean code, then block position, with up to ``suggestions`` unlabelled ids to
+        label next (``Result.suggestions``).
 
-        ``model`` is ``"ensemble"`` (25 decision branch models, majority vote), ``"branch"``,
-        ``"tree"`` or ``"forest"`` (scikit-learn models turned into boxes). Sampled negatives
-        come from a fixed random pool of catalog rows, skipping labelled ids, and (with
-        ``filter_sampled``) those that look more like the positives than like the catalog
-        (:func:`engine.refine.reliable_negatives`); user negatives weigh ``negative_weight``
-        times a sampled one. Works on read-only catalogs.
+        ``model`` is ``"ensemble"`` (25 decision branch models voting), ``"branch"``, ``"tree"``
+        or ``"forest"`` (scikit-learn models turned into boxes), or an unfitted box classifier
+        of :mod:`engine.learn`. Sampled negatives come from a fixed random pool of catalog rows,
+        skipping labelled ids, and (with ``filter_sampled``) those that look more like the
+        positives than like the catalog (:func:`engine.refine.reliable_negatives`); user
+        negatives weigh ``negative_weight`` times a sampled one. With ``guide`` (the default) a
+        linear guide fitted on that set relabels the sample, adds pool rows it scores positive
+        to the positives and sets the ensemble's vote threshold (:mod:`engine.guide`);
+        ``guide=False`` trains on the labels and the sample alone, as the original system did.
+        Works on read-only catalogs.
         """
         from . import refine as rf
 
         model, sampled_negatives, negative_weight = rf.check_options(model, sampled_negatives, negative_weight)
         random_state = rf.check_random_state(random_state)
+        n_suggest = rf.check_suggestions(suggestions)
         pos, neg = rf.check_labels(positives, negatives)
         t0 = time.perf_counter()
         index = self.block_index()
-        if index.n_rows == 0:
-            raise UnknownIds(pos.tolist())
-        train = rf.assemble(index.cols, self._positions(pos), self._positions(neg),
-                            self._negative_pool(sampled_negatives), sampled_negatives, negative_weight,
-                            filter_sampled)
+        train = self._training_set(pos, neg, sampled_negatives, negative_weight, filter_sampled, bool(guide))
         t1 = time.perf_counter()
-        estimator = rf.make_model(model, self.feature_subsets(), random_state).fit(train.X, train.y,
-                                                                                   sample_weight=train.w)
+        estimator = rf.fit_round(train, index.cols, model, self.feature_subsets(), random_state)
+        min_votes = int(estimator.min_votes_)
+        n_members = int(getattr(estimator, "n_estimators", 1))
         t2 = time.perf_counter()
         center = rf.center_code(train.pos_codes)
-        sel = query.select(index, estimator.boxes_, estimator.min_votes_, center=center)
+        low = max(1, min_votes - rf.SUGGEST_VOTE_MARGIN + 1) if n_suggest and n_members > 1 else min_votes
+        sel = query.select(index, estimator.boxes_, low, center=center)
+        n_results = int(np.searchsorted(-sel.votes, -min_votes, side="right"))  # votes rank first
         t3 = time.perf_counter()
-        sql = estimator.boxes_.to_sql("codes", min_votes=estimator.min_votes_, center=center.tolist())
+        suggested = rf.suggest(index, sel, min_votes, n_members, train, np.concatenate([pos, neg]), n_suggest)
+        t4 = time.perf_counter()
+        sql = estimator.boxes_.to_sql("codes", min_votes=min_votes, center=center.tolist())
         stats = {
-            "model": model, "positives": int(len(pos)), "negatives": int(len(neg)),
+            "model": rf.model_name(model), "positives": int(len(pos)), "negatives": int(len(neg)),
             "sampled_negatives": train.n_sampled, "sampled_dropped": train.n_dropped,
-            "negative_weight": negative_weight,
-            "boxes": len(estimator.boxes_), "min_votes": int(estimator.min_votes_),
+            "negative_weight": negative_weight, "guided": train.guided,
+            "pseudo_positives": train.n_pseudo,
+            "boxes": len(estimator.boxes_), "members": n_members, "min_votes": min_votes,
             "time_sample_ms": (t1 - t0) * 1e3, "time_train_ms": (t2 - t1) * 1e3,
-            "time_query_ms": (t3 - t2) * 1e3, "time_total_ms": (t3 - t0) * 1e3,
+            "time_query_ms": (t3 - t2) * 1e3, "time_suggest_ms": (t4 - t3) * 1e3,
+            "time_total_ms": (t4 - t0) * 1e3,
             "rows": index.n_rows, "blocks": sel.stats["blocks"], "blocks_touched": sel.stats["blocks_touched"],
             "rows_touched": sel.stats["rows_in_touched_blocks"],
             "share_touched": sel.stats["rows_in_touched_blocks"] / max(index.n_rows, 1),
-            "results": int(len(sel.ids)),
+            "results": n_results, "suggestions": int(len(suggested)),
         }
-        return rf.Result(sel.ids, sel.votes.astype(np.int64), sql, stats, estimator)
+        return rf.Result(sel.ids[:n_results], sel.votes[:n_results].astype(np.int64), sql, stats, estimator,
+                         suggested)
+
+    def training_set(self, positives, negatives=(), sampled_negatives: int = 500, negative_weight: float = 1.0,
+                     filter_sampled: bool = True, guide: bool = False):
+        """The training set a refine round with these labels and options fits its model on
+        (:class:`engine.refine.Training`: codes ``X``, labels ``y``, weights ``w``), for
+        training other models on exactly what ``refine`` sees. ``guide`` as in :meth:`refine`
+        (default off here: the labels and the sample alone)."""
+        from . import refine as rf
+
+        _, sampled_negatives, negative_weight = rf.check_options("ensemble", sampled_negatives, negative_weight)
+        pos, neg = rf.check_labels(positives, negatives)
+        return self._training_set(pos, neg, sampled_negatives, negative_weight, filter_sampled, bool(guide))
+
+    def _training_set(self, pos: np.ndarray, neg: np.ndarray, sampled_negatives: int, negative_weight: float,
+                      filter_sampled: bool, guide: bool):
+        from . import refine as rf
+
+        index = self.block_index()
+        if index.n_rows == 0:
+            raise UnknownIds(pos.tolist())
+        return rf.assemble(index.cols, self._positions(pos), self._positions(neg),
+                           self._negative_pool(sampled_negatives), sampled_negatives, negative_weight,
+                           filter_sampled, guide)
 
     def _negative_pool(self, size: int) -> np.ndarray:
         from . import refine as rf

@@ -229,7 +229,7 @@ def cmd_refine(args) -> int:
     with Catalog.open(args.catalog, read_only=True) as cat:
         result = cat.refine(args.positive, args.negative or (), model=args.model,
                             sampled_negatives=args.sampled_negatives, negative_weight=args.negative_weight,
-                            random_state=args.seed)
+                            random_state=args.seed, guide=not args.no_guide, suggestions=args.suggestions)
         return _print_result(cat, result, args)
 
 
@@ -247,6 +247,8 @@ def _print_result(cat: Catalog, result, args) -> int:
         print(f"{i}\t{score}" + (f"\t{labels.get(i)}" if labels else ""))
     s = result.stats
     print(f"# {s['results']} results; {s['time_total_ms']:.1f} ms", file=sys.stderr)
+    if len(result.suggestions):
+        print("# label next: " + ",".join(str(i) for i in result.suggestions.tolist()), file=sys.stderr)
     return 0
 
 
@@ -449,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampled-negatives", type=int, default=500)
     s.add_argument("--negative-weight", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=None, help="random_state of the model (reproducible results)")
+    s.add_argument("--no-guide", action="store_true",
+                   help="train on the labels and the sampled negatives alone, without the linear guide")
+    s.add_argument("--suggestions", type=int, default=60, help="unlabelled ids to suggest labelling next")
     s.add_argument("--limit", type=int, default=1000, help="ids to print (default 1000; the count is always total)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_refine)

@@ -122,6 +122,15 @@ def prepare_boxes(boxset: BoxSet) -> tuple[np.ndarray, ...]:
     return lo, hi, np.ascontiguousarray(dims), ndims, member.astype(np.int64)
 
 
+def votes(cols: np.ndarray, boxset: BoxSet) -> np.ndarray:
+    """Member votes of each row of ``cols`` (uint8 (n_dims, n), C-contiguous) without an index:
+    int32 (n,). For small row sets; :func:`select` is the way over a catalog."""
+    if len(boxset) == 0 or cols.shape[1] == 0:
+        return np.zeros(cols.shape[1], np.int32)
+    lo, hi, dims, ndims, member = prepare_boxes(boxset)
+    return scan.row_votes(np.ascontiguousarray(cols), lo, hi, dims, ndims, member)
+
+
 def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1, center: np.ndarray | None = None) -> Selection:
     """Every row inside at least one box, with at least ``min_votes`` member votes, ranked by
     votes, then (with an integer code ``center``) squared distance to it, then block position."""

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import query
 from .errors import InvalidArgument
+from .guide import Guide, choose_min_votes, fit_guide
+from .guide import suggest as suggest_by_guide
 
 DEFAULT_SAMPLED_NEGATIVES = 500
 MAX_SAMPLED_NEGATIVES = 100_000
@@ -21,6 +24,13 @@ MAX_SAMPLED_NEGATIVES = 100_000
 # results change only when the labels (or random_state, for the model) do.
 POOL_SEED = 0x5EED
 POOL_SIZE = 16_384
+# Guided rounds: unlabelled pool rows the guide may add as positives, and pool rows (not trained
+# on) that calibrate the vote threshold and feed the suggestions.
+PSEUDO_POSITIVES = 250
+HELD_OUT = 8_192
+# Suggestions: rows whose votes lie within this many of the threshold are near the boundary.
+SUGGEST_VOTE_MARGIN = 4
+DEFAULT_SUGGESTIONS = 60
 _ID_TEXT = re.compile(r"-?[0-9]{1,40}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
@@ -34,6 +44,8 @@ class Result:
     sql : a SELECT that returns the same ids in the same order when run on the catalog file
     stats : times per phase (ms), rows touched, result count, ...
     model : the fitted estimator of a refine round (its ``boxes_`` are what the SQL tests)
+    suggestions : int64, refine only: unlabelled ids to label next, near the model's boundary
+        and spread out (see :func:`suggest`)
     """
 
     ids: np.ndarray
@@ -41,11 +53,12 @@ class Result:
     sql: str
     stats: dict
     model: object = field(default=None, repr=False)
+    suggestions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def to_json(self, limit: int | None = None) -> dict:
         ids = self.ids if limit is None else self.ids[:limit]
         return {"ids": ids.tolist(), "scores": self.scores[: len(ids)].tolist(), "sql": self.sql,
-                "stats": self.stats, "results": int(len(self.ids))}
+                "stats": self.stats, "results": int(len(self.ids)), "suggestions": self.suggestions.tolist()}
 
 
 def parse_ids(values, what: str) -> np.ndarray:
@@ -110,9 +123,13 @@ def check_random_state(random_state):
     return int(random_state)
 
 
-def check_options(model: str, sampled_negatives, negative_weight) -> tuple[str, int, float]:
-    if not isinstance(model, str) or model not in MODELS:
-        raise InvalidArgument(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+def check_options(model, sampled_negatives, negative_weight) -> tuple[object, int, float]:
+    """``model`` is a name of :data:`MODELS` or an unfitted box classifier of :mod:`engine.learn`."""
+    from .learn.base import BoxClassifierMixin
+
+    if not isinstance(model, BoxClassifierMixin) and (not isinstance(model, str) or model not in MODELS):
+        raise InvalidArgument(f"unknown model {model!r}; choose one of {', '.join(MODELS)} "
+                              "or pass a box classifier of engine.learn")
     if isinstance(sampled_negatives, bool) or not isinstance(sampled_negatives, (int, np.integer)):
         raise InvalidArgument(f"sampled_negatives must be an integer, got {sampled_negatives!r}")
     if not 0 <= sampled_negatives <= MAX_SAMPLED_NEGATIVES:
@@ -124,6 +141,15 @@ def check_options(model: str, sampled_negatives, negative_weight) -> tuple[str, 
     if isinstance(negative_weight, bool) or not np.isfinite(weight) or not 0 < weight <= 1e6:
         raise InvalidArgument(f"negative_weight must be a positive number up to 1e6, got {negative_weight!r}")
     return model, int(sampled_negatives), weight
+
+
+MAX_SUGGESTIONS = 1000
+
+
+def check_suggestions(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_SUGGESTIONS:
+        raise InvalidArgument(f"suggestions must be an integer in 0..{MAX_SUGGESTIONS}, got {n!r}")
+    return int(n)
 
 
 def negative_pool(n_rows: int, size: int) -> np.ndarray:
@@ -142,7 +168,14 @@ def sample_negatives(pool: np.ndarray, count: int, exclude: np.ndarray) -> np.nd
 @dataclass
 class Training:
     """A refine round's training set: ``X`` uint8 (n, 32), ``y`` int64, ``w`` float64; the
-    positives' codes; how many rows were sampled and how many of them were dropped."""
+    labelled positives' codes; how many rows were sampled and how many of them were dropped.
+
+    Every round also holds a :class:`~engine.guide.Guide` fitted on the labels and the sample
+    (it ranks the suggestions), ``free``: row positions of every unlabelled pool row (suggestion
+    candidates), and ``held``: those of them no model trains on. A ``guided`` round let the
+    guide relabel the sample and add ``n_pseudo`` pool rows as positives, and calibrates its
+    vote threshold on ``held``.
+    """
 
     X: np.ndarray
     y: np.ndarray
@@ -150,22 +183,89 @@ class Training:
     pos_codes: np.ndarray
     n_sampled: int
     n_dropped: int
+    guide: Guide
+    free: np.ndarray
+    held: np.ndarray
+    guided: bool = False
+    n_pseudo: int = 0
 
 
 def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarray, count: int,
-             negative_weight: float, filter_sampled: bool = True) -> Training:
+             negative_weight: float, filter_sampled: bool = True, guided: bool = False,
+             pseudo_positives: int = PSEUDO_POSITIVES) -> Training:
     """The training set of a refine round, from row positions into ``cols`` (uint8 (32, n)):
     labelled positives ``pos`` and negatives ``neg``, and up to ``count`` rows of ``pool``
-    that are not labelled, less those :func:`reliable_negatives` drops."""
+    that are not labelled, less those :func:`reliable_negatives` drops.
+
+    ``guided``: a :class:`~engine.guide.Guide` is fitted on that set; the sampled rows it scores
+    positive are dropped from the negatives, and up to ``pseudo_positives`` further unlabelled
+    pool rows that it scores positive join the positives (see :mod:`engine.guide`).
+    """
     pos_codes = np.ascontiguousarray(cols[:, pos].T)
     neg_codes = np.ascontiguousarray(cols[:, neg].T)
-    sampled = sample_negatives(pool, count, np.concatenate([pos, neg]))
+    free = pool[~np.isin(pool, np.concatenate([pos, neg]))]
+    sampled, rest = free[:count], free[count:]
     sampled_codes = np.ascontiguousarray(cols[:, sampled].T)
     n_sampled = len(sampled)
     if filter_sampled:
         sampled_codes = sampled_codes[reliable_negatives(sampled_codes, pos_codes)]
     X, y, w = training_set(pos_codes, neg_codes, sampled_codes, negative_weight)
-    return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes))
+    guide = fit_guide(X, y, w)
+    if not guided:
+        return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, free,
+                        rest[:HELD_OUT])
+    sampled_codes = np.ascontiguousarray(cols[:, sampled].T)
+    sampled_codes = sampled_codes[guide.score(sampled_codes) <= 0]
+    rest_codes = np.ascontiguousarray(cols[:, rest].T)
+    pseudo = np.flatnonzero(guide.score(rest_codes) > 0)[:pseudo_positives]
+    X, y, w = training_set(np.concatenate([pos_codes, rest_codes[pseudo]]), neg_codes, sampled_codes,
+                           negative_weight)
+    return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, free,
+                    np.delete(rest, pseudo)[:HELD_OUT], True, len(pseudo))
+
+
+def fit_round(train: Training, cols: np.ndarray, model, subsets: Sequence[Sequence[int]], random_state):
+    """The fitted estimator of a refine round on its training set, with its vote threshold
+    calibrated (:func:`calibrate`): what ``Catalog.refine`` applies to the catalog."""
+    estimator = make_model(model, subsets, random_state).fit(train.X, train.y, sample_weight=train.w)
+    calibrate(estimator, train, cols)
+    return estimator
+
+
+def calibrate(estimator, train: Training, cols: np.ndarray) -> int:
+    """Set a fitted ensemble's ``min_votes_`` to the threshold on which it agrees best with the
+    round's guide on the held-out pool rows (:func:`engine.guide.choose_min_votes`); returns it.
+    Single models and unguided rounds keep their own threshold."""
+    n_members = int(getattr(estimator, "n_estimators", 1))
+    if not train.guided or n_members <= 1 or len(train.held) == 0:
+        return int(estimator.min_votes_)
+    held = np.ascontiguousarray(cols[:, train.held])
+    votes = query.votes(held, estimator.boxes_)
+    estimator.min_votes_ = choose_min_votes(votes, train.guide.score(held.T) > 0, n_members,
+                                            estimator.min_votes_)
+    return int(estimator.min_votes_)
+
+
+def suggest(index: query.BlockIndex, sel: query.Selection, min_votes: int, n_members: int, train: Training,
+            labelled: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` unlabelled ids whose labels would teach the next round most.
+
+    Candidates are the rows near the vote threshold, from a selection made with a threshold
+    :data:`SUGGEST_VOTE_MARGIN` lower (votes within the margin of ``min_votes`` on either side:
+    where the members disagree), and the unlabelled rows of the round's pool (a random sample of
+    the catalog, which reaches rows no box holds). They are ranked by the round's guide's uncertainty, and the
+    picks spread out so that no two are near-duplicates (:func:`engine.guide.suggest`).
+    """
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    near = np.abs(sel.votes.astype(np.int64) - min_votes) < SUGGEST_VOTE_MARGIN if n_members > 1 else \
+        np.zeros(len(sel.ids), bool)
+    cand = np.unique(np.concatenate([sel.ids[near], index.ids[train.free]]))
+    cand = cand[~np.isin(cand, labelled)]
+    if len(cand) == 0:
+        return np.zeros(0, np.int64)
+    codes = np.ascontiguousarray(index.cols[:, index.positions(cand)].T)
+    return cand[suggest_by_guide(codes, train.guide, n)]
 
 
 def reliable_negatives(sampled_codes: np.ndarray, pos_codes: np.ndarray) -> np.ndarray:
@@ -222,9 +322,26 @@ MODEL_FACTORIES = {"ensemble": _ensemble, "branch": _branch, "tree": _tree, "for
 MODELS = tuple(MODEL_FACTORIES)
 
 
-def make_model(name: str, subsets: Sequence[Sequence[int]], random_state):
-    """An unfitted estimator for a model name of :data:`MODELS`."""
-    return MODEL_FACTORIES[name](subsets, random_state)
+def make_model(model, subsets: Sequence[Sequence[int]], random_state):
+    """An unfitted estimator for a model name of :data:`MODELS`, or a clone of an estimator
+    with the catalog's ``subsets`` (where it names none) and ``random_state`` (unless None)."""
+    if isinstance(model, str):
+        return MODEL_FACTORIES[model](subsets, random_state)
+    from sklearn.base import clone
+
+    est = clone(model)
+    params = est.get_params(deep=False)
+    updates = {}
+    if "subsets" in params and params["subsets"] is None:
+        updates["subsets"] = subsets
+    if random_state is not None:
+        updates["random_state"] = _sklearn_seed(random_state)
+    return est.set_params(**updates)
+
+
+def model_name(model) -> str:
+    """The name a refine round reports for ``model``: its menu name, or its class name."""
+    return model if isinstance(model, str) else type(model).__name__
 
 
 def training_set(pos_codes: np.ndarray, neg_codes: np.ndarray, sampled_codes: np.ndarray,

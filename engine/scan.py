@@ -391,10 +391,11 @@ scan_blocks_serial = numba.njit(cache=True)(_twin(_scan_blocks, "_serial"))
 
 
 @numba.njit(parallel=True, cache=True)
-def full_scan(cols, box_lo, box_hi, box_dims, box_ndims, box_member, n_members, min_votes):
-    """Baseline without an index: test every row against every box, row by row.
+def row_votes(cols, box_lo, box_hi, box_dims, box_ndims, box_member):
+    """Member votes of every row, testing each row against every box: int32 (n_rows,).
 
-    Returns ``(pos, votes)`` like :func:`scan_blocks`; used by benchmarks and as a reference.
+    No index: for small row sets (a refine round's held-out sample) and as the baseline of
+    :func:`full_scan`.
     """
     n_rows = cols.shape[1]
     votes = np.zeros(n_rows, dtype=np.int32)
@@ -417,5 +418,14 @@ def full_scan(cols, box_lo, box_hi, box_dims, box_ndims, box_member, n_members, 
                 v += 1
                 last_member = m
         votes[r] = v
+    return votes
+
+
+def full_scan(cols, box_lo, box_hi, box_dims, box_ndims, box_member, n_members, min_votes):
+    """Baseline without an index: test every row against every box, row by row.
+
+    Returns ``(pos, votes)`` like :func:`scan_blocks`; used by benchmarks and as a reference.
+    """
+    votes = row_votes(cols, box_lo, box_hi, box_dims, box_ndims, box_member)
     pos = np.flatnonzero(votes >= max(1, min_votes))
     return pos.astype(np.int64), votes[pos]

@@ -209,6 +209,11 @@ def test_search_and_refine_through_the_cli(demo):
         assert [row[0] for row in con.execute(refined["sql"]).fetchall()] == refined["ids"]
     finally:
         con.close()
+    sug = refined["suggestions"]
+    assert len(sug) == len(set(sug)) == 60 and not set(sug) & {*boots, *others} and set(sug) <= set(labels)
+    r = _cli(*[a for a in args if a != "--json"], "--suggestions", "5", "--no-guide")
+    assert r.returncode == 0, r.stderr
+    assert "# label next: " in r.stderr and len(r.stderr.split("# label next: ")[1].split(",")) == 5
     r = _cli("refine", str(demo), "--positive", "1,x")
     assert r.returncode == 2 and "not an integer" in r.stderr and "Traceback" not in r.stderr
     r = _cli("search", str(demo))

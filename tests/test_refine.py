@@ -36,14 +36,15 @@ def _expected_order(model, codes, ids, pos_of, center):
     return ids[keep][order], votes[keep][order]
 
 
+@pytest.mark.parametrize("guide", [True, False])
 @pytest.mark.parametrize("model", MODELS)
-def test_refine_returns_every_positive_ranked_as_its_sql_does(catalog, model):
+def test_refine_returns_every_positive_ranked_as_its_sql_does(catalog, model, guide):
     path, codes, labels = catalog
     ids = np.arange(1000, 4000)
     positives = ids[labels == 2][:8]
     negatives = ids[labels == 4][:3]
     with engine.Catalog.open(path, read_only=True) as cat:
-        res = cat.refine(positives, negatives, model=model, random_state=3)
+        res = cat.refine(positives, negatives, model=model, random_state=3, guide=guide)
         pos_table = cat.sql("SELECT id, pos FROM codes ORDER BY id")
     pos_of = pos_table.column("pos").to_numpy()
     center = rf.center_code(codes[positives - 1000])
@@ -60,7 +61,10 @@ def test_refine_returns_every_positive_ranked_as_its_sql_does(catalog, model):
     s = res.stats
     assert s["model"] == model and s["results"] == len(res.ids) and s["positives"] == 8 and s["negatives"] == 3
     assert s["sampled_negatives"] == 500 and 0 < s["sampled_dropped"] < 250 and 0 < s["share_touched"] <= 1
-    assert all(s[k] >= 0 for k in ("time_sample_ms", "time_train_ms", "time_query_ms", "time_total_ms"))
+    assert all(s[k] >= 0 for k in ("time_sample_ms", "time_train_ms", "time_query_ms", "time_suggest_ms",
+                                   "time_total_ms"))
+    assert s["guided"] is guide and s["min_votes"] == res.model.min_votes_ and (s["pseudo_positives"] > 0) is guide
+    assert s["suggestions"] == len(res.suggestions)
     # well separated clusters: the labelled class comes back, and little else
     got = set(res.ids.tolist())
     true = set(ids[labels == 2].tolist())
@@ -86,8 +90,8 @@ def test_sampled_rows_that_look_like_the_positives_are_dropped(catalog):
     ids = np.arange(1000, 4000)
     positives = ids[labels == 5][:6]
     with engine.Catalog.open(path, read_only=True) as cat:
-        kept = cat.refine(positives, model="tree", random_state=0)
-        unfiltered = cat.refine(positives, model="tree", random_state=0, filter_sampled=False)
+        kept = cat.refine(positives, model="tree", random_state=0, guide=False)
+        unfiltered = cat.refine(positives, model="tree", random_state=0, filter_sampled=False, guide=False)
     assert kept.stats["sampled_negatives"] == unfiltered.stats["sampled_negatives"] == 500
     assert unfiltered.stats["sampled_dropped"] == 0
     tree, full = kept.model.estimator_.tree_, unfiltered.model.estimator_.tree_
@@ -104,7 +108,7 @@ def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog)
     ids = np.arange(1000, 4000)
     with engine.Catalog.open(path, read_only=True) as cat:
         res = cat.refine(ids[labels == 0][:4], ids[labels == 3][:4], sampled_negatives=0, model="tree",
-                         random_state=0)
+                         random_state=0, guide=False)
         assert res.stats["sampled_negatives"] == 0
         X = np.concatenate([codes[ids[labels == 0][:4] - 1000], codes[ids[labels == 3][:4] - 1000]])
         np.testing.assert_array_equal(res.model.estimator_.predict(X), [1, 1, 1, 1, 0, 0, 0, 0])
@@ -153,6 +157,11 @@ def test_bad_labels_are_refused_clearly(catalog, positives, negatives, error, ma
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"model": "svm"}, "unknown model"),
+    ({"model": object()}, "unknown model"),
+    ({"suggestions": -1}, "suggestions"),
+    ({"suggestions": 10**6}, "suggestions"),
+    ({"suggestions": "60"}, "suggestions"),
+    ({"suggestions": True}, "suggestions"),
     ({"sampled_negatives": -1}, "sampled_negatives"),
     ({"sampled_negatives": "500"}, "sampled_negatives"),
     ({"sampled_negatives": 10**9}, "sampled_negatives"),
@@ -259,3 +268,79 @@ def test_the_largest_seed_works_for_every_model(catalog):
     with engine.Catalog.open(path, read_only=True) as cat:
         for model in MODELS:
             assert cat.refine([1000], model=model, random_state=rf.MAX_SEED).stats["model"] == model
+
+
+# -- the guide and the suggestions ----------------------------------------------------------------
+@pytest.mark.parametrize("guide", [True, False])
+@pytest.mark.parametrize("model", MODELS)
+def test_suggestions_are_distinct_unlabelled_ids_of_the_catalog(catalog, model, guide):
+    path, _, labels = catalog
+    ids = np.arange(1000, 4000)
+    positives, negatives = ids[labels == 2][:8], ids[labels == 4][:3]
+    with engine.Catalog.open(path, read_only=True) as cat:
+        res = cat.refine(positives, negatives, model=model, random_state=1, guide=guide, suggestions=40)
+        none = cat.refine(positives, negatives, model=model, random_state=1, guide=guide, suggestions=0)
+    sug = res.suggestions
+    assert sug.dtype == np.int64 and len(sug) == len(set(sug.tolist())) <= 40
+    assert np.isin(sug, ids).all() and not np.isin(sug, np.concatenate([positives, negatives])).any()
+    assert len(sug) == 40  # the held-out pool rows alone are candidates enough here
+    assert len(none.suggestions) == 0
+    np.testing.assert_array_equal(none.ids, res.ids)  # suggestions never change the results
+    assert res.to_json()["suggestions"] == sug.tolist()
+
+
+def test_guided_suggestions_lie_near_the_boundary_and_are_spread_out(catalog):
+    path, codes, labels = catalog
+    ids = np.arange(1000, 4000)
+    positives = ids[labels == 2][:8]
+    with engine.Catalog.open(path, read_only=True) as cat:
+        res = cat.refine(positives, model="ensemble", random_state=0, suggestions=30)
+        train = cat.training_set(positives, guide=True)
+    margin = np.abs(train.guide.score(codes[res.suggestions - 1000]))
+    everyone = np.abs(train.guide.score(codes))
+    assert np.median(margin) < np.quantile(everyone, 0.25)  # nearer the boundary than most rows
+    sug = codes[res.suggestions - 1000].astype(np.int64)
+    d = ((sug[:, None, :] - sug[None, :, :]) ** 2).sum(axis=2)
+    assert (d[np.triu_indices(len(sug), 1)] > 0).all()  # no two the same code
+
+
+def test_guided_rounds_add_pseudo_positives_and_calibrate_the_vote_threshold(catalog):
+    path, codes, labels = catalog
+    ids = np.arange(1000, 4000)
+    positives = ids[labels == 3][:6]
+    with engine.Catalog.open(path, read_only=True) as cat:
+        train = cat.training_set(positives, guide=True)
+        plain = cat.training_set(positives)
+        res = cat.refine(positives, model="ensemble", random_state=0)
+        index = cat.block_index()
+    assert train.guided and train.n_pseudo > 0 and not plain.guided and plain.n_pseudo == 0
+    assert int(train.y.sum()) == len(positives) + train.n_pseudo
+    assert not np.isin(train.held, index.positions(positives)).any()
+    # the pseudo-positives are rows the guide scores positive, all of the labelled class here
+    extra = train.X[len(positives):int(train.y.sum())]
+    assert (train.guide.score(extra) > 0).all()
+    in_class = {tuple(c) for c in codes[labels == 3]}
+    assert all(tuple(c) in in_class for c in extra)
+    # the threshold is the one agreeing best with the guide on the held-out rows
+    held = np.ascontiguousarray(index.cols[:, train.held])
+    from engine import query
+    from engine.guide import choose_min_votes
+
+    votes = query.votes(held, res.model.boxes_)
+    assert res.model.min_votes_ == choose_min_votes(votes, train.guide.score(held.T) > 0, 25, 13)
+    assert res.stats["min_votes"] == res.model.min_votes_
+
+
+def test_an_estimator_can_be_passed_instead_of_a_name(catalog):
+    from engine.learn import DecisionBranchEnsemble
+
+    path, _, labels = catalog
+    positives = np.arange(1000, 4000)[labels == 1][:5]
+    est = DecisionBranchEnsemble(n_estimators=5, growth="top-down")
+    with engine.Catalog.open(path, read_only=True) as cat:
+        res = cat.refine(positives, model=est, random_state=4)
+        again = cat.refine(positives, model=est, random_state=4)
+    assert not hasattr(est, "boxes_")  # the caller's estimator is cloned, not fitted
+    assert res.model.n_estimators == 5 and res.model.subsets is not None
+    assert res.stats["model"] == "DecisionBranchEnsemble" and res.stats["members"] == 5
+    np.testing.assert_array_equal(res.ids, again.ids)
