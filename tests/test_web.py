@@ -33,7 +33,14 @@ def client(web_demo, web_demo_copy):
 
 
 def _ids(html: str) -> list[int]:
-    return [int(i) for i in re.findall(r'data-id="(\d+)"', html)]
+    """The image ids of the results grid (not of the Label next view)."""
+    return [int(i) for i in re.findall(r'data-id="(\d+)"', html.split('id="next-panel"')[0])]
+
+
+def _suggested(html: str) -> list[int]:
+    """The image ids of the Label next view."""
+    parts = html.split('id="next-panel"')
+    return [int(i) for i in re.findall(r'data-id="(\d+)"', parts[1])] if len(parts) > 1 else []
 
 
 _LABELS: dict[int, str] = {}
@@ -97,6 +104,11 @@ def test_refine_returns_every_positive_with_stats_sql_and_paging(client):
         seen += _ids(page)
         offset += 24
     assert len(seen) == total
+    # the Label next view: the round's suggestions, unlabelled, distinct, as the JSON twin has them
+    suggested = _suggested(r.text)
+    assert len(suggested) == len(set(suggested)) == 24 and not set(suggested) & {*pos, *neg}
+    assert set(suggested) <= set(labels) and 'id="tab-next"' in r.text
+    assert api["suggestions"] == suggested
 
 
 def test_more_like_this_and_image_upload(client, web_demo):

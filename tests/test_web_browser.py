@@ -199,3 +199,51 @@ def test_errors_show_a_message(page):
     page.click("#search-button")
     page.wait_for_selector("#results .error")
     assert "empty" in page.inner_text("#results .error")
+
+
+def test_label_next_view_shows_suggestions_to_label_and_fine_tune_again(browser, server):
+    for width, height in ((1280, 900), (390, 844)):  # a desktop and a phone
+        context = browser.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+        page.goto(server + "/")
+        _search(page, "sandal")
+        page.click("#all-positive")
+        page.click("#refine-button")
+        page.wait_for_selector(".result[data-kind=refine]")
+        assert page.locator("#next-panel").is_hidden() and page.locator("#grid").is_visible()
+        assert page.get_attribute("#tab-results", "aria-selected") == "true"
+        page.click("#tab-next")
+        assert page.locator("#next-panel").is_visible() and page.locator("#grid").is_hidden()
+        assert page.get_attribute("#tab-next", "aria-selected") == "true"
+        suggested = page.locator("#next-grid .thumb").evaluate_all("els => els.map(e => e.dataset.id)")
+        labelled = page.evaluate("() => Object.keys(JSON.parse(sessionStorage.getItem('clip-branches'))"
+                                 ".labels[document.getElementById('app').dataset.catalog])")
+        assert len(suggested) == len(set(suggested)) > 0 and not set(suggested) & set(labelled)
+        assert page.inner_text("#tab-next .count") == str(len(suggested))
+        page.wait_for_function("() => { const img = document.querySelector('#next-grid .thumb img');"
+                               " return img && img.complete && img.naturalWidth > 0; }")
+        OUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUT / f"label_next_{width}.png"), full_page=True)
+        # "All negative" acts on the view shown: the suggestions, not the results
+        page.click("#all-negative")
+        assert page.locator("#next-grid .thumb.neg").count() == len(suggested)
+        assert page.locator("#grid .thumb.neg").count() == 0
+        page.locator("#next-grid .thumb").first.click()  # negative -> unlabelled
+        assert page.locator("#next-grid .thumb.neg").count() == len(suggested) - 1
+        counts = page.inner_text("#label-counts")
+        assert f"{len(suggested) - 1} negative" in counts
+        # keyboard: arrows move between the two views
+        page.focus("#tab-next")
+        page.keyboard.press("ArrowLeft")
+        assert page.locator("#grid").is_visible() and page.locator("#next-panel").is_hidden()
+        # fine-tuning again sends the new labels and shows new suggestions
+        page.click("#refine-button")
+        page.wait_for_function("() => document.querySelector('#stats') && "
+                               f"document.querySelector('#stats').innerText.includes('{len(suggested) - 1} negative')")
+        again = page.locator("#next-grid .thumb").evaluate_all("els => els.map(e => e.dataset.id)")
+        assert again and not set(again) & set(suggested[1:])
+        context.close()
+        assert errors == [], errors

@@ -146,8 +146,9 @@ def _page(app: App, served: Served, result: engine.Result, offset: int, token: s
 def _result_context(app: App, served: Served, result: engine.Result, kind: str) -> dict:
     token = app.results.put(served.name, result)
     stats = dict(result.stats)
+    suggestions = [(i, "label next") for i in result.suggestions[: app.settings.page_size].tolist()]
     return {"kind": kind, "stats": stats, "sql": result.sql, "total": len(result.ids),
-            "rows": served.rows, **_page(app, served, result, 0, token)}
+            "rows": served.rows, "suggestions": suggestions, **_page(app, served, result, 0, token)}
 
 
 def _render(request: Request, name: str, context: dict) -> Template:
@@ -263,18 +264,18 @@ def refine(request: HTMXRequest,
            data: Annotated[RefineForm, Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
-    result = _refine(served, data)
+    result = _refine(app, served, data)
     return _render_result(request, app, served, result, "refine")
 
 
-def _refine(served: Served, data: RefineForm) -> engine.Result:
+def _refine(app: App, served: Served, data: RefineForm) -> engine.Result:
     if not 0 <= data.sampled_negatives <= 2000:
         raise InvalidArgument(f"negatives sampled must be in 0..2000, got {data.sampled_negatives}")
     if not 1 <= data.negative_weight <= 100:
         raise InvalidArgument(f"negative weight must be in 1..100, got {data.negative_weight}")
     return served.cat.refine(data.positives, data.negatives, model=data.model,
                              sampled_negatives=data.sampled_negatives, negative_weight=data.negative_weight,
-                             random_state=data.seed)
+                             random_state=data.seed, suggestions=app.settings.page_size)
 
 
 @get("/results/{token:str}", sync_to_thread=False)
@@ -374,8 +375,8 @@ def api_search(request: Request, q: Annotated[str, Parameter(max_length=20_000)]
 @post("/api/refine", sync_to_thread=True, status_code=200)
 def api_refine(request: Request, data: JSONBody[RefineForm],
                limit: Annotated[int, Parameter(ge=0, le=1_000_000)] = 1000) -> dict[str, Any]:
-    served = _state(request).catalog(data.catalog)
-    return _refine(served, data).to_json(limit=limit)
+    app = _state(request)
+    return _refine(app, app.catalog(data.catalog), data).to_json(limit=limit)
 
 
 @post("/api/sql", sync_to_thread=True, status_code=200)

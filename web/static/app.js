@@ -33,6 +33,26 @@
     }
   }
 
+  // Results and Label next: two views of one refine result; "All" buttons act on the one shown.
+  function visibleGrid() {
+    const next = document.getElementById("next-panel");
+    return next && !next.hidden ? document.getElementById("next-grid") : (document.getElementById("grid") || document);
+  }
+
+  function showView(id) {
+    const next = id === "tab-next";
+    const panel = document.getElementById("next-panel");
+    const grid = document.getElementById("grid");
+    if (!panel || !grid) return;
+    panel.hidden = !next;
+    grid.hidden = next;
+    document.querySelectorAll(".view-tab").forEach((t) => {
+      const on = t.id === id;
+      t.setAttribute("aria-selected", on ? "true" : "false");
+      t.tabIndex = on ? 0 : -1;
+    });
+  }
+
   function setLabel(id, s) {
     if (s) labels()[id] = s; else delete labels()[id];
     save();
@@ -46,7 +66,9 @@
       paint();
       return;
     }
-    const all = (s) => { document.querySelectorAll("#grid .thumb").forEach((t) => setLabel(t.dataset.id, s)); paint(); };
+    const tab = ev.target.closest(".view-tab");
+    if (tab) { showView(tab.id); return; }
+    const all = (s) => { visibleGrid().querySelectorAll(".thumb").forEach((t) => setLabel(t.dataset.id, s)); paint(); };
     switch (ev.target.id) {
       case "all-positive": all("pos"); break;
       case "all-negative": all("neg"); break;
@@ -66,6 +88,11 @@
   });
 
   document.addEventListener("keydown", (ev) => {
+    const tab = ev.target.closest && ev.target.closest(".view-tab");
+    if (tab && (ev.key === "ArrowRight" || ev.key === "ArrowLeft")) {
+      const other = tab.id === "tab-results" ? "tab-next" : "tab-results";
+      showView(other); document.getElementById(other).focus(); ev.preventDefault(); return;
+    }
     const b = ev.target.closest && ev.target.closest(".thumb");
     if (!b) return;
     const s = { p: "pos", n: "neg", u: "" }[ev.key];
