@@ -1,8 +1,15 @@
-"""Synthetic catalogs: clustered 8-bit codes with a ground-truth ``label`` per image.
+"""Synthetic catalogs: 8-bit codes with a ground-truth ``label`` per image.
 
-Each cluster has a centre, its own spread per dim, and an elongation along a random direction,
-so classes are neither spherical nor axis-aligned. Cluster sizes vary (log-normal weights).
-The same (rows, seed, clusters, elongation) always gives the same codes and labels.
+Two kinds of class:
+
+- clusters (:func:`clustered_codes`, the ``synth`` command): each has a centre, its own spread
+  per dim, and an elongation along a random direction, so classes are neither spherical nor
+  axis-aligned. Cluster sizes vary (log-normal weights).
+- curved bands (:func:`curved_bands`, the quality benchmarks): each class a random bent 1-d or 2-d
+  band in 32 dims with anisotropic noise, the case nearest-neighbour search from a centre fits
+  worst.
+
+The same arguments always give the same codes and labels.
 """
 
 from __future__ import annotations
@@ -62,6 +69,45 @@ def clustered_codes(n_rows: int, seed: int, n_clusters: int | None = None, *, el
         x = model.centres[labels] + model.spread[labels] * z
         x += (t * model.length[labels])[:, None] * model.direction[labels]
         yield np.clip(np.rint(x), 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def _orthonormal(rng: np.random.Generator, d: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def curved_bands(rows: int, n_classes: int, seed: int, n_dims: int = N_DIMS) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Curved bands: ``(codes uint8 (rows, d), labels int64 (rows,), params)``.
+
+    A class is ``centre + L t u1 + B (t^2 - 1/3) u2 [+ W s u3] + noise`` with ``t, s`` uniform
+    on [-1, 1], ``u1..u3`` orthonormal random directions (the band bends out of its own line),
+    and Gaussian noise with a log-uniform scale per direction of a random rotation, so no class
+    is spherical or aligned with the axes. Half the classes are 2-d bands (``W > 0``). Class
+    sizes vary (log-normal weights). Codes come from the per-dim affine quantizer.
+    """
+    from .quantize import fit_affine
+
+    rng = np.random.default_rng(seed)
+    weight = rng.lognormal(0, 0.3, n_classes)
+    sizes = rng.multinomial(rows, weight / weight.sum())
+    xs, ys = [], []
+    for c, n in enumerate(sizes):
+        u = _orthonormal(rng, n_dims)
+        centre = rng.normal(0, 0.3, n_dims)
+        length, bend = rng.uniform(4.0, 8.0), rng.uniform(2.0, 5.0)
+        width = rng.uniform(1.0, 3.0) if c % 2 else 0.0
+        t = rng.uniform(-1, 1, n)[:, None]
+        s = rng.uniform(-1, 1, n)[:, None]
+        x = centre + length * t * u[0] + bend * (t**2 - 1 / 3) * u[1] + width * s * u[2]
+        scale = np.exp(rng.uniform(np.log(0.05), np.log(0.4), n_dims))
+        x += (rng.standard_normal((n, n_dims)) * scale) @ _orthonormal(rng, n_dims)
+        xs.append(x.astype(np.float32))
+        ys.append(np.full(n, c, np.int64))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    perm = rng.permutation(len(y))
+    x, y = x[perm], y[perm]
+    codes = fit_affine(x).encode(x)
+    return codes, y, {"rows": rows, "classes": n_classes, "seed": seed, "class_sizes": sizes.tolist()}
 
 
 def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_clusters: int | None = None, *,

@@ -326,7 +326,9 @@ class CatalogView:
         return cls(cat, codes, ids, {int(i): p for p, i in enumerate(ids)})
 
     def sql_rows(self, text: str) -> list[tuple]:
-        return [tuple(r.values()) for r in self.cat.sql(text).to_pylist()]
+        """The rows of generated SQL run on the catalog file by DuckDB itself (not through the
+        console's checks, whose length limit is for typed queries)."""
+        return [tuple(r) for r in self.cat.con.cursor().execute(text).fetchall()]
 
 
 def vote_oracle(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, members: np.ndarray) -> np.ndarray:
