@@ -13,6 +13,13 @@ clump. It also picks the number of member votes a row needs (the one on which th
 best with the guide on pool rows no model trained on), and it tells which unlabelled rows lie
 near the boundary, so that labelling them teaches the next round most.
 
+A halfspace is unbounded, and fitted on a few dozen positives against 500 random rows it is
+loosely placed: for a class of 0.2% of the catalog its far side holds other classes. So the
+guide's positives must also lie within a ball around the labelled positives
+(:meth:`Guide.within`, radius ``engine.refine.GUIDE_RADIUS`` times the farthest labelled
+positive's distance from their mean, and no less than the nearest negative's distance over the
+square root of the number of positives, for rounds with one or two positives).
+
 Everything here is a pure function of numpy arrays; codes enter as uint8 (n, 32).
 """
 
@@ -35,10 +42,25 @@ class Guide:
 
     coef: np.ndarray  # float64 (32,)
     intercept: float
+    center: np.ndarray | None = None  # float64 (32,): with radius, the region its positives lie in
+    radius: float = np.inf
 
     def score(self, codes: np.ndarray) -> np.ndarray:
         """float64 (n,) margins of uint8 (n, 32) codes."""
         return (np.asarray(codes, dtype=np.float64) / 255.0) @ self.coef + self.intercept
+
+    def positive(self, codes: np.ndarray) -> np.ndarray:
+        """bool (n,): the guide's positives, rows of positive margin within ``radius`` (L2, in code
+        units) of ``center``."""
+        pos = self.score(codes) > 0
+        if self.center is not None and np.isfinite(self.radius):
+            d2 = ((np.asarray(codes, dtype=np.float64) - self.center) ** 2).sum(axis=1)
+            pos &= d2 <= self.radius**2
+        return pos
+
+    def within(self, center: np.ndarray, radius: float) -> Guide:
+        """The same scorer whose positives must also lie within ``radius`` of ``center``."""
+        return Guide(self.coef, self.intercept, np.asarray(center, dtype=np.float64), float(radius))
 
 
 def fit_guide(X: np.ndarray, y: np.ndarray, w: np.ndarray, C: float = GUIDE_C) -> Guide:

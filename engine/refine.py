@@ -27,10 +27,21 @@ POOL_SIZE = 16_384
 # Guided rounds: unlabelled pool rows the guide may add as positives, and pool rows (not trained
 # on) that calibrate the vote threshold and feed the suggestions.
 PSEUDO_POSITIVES = 250
+# The guide's positives must lie within this many times the largest distance of a labelled
+# positive from their mean: a halfspace is unbounded, and for a class of 0.2% of the catalog
+# its far side holds other classes (scripts/eval_session.py, clusters: round-1 F1 0.69 -> 0.99).
+GUIDE_RADIUS = 2.0
+# ...but at least the distance from that mean to the nearest negative, divided by the square
+# root of the number of positives: the farthest of one or two positives says little about the
+# class's extent (scripts/eval_feedback.py, demo, one positive: F1 0.00 -> 0.84).
+GUIDE_FLOOR = 1.0
 HELD_OUT = 8_192
 # Suggestions: rows whose votes lie within this many of the threshold are near the boundary.
 SUGGEST_VOTE_MARGIN = 4
 DEFAULT_SUGGESTIONS = 60
+# At most this many of a round's rows near the vote threshold are candidates for suggestions,
+# so that a round selecting millions of rows still suggests in milliseconds.
+SUGGEST_CANDIDATES = 16_384
 _ID_TEXT = re.compile(r"-?[0-9]{1,40}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
@@ -197,9 +208,12 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
     labelled positives ``pos`` and negatives ``neg``, and up to ``count`` rows of ``pool``
     that are not labelled, less those :func:`reliable_negatives` drops.
 
-    ``guided``: a :class:`~engine.guide.Guide` is fitted on that set; the sampled rows it scores
-    positive are dropped from the negatives, and up to ``pseudo_positives`` further unlabelled
-    pool rows that it scores positive join the positives (see :mod:`engine.guide`).
+    ``guided``: a :class:`~engine.guide.Guide` is fitted on that set, its positives confined to
+    :data:`GUIDE_RADIUS` times the labelled positives' largest distance from their mean (at
+    least :data:`GUIDE_FLOOR` times the nearest negative's over the root of their number); the
+    sampled rows among its positives are dropped from the negatives, and up to
+    ``pseudo_positives`` further unlabelled pool rows among them join the positives (see
+    :mod:`engine.guide`).
     """
     pos_codes = np.ascontiguousarray(cols[:, pos].T)
     neg_codes = np.ascontiguousarray(cols[:, neg].T)
@@ -215,9 +229,17 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
         return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, free,
                         rest[:HELD_OUT])
     sampled_codes = np.ascontiguousarray(cols[:, sampled].T)
-    sampled_codes = sampled_codes[guide.score(sampled_codes) <= 0]
     rest_codes = np.ascontiguousarray(cols[:, rest].T)
-    pseudo = np.flatnonzero(guide.score(rest_codes) > 0)[:pseudo_positives]
+    if len(pos_codes):
+        c = pos_codes.astype(np.float64).mean(axis=0)
+        radius = GUIDE_RADIUS * np.sqrt(((pos_codes - c) ** 2).sum(axis=1).max())
+        negatives = X[y == 0]
+        if len(negatives):
+            nearest = np.sqrt(((negatives - c) ** 2).sum(axis=1).min())
+            radius = max(radius, GUIDE_FLOOR * nearest / np.sqrt(len(pos_codes)))
+        guide = guide.within(c, radius)
+    sampled_codes = sampled_codes[~guide.positive(sampled_codes)]
+    pseudo = np.flatnonzero(guide.positive(rest_codes))[:pseudo_positives]
     X, y, w = training_set(np.concatenate([pos_codes, rest_codes[pseudo]]), neg_codes, sampled_codes,
                            negative_weight)
     return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, free,
@@ -241,7 +263,7 @@ def calibrate(estimator, train: Training, cols: np.ndarray) -> int:
         return int(estimator.min_votes_)
     held = np.ascontiguousarray(cols[:, train.held])
     votes = query.votes(held, estimator.boxes_)
-    estimator.min_votes_ = choose_min_votes(votes, train.guide.score(held.T) > 0, n_members,
+    estimator.min_votes_ = choose_min_votes(votes, train.guide.positive(held.T), n_members,
                                             estimator.min_votes_)
     return int(estimator.min_votes_)
 
@@ -258,8 +280,14 @@ def suggest(index: query.BlockIndex, sel: query.Selection, min_votes: int, n_mem
     """
     if n <= 0:
         return np.zeros(0, np.int64)
-    near = np.abs(sel.votes.astype(np.int64) - min_votes) < SUGGEST_VOTE_MARGIN if n_members > 1 else \
-        np.zeros(len(sel.ids), bool)
+    near = np.zeros(0, np.int64)
+    if n_members > 1:  # votes rank first, descending: the band is one run of the selection
+        neg_votes = -sel.votes.astype(np.int64)
+        start = np.searchsorted(neg_votes, -(min_votes + SUGGEST_VOTE_MARGIN - 1), side="left")
+        stop = np.searchsorted(neg_votes, -(min_votes - SUGGEST_VOTE_MARGIN + 1), side="right")
+        near = np.arange(start, stop)
+    if len(near) > SUGGEST_CANDIDATES:  # a broad round: an even spread of its boundary rows
+        near = near[np.linspace(0, len(near) - 1, SUGGEST_CANDIDATES).astype(np.int64)]
     cand = np.unique(np.concatenate([sel.ids[near], index.ids[train.free]]))
     cand = cand[~np.isin(cand, labelled)]
     if len(cand) == 0:

@@ -11,7 +11,7 @@ original takes no sample weights. On exactly those rows the script fits
   ``min_pts = min(50, 1.5 p)``, at most 30 boxes, borders halfway, no post-filter tree) and a
   single model trying every subset;
 - ours with the same settings, grown bottom-up (the original's growth, re-implemented) and
-  top-down, and the product's own estimator with its defaults (``ours-product``: bottom-up,
+  top-down, and the product's own estimator with its defaults (``ours-product``: top-down,
   ``min_pts`` 50, the ensemble resampling only the negatives);
 
 all on the catalog's own feature subsets, and scores each over the **whole catalog**
@@ -21,6 +21,11 @@ and the counts of runs where ours is higher, lower or equal, with a two-sided si
 
     python scripts/compare_original.py --original ~/src/decisionbranches [--seeds 2]
            [--positives 4 8 16 32] [--quick]
+
+Catalogs: ``demo``, ``synthetic`` (10 curved bands) and ``clusters`` (500 clusters of about 0.2%
+of the catalog each; 10 classes nearest the median size). ``--guided`` draws the training rows as
+a guided refine round does (the linear guide drops sampled rows and adds pseudo-positives), so
+that both codes learn from what the product's learner learns from.
 
 Without ``--original`` only our learners run (the pairs are then ours bottom-up vs top-down).
 """
@@ -44,7 +49,7 @@ from engine.learn import DecisionBranchClassifier, DecisionBranchEnsemble
 
 
 # ours: the original's settings grown bottom-up and top-down, and the product's estimator as the
-# refine menu builds it (bottom-up, min_pts 50; the ensemble resamples only the negatives).
+# refine menu builds it (top-down, min_pts 50; the ensemble resamples only the negatives).
 GROWTHS = ("bottom-up", "top-down", "product")
 
 
@@ -54,6 +59,19 @@ def load_catalog(name: str, args, tmp: Path):
         tbl = cat.sql("SELECT id, label FROM images ORDER BY id")
         ids = tbl.column("id").to_numpy()
         names = tbl.column("label").to_pylist()
+    elif name == "clusters":
+        codes, labels = (np.concatenate(part) for part in zip(*synth.clustered_codes(args.clusters_rows, 0, 500),
+                                                                strict=True))
+        sizes = np.bincount(labels, minlength=500)
+        keep = np.argsort(np.abs(sizes - np.median(sizes)), kind="stable")[:10]
+        path = tmp / "clusters.duckdb"
+        with engine.Catalog.create(path) as c:
+            c.add_codes(codes)
+            c.build_index()
+        cat = engine.Catalog.open(path, read_only=True)
+        ids = np.arange(len(labels), dtype=np.int64)
+        rank = {int(k): i for i, k in enumerate(sorted(keep))}
+        names = [f"cluster{v}" if int(v) in rank else "~rest" for v in labels]
     else:
         codes, labels, _ = synth.curved_bands(args.synthetic_rows, 10, 0)
         path = tmp / "bands.duckdb"
@@ -63,13 +81,13 @@ def load_catalog(name: str, args, tmp: Path):
         cat = engine.Catalog.open(path, read_only=True)
         ids = np.arange(len(labels), dtype=np.int64)
         names = [f"band{v}" for v in labels]
-    classes = sorted(set(names))
+    classes = sorted(set(names))  # "~rest" (clusters not studied) sorts last and is never a class
     code = {n: i for i, n in enumerate(classes)}
-    return cat, ids, np.array([code[n] for n in names]), classes
+    return cat, ids, np.array([code[n] for n in names]), [c for c in classes if c != "~rest"]
 
 
 def ours(kind: str, growth: str, subsets, seed: int):
-    if growth == "product":  # the product's own estimator and its defaults (bottom-up growth)
+    if growth == "product":  # the product's own estimator and its defaults (top-down growth)
         from engine import refine as rf
 
         return rf.make_model(kind, subsets, seed)
@@ -142,7 +160,7 @@ def run(name: str, args, original: Original | None, tmp: Path) -> dict:
             truth = labels == c
             members = np.random.default_rng([seed, c, 0xC0]).permutation(ids[truth])
             for p in args.positives:
-                train = cat.training_set(members[:p], [], 500, 1.0)
+                train = cat.training_set(members[:p], [], 500, 1.0, guide=args.guided)
                 X, y = train.X, train.y
                 model_seed = int(np.random.SeedSequence([seed, c, p]).generate_state(1)[0] % 2**31)
                 row = {"class": classes[c], "seed": seed, "p": p}
@@ -188,7 +206,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--original", default=None, help="folder holding the built decisionbranches package")
     ap.add_argument("--catalog", default="demo/fashion.duckdb")
-    ap.add_argument("--catalogs", nargs="+", default=["demo", "synthetic"], choices=["demo", "synthetic"])
+    ap.add_argument("--catalogs", nargs="+", default=["demo", "synthetic", "clusters"],
+                    choices=["demo", "synthetic", "clusters"])
+    ap.add_argument("--clusters-rows", type=int, default=200_000)
+    ap.add_argument("--guided", action="store_true", help="training rows of a guided refine round")
     ap.add_argument("--kinds", nargs="+", default=["ensemble", "branch"], choices=["ensemble", "branch"])
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--positives", type=int, nargs="+", default=[4, 8, 16, 32])
@@ -199,10 +220,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.classes, args.positives, args.synthetic_rows = 1, 2, [4, 16], 20_000
+        args.clusters_rows = 20_000
     original = Original(args.original) if args.original else None
     t0 = time.perf_counter()
     report = {"benchmark": "compare_original", "protocol": {
-        "training": "p random class members + Catalog.training_set's sampled negatives, unit weights",
+        "training": "p random class members + Catalog.training_set's sampled negatives, unit weights"
+                    + (", guided (pseudo-positives, relabelled sample)" if args.guided else ""),
         "settings": "25 members, subset_fraction/max_evals 0.5 (ensemble) or all (single), bootstrap, "
                     "min_pts min(50, 1.5 p), at most 30 boxes",
         "seeds": args.seeds, "positives": args.positives, "original": bool(original)}, "catalogs": {}}

@@ -163,6 +163,28 @@ def synthetic_bench(directory: Path, rows: int, n_classes: int, seed: int, start
     return bench, sessions
 
 
+def rare_bench(directory: Path, rows: int, n_clusters: int, seed: int, sessions_wanted: int,
+               classes: int | None) -> tuple[Bench, list[tuple[int, dict]]]:
+    """Many small classes: ``n_clusters`` elongated Gaussian clusters (:func:`engine.synth.clustered_codes`,
+    the catalogs of ``bench_refine.py``), so that each class is a fraction of a percent of the catalog,
+    as a query's class is in a large real catalog. Sessions: the clusters nearest the median size, each
+    started from an image query by one random member."""
+    codes, labels = (np.concatenate(part) for part in zip(*synth.clustered_codes(rows, seed, n_clusters),
+                                                            strict=True))
+    path = directory / "clusters.duckdb"
+    with engine.Catalog.create(path) as cat:
+        cat.add_codes(codes, metadata={"label": [f"cluster{c}" for c in labels]})
+        cat.build_index()
+    cat = engine.Catalog.open(path, read_only=True)
+    ids = np.arange(rows, dtype=np.int64)
+    bench = Bench("clusters", cat, ids, labels, [f"cluster{c}" for c in range(n_clusters)])
+    sizes = np.bincount(labels, minlength=n_clusters)
+    chosen = np.argsort(np.abs(sizes - np.median(sizes)), kind="stable")[: min(classes or sessions_wanted,
+                                                                               n_clusters)]
+    rng = np.random.default_rng([seed, 0xC105])
+    return bench, [(int(c), {"id": int(rng.choice(ids[labels == c]))}) for c in sorted(chosen)]
+
+
 # -- scoring ----------------------------------------------------------------------------------
 def prf(selected: np.ndarray, bench: Bench, cls: int) -> tuple[float, float, float]:
     """Precision, recall and F1 of the selected ids for class ``cls``, over the whole catalog."""
@@ -347,16 +369,21 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic-rows", type=int, default=100_000)
     ap.add_argument("--synthetic-classes", type=int, default=10)
     ap.add_argument("--synthetic-seed", type=int, default=0)
+    ap.add_argument("--clusters-rows", type=int, default=200_000)
+    ap.add_argument("--clusters", type=int, default=500, help="classes of the many-small-classes catalog")
+    ap.add_argument("--clusters-sessions", type=int, default=10, help="sessions (one per class) on it")
     ap.add_argument("--ceiling-trees", type=int, default=100, help="0 skips the ceiling")
     ap.add_argument("--ceiling-sample", type=int, default=None, help="fit the ceiling on this many rows")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--skip-clusters", action="store_true")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3 classes, 2 rounds, grid 30, 1 start, 20k synthetic rows, small ceiling")
     args = ap.parse_args(argv)
     if args.quick:
         args.classes, args.rounds, args.grid, args.starts = 3, 2, 30, 1
-        args.synthetic_rows, args.ceiling_trees, args.ceiling_sample = 20_000, 10, 3000
+        args.ceiling_trees, args.ceiling_sample, args.clusters = 10, 3000, 50
+        args.synthetic_rows, args.clusters_rows = min(args.synthetic_rows, 20_000), min(args.clusters_rows, 20_000)
     try:
         models = {m: model_spec(m) for m in args.models}
     except ValueError as e:
@@ -380,6 +407,11 @@ def main(argv=None) -> int:
                                               args.synthetic_seed, args.starts, args.classes)
             with bench.cat:
                 report["catalogs"]["synthetic"] = evaluate(bench, sessions, models, args)
+        if not args.skip_clusters:
+            bench, sessions = rare_bench(Path(tmp), args.clusters_rows, args.clusters, args.synthetic_seed,
+                                         args.clusters_sessions, args.classes)
+            with bench.cat:
+                report["catalogs"]["clusters"] = evaluate(bench, sessions, models, args)
     report["targets"] = targets(report, "ensemble")
     report["wall_s"] = time.perf_counter() - t0
     json.dump(report, sys.stdout, indent=1)

@@ -17,12 +17,13 @@ def _run(load_script, name: str, argv: list[str], capsys) -> dict:
 def test_session_benchmark_quick(load_script, web_demo_copy, capsys):
     path = str(web_demo_copy())
     report = _run(load_script, "eval_session",
-                  ["--quick", "--catalog", path, "--synthetic-rows", "5000",
+                  ["--quick", "--catalog", path, "--synthetic-rows", "5000", "--clusters-rows", "6000",
                    "--models", "ensemble", "tree", "ensemble-original", "ensemble[guide=False,growth=top-down]"], capsys)
-    demo, synthetic = report["catalogs"]["demo"], report["catalogs"]["synthetic"]
-    assert demo["sessions"] == 3 and synthetic["sessions"] == 3
+    demo, synthetic, clusters = (report["catalogs"][k] for k in ("demo", "synthetic", "clusters"))
+    assert demo["sessions"] == 3 and synthetic["sessions"] == 3 and clusters["sessions"] == 3
+    assert clusters["classes"] == 50 and clusters["rows"] == 6000
     assert 0 < demo["ceiling"]["mean_f1"] <= 1 and len(demo["ceiling"]["per_class_f1"]) == 10
-    for cat in (demo, synthetic):
+    for cat in (demo, synthetic, clusters):
         assert set(cat["models"]) == {"ensemble", "tree", "ensemble-original", "ensemble[guide=False,growth=top-down]"}
         for m in cat["models"].values():
             rounds = m["rounds"]
@@ -52,15 +53,18 @@ def test_session_model_specs(load_script):
         es.model_spec("svm")
 
 
-def test_paired_comparison_quick_without_the_original(load_script, capsys):
-    report = _run(load_script, "compare_original", ["--quick", "--catalogs", "synthetic", "--synthetic-rows", "8000"],
-                  capsys)
-    syn = report["catalogs"]["synthetic"]
-    assert syn["runs"] == 4 and not report["protocol"]["original"]
-    assert set(syn["models"]) == {f"{k}/ours-{g}" for k in ("ensemble", "branch")
-                                  for g in ("bottom-up", "top-down", "product")}
-    for pair in syn["pairs"].values():
-        assert pair["higher"] + pair["lower"] + pair["equal"] == 4 and 0 <= pair["sign_test_p"] <= 1
+@pytest.mark.parametrize("guided", [False, True])
+def test_paired_comparison_quick_without_the_original(load_script, capsys, guided):
+    report = _run(load_script, "compare_original", ["--quick", "--catalogs", "synthetic", "clusters",
+                                                    "--synthetic-rows", "8000", "--clusters-rows", "8000"]
+                  + ["--guided"] * guided, capsys)
+    assert ("guided" in report["protocol"]["training"]) is guided
+    for cat in report["catalogs"].values():
+        assert cat["runs"] == 4 and not report["protocol"]["original"]
+        assert set(cat["models"]) == {f"{k}/ours-{g}" for k in ("ensemble", "branch")
+                                      for g in ("bottom-up", "top-down", "product")}
+        for pair in cat["pairs"].values():
+            assert pair["higher"] + pair["lower"] + pair["equal"] == 4 and 0 <= pair["sign_test_p"] <= 1
 
 
 def test_sign_test(load_script):

@@ -37,6 +37,20 @@ def test_fit_guide_with_one_class_or_separable_data():
     assert (zero_weight_positives.score(X) < 0).all()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0, 400))
+def test_positive_is_a_positive_margin_within_the_radius(seed, radius):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (50, 32)).astype(np.uint8)
+    g = Guide(rng.normal(size=32), float(rng.normal()))
+    center = rng.uniform(0, 255, 32)
+    assert (g.positive(X) == (g.score(X) > 0)).all()  # no region: the halfspace
+    inside = g.within(center, radius)
+    dist = np.sqrt(((X.astype(np.float64) - center) ** 2).sum(axis=1))
+    assert (inside.positive(X) == ((g.score(X) > 0) & (dist <= radius))).all()
+    np.testing.assert_array_equal(inside.score(X), g.score(X))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 25), st.lists(st.tuples(st.integers(0, 25), st.booleans()), max_size=80))
 def test_choose_min_votes_maximises_agreement_by_brute_force(n_members, rows):

@@ -318,7 +318,13 @@ def test_guided_rounds_add_pseudo_positives_and_calibrate_the_vote_threshold(cat
     assert not np.isin(train.held, index.positions(positives)).any()
     # the pseudo-positives are rows the guide scores positive, all of the labelled class here
     extra = train.X[len(positives):int(train.y.sum())]
-    assert (train.guide.score(extra) > 0).all()
+    assert (train.guide.score(extra) > 0).all() and train.guide.positive(extra).all()
+    center = codes[labels == 3][:6].astype(np.float64).mean(axis=0)
+    reach = np.sqrt(((codes[labels == 3][:6] - center) ** 2).sum(axis=1).max())
+    nearest = np.sqrt(((plain.X[plain.y == 0] - center) ** 2).sum(axis=1).min())
+    radius = max(rf.GUIDE_RADIUS * reach, rf.GUIDE_FLOOR * nearest / np.sqrt(6))
+    assert train.guide.radius == pytest.approx(radius) and np.allclose(train.guide.center, center)
+    assert np.sqrt(((extra - center) ** 2).sum(axis=1)).max() <= radius + 1e-9
     in_class = {tuple(c) for c in codes[labels == 3]}
     assert all(tuple(c) in in_class for c in extra)
     # the threshold is the one agreeing best with the guide on the held-out rows
@@ -327,8 +333,31 @@ def test_guided_rounds_add_pseudo_positives_and_calibrate_the_vote_threshold(cat
     from engine.guide import choose_min_votes
 
     votes = query.votes(held, res.model.boxes_)
-    assert res.model.min_votes_ == choose_min_votes(votes, train.guide.score(held.T) > 0, 25, 13)
+    assert res.model.min_votes_ == choose_min_votes(votes, train.guide.positive(held.T), 25, 13)
     assert res.stats["min_votes"] == res.model.min_votes_
+
+
+def test_a_rare_class_gets_no_pseudo_positives_from_other_classes(tmp_path):
+    """One cluster of 200 among 100: the guide's halfspace reaches other clusters, its radius
+    keeps them out of the positives, and the round stays precise."""
+    from engine import synth
+
+    codes, labels = (np.concatenate(p) for p in zip(*synth.clustered_codes(20_000, 3, 100), strict=True))
+    sizes = np.bincount(labels, minlength=100)
+    cls = int(np.argsort(np.abs(sizes - np.median(sizes)))[0])
+    members = np.flatnonzero(labels == cls)
+    d = ((codes[members].astype(np.int64) - codes[members[0]].astype(np.int64)) ** 2).sum(axis=1)
+    positives = members[np.argsort(d)[:40]]  # the 40 nearest members: a clump, as a search grid
+    with engine.Catalog.create(tmp_path / "rare.duckdb") as cat:
+        cat.add_codes(codes)
+        cat.build_index()
+        train = cat.training_set(positives, guide=True)
+        res = cat.refine(positives, random_state=0)
+    extra = train.X[len(positives):int(train.y.sum())]
+    in_class = {tuple(c) for c in codes[members]}
+    assert all(tuple(c) in in_class for c in extra)
+    tp = np.isin(res.ids, members).sum()
+    assert tp / len(res.ids) >= 0.9 and tp / len(members) >= 0.5
 
 
 def test_an_estimator_can_be_passed_instead_of_a_name(catalog):

@@ -130,14 +130,17 @@ class DecisionBranchClassifier(_BranchBase):
         ensemble needs ~11 positives to beat k-NN with it and ~8 with 50.
     subset_fraction : float
         Share of the subsets tried for each box (1.0: all of them).
-    growth : "bottom-up" or "top-down"
-        How a box grows around its seed (:mod:`engine.learn.branches`): bottom-up as the
-        original code does (default), or top-down, one cut after another like a tree's branch.
+    growth : "top-down" or "bottom-up"
+        How a box grows around its seed (:mod:`engine.learn.branches`): top-down, one cut after
+        another like a tree's branch (default), or bottom-up as the original code does. Bottom-up
+        boxes become unbounded on a side where no training row lies beyond; for a class that is
+        a fraction of a percent of the catalog, with 500 sampled negatives, that takes in other
+        classes (``scripts/eval_session.py``, clusters catalog).
     random_state : None, int or numpy Generator
     """
 
     def __init__(self, *, subsets=None, max_boxes=30, max_failures=5, min_pts=50, subset_fraction=1.0,
-                 growth="bottom-up", random_state=None):
+                 growth="top-down", random_state=None):
         self.subsets = subsets
         self.growth = growth
         self.max_boxes = max_boxes
@@ -172,7 +175,7 @@ class DecisionBranchEnsemble(_BranchBase):
     """
 
     def __init__(self, *, n_estimators=25, subsets=None, max_boxes=30, max_failures=5, min_pts=50,
-                 subset_fraction=0.5, bootstrap="negatives", growth="bottom-up", random_state=None):
+                 subset_fraction=0.5, bootstrap="negatives", growth="top-down", random_state=None):
         self.n_estimators = n_estimators
         self.growth = growth
         self.subsets = subsets
