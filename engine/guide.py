@@ -3,13 +3,13 @@ box learner, calibrates its vote threshold and ranks the *Label next* suggestion
 
 Why a guide. The labelled positives of a session are the nearest neighbours of one query: a clump
 in one corner of the class. Boxes grown around that clump are precise and small, and their
-majority vote is smaller still, so a box model trained on the labels alone found 58-75% of a
+majority vote is smaller still, so a box model trained on the labels alone found 58-72% of a
 class (whole-catalog recall on the demo catalog, ``scripts/eval_session.py``). A linear model on
 the same training rows extrapolates along the class and found far more (F1 0.90 against the
-ensemble's 0.69-0.82), but applying it means scoring every code of the catalog. The guide keeps
-the box model and its index: it labels a random sample of the catalog (the round's fixed pool),
-those of its positives join the training set, and boxes grown over them cover the class, not the
-clump. It also picks the number of member votes a row needs (the one on which the ensemble agrees
+ensemble's 0.69-0.80 after round 1), but applying it means scoring every code of the catalog.
+The guide keeps the box model and its index: it labels a random sample of the catalog (the
+round's fixed pool), those of its positives join the training set, and boxes grown over them cover
+the class, not the clump. It also picks the number of member votes a row needs (the one on which the ensemble agrees
 best with the guide on pool rows no model trained on), and it tells which unlabelled rows lie
 near the boundary, so that labelling them teaches the next round most.
 

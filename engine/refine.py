@@ -219,16 +219,14 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
     neg_codes = np.ascontiguousarray(cols[:, neg].T)
     free = pool[~np.isin(pool, np.concatenate([pos, neg]))]
     sampled, rest = free[:count], free[count:]
-    sampled_codes = np.ascontiguousarray(cols[:, sampled].T)
+    all_sampled = np.ascontiguousarray(cols[:, sampled].T)
     n_sampled = len(sampled)
-    if filter_sampled:
-        sampled_codes = sampled_codes[reliable_negatives(sampled_codes, pos_codes)]
+    sampled_codes = all_sampled[reliable_negatives(all_sampled, pos_codes)] if filter_sampled else all_sampled
     X, y, w = training_set(pos_codes, neg_codes, sampled_codes, negative_weight)
     guide = fit_guide(X, y, w)
     if not guided:
         return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, free,
                         rest[:HELD_OUT])
-    sampled_codes = np.ascontiguousarray(cols[:, sampled].T)
     rest_codes = np.ascontiguousarray(cols[:, rest].T)
     if len(pos_codes):
         c = pos_codes.astype(np.float64).mean(axis=0)
@@ -238,7 +236,7 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
             nearest = np.sqrt(((negatives - c) ** 2).sum(axis=1).min())
             radius = max(radius, GUIDE_FLOOR * nearest / np.sqrt(len(pos_codes)))
         guide = guide.within(c, radius)
-    sampled_codes = sampled_codes[~guide.positive(sampled_codes)]
+    sampled_codes = all_sampled[~guide.positive(all_sampled)]
     pseudo = np.flatnonzero(guide.positive(rest_codes))[:pseudo_positives]
     X, y, w = training_set(np.concatenate([pos_codes, rest_codes[pseudo]]), neg_codes, sampled_codes,
                            negative_weight)

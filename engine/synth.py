@@ -132,3 +132,15 @@ def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_cluster
             cat.compact()
     return {"rows": n_rows, "clusters": k, "time_write_s": t1 - t0,
             "index": built, "bytes": os.path.getsize(path)}
+
+
+def bands_catalog(path: str | os.PathLike, rows: int, n_classes: int, seed: int = 0) -> np.ndarray:
+    """Write a new, indexed catalog of :func:`curved_bands` codes, ids ``0..rows-1`` and a
+    ``label`` column ``band<c>``; returns the class of each id (int64 (rows,))."""
+    from .catalog import Catalog
+
+    codes, labels, _ = curved_bands(rows, n_classes, seed)
+    with Catalog.create(Path(path)) as cat:
+        cat.add_codes(codes, metadata={"label": [f"band{c}" for c in labels]})
+        cat.build_index()
+    return labels

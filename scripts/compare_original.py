@@ -47,7 +47,6 @@ import engine
 from engine import synth
 from engine.learn import DecisionBranchClassifier, DecisionBranchEnsemble
 
-
 # ours: the original's settings grown bottom-up and top-down, and the product's estimator as the
 # refine menu builds it (top-down, min_pts 50; the ensemble resamples only the negatives).
 GROWTHS = ("bottom-up", "top-down", "product")
@@ -60,24 +59,17 @@ def load_catalog(name: str, args, tmp: Path):
         ids = tbl.column("id").to_numpy()
         names = tbl.column("label").to_pylist()
     elif name == "clusters":
-        codes, labels = (np.concatenate(part) for part in zip(*synth.clustered_codes(args.clusters_rows, 0, 500),
-                                                                strict=True))
-        sizes = np.bincount(labels, minlength=500)
-        keep = np.argsort(np.abs(sizes - np.median(sizes)), kind="stable")[:10]
         path = tmp / "clusters.duckdb"
-        with engine.Catalog.create(path) as c:
-            c.add_codes(codes)
-            c.build_index()
+        synth.synth_catalog(path, args.clusters_rows, 0, 500)
         cat = engine.Catalog.open(path, read_only=True)
-        ids = np.arange(len(labels), dtype=np.int64)
-        rank = {int(k): i for i, k in enumerate(sorted(keep))}
-        names = [f"cluster{v}" if int(v) in rank else "~rest" for v in labels]
+        tbl = cat.sql("SELECT id, label FROM images ORDER BY id")
+        ids, labels = tbl.column("id").to_numpy(), tbl.column("label").to_numpy()
+        sizes = np.bincount(labels, minlength=500)
+        keep = set(np.argsort(np.abs(sizes - np.median(sizes)), kind="stable")[:10].tolist())
+        names = [f"cluster{v}" if int(v) in keep else "~rest" for v in labels]
     else:
-        codes, labels, _ = synth.curved_bands(args.synthetic_rows, 10, 0)
         path = tmp / "bands.duckdb"
-        with engine.Catalog.create(path) as c:
-            c.add_codes(codes, metadata={"label": [f"band{v}" for v in labels]})
-            c.build_index()
+        labels = synth.bands_catalog(path, args.synthetic_rows, 10, 0)
         cat = engine.Catalog.open(path, read_only=True)
         ids = np.arange(len(labels), dtype=np.int64)
         names = [f"band{v}" for v in labels]

@@ -45,6 +45,7 @@ of the targets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -102,12 +103,10 @@ def model_spec(text: str) -> tuple[object, dict]:
     params = {}
     for item in filter(None, rest.rstrip("]").split(",")):
         key, _, value = (part.strip() for part in item.partition("="))
-        try:
+        with contextlib.suppress(ValueError, SyntaxError):
             value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
         (options if key in REFINE_OPTIONS else params)[key] = value
-    model = extra[name] if name in extra else name
+    model = extra.get(name, name)
     if params:
         model = (model if not isinstance(model, str) else rf.make_model(model, None, None)).set_params(**params)
     return model, options
@@ -147,11 +146,8 @@ def demo_bench(path: str, classes: int | None) -> tuple[Bench, list[tuple[int, d
 
 def synthetic_bench(directory: Path, rows: int, n_classes: int, seed: int, starts: int,
                     classes: int | None) -> tuple[Bench, list[tuple[int, dict]]]:
-    codes, labels, _ = synth.curved_bands(rows, n_classes, seed)
     path = directory / "bands.duckdb"
-    with engine.Catalog.create(path) as cat:
-        cat.add_codes(codes, metadata={"label": [f"band{c}" for c in labels]})
-        cat.build_index()
+    labels = synth.bands_catalog(path, rows, n_classes, seed)
     cat = engine.Catalog.open(path, read_only=True)
     ids = np.arange(rows, dtype=np.int64)  # add_codes numbers new rows 0..n-1
     bench = Bench("synthetic", cat, ids, labels, [f"band{c}" for c in range(n_classes)])
@@ -169,14 +165,11 @@ def rare_bench(directory: Path, rows: int, n_clusters: int, seed: int, sessions_
     the catalogs of ``bench_refine.py``), so that each class is a fraction of a percent of the catalog,
     as a query's class is in a large real catalog. Sessions: the clusters nearest the median size, each
     started from an image query by one random member."""
-    codes, labels = (np.concatenate(part) for part in zip(*synth.clustered_codes(rows, seed, n_clusters),
-                                                            strict=True))
     path = directory / "clusters.duckdb"
-    with engine.Catalog.create(path) as cat:
-        cat.add_codes(codes, metadata={"label": [f"cluster{c}" for c in labels]})
-        cat.build_index()
+    synth.synth_catalog(path, rows, seed, n_clusters)
     cat = engine.Catalog.open(path, read_only=True)
-    ids = np.arange(rows, dtype=np.int64)
+    tbl = cat.sql("SELECT id, label FROM images ORDER BY id")
+    ids, labels = tbl.column("id").to_numpy(), tbl.column("label").to_numpy().astype(np.int64)
     bench = Bench("clusters", cat, ids, labels, [f"cluster{c}" for c in range(n_clusters)])
     sizes = np.bincount(labels, minlength=n_clusters)
     chosen = np.argsort(np.abs(sizes - np.median(sizes)), kind="stable")[: min(classes or sessions_wanted,
@@ -273,7 +266,7 @@ def summarize_model(bench: Bench, sessions: list[tuple[int, dict]], runs: list[l
         rows = [run[r] for run in runs]
         classes = [c for c, _ in sessions]
 
-        def per_class(get):
+        def per_class(get, classes=classes, rows=rows):
             vals = {}
             for c, row in zip(classes, rows, strict=True):
                 vals.setdefault(bench.class_names[c], []).append(get(row))

@@ -122,6 +122,22 @@ def _border(has, inside, step):
 
 
 @numba.njit(cache=True)
+def _open_box(pos_w, neg_w, active, lo, hi):
+    """Set the box to the full code range on every dim; returns the active rows' total
+    positive and negative weight."""
+    for d in range(lo.shape[0]):
+        lo[d] = 0
+        hi[d] = 255
+    p_tot = 0.0
+    n_tot = 0.0
+    for i in range(active.shape[0]):
+        if active[i]:
+            p_tot += pos_w[i]
+            n_tot += neg_w[i]
+    return p_tot, n_tot
+
+
+@numba.njit(cache=True)
 def _grow_box(X, pos_w, neg_w, active, seed, dims, k, min_pts, state, lo, hi, cnt, hist_p, hist_n, has):
     """Grow a box on ``dims[:k]`` around row ``seed``; fills ``lo``/``hi`` (full 0..255 on the
     other dims) and returns ``(score, positive weight inside, negative weight inside)``.
@@ -133,16 +149,9 @@ def _grow_box(X, pos_w, neg_w, active, seed, dims, k, min_pts, state, lo, hi, cn
     ``cnt[i]`` counts the dims on which row i is inside (uncut dims count as inside).
     """
     n = X.shape[0]
-    for d in range(X.shape[1]):
-        lo[d] = 0
-        hi[d] = 255
-    p_tot = 0.0
-    n_tot = 0.0
+    p_tot, n_tot = _open_box(pos_w, neg_w, active, lo, hi)
     for i in range(n):
         cnt[i] = k
-        if active[i]:
-            p_tot += pos_w[i]
-            n_tot += neg_w[i]
     order = np.empty(k, np.int64)
     for j in range(k):
         order[j] = dims[j]
@@ -223,15 +232,7 @@ def _grow_box_bottom_up(X, pos_w, neg_w, active, seed, order, k, min_pts, lo, hi
     absorbed). ``cnt`` counts, per row, the dims of ``order[:k]`` on which the row is inside.
     """
     n = X.shape[0]
-    for d in range(X.shape[1]):
-        lo[d] = 0
-        hi[d] = 255
-    p_tot = 0.0
-    n_tot = 0.0
-    for i in range(n):
-        if active[i]:
-            p_tot += pos_w[i]
-            n_tot += neg_w[i]
+    p_tot, n_tot = _open_box(pos_w, neg_w, active, lo, hi)
     # 1. seed box; cnt[i] == 1 marks rows still equal to the seed on the dims so far
     for i in range(n):
         cnt[i] = 1 if (active[i] and i != seed) else 0
@@ -290,16 +291,13 @@ def _grow_box_bottom_up(X, pos_w, neg_w, active, seed, order, k, min_pts, lo, hi
         for side in range(2):
             step = -1 if side == 0 else 1
             start = lo[d] if step < 0 else hi[d]
-            # what of the slab lies beyond this side: anything, any positive?
-            beyond = False
+            # does any positive of the slab lie beyond this side?
             beyond_pos = False
             v = start + step
             while 0 <= v < N_VALUES:
-                if has[v]:
-                    beyond = True
-                    if hist_p[v] > 0:
-                        beyond_pos = True
-                        break
+                if has[v] and hist_p[v] > 0:
+                    beyond_pos = True
+                    break
                 v += step
             inner = start
             if beyond_pos:
