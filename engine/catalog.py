@@ -40,9 +40,12 @@ from .head import Head
 from .quantize import Quantizer
 from .refine import Result
 from .resources import sql_text
+from .sandbox import QueryResult, check_query, quote_ident, run_query, sandbox_config
 
 MAX_K = 100_000
 MAX_QUERY_CHARS = 1000
+# Temp files a sandboxed catalog's queries may spill, all together.
+SANDBOX_TEMP_LIMIT = "256MB"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _RESERVED = {"id", "pos", "added_at", *CODE_COLUMNS}
 
@@ -130,8 +133,7 @@ class Catalog:
         if sandbox:
             if not read_only:
                 raise CatalogError("a sandboxed catalog must be opened read-only")
-            config = {"enable_external_access": False, "autoinstall_known_extensions": False,
-                      "autoload_known_extensions": False, "memory_limit": memory_limit, "lock_configuration": True}
+            config = sandbox_config(memory_limit, SANDBOX_TEMP_LIMIT)
         try:
             con = duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.IOException as e:
@@ -812,7 +814,7 @@ class Catalog:
         Anything that is not a single query statement is refused with :class:`InvalidSql`, and
         the query runs in a transaction that is rolled back.
         """
-        _check_query(text)
+        check_query(text)
         with self._lock:
             cur = self.con.cursor()
         try:
@@ -826,60 +828,29 @@ class Catalog:
         finally:
             cur.close()
 
-    def query(self, text: str, *, time_limit_s: float = 5.0, max_rows: int = 1000,
+    def query(self, text: str, *, time_limit_s: float = 5.0, max_rows: int = 1000, max_bytes: int = 10_000_000,
               relations: Mapping[str, pa.Table] | None = None) -> QueryResult:
-        """Run one user query like :meth:`sql`, with a time limit and a row limit.
+        """Run one user query like :meth:`sql`, with limits on time, rows and bytes.
 
-        At most ``max_rows`` rows come back (``truncated`` says whether there were more); a
-        query still running after ``time_limit_s`` is interrupted and raises
-        :class:`QueryInterrupted`. ``relations`` are Arrow tables the query may name (e.g. the
-        last refine result; ``last_result`` is empty unless given), visible to this query only,
-        as are the macros of ``sql/console_macros.sql``.
+        At most ``max_rows`` rows and about ``max_bytes`` bytes come back (``truncated`` and
+        ``cut`` say whether and why there were more; text values are cut at
+        :data:`engine.sandbox.MAX_VALUE_CHARS`); a query still running after ``time_limit_s``
+        is interrupted and raises :class:`QueryInterrupted`. Table functions that read files or
+        settings are refused (:func:`engine.sandbox.check_names`). ``relations`` are Arrow
+        tables the query may name (e.g. the last refine result; ``last_result`` is empty unless
+        given), visible to this query only, as are the macros of ``sql/console_macros.sql``.
+        This runs in the calling process; :class:`engine.sandbox.QueryPool` runs queries in
+        worker processes with an OS memory limit and a hard deadline.
         """
-        statement = _check_query(text)
+        check_query(text)
         with self._lock:
             cur = self.con.cursor()
-        timer = threading.Timer(time_limit_s, cur.interrupt)
-        t0 = time.perf_counter()
         try:
-            relations = {"last_result": _EMPTY_RESULT, **(relations or {})}
-            for name, table in relations.items():
-                cur.register(name, table)
-            try:
-                for macro in duckdb.extract_statements(sql_text("console_macros")):
-                    cur.execute(macro.query)
-            except duckdb.Error as e:
-                raise InvalidSql(f"the relations given do not fit the console macros: {e}") from None
-            cur.execute("BEGIN TRANSACTION")
-            timer.start()
-            try:
-                rel = _printable(cur.sql(statement.query))
-                reader = rel.to_arrow_reader(max(1, min(max_rows + 1, 100_000)))
-                batches, n = [], 0
-                for batch in reader:
-                    batches.append(batch)
-                    n += batch.num_rows
-                    if n > max_rows:
-                        break
-                table = pa.Table.from_batches(batches, schema=reader.schema)
-            except duckdb.InterruptException:
-                raise QueryInterrupted(f"the query ran longer than {time_limit_s:g} s and was stopped; "
-                                       "add a LIMIT or a narrower WHERE") from None
-            except duckdb.OutOfMemoryException:
-                cur.execute("ROLLBACK")
-                limit = cur.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-                raise InvalidSql(f"the query needed more than the memory limit of {limit} and was stopped; "
-                                 "add a LIMIT, aggregate, or select fewer rows or columns") from None
-            except duckdb.Error as e:
-                raise InvalidSql(str(e)) from None
-            finally:
-                timer.cancel()
-                with contextlib.suppress(duckdb.Error):
-                    cur.execute("ROLLBACK")
+            database = cur.execute("SELECT current_database()").fetchall()[0][0]
+            return run_query(cur, text, database=database, time_limit_s=time_limit_s, max_rows=max_rows,
+                             max_bytes=max_bytes, relations=relations)
         finally:
             cur.close()
-        truncated = table.num_rows > max_rows
-        return QueryResult(table.slice(0, max_rows), truncated, (time.perf_counter() - t0) * 1e3)
 
     # -- Parquet -----------------------------------------------------------------------------
     def export_parquet(self, directory: str | os.PathLike, *, overwrite: bool = False) -> dict:
@@ -897,59 +868,6 @@ class Catalog:
 
 
 # -- validation helpers ----------------------------------------------------------------------
-@dataclass
-class QueryResult:
-    """A user query's rows (at most the row limit), whether more were cut off, and its time."""
-
-    table: pa.Table
-    truncated: bool
-    time_ms: float
-
-
-MAX_QUERY_TEXT = 100_000
-# What the console macros see as ``last_result`` when a query comes without one.
-_EMPTY_RESULT = pa.table({"id": pa.array([], pa.int64()), "score": pa.array([], pa.int64()),
-                          "rank": pa.array([], pa.int64())})
-
-
-def _check_query(text: Any):
-    """The one SELECT statement of ``text``; InvalidSql for anything else."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidSql("the query is empty")
-    if len(text) > MAX_QUERY_TEXT:
-        raise InvalidSql(f"the query has {len(text)} characters; the limit is {MAX_QUERY_TEXT}")
-    try:
-        statements = duckdb.extract_statements(text)
-    except duckdb.Error as e:
-        raise InvalidSql(str(e)) from None
-    except RecursionError:
-        raise InvalidSql("the query is nested too deeply") from None
-    if len(statements) != 1:
-        raise InvalidSql(f"give exactly one statement, got {len(statements)}")
-    try:
-        kind = statements[0].type
-    except ValueError:  # a statement type newer than the Python client's enum
-        raise InvalidSql("only queries (SELECT) are allowed here") from None
-    if kind != duckdb.StatementType.SELECT:
-        raise InvalidSql(f"only queries are allowed here, not {kind.name} statements")
-    return statements[0]
-
-
-# Types whose values can lie outside Python's datetime range ('infinity', year 0 and before).
-_TEMPORAL = ("DATE", "TIMESTAMP")
-
-
-def _printable(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
-    """``rel`` with its date and timestamp columns as DuckDB's own text ('-infinity',
-    '0044-03-15 (BC)'), which every client can show; other columns unchanged."""
-    types = [str(t) for t in rel.types]
-    if not any(t.startswith(_TEMPORAL) for t in types):
-        return rel
-    exprs = [f"CAST({quote_ident(c)} AS VARCHAR) AS {quote_ident(c)}" if t.startswith(_TEMPORAL) else quote_ident(c)
-             for c, t in zip(rel.columns, types, strict=True)]
-    return rel.project(", ".join(exprs))
-
-
 def _check_codes(codes: Any) -> np.ndarray:
     if not isinstance(codes, np.ndarray):
         raise InvalidCodes(f"codes must be a numpy array of uint8, got {type(codes).__name__}")
@@ -1019,11 +937,6 @@ def _check_metadata(metadata: Any, n: int) -> pa.Table | None:
     if len({c.lower() for c in table.column_names}) != table.num_columns:
         raise InvalidCodes("metadata column names must be unique (case-insensitively)")
     return table if table.num_columns else None
-
-
-def quote_ident(ident: str) -> str:
-    """Quote an identifier that has already passed the _IDENT check."""
-    return '"' + ident.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:

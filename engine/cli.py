@@ -253,18 +253,19 @@ def _print_result(cat: Catalog, result, args) -> int:
 
 
 def cmd_serve(args) -> int:
-    serve(args.catalogs, args.host, args.port)
+    serve(args.catalogs, args.host, args.port, settings=args.set)
     return 0
 
 
-def serve(catalogs: list[str], host: str, port: int) -> None:
+def serve(catalogs: list[str], host: str, port: int, settings: list[str] | None = None) -> None:
     """Serve the web UI over ``catalogs`` until interrupted."""
     try:
         import uvicorn
 
-        from web import create_app
+        from web import Settings, create_app
     except ImportError as e:
         raise CatalogError(f"the web UI needs its dependencies: pip install -e . ({e})") from None
+    config = Settings.parse(settings or [])
     # Requests run in parallel threads; one torch thread per query encoding keeps concurrent
     # searches from oversubscribing the cores (measured with scripts/bench_web.py, 8 clients).
     try:
@@ -275,7 +276,7 @@ def serve(catalogs: list[str], host: str, port: int) -> None:
         pass
     print("clip-branches: loading the catalogs and warming up the search kernels (the first start on a "
           "machine compiles them, about a minute)", flush=True)
-    app = create_app(catalogs)
+    app = create_app(catalogs, config)
     print(f"clip-branches: serving {', '.join(catalogs)} at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -462,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalogs", nargs="+")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a web setting, e.g. sql_time_limit_s=10 (repeatable; the settings are listed in README.md)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("sql", help="run one read-only SQL query on a catalog")

@@ -66,3 +66,11 @@ class InvalidArgument(CatalogError, ValueError):
 
 class QueryInterrupted(InvalidSql):
     """A user query ran past its time limit and was stopped."""
+
+
+class ServerBusy(CatalogError):
+    """Every slot for this kind of work is taken; try again shortly."""
+
+
+class UnsafeImage(CatalogError):
+    """An image file is not the one ingested (changed, replaced, a link) and is not served."""

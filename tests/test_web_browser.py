@@ -175,7 +175,7 @@ def test_console_runs_queries_and_refuses_escapes(page, server):
     page.fill("#sql", "SELECT * FROM read_csv('/etc/passwd')")
     page.click("#run-sql")
     page.wait_for_selector("#console-result .error")
-    assert "disabled by configuration" in page.inner_text("#console-result .error")
+    assert "read_csv() is not available in the console" in page.inner_text("#console-result .error")
 
 
 def test_reload_keeps_labels_and_results(page):

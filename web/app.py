@@ -8,6 +8,8 @@ server keeps no per-user state beyond a small LRU of refine results for paging.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import threading
 import time
@@ -31,12 +33,14 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import engine
 from engine import refine as rf
-from engine.errors import CatalogError, InvalidArgument, InvalidSql, QueryInterrupted, UnknownIds
+from engine.errors import CatalogError, InvalidArgument, InvalidSql, QueryInterrupted, ServerBusy, UnknownIds
+from engine.sandbox import MAX_VALUE_CHARS, QueryPool
 
 from .settings import Settings
 from .thumbs import Thumbnails
 
 HERE = Path(__file__).parent
+BUSY_WAIT_S = 0.5
 MODEL_LABELS = {"ensemble": "Ensemble of 25 decision branch models", "branch": "Single decision branch model",
                 "tree": "Decision tree", "forest": "Random forest (25 trees)"}
 
@@ -50,6 +54,21 @@ class Served:
     cat: engine.Catalog
     thumbs: Thumbnails
     rows: int
+    console: QueryPool
+    gate: threading.BoundedSemaphore
+
+    @contextlib.contextmanager
+    def working(self):
+        """Hold one of the catalog's work slots (searches, fine-tunes, uploads) while the block
+        runs. A request that finds none free within ``BUSY_WAIT_S`` gets a 503 instead of queueing
+        behind the others, so a flood of heavy requests cannot starve the rest of the server."""
+        if not self.gate.acquire(timeout=BUSY_WAIT_S):
+            raise ServerBusy(f"the catalog {self.name!r} is busy with other searches and fine-tunes; "
+                             "try again in a moment")
+        try:
+            yield
+        finally:
+            self.gate.release()
 
 
 class Results:
@@ -103,7 +122,9 @@ class App:
             while name in self.catalogs:
                 name += "_"
             index = cat.block_index()
-            self.catalogs[name] = Served(name, path, cat, Thumbnails(cat), index.n_rows)
+            console = QueryPool(path, workers=settings.sql_workers, memory_limit=settings.sql_memory_limit)
+            self.catalogs[name] = Served(name, path, cat, Thumbnails(cat), index.n_rows, console,
+                                         threading.BoundedSemaphore(settings.max_concurrent))
         self.results = Results(settings.results_kept, settings.result_ids_kept)
 
     def catalog(self, name: str | None) -> Served:
@@ -117,6 +138,7 @@ class App:
     def warm_up(self) -> None:
         """Load indexes and compile-cache kernels now, so the first request is not the slow one."""
         for served in self.catalogs.values():
+            served.console.start()
             cat = served.cat
             first = cat.sql("SELECT id FROM codes ORDER BY pos LIMIT 2").column("id").to_pylist()
             if first:
@@ -129,6 +151,7 @@ class App:
 
     def close(self) -> None:
         for served in self.catalogs.values():
+            served.console.close()
             served.cat.close()
 
 
@@ -172,8 +195,12 @@ def _error_response(request: Request, status: int, message: str) -> Response:
 
 
 def _catalog_error(request: Request, exc: CatalogError) -> Response:
-    status = 404 if isinstance(exc, UnknownIds) else 408 if isinstance(exc, QueryInterrupted) else 400
-    return _error_response(request, status, str(exc))
+    status = (404 if isinstance(exc, UnknownIds) else 408 if isinstance(exc, QueryInterrupted)
+              else 503 if isinstance(exc, ServerBusy) else 400)
+    response = _error_response(request, status, str(exc))
+    if status == 503:
+        response.headers["Retry-After"] = "2"
+    return response
 
 
 def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -212,7 +239,8 @@ def search_text(request: HTMXRequest,
                 k: Annotated[int, Parameter(ge=1, le=1000, description="results")] = 60) -> Template:
     app = _state(request)
     served = app.catalog(catalog)
-    result = served.cat.search(q, k=k)
+    with served.working():
+        result = served.cat.search(q, k=k)
     return _render_result(request, app, served, result, "search")
 
 
@@ -221,7 +249,8 @@ def search_similar(request: HTMXRequest, id: Annotated[int, Parameter(descriptio
                    catalog: CatalogParam = None, k: Annotated[int, Parameter(ge=1, le=1000)] = 60) -> Template:
     app = _state(request)
     served = app.catalog(catalog)
-    result = served.cat.search(id=id, k=k)
+    with served.working():
+        result = served.cat.search(id=id, k=k)
     return _render_result(request, app, served, result, "similar")
 
 
@@ -244,7 +273,8 @@ def search_image(request: HTMXRequest,
         raise InvalidArgument(f"the image is larger than {app.settings.max_upload_bytes} bytes")
     if not blob:
         raise InvalidArgument("the uploaded file is empty; choose an image")
-    result = served.cat.search(image=blob, k=data.k)
+    with served.working():
+        result = served.cat.search(image=blob, k=data.k)
     return _render_result(request, app, served, result, "image")
 
 
@@ -273,9 +303,19 @@ def _refine(app: App, served: Served, data: RefineForm) -> engine.Result:
         raise InvalidArgument(f"negatives sampled must be in 0..2000, got {data.sampled_negatives}")
     if not 1 <= data.negative_weight <= 100:
         raise InvalidArgument(f"negative weight must be in 1..100, got {data.negative_weight}")
-    return served.cat.refine(data.positives, data.negatives, model=data.model,
-                             sampled_negatives=data.sampled_negatives, negative_weight=data.negative_weight,
-                             random_state=data.seed, suggestions=app.settings.page_size)
+    labels = _count_ids(data.positives) + _count_ids(data.negatives)
+    if labels > app.settings.max_labels:
+        raise InvalidArgument(f"a fine-tune uses at most {app.settings.max_labels} labels, positive and negative "
+                              f"together; got {labels}. Clear some labels, or fine-tune in SQL or Python")
+    with served.working():
+        return served.cat.refine(data.positives, data.negatives, model=data.model,
+                                 sampled_negatives=data.sampled_negatives, negative_weight=data.negative_weight,
+                                 random_state=data.seed, suggestions=app.settings.page_size)
+
+
+def _count_ids(text: str) -> int:
+    """How many ids a comma-separated list holds (the engine parses and checks them)."""
+    return sum(1 for part in text.split(",") if part.strip())
 
 
 @get("/results/{token:str}", sync_to_thread=False)
@@ -315,7 +355,8 @@ def console_page(request: HTMXRequest, catalog: CatalogParam = None) -> Template
     ).to_pylist()
     return Template(template_name="console.html", context={
         "catalogs": list(app.catalogs.values()), "current": served, "tables": tables,
-        "time_limit": app.settings.sql_time_limit_s, "max_rows": app.settings.sql_max_rows})
+        "time_limit": app.settings.sql_time_limit_s, "max_rows": app.settings.sql_max_rows,
+        "max_bytes": app.settings.sql_max_bytes})
 
 
 @dataclass
@@ -330,13 +371,16 @@ def console_run(request: HTMXRequest,
                 data: Annotated[SqlForm, Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
-    res = _run_sql(app, served, data)
+    # HTML escaping can make a value up to five times longer than its text.
+    html_bytes = app.settings.sql_max_bytes // 5
+    res = _run_sql(request, app, served, data, max_bytes=html_bytes)
     columns = res.table.column_names
     id_columns = {c for c in columns if c == "id" or c.endswith("_id") and c != "block_id"}
     rows = [[row[c] for c in columns] for row in _rows(res.table)]
     return _render(request, "_table.html", {
         "catalog": served.name, "columns": columns, "rows": rows, "id_columns": id_columns,
-        "truncated": res.truncated, "time_ms": res.time_ms, "max_rows": app.settings.sql_max_rows})
+        "truncated": res.truncated, "cut": res.cut, "time_ms": res.time_ms, "max_rows": app.settings.sql_max_rows,
+        "max_bytes": html_bytes, "max_value_chars": MAX_VALUE_CHARS})
 
 
 def _rows(table) -> list[dict]:
@@ -348,7 +392,7 @@ def _rows(table) -> list[dict]:
         raise InvalidSql(f"a value in the result cannot be shown ({e}); CAST it to VARCHAR") from None
 
 
-def _run_sql(app: App, served: Served, data: SqlForm):
+def _run_sql(request: Request, app: App, served: Served, data: SqlForm, *, max_bytes: int | None = None):
     import pyarrow as pa
 
     ids, scores = np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -358,8 +402,11 @@ def _run_sql(app: App, served: Served, data: SqlForm):
             ids, scores = result.ids, result.scores
     relations = {"last_result": pa.table({"id": pa.array(ids, pa.int64()), "score": pa.array(scores, pa.int64()),
                                           "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})}
-    return served.cat.query(data.sql, time_limit_s=app.settings.sql_time_limit_s,
-                            max_rows=app.settings.sql_max_rows, relations=relations)
+    return served.console.run(data.sql, time_limit_s=app.settings.sql_time_limit_s,
+                              cancel=request.scope.get(CLIENT_GONE),
+                              max_rows=app.settings.sql_max_rows,
+                              max_bytes=app.settings.sql_max_bytes if max_bytes is None else max_bytes,
+                              relations=relations)
 
 
 # -- JSON twins ------------------------------------------------------------------------------
@@ -368,7 +415,8 @@ def api_search(request: Request, q: Annotated[str, Parameter(max_length=20_000)]
                id: Annotated[int | None, Parameter(description="image id: more like this")] = None,
                k: Annotated[int, Parameter(ge=1, le=1000)] = 60) -> dict[str, Any]:
     served = _state(request).catalog(catalog)
-    result = served.cat.search(id=id, k=k) if id is not None else served.cat.search(q, k=k)
+    with served.working():
+        result = served.cat.search(id=id, k=k) if id is not None else served.cat.search(q, k=k)
     return result.to_json()
 
 
@@ -382,17 +430,19 @@ def api_refine(request: Request, data: JSONBody[RefineForm],
 @post("/api/sql", sync_to_thread=True, status_code=200)
 def api_sql(request: Request, data: JSONBody[SqlForm]) -> dict[str, Any]:
     app = _state(request)
-    res = _run_sql(app, app.catalog(data.catalog), data)
+    res = _run_sql(request, app, app.catalog(data.catalog), data)
     return {"columns": res.table.column_names, "rows": _rows(res.table), "truncated": res.truncated,
-            "time_ms": res.time_ms}
+            "cut": res.cut, "time_ms": res.time_ms}
 
 
 @dataclass
 class CatalogHealth:
-    """One served catalog: its rows and the DuckDB connections open to it now."""
+    """One served catalog: its rows, the DuckDB connections open to it now, and the console
+    queries running in its worker processes."""
 
     rows: int
     duckdb_connections: int
+    console_queries: int
 
 
 @dataclass
@@ -413,7 +463,7 @@ def api_health(request: Request, catalog: Annotated[str | None, Parameter(
         description="only this catalog (default: every catalog served)")] = None) -> Health:
     app = _state(request)
     served = [app.catalog(catalog)] if catalog else list(app.catalogs.values())
-    catalogs = {s.name: CatalogHealth(s.rows, s.cat.connection_count()) for s in served}
+    catalogs = {s.name: CatalogHealth(s.rows, s.cat.connection_count(), s.console.busy()) for s in served}
     kept, ids = app.results.size()
     return Health("ok", catalogs, kept, ids)
 
@@ -439,6 +489,51 @@ def server_timing(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+CLIENT_GONE = "clip_branches.client_gone"
+
+
+def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware that sets ``scope[CLIENT_GONE]`` (a ``threading.Event``) when the client
+    goes away before its response is complete, so work that can be stopped (a console query in
+    its worker process) is stopped instead of running on for nobody. Once the request body has
+    been read, a watcher waits for the next message, which the server sends only on disconnect
+    or after the response."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        gone = threading.Event()
+        scope[CLIENT_GONE] = gone
+        body_read = asyncio.Event()
+        watched: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def watch() -> None:
+            await body_read.wait()
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            watched.set_result(message)
+
+        async def tracked_receive() -> Message:
+            if body_read.is_set():
+                return await asyncio.shield(watched)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await app(scope, tracked_receive, send)
+        finally:
+            watcher.cancel()
+
+    return middleware
+
+
 def create_app(paths: list[str | Path], settings: Settings | None = None, *, warm_up: bool = True) -> Litestar:
     """The Litestar app serving ``paths`` (catalog files, opened read-only and sandboxed)."""
     state = App(list(paths), settings or Settings())
@@ -453,7 +548,7 @@ def create_app(paths: list[str | Path], settings: Settings | None = None, *, war
         exception_handlers={CatalogError: _catalog_error, HTTPException: _http_error},
         request_max_body_size=state.settings.max_upload_bytes + 1_000_000,
         on_shutdown=[state.close],
-        middleware=[server_timing],
+        middleware=[server_timing, cancel_on_disconnect],
         debug=False,
     )
     app.state.cb = state

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from engine.errors import InvalidArgument
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -12,9 +14,34 @@ class Settings:
     result_ids_kept: int = field(default=20_000_000, metadata={"help": "result ids kept in memory, all results together"})
     sql_time_limit_s: float = field(default=5.0, metadata={"help": "console query time limit, seconds"})
     sql_max_rows: int = field(default=500, metadata={"help": "rows a console query shows at most"})
-    sql_memory_limit: str = field(default="1GB", metadata={"help": "memory all queries of a catalog may use"})
+    sql_max_bytes: int = field(default=2_000_000, metadata={"help": "bytes of rows a console query shows at most"})
+    sql_memory_limit: str = field(default="1GB", metadata={"help": "memory each console query may use (its own process)"})
+    sql_workers: int = field(default=2, metadata={"help": "console queries a catalog runs at once (one process each)"})
+    max_concurrent: int = field(default=4, metadata={
+        "help": "searches and fine-tunes a catalog works on at once; more wait half a second, then get a 503"})
+    max_labels: int = field(default=2000, metadata={"help": "labels, positive and negative together, one fine-tune uses"})
     max_upload_bytes: int = field(default=20_000_000, metadata={"help": "largest query image accepted"})
     thumb_max_age_s: int = field(default=86_400, metadata={"help": "Cache-Control max-age of thumbnails"})
+
+    @classmethod
+    def parse(cls, assignments: list[str]) -> Settings:
+        """Settings from ``NAME=VALUE`` texts (the CLI's ``serve --set``), each value checked."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict = {}
+        for text in assignments:
+            name, sep, raw = text.partition("=")
+            name = name.strip()
+            if not sep or name not in known:
+                raise InvalidArgument(f"--set takes NAME=VALUE with NAME one of {', '.join(known)}; got {text!r}")
+            kind = {"int": int, "float": float, "str": str}[str(known[name].type)]
+            try:
+                value = kind(raw.strip().replace("_", "") if kind is not str else raw.strip())
+            except ValueError:
+                raise InvalidArgument(f"--set {name}: {raw!r} is not a valid {kind.__name__}") from None
+            if kind is not str and value <= 0:
+                raise InvalidArgument(f"--set {name}: must be positive, got {raw!r}")
+            values[name] = value
+        return cls(**values)
 
     @classmethod
     def help(cls) -> dict[str, str]:
