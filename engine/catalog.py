@@ -31,7 +31,6 @@ from .errors import (
     InvalidArgument,
     InvalidCodes,
     InvalidSql,
-    QueryInterrupted,
     ReadOnlyError,
     StaleIndexError,
     UnknownIds,
@@ -657,9 +656,8 @@ class Catalog:
         n_members = int(getattr(estimator, "n_estimators", 1))
         t2 = time.perf_counter()
         center = rf.center_code(train.pos_codes)
-        low = max(1, min_votes - rf.SUGGEST_VOTE_MARGIN + 1) if n_suggest and n_members > 1 else min_votes
-        sel = query.select(index, estimator.boxes_, low, center=center)
-        n_results = int(np.searchsorted(-sel.votes, -min_votes, side="right"))  # votes rank first
+        sel = query.select(index, estimator.boxes_, min_votes, center=center)
+        n_results = len(sel.ids)
         t3 = time.perf_counter()
         suggested = rf.suggest(index, sel, min_votes, n_members, train, np.concatenate([pos, neg]), n_suggest)
         t4 = time.perf_counter()
@@ -668,7 +666,8 @@ class Catalog:
             "model": rf.model_name(model), "positives": int(len(pos)), "negatives": int(len(neg)),
             "sampled_negatives": train.n_sampled, "sampled_dropped": train.n_dropped,
             "negative_weight": negative_weight, "guided": train.guided,
-            "pseudo_positives": train.n_pseudo,
+            "pseudo_positives": train.n_pseudo, "guide_groups": train.n_groups,
+            "held_guide_positives": train.held_positives,
             "boxes": len(estimator.boxes_), "members": n_members, "min_votes": min_votes,
             "time_sample_ms": (t1 - t0) * 1e3, "time_train_ms": (t2 - t1) * 1e3,
             "time_query_ms": (t3 - t2) * 1e3, "time_suggest_ms": (t4 - t3) * 1e3,
@@ -700,19 +699,23 @@ class Catalog:
         index = self.block_index()
         if index.n_rows == 0:
             raise UnknownIds(pos.tolist())
-        return rf.assemble(index.cols, self._positions(pos), self._positions(neg),
-                           self._negative_pool(sampled_negatives), sampled_negatives, negative_weight,
-                           filter_sampled, guide)
+        pos_rows = self._positions(pos)
+        pool, pool_codes = self._negative_pool(sampled_negatives)
+        return rf.assemble(index.cols, pos_rows, self._positions(neg), pool, sampled_negatives, negative_weight,
+                           filter_sampled, guide, pool_codes=pool_codes, starts=index.blocks.start)
 
-    def _negative_pool(self, size: int) -> np.ndarray:
+    def _negative_pool(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed sampling pool's row positions and their codes (uint8 (n, 32)), kept for the
+        catalog state: gathering 16k random rows of a 10M-row index costs milliseconds a round."""
         from . import refine as rf
 
         index = self.block_index()
         key = (self._index_version, index.n_rows, max(size, rf.POOL_SIZE))
         with self._lock:
             if self._pool is None or self._pool[0] != key:
-                self._pool = (key, rf.negative_pool(index.n_rows, size))
-            return self._pool[1]
+                pool = rf.negative_pool(index.n_rows, size)
+                self._pool = (key, pool, np.ascontiguousarray(index.cols[:, pool].T))
+            return self._pool[1], self._pool[2]
 
     def search(self, text: str | None = None, *, image=None, id: int | None = None, k: int = 60) -> Result:
         """The ``k`` images nearest to a text query, an image (path, bytes or PIL image) or the

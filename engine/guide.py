@@ -1,24 +1,21 @@
-"""The linear guide of a refine round: a logistic regression that labels unlabelled rows for the
-box learner, calibrates its vote threshold and ranks the *Label next* suggestions.
+"""The linear guide of a refine round: a logistic regression, confined to a region around the
+labelled positives, that labels unlabelled rows for the box learner, calibrates its vote
+threshold and ranks the *Label next* suggestions.
 
 Why a guide. The labelled positives of a session are the nearest neighbours of one query: a clump
 in one corner of the class. Boxes grown around that clump are precise and small, and their
 majority vote is smaller still, so a box model trained on the labels alone found 58-72% of a
-class (whole-catalog recall on the demo catalog, ``scripts/eval_session.py``). A linear model on
-the same training rows extrapolates along the class and found far more (F1 0.90 against the
-ensemble's 0.69-0.80 after round 1), but applying it means scoring every code of the catalog.
-The guide keeps the box model and its index: it labels a random sample of the catalog (the
-round's fixed pool), those of its positives join the training set, and boxes grown over them cover
-the class, not the clump. It also picks the number of member votes a row needs (the one on which the ensemble agrees
-best with the guide on pool rows no model trained on), and it tells which unlabelled rows lie
-near the boundary, so that labelling them teaches the next round most.
+class of the demo catalog (``scripts/eval_session.py --models 'ensemble[guide=False]'``). A
+linear model on the same training rows extrapolates along the class, but applying it means
+scoring every code of the catalog. The guide keeps the box model and its index: it labels
+unlabelled rows near the class (pseudo-positives), those join the training set, and boxes grown
+over them cover the class, not the clump.
 
-A halfspace is unbounded, and fitted on a few dozen positives against 500 random rows it is
-loosely placed: for a class of 0.2% of the catalog its far side holds other classes. So the
-guide's positives must also lie within a ball around the labelled positives
-(:meth:`Guide.within`, radius ``engine.refine.GUIDE_RADIUS`` times the farthest labelled
-positive's distance from their mean, and no less than the nearest negative's distance over the
-square root of the number of positives, for rounds with one or two positives).
+Why a region. A halfspace is unbounded, and fitted on a few dozen positives against a few hundred
+random rows it is loosely placed: in a catalog of 10M rows its far side holds other classes. So
+the guide's positives must also lie in a union of balls (:class:`Region`), one per group of
+labelled positives (:func:`group_positives`): positives of several clusters ("shoes" labelled
+on sandals, sneakers and boots) get a ball each rather than one ball as wide as the catalog.
 
 Everything here is a pure function of numpy arrays; codes enter as uint8 (n, 32).
 """
@@ -29,38 +26,63 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# L2 strength of the logistic regression, as scikit-learn's C (measured on the session benchmark:
-# 10 ranks the boundary better than 1 by round 3, 0.927 vs 0.918 mean F1, with the same round 1).
+# L2 strength of the logistic regression, as scikit-learn's C (scripts/eval_session.py, demo:
+# 10 ranks the boundary better than 1 by round 3).
 GUIDE_C = 10.0
+# Newton's method on 33 unknowns converges in a handful of steps; scikit-learn's solvers reach
+# the same coefficients 4-20x slower on a round's training set (scripts/bench_guide.py).
 NEWTON_STEPS = 30
+
+
+@dataclass(frozen=True)
+class Region:
+    """A union of balls: ``centres`` float64 (g, 32), ``radii`` float64 (g,), in code units."""
+
+    centres: np.ndarray
+    radii: np.ndarray
+
+    def contains(self, codes: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """bool (n,): rows within ``scale`` times some ball's radius of its centre, from one
+        matrix product (float32: squared distances of codes stay below 2**21, exact to 1/4)."""
+        if len(self.radii) == 0 or len(codes) == 0:
+            return np.zeros(len(codes), bool)
+        X = np.asarray(codes, dtype=np.float32)
+        C = self.centres.astype(np.float32)
+        d2 = (X * X).sum(axis=1)[:, None] - 2.0 * (X @ C.T) + (C * C).sum(axis=1)[None, :]
+        return (d2 <= ((scale * self.radii) ** 2 + 1.0).astype(np.float32)[None, :]).any(axis=1)
+
+
+    def nearest(self, codes: np.ndarray) -> np.ndarray:
+        """int64 (n,): for each row, the ball it lies deepest in (smallest ``dist^2 - r^2``)."""
+        X = np.asarray(codes, dtype=np.float32)
+        C = self.centres.astype(np.float32)
+        d2 = (X * X).sum(axis=1)[:, None] - 2.0 * (X @ C.T) + (C * C).sum(axis=1)[None, :]
+        return np.argmin(d2 - (self.radii**2).astype(np.float32)[None, :], axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class Guide:
     """A fitted linear scorer over codes: ``score(codes) = codes / 255 @ coef + intercept``;
-    positive scores are the guide's positives."""
+    positive scores within ``region`` (everywhere when None) are the guide's positives."""
 
     coef: np.ndarray  # float64 (32,)
     intercept: float
-    center: np.ndarray | None = None  # float64 (32,): with radius, the region its positives lie in
-    radius: float = np.inf
+    region: Region | None = None
 
     def score(self, codes: np.ndarray) -> np.ndarray:
         """float64 (n,) margins of uint8 (n, 32) codes."""
         return (np.asarray(codes, dtype=np.float64) / 255.0) @ self.coef + self.intercept
 
     def positive(self, codes: np.ndarray) -> np.ndarray:
-        """bool (n,): the guide's positives, rows of positive margin within ``radius`` (L2, in code
-        units) of ``center``."""
+        """bool (n,): the guide's positives, rows of positive margin inside the region."""
         pos = self.score(codes) > 0
-        if self.center is not None and np.isfinite(self.radius):
-            d2 = ((np.asarray(codes, dtype=np.float64) - self.center) ** 2).sum(axis=1)
-            pos &= d2 <= self.radius**2
+        if self.region is not None and pos.any():
+            pos[pos] = self.region.contains(np.asarray(codes)[pos])
         return pos
 
-    def within(self, center: np.ndarray, radius: float) -> Guide:
-        """The same scorer whose positives must also lie within ``radius`` of ``center``."""
-        return Guide(self.coef, self.intercept, np.asarray(center, dtype=np.float64), float(radius))
+    def within(self, region: Region) -> Guide:
+        """The same scorer whose positives must also lie in ``region``."""
+        return Guide(self.coef, self.intercept, region)
 
 
 def fit_guide(X: np.ndarray, y: np.ndarray, w: np.ndarray, C: float = GUIDE_C) -> Guide:
@@ -94,12 +116,46 @@ def fit_guide(X: np.ndarray, y: np.ndarray, w: np.ndarray, C: float = GUIDE_C) -
     return Guide(beta[:d].copy(), float(beta[d]))
 
 
-def choose_min_votes(votes: np.ndarray, agree: np.ndarray, n_members: int, default: int) -> int:
+def group_positives(codes: np.ndarray, link: np.ndarray, stones: np.ndarray | None = None) -> np.ndarray:
+    """int64 (p,) group of each positive, numbered 0.. in order of first appearance: single
+    linkage, two points joined when their distance is at most the smaller of their ``link``
+    distances (float64 (p,), code units), so that one positive with a wide link cannot bridge
+    two clusters on its own.
+
+    ``stones``: uint8 (m, 32) unlabelled rows the guide scores positive, each with the median
+    of the positives' links. Chains through them join positives of one continuous class that
+    the labels alone leave apart; rows of a class too rare to be among them join nothing.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    p = len(codes)
+    link = np.asarray(link, dtype=np.float64)
+    if stones is not None and len(stones) and p:
+        codes = np.concatenate([codes, stones])
+        link = np.concatenate([link, np.full(len(stones), np.median(link))])
+    # float32 is exact here: every product and partial sum of uint8 codes stays below 2**24
+    X = codes.astype(np.float32)
+    sq = (X * X).sum(axis=1)
+    d2 = (sq[:, None] - 2.0 * (X @ X.T) + sq[None, :]).astype(np.float64)
+    joined = d2 <= np.minimum(link[:, None], link[None, :]) ** 2
+    _, comp = connected_components(csr_matrix(joined), directed=False)
+    _, group = np.unique(comp[:p], return_inverse=True)
+    # number groups by first appearance, as the positives come
+    first = np.full(group.max() + 1 if p else 0, p, np.int64)
+    np.minimum.at(first, group, np.arange(p))
+    rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")
+    return rank[group].astype(np.int64)
+
+
+def choose_min_votes(votes: np.ndarray, agree: np.ndarray, n_members: int, default: int,
+                     min_positives: int = 1) -> int:
     """The vote threshold under which the ensemble's positives agree best (F1) with the guide's
     positives ``agree`` (bool) on held-out rows whose member ``votes`` are given; ``default``
-    when the guide marks none of them positive. Ties go to the higher threshold (fewer rows)."""
+    when the guide marks fewer than ``min_positives`` (at least one) of them positive. Ties go to
+    the higher threshold (fewer rows)."""
     n_pos = int(agree.sum())
-    if n_pos == 0 or n_members <= 1:
+    if n_pos < max(1, min_positives) or n_members <= 1:
         return int(default)
     votes = np.asarray(votes, dtype=np.int64)
     counts = np.bincount(votes, minlength=n_members + 1)[: n_members + 1]
@@ -130,11 +186,14 @@ def diverse(codes: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.int64)
 
 
-def suggest(codes: np.ndarray, guide: Guide, n: int, pool_factor: int = 4) -> np.ndarray:
+def suggest(codes: np.ndarray, guide: Guide, n: int, pool_factor: int = 4, prefer: np.ndarray | None = None) -> np.ndarray:
     """Indices into ``codes`` (the unlabelled candidates) of up to ``n`` suggestions: of the
     ``pool_factor * n`` candidates nearest the guide's boundary (smallest |margin|), ``n`` spread
-    out by :func:`diverse`, most uncertain first."""
+    out by :func:`diverse`, most uncertain first. ``prefer`` (bool (len(codes),)) marks the
+    candidates ranked before all others, each part by its margin."""
     if n <= 0 or len(codes) == 0:
         return np.zeros(0, np.int64)
-    order = np.argsort(np.abs(guide.score(codes)), kind="stable")[: pool_factor * n]
+    margin = np.abs(guide.score(codes))
+    later = np.zeros(len(codes), bool) if prefer is None else ~np.asarray(prefer, bool)
+    order = np.lexsort((margin, later))[: pool_factor * n]
     return order[np.sort(diverse(codes[order], n))]

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import query
+from .boxes import BoxSet
 from .errors import InvalidArgument
-from .guide import Guide, choose_min_votes, fit_guide
+from .guide import Guide, Region, choose_min_votes, fit_guide, group_positives
 from .guide import suggest as suggest_by_guide
 
 DEFAULT_SAMPLED_NEGATIVES = 500
@@ -24,20 +25,56 @@ MAX_SAMPLED_NEGATIVES = 100_000
 # results change only when the labels (or random_state, for the model) do.
 POOL_SEED = 0x5EED
 POOL_SIZE = 16_384
-# Guided rounds: unlabelled pool rows the guide may add as positives, and pool rows (not trained
-# on) that calibrate the vote threshold and feed the suggestions.
-PSEUDO_POSITIVES = 250
-# The guide's positives must lie within this many times the largest distance of a labelled
-# positive from their mean: a halfspace is unbounded, and for a class of 0.2% of the catalog
-# its far side holds other classes (scripts/eval_session.py, clusters: round-1 F1 0.69 -> 0.99).
+# Guided rounds: unlabelled rows the guide may add as positives. Each one lengthens the round's
+# training (250 cost 1.9-2.3x an unguided round at 1M-10M rows, scripts/eval_session.py --rows).
+PSEUDO_POSITIVES = 120
+# The region of a group of labelled positives: a ball around their mean, this many times the
+# largest distance of one of them from it (a halfspace is unbounded, and in a large catalog its
+# far side holds other classes; scripts/eval_session.py --rows 10000000).
 GUIDE_RADIUS = 2.0
 # ...but at least the distance from that mean to the nearest negative, divided by the square
 # root of the number of positives: the farthest of one or two positives says little about the
-# class's extent (scripts/eval_feedback.py, demo, one positive: F1 0.00 -> 0.84).
+# class's extent (scripts/eval_feedback.py, demo, one positive).
 GUIDE_FLOOR = 1.0
+# A rare class (fewer than MIN_HELD_POSITIVES guide positives among the held-out pool rows: the
+# pool barely samples it) gets balls of this many times its positives' spread instead, and its
+# boxes are clipped to the positives' and pseudo-positives' bounding box widened by HULL_MARGIN
+# standard deviations per dim. Boxes constrain 4-8 dims, and where random negatives are as
+# sparse as a rare class's neighbours, boxes grown over the whole class take in a neighbouring
+# cluster that shares those dims; the clip keeps them to the class on all 32 and lets the index
+# prune (scripts/eval_session.py --rows 10000000: tight sessions' lowest precision 0.52 -> 1.00,
+# share of rows read 0.4-0.6 -> 0.01-0.25).
+RARE_RADIUS = 1.5
+HULL_MARGIN = 1.0
+# Groups of positives: two positives (or a positive and a stone, below) are one group when their
+# distance is at most LINK_FACTOR times the smaller of their local scales, a positive's local
+# scale being its distance to its LINK_NEIGHBOURS-th nearest row of its own k-d block. Positives
+# of one search grid form one group; positives of distinct clusters do not. Taking the larger
+# scale let one positive bridge the clusters of a loose concept; without the stones, the demo's
+# grids split into 2-23 groups and round 1 fell from 0.88 to 0.84 (scripts/eval_session.py
+# --models ensemble 'ensemble[guide=False]' --rows 1000000).
+LINK_NEIGHBOURS = 16
+LINK_FACTOR = 2.0
+# Chains may pass through up to this many rows of the pool's candidate half that the guide
+# scores positive (each with the positives' median scale): a common class is densely sampled
+# there and its positives join up; a rare class's neighbours are not.
+STONES = 1000
+# Rows near the positives: the k-d blocks that hold the most labelled positives. In k-d order a
+# block's rows are near one another, so these hold a rare class's members that a random pool of
+# 16k rows cannot (a class of 0.025% of 10M rows puts 4 members in it).
+NEAR_BLOCKS = 16
+# Rows near the positives that lie outside the guide's region join the negatives, at most this many.
+NEAR_NEGATIVES = 250
+# Held-out pool rows (never trained on) calibrate the ensemble's vote threshold, but only when
+# the guide marks at least this many of them positive: a threshold fitted to a handful of rows
+# is noise, and the ensemble's own majority is the better default.
 HELD_OUT = 8_192
+MIN_HELD_POSITIVES = 20
 # Suggestions: rows whose votes lie within this many of the threshold are near the boundary.
 SUGGEST_VOTE_MARGIN = 4
+# Suggestions come first from the vote band and from the ring between the region's balls and
+# this many times their radii.
+SUGGEST_REACH = 2.0
 DEFAULT_SUGGESTIONS = 60
 # At most this many of a round's rows near the vote threshold are candidates for suggestions,
 # so that a round selecting millions of rows still suggests in milliseconds.
@@ -182,10 +219,12 @@ class Training:
     labelled positives' codes; how many rows were sampled and how many of them were dropped.
 
     Every round also holds a :class:`~engine.guide.Guide` fitted on the labels and the sample
-    (it ranks the suggestions), ``free``: row positions of every unlabelled pool row (suggestion
-    candidates), and ``held``: those of them no model trains on. A ``guided`` round let the
-    guide relabel the sample and add ``n_pseudo`` pool rows as positives, and calibrates its
-    vote threshold on ``held``.
+    (it ranks the suggestions), ``free``: row positions of every unlabelled pool row and of the
+    unlabelled rows near the positives (suggestion candidates), and ``held``: pool rows no model
+    trains on. A ``guided`` round let the guide relabel the sample and add ``n_pseudo`` rows as
+    positives, confined its positives to a union of ``n_groups`` balls, and calibrates its vote
+    threshold on ``held`` when the guide marks at least :data:`MIN_HELD_POSITIVES` of them
+    positive (``held_positives``).
     """
 
     X: np.ndarray
@@ -199,70 +238,211 @@ class Training:
     held: np.ndarray
     guided: bool = False
     n_pseudo: int = 0
+    n_groups: int = 0
+    held_positives: int = 0
+    held_codes: np.ndarray | None = None
+    pseudo: np.ndarray | None = None  # int64 row positions of the pseudo-positives
+    # uint8 (g, 32) lo, hi per group of positives, and the group of each training positive
+    # (int64, in the order of X[y == 1]): each box is clipped to its group's (:func:`clip_boxes`)
+    hull: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def near_rows(starts: np.ndarray, pos: np.ndarray, max_blocks: int = NEAR_BLOCKS) -> np.ndarray:
+    """int64 row positions of the k-d blocks (``starts``, int64 (n_blocks + 1,)) holding the
+    most of the row positions ``pos``, at most ``max_blocks`` of them (ties: block order)."""
+    if len(pos) == 0 or len(starts) < 2:
+        return np.zeros(0, np.int64)
+    block = np.searchsorted(starts, pos, side="right") - 1
+    blocks, counts = np.unique(block, return_counts=True)
+    blocks = np.sort(blocks[np.argsort(-counts, kind="stable")[:max_blocks]])
+    return np.concatenate([np.arange(starts[b], starts[b + 1], dtype=np.int64) for b in blocks])
+
+
+def _sq_dists(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """float64 (len(A), len(B)) squared L2 distances between code rows, by one matrix product."""
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    return np.maximum((A * A).sum(axis=1)[:, None] - 2.0 * A @ B.T + (B * B).sum(axis=1)[None, :], 0.0)
+
+
+def local_scales(cols: np.ndarray, starts: np.ndarray, pos: np.ndarray, k: int = LINK_NEIGHBOURS) -> np.ndarray:
+    """float64 (len(pos),): each row's distance to its ``k``-th nearest row of its own k-d block
+    (``starts`` as in :func:`near_rows`; in k-d order a block's rows are near one another), 0
+    when the block holds ``k`` rows or fewer."""
+    out = np.zeros(len(pos))
+    block = np.searchsorted(starts, pos, side="right") - 1
+    for b in np.unique(block):
+        at = np.flatnonzero(block == b)
+        rows = np.ascontiguousarray(cols[:, starts[b] : starts[b + 1]].T)
+        if len(rows) > k:
+            d2 = _sq_dists(np.ascontiguousarray(cols[:, pos[at]].T), rows)
+            out[at] = np.sqrt(np.partition(d2, k, axis=1)[:, k])
+    return out
+
+
+def guide_region(pos_codes: np.ndarray, scales: np.ndarray, negative_codes: np.ndarray,
+                 radius_factor: float = GUIDE_RADIUS, stones: np.ndarray | None = None) -> Region:
+    """The union of balls the guide's positives must lie in: one ball per group of positives
+    (:func:`engine.guide.group_positives` with links of :data:`LINK_FACTOR` times the local
+    ``scales``), around the group's mean, :data:`GUIDE_RADIUS` times its farthest member's
+    distance, and at least :data:`GUIDE_FLOOR` times the nearest of ``negative_codes`` over
+    the root of its size."""
+    group = group_positives(pos_codes, LINK_FACTOR * np.asarray(scales, dtype=np.float64), stones)
+    n_groups = int(group.max()) + 1
+    centres = np.zeros((n_groups, pos_codes.shape[1]))
+    radii = np.zeros(n_groups)
+    for g in range(n_groups):
+        members = pos_codes[group == g].astype(np.float64)
+        c = members.mean(axis=0)
+        radius = radius_factor * np.sqrt(((members - c) ** 2).sum(axis=1).max())
+        if len(members) <= 2:  # one or two positives say nothing of their class's spread
+            radius = max(radius, float(np.median(scales[group == g])))
+        if len(negative_codes):
+            nearest = np.sqrt(((negative_codes.astype(np.float64) - c) ** 2).sum(axis=1).min())
+            radius = max(radius, GUIDE_FLOOR * nearest / np.sqrt(len(pos_codes)))
+        centres[g], radii[g] = c, radius
+    return Region(centres, radii)
+
+
+def _evenly(idx: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` entries of ``idx``, evenly spaced over it."""
+    if len(idx) <= n:
+        return idx
+    return idx[np.linspace(0, len(idx) - 1, n).astype(np.int64)] if n > 0 else idx[:0]
 
 
 def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarray, count: int,
              negative_weight: float, filter_sampled: bool = True, guided: bool = False,
-             pseudo_positives: int = PSEUDO_POSITIVES) -> Training:
+             pseudo_positives: int = PSEUDO_POSITIVES, pool_codes: np.ndarray | None = None,
+             starts: np.ndarray | None = None) -> Training:
     """The training set of a refine round, from row positions into ``cols`` (uint8 (32, n)):
     labelled positives ``pos`` and negatives ``neg``, and up to ``count`` rows of ``pool``
     that are not labelled, less those :func:`reliable_negatives` drops.
 
+    ``pool_codes``: uint8 (len(pool), 32), the pool's codes when the caller keeps them.
+    ``starts``: int64 (n_blocks + 1,), the k-d block boundaries of ``cols``; the blocks that hold
+    the positives (:func:`near_rows`) give the guide rows near them, and suggestion candidates.
+
     ``guided``: a :class:`~engine.guide.Guide` is fitted on that set, its positives confined to
-    :data:`GUIDE_RADIUS` times the labelled positives' largest distance from their mean (at
-    least :data:`GUIDE_FLOOR` times the nearest negative's over the root of their number); the
-    sampled rows among its positives are dropped from the negatives, and up to
-    ``pseudo_positives`` further unlabelled pool rows among them join the positives (see
-    :mod:`engine.guide`).
+    :func:`guide_region`; the sampled rows among its positives are dropped from the negatives,
+    up to ``pseudo_positives`` further unlabelled rows among them join the positives, taken from
+    one half of the rest of the pool and from the rows near the positives, and up to
+    :data:`NEAR_NEGATIVES` rows near the positives but outside the region join the negatives.
+    The other half of the pool is held out to calibrate the vote threshold, so that neither
+    half is stripped of the class.
     """
     pos_codes = np.ascontiguousarray(cols[:, pos].T)
     neg_codes = np.ascontiguousarray(cols[:, neg].T)
-    free = pool[~np.isin(pool, np.concatenate([pos, neg]))]
-    sampled, rest = free[:count], free[count:]
-    all_sampled = np.ascontiguousarray(cols[:, sampled].T)
+    if pool_codes is None:
+        pool_codes = np.ascontiguousarray(cols[:, pool].T)
+    labelled = np.concatenate([pos, neg])
+    unlabelled = ~np.isin(pool, labelled)
+    free, free_codes = pool[unlabelled], pool_codes[unlabelled]
+    sampled, all_sampled = free[:count], free_codes[:count]
     n_sampled = len(sampled)
     sampled_codes = all_sampled[reliable_negatives(all_sampled, pos_codes)] if filter_sampled else all_sampled
     X, y, w = training_set(pos_codes, neg_codes, sampled_codes, negative_weight)
     guide = fit_guide(X, y, w)
-    if not guided:
-        return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, free,
-                        rest[:HELD_OUT])
-    rest_codes = np.ascontiguousarray(cols[:, rest].T)
-    if len(pos_codes):
-        c = pos_codes.astype(np.float64).mean(axis=0)
-        radius = GUIDE_RADIUS * np.sqrt(((pos_codes - c) ** 2).sum(axis=1).max())
-        negatives = X[y == 0]
-        if len(negatives):
-            nearest = np.sqrt(((negatives - c) ** 2).sum(axis=1).min())
-            radius = max(radius, GUIDE_FLOOR * nearest / np.sqrt(len(pos_codes)))
-        guide = guide.within(c, radius)
+    near = np.zeros(0, np.int64) if starts is None else near_rows(starts, pos)
+    near = near[~np.isin(near, labelled) & ~np.isin(near, sampled)]
+    candidates = np.concatenate([free, near])
+    if not guided or len(pos_codes) == 0:
+        return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, candidates,
+                        free[count:][:HELD_OUT])
+    rest, rest_codes = free[count:], free_codes[count:]
+    held, held_codes = rest[1::2][:HELD_OUT], rest_codes[1::2][:HELD_OUT]
+    cand, cand_codes = rest[0::2], rest_codes[0::2]
+    near_codes = np.ascontiguousarray(cols[:, near].T)
+    if starts is not None:
+        scales = local_scales(cols, starts, pos)
+    else:  # no blocks: the pool's rows stand in for the rows near each positive
+        k = min(LINK_NEIGHBOURS, max(len(rest_codes) - 1, 0))
+        scales = np.sqrt(np.partition(_sq_dists(pos_codes, rest_codes), k, axis=1)[:, k]) if k else np.zeros(len(pos))
+    stones = cand_codes[_evenly(np.flatnonzero(guide.score(cand_codes) > 0), STONES)]
+    region = guide_region(pos_codes, scales, X[y == 0], stones=stones)
+    rare = int((guide.within(region).positive(held_codes)).sum()) < MIN_HELD_POSITIVES
+    if rare:
+        # a rare class: the random pool barely samples it, so nothing says how far it extends;
+        # its balls shrink to RARE_RADIUS and its boxes are clipped to its hulls (below)
+        region = guide_region(pos_codes, scales, X[y == 0], RARE_RADIUS, stones)
+    guide = guide.within(region)
     sampled_codes = all_sampled[~guide.positive(all_sampled)]
-    pseudo = np.flatnonzero(guide.positive(rest_codes))[:pseudo_positives]
-    X, y, w = training_set(np.concatenate([pos_codes, rest_codes[pseudo]]), neg_codes, sampled_codes,
-                           negative_weight)
-    return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, free,
-                    np.delete(rest, pseudo)[:HELD_OUT], True, len(pseudo))
+    n_dropped = n_sampled - len(sampled_codes)
+    # pseudo-positives: the pool's half first (a random spread over the class), then rows near
+    # the positives, evenly spaced, until the budget is spent
+    from_pool = np.flatnonzero(guide.positive(cand_codes))[:pseudo_positives]
+    near_in = guide.region.contains(near_codes)
+    from_near = _evenly(np.flatnonzero(near_in & (guide.score(near_codes) > 0)), pseudo_positives - len(from_pool))
+    pseudo_codes = np.concatenate([cand_codes[from_pool], near_codes[from_near]])
+    # rows near the positives but outside the region: the neighbouring classes that random rows
+    # of a large catalog almost never hold, and that boxes grown over the whole class reach
+    outside = _evenly(np.flatnonzero(~near_in), NEAR_NEGATIVES)
+    X, y, w = training_set(np.concatenate([pos_codes, pseudo_codes]), neg_codes,
+                           np.concatenate([sampled_codes, near_codes[outside]]), negative_weight)
+    hull = group_hulls(np.concatenate([pos_codes, pseudo_codes]), region) if rare else None
+    return Training(X, y, w, pos_codes, n_sampled, n_dropped, guide, candidates, held, True, len(pseudo_codes),
+                    len(guide.region.radii), int(guide.positive(held_codes).sum()), held_codes,
+                    np.concatenate([cand[from_pool], near[from_near]]), hull)
 
 
 def fit_round(train: Training, cols: np.ndarray, model, subsets: Sequence[Sequence[int]], random_state):
     """The fitted estimator of a refine round on its training set, with its vote threshold
     calibrated (:func:`calibrate`): what ``Catalog.refine`` applies to the catalog."""
     estimator = make_model(model, subsets, random_state).fit(train.X, train.y, sample_weight=train.w)
+    if train.hull is not None:
+        estimator.boxes_ = clip_boxes(estimator.boxes_, train.X[train.y == 1], *train.hull)
     calibrate(estimator, train, cols)
     return estimator
+
+
+def group_hulls(codes: np.ndarray, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, group)``: for each ball of ``region``, the bounding box (uint8 (g, 32)) of the
+    rows ``codes`` (uint8 (n, 32), the positives of a round) that lie deepest in it, widened
+    by :data:`HULL_MARGIN` standard deviations per dim, and each row's ball (int64 (n,))."""
+    group = region.nearest(codes)
+    n_groups, d = len(region.radii), codes.shape[1]
+    lo, hi = np.zeros((n_groups, d), np.uint8), np.full((n_groups, d), 255, np.uint8)
+    for g in np.unique(group):
+        rows = codes[group == g].astype(np.float64)
+        margin = HULL_MARGIN * rows.std(axis=0)
+        lo[g] = np.clip(np.floor(rows.min(axis=0) - margin), 0, 255)
+        hi[g] = np.clip(np.ceil(rows.max(axis=0) + margin), 0, 255)
+    return lo, hi, group
+
+
+def clip_boxes(boxes: BoxSet, positives: np.ndarray, lo: np.ndarray, hi: np.ndarray, group: np.ndarray) -> BoxSet:
+    """Every box intersected with the hull (``lo``, ``hi``: uint8 (g, 32)) of the group whose
+    ``positives`` (uint8 (n, 32), of groups ``group``) it holds most; a box holding none is
+    intersected with the bounding box of all hulls. Boxes left empty go.
+
+    Boxes constrain 4-8 dims; the hull bounds all 32, which keeps a box grown over a rare class
+    out of the neighbouring clusters that share its few dims."""
+    if len(boxes) == 0:
+        return boxes
+    P = np.asarray(positives)
+    inside = ((boxes.lo[:, None, :] <= P[None]) & (P[None] <= boxes.hi[:, None, :])).all(axis=2)
+    counts = np.stack([inside[:, group == g].sum(axis=1) for g in range(len(lo))], axis=1)
+    owner = np.argmax(counts, axis=1)
+    box_lo, box_hi = lo[owner], hi[owner]
+    none = counts.max(axis=1) == 0
+    box_lo[none], box_hi[none] = lo.min(axis=0), hi.max(axis=0)
+    new_lo, new_hi = np.maximum(boxes.lo, box_lo), np.minimum(boxes.hi, box_hi)
+    keep = (new_lo <= new_hi).all(axis=1)
+    return BoxSet.from_arrays(new_lo[keep], new_hi[keep], boxes.members[keep])
 
 
 def calibrate(estimator, train: Training, cols: np.ndarray) -> int:
     """Set a fitted ensemble's ``min_votes_`` to the threshold on which it agrees best with the
     round's guide on the held-out pool rows (:func:`engine.guide.choose_min_votes`); returns it.
-    Single models and unguided rounds keep their own threshold."""
+    Single models, unguided rounds and rounds whose guide marks fewer than
+    :data:`MIN_HELD_POSITIVES` held-out rows keep the model's own threshold."""
     n_members = int(getattr(estimator, "n_estimators", 1))
-    if not train.guided or n_members <= 1 or len(train.held) == 0:
+    if not train.guided or n_members <= 1 or train.held_positives < MIN_HELD_POSITIVES:
         return int(estimator.min_votes_)
-    held = np.ascontiguousarray(cols[:, train.held])
-    votes = query.votes(held, estimator.boxes_)
-    estimator.min_votes_ = choose_min_votes(votes, train.guide.positive(held.T), n_members,
-                                            estimator.min_votes_)
+    held = train.held_codes if train.held_codes is not None else np.ascontiguousarray(cols[:, train.held].T)
+    votes = query.votes(np.ascontiguousarray(held.T), estimator.boxes_)
+    estimator.min_votes_ = choose_min_votes(votes, train.guide.positive(held), n_members,
+                                            estimator.min_votes_, MIN_HELD_POSITIVES)
     return int(estimator.min_votes_)
 
 
@@ -270,28 +450,37 @@ def suggest(index: query.BlockIndex, sel: query.Selection, min_votes: int, n_mem
             labelled: np.ndarray, n: int) -> np.ndarray:
     """Up to ``n`` unlabelled ids whose labels would teach the next round most.
 
-    Candidates are the rows near the vote threshold, from a selection made with a threshold
-    :data:`SUGGEST_VOTE_MARGIN` lower (votes within the margin of ``min_votes`` on either side:
-    where the members disagree), and the unlabelled rows of the round's pool (a random sample of
-    the catalog, which reaches rows no box holds). They are ranked by the round's guide's uncertainty, and the
-    picks spread out so that no two are near-duplicates (:func:`engine.guide.suggest`).
+    Candidates are the selected rows whose votes lie within :data:`SUGGEST_VOTE_MARGIN` above
+    the threshold (where the members disagree), and the unlabelled rows of the round's pool (a
+    random sample of the catalog, which reaches rows no box holds) and near the positives. They
+    are ranked by the round's guide's uncertainty, those within :data:`SUGGEST_REACH` times its
+    region first, and the picks spread out so that no two are near-duplicates
+    (:func:`engine.guide.suggest`).
     """
     if n <= 0:
         return np.zeros(0, np.int64)
     near = np.zeros(0, np.int64)
     if n_members > 1:  # votes rank first, descending: the band is one run of the selection
         neg_votes = -sel.votes.astype(np.int64)
+        stop = np.searchsorted(neg_votes, -min_votes, side="right")
         start = np.searchsorted(neg_votes, -(min_votes + SUGGEST_VOTE_MARGIN - 1), side="left")
-        stop = np.searchsorted(neg_votes, -(min_votes - SUGGEST_VOTE_MARGIN + 1), side="right")
         near = np.arange(start, stop)
     if len(near) > SUGGEST_CANDIDATES:  # a broad round: an even spread of its boundary rows
         near = near[np.linspace(0, len(near) - 1, SUGGEST_CANDIDATES).astype(np.int64)]
-    cand = np.unique(np.concatenate([sel.ids[near], index.ids[train.free]]))
+    band = sel.ids[near]
+    cand = np.unique(np.concatenate([band, index.ids[train.free]]))
     cand = cand[~np.isin(cand, labelled)]
     if len(cand) == 0:
         return np.zeros(0, np.int64)
     codes = np.ascontiguousarray(index.cols[:, index.positions(cand)].T)
-    return cand[suggest_by_guide(codes, train.guide, n)]
+    prefer = None
+    region = train.guide.region
+    if region is not None:
+        # where the members disagree, and the ring just outside the region: the rows whose
+        # labels move the boundary, and lead to the parts of a concept the labels have not reached
+        ring = ~region.contains(codes) & region.contains(codes, SUGGEST_REACH)
+        prefer = np.isin(cand, band) | ring
+    return cand[suggest_by_guide(codes, train.guide, n, prefer=prefer)]
 
 
 def reliable_negatives(sampled_codes: np.ndarray, pos_codes: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +77,8 @@ def test_a_worker_that_does_not_answer_is_killed_at_the_deadline(pool):
     finally:
         if _worker_pids(pool) == [pid]:
             os.kill(pid, signal.SIGCONT)
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"
     assert pool.run("SELECT 2 AS v").table.to_pylist() == [{"v": 2}]
     assert _worker_pids(pool) != [pid]
 

@@ -214,6 +214,14 @@ def test_search_and_refine_through_the_cli(demo):
     r = _cli(*[a for a in args if a != "--json"], "--suggestions", "5", "--no-guide")
     assert r.returncode == 0, r.stderr
     assert "# label next: " in r.stderr and len(r.stderr.split("# label next: ")[1].split(",")) == 5
+    r = _cli(*args, "--no-guide")
+    assert r.returncode == 0, r.stderr
+    plain = json.loads(r.stdout)
+    assert plain["stats"]["guided"] is False and plain["stats"]["pseudo_positives"] == 0
+    assert refined["stats"]["guided"] is True
+    with engine.Catalog.open(demo, read_only=True) as cat:
+        unguided = cat.refine(boots, others, model="ensemble", random_state=1, guide=False)
+    assert plain["results"] == len(unguided.ids) and plain["ids"] == unguided.ids[: len(plain["ids"])].tolist()
     r = _cli("refine", str(demo), "--positive", "1,x")
     assert r.returncode == 2 and "not an integer" in r.stderr and "Traceback" not in r.stderr
     r = _cli("search", str(demo))

@@ -112,8 +112,8 @@ def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog)
         assert res.stats["sampled_negatives"] == 0
         X = np.concatenate([codes[ids[labels == 0][:4] - 1000], codes[ids[labels == 3][:4] - 1000]])
         np.testing.assert_array_equal(res.model.estimator_.predict(X), [1, 1, 1, 1, 0, 0, 0, 0])
-        a = cat._negative_pool(500)
-        b = cat._negative_pool(100)
+        a = cat._negative_pool(500)[0]
+        b = cat._negative_pool(100)[0]
         np.testing.assert_array_equal(a, b)  # one fixed pool: asking for fewer takes a prefix
     sampled = rf.sample_negatives(np.array([5, 6, 7, 8, 9]), 3, exclude=np.array([6, 8]))
     assert sampled.tolist() == [5, 7, 9]
@@ -314,20 +314,19 @@ def test_guided_rounds_add_pseudo_positives_and_calibrate_the_vote_threshold(cat
         res = cat.refine(positives, model="ensemble", random_state=0)
         index = cat.block_index()
     assert train.guided and train.n_pseudo > 0 and not plain.guided and plain.n_pseudo == 0
-    assert int(train.y.sum()) == len(positives) + train.n_pseudo
-    assert not np.isin(train.held, index.positions(positives)).any()
-    # the pseudo-positives are rows the guide scores positive, all of the labelled class here
+    assert int(train.y.sum()) == len(positives) + train.n_pseudo == len(positives) + len(train.pseudo)
+    pos_rows = index.positions(positives)
+    assert not np.isin(train.held, pos_rows).any() and not np.isin(train.pseudo, train.held).any()
+    # the pseudo-positives are rows the guide scores positive inside its region, all of the class here
     extra = train.X[len(positives):int(train.y.sum())]
+    np.testing.assert_array_equal(extra, index.cols[:, train.pseudo].T)
     assert (train.guide.score(extra) > 0).all() and train.guide.positive(extra).all()
-    center = codes[labels == 3][:6].astype(np.float64).mean(axis=0)
-    reach = np.sqrt(((codes[labels == 3][:6] - center) ** 2).sum(axis=1).max())
-    nearest = np.sqrt(((plain.X[plain.y == 0] - center) ** 2).sum(axis=1).min())
-    radius = max(rf.GUIDE_RADIUS * reach, rf.GUIDE_FLOOR * nearest / np.sqrt(6))
-    assert train.guide.radius == pytest.approx(radius) and np.allclose(train.guide.center, center)
-    assert np.sqrt(((extra - center) ** 2).sum(axis=1)).max() <= radius + 1e-9
-    in_class = {tuple(c) for c in codes[labels == 3]}
-    assert all(tuple(c) in in_class for c in extra)
+    assert (labels[index.ids[train.pseudo] - 1000] == 3).all()
+    # every ball reaches GUIDE_RADIUS times its farthest positive: the labelled positives are inside
+    assert train.guide.region.contains(codes[labels == 3][:6]).all()
+    assert res.stats["guide_groups"] == train.n_groups == len(train.guide.region.radii) >= 1
     # the threshold is the one agreeing best with the guide on the held-out rows
+    assert train.held_positives >= rf.MIN_HELD_POSITIVES
     held = np.ascontiguousarray(index.cols[:, train.held])
     from engine import query
     from engine.guide import choose_min_votes
@@ -335,6 +334,23 @@ def test_guided_rounds_add_pseudo_positives_and_calibrate_the_vote_threshold(cat
     votes = query.votes(held, res.model.boxes_)
     assert res.model.min_votes_ == choose_min_votes(votes, train.guide.positive(held.T), 25, 13)
     assert res.stats["min_votes"] == res.model.min_votes_
+    assert res.stats["held_guide_positives"] == train.held_positives
+
+
+def test_pool_halves_are_disjoint_and_neither_is_stripped_of_the_class(catalog):
+    """Pseudo-positives come from one half of the pool and calibration rows from the other, so
+    a class keeps its share of the held-out rows however many pseudo-positives it gives."""
+    path, codes, labels = catalog
+    ids = np.arange(1000, 4000)
+    positives = ids[labels == 2][:10]
+    with engine.Catalog.open(path, read_only=True) as cat:
+        train = cat.training_set(positives, guide=True)
+        plain = cat.training_set(positives)
+        index = cat.block_index()
+    held_share = np.mean(labels[index.ids[train.held] - 1000] == 2)
+    free_share = np.mean(labels[index.ids[plain.held] - 1000] == 2)
+    assert abs(held_share - free_share) < 0.05 and held_share > 0.1
+    assert len(np.intersect1d(train.held, train.pseudo)) == 0
 
 
 def test_a_rare_class_gets_no_pseudo_positives_from_other_classes(tmp_path):
@@ -373,3 +389,76 @@ def test_an_estimator_can_be_passed_instead_of_a_name(catalog):
     assert res.model.n_estimators == 5 and res.model.subsets is not None
     assert res.stats["model"] == "DecisionBranchEnsemble" and res.stats["members"] == 5
     np.testing.assert_array_equal(res.ids, again.ids)
+
+
+def test_suggestions_come_from_the_vote_band_just_above_the_threshold(catalog):
+    """Rows whose votes lie within SUGGEST_VOTE_MARGIN of the threshold are where the members
+    disagree; rows far above it are settled and are never suggested."""
+    from engine import query
+    from engine.guide import Guide
+
+    path, _, _ = catalog
+    with engine.Catalog.open(path, read_only=True) as cat:
+        index = cat.block_index()
+    ids = index.ids[:120]
+    votes = np.repeat(np.array([25, 21, 17, 16, 14, 13], np.int32), 20)  # ranked, as select returns
+    sel = query.Selection(ids, votes, {})
+    empty = np.zeros(0, np.int64)
+    train = rf.Training(np.zeros((0, 32), np.uint8), empty, np.zeros(0), np.zeros((0, 32), np.uint8), 0, 0,
+                        Guide(np.zeros(32), 0.0), empty, empty)
+    band = ids[(votes >= 13) & (votes < 13 + rf.SUGGEST_VOTE_MARGIN)]
+    got = rf.suggest(index, sel, 13, 25, train, labelled=ids[100:105], n=100)
+    np.testing.assert_array_equal(np.sort(got), np.setdiff1d(band, ids[100:105]))
+    few = rf.suggest(index, sel, 13, 25, train, labelled=empty, n=10)
+    assert len(few) == 10 and np.isin(few, band).all()
+    # a single model has no votes to disagree on: only the pool's rows are candidates
+    assert len(rf.suggest(index, sel, 1, 1, train, labelled=empty, n=10)) == 0
+
+
+@pytest.fixture(scope="module")
+def rare_catalog(tmp_path_factory):
+    """200,000 codes in 1,000 clusters (classes of 0.1%): the sampling pool is 8% of the catalog
+    and holds a handful of a class's members."""
+    from engine import synth
+
+    codes, labels = (np.concatenate(p) for p in zip(*synth.clustered_codes(200_000, 5, 1000), strict=True))
+    path = tmp_path_factory.mktemp("rare") / "rare.duckdb"
+    with engine.Catalog.create(path) as cat:
+        cat.add_codes(codes)
+        cat.build_index()
+    return path, codes, labels
+
+
+def _grid(codes, members, n=40):
+    d = ((codes[members].astype(np.int64) - codes[members[0]].astype(np.int64)) ** 2).sum(axis=1)
+    return members[np.argsort(d)[:n]]  # the members nearest one of them: a clump, as a search grid
+
+
+@pytest.mark.parametrize("which", range(3))
+def test_a_catalog_ten_times_the_pool_guides_from_rows_near_the_positives(rare_catalog, which):
+    path, codes, labels = rare_catalog
+    sizes = np.bincount(labels)
+    cls = int(np.argsort(np.abs(sizes - np.median(sizes)), kind="stable")[which])
+    members = np.flatnonzero(labels == cls)  # ids are 0..n-1
+    positives = _grid(codes, members)
+    with engine.Catalog.open(path, read_only=True) as cat:
+        train = cat.training_set(positives, guide=True)
+        guided = cat.refine(positives, random_state=0)
+        plain = cat.refine(positives, random_state=0, guide=False)
+        index = cat.block_index()
+        pool = cat._negative_pool(500)[0]
+    assert index.n_rows >= 10 * len(pool)
+    assert np.isin(members, index.ids[pool]).sum() < rf.MIN_HELD_POSITIVES  # the pool barely holds the class
+    # the pseudo-positives come from the rows near the positives, and are of the class
+    assert train.n_pseudo >= 50 and not np.isin(train.pseudo, pool).all()
+    assert np.mean(labels[index.ids[train.pseudo]] == cls) >= 0.95
+    # too few held-out guide positives to calibrate on: the ensemble keeps its majority
+    assert train.held_positives < rf.MIN_HELD_POSITIVES and guided.stats["min_votes"] == 13
+
+    def prf(ids):
+        tp = np.isin(ids, members).sum()
+        return tp / max(len(ids), 1), tp / len(members)
+
+    (p, r), (p0, r0) = prf(guided.ids), prf(plain.ids)
+    assert p >= 0.95 and len(guided.ids) <= 2 * len(members)
+    assert 2 * p * r / (p + r) >= 2 * p0 * r0 / (p0 + r0) - 0.01  # no worse than without the guide

@@ -10,8 +10,8 @@ points leave the training set, and the next box grows. A box grows in one of two
   rows inside the cuts made so far. The first cut faces every training row, so its boxes come
   out tighter: trained on the labels and the sample alone, its whole-catalog F1 on classes of
   10% of the catalog was 0.10-0.19 lower than the original's (``scripts/compare_original.py``);
-  with the linear guide's pseudo-positives it is as good there, and on classes of 0.2% it is far
-  better (``scripts/eval_session.py``);
+  on a guided round's training rows (``--guided``) it is as good there, and on classes of 0.2%
+  it is far better (``scripts/eval_session.py``, clusters catalog);
 - bottom-up (:func:`_grow_box_bottom_up`), as the original decision branch code does: a seed
   box just around the seed, then one pass in which each dim widens over the rows inside the box
   on every *other* dim, and opens to the end of the code range where nothing lies beyond. With
