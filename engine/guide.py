@@ -85,14 +85,16 @@ class Guide:
         return Guide(self.coef, self.intercept, region)
 
 
-def fit_guide(X: np.ndarray, y: np.ndarray, w: np.ndarray, C: float = GUIDE_C) -> Guide:
+def fit_guide(X: np.ndarray, y: np.ndarray, w: np.ndarray, C: float | None = None) -> Guide:
     """Weighted L2 logistic regression by Newton's method.
 
     Minimises ``sum_i w_i log(1 + exp(-s_i m_i)) + ||coef||^2 / (2 C)`` with ``s_i = +-1`` and
     ``m_i`` the margin; the intercept is not penalised (as scikit-learn's ``lbfgs`` solver).
-    X uint8 (n, d), y 0/1 (n,), w float64 (n,) non-negative. With one class only the guide
-    (of non-zero weight) returns a constant score of that class's sign.
+    X uint8 (n, d), y 0/1 (n,), w float64 (n,) non-negative; ``C`` defaults to :data:`GUIDE_C`.
+    With one class only the guide (of non-zero weight) returns a constant score of that class's
+    sign.
     """
+    C = GUIDE_C if C is None else C
     y = np.asarray(y) > 0
     w = np.asarray(w, dtype=np.float64)
     d = X.shape[1]

@@ -251,9 +251,11 @@ class Training:
     hull: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def near_rows(starts: np.ndarray, pos: np.ndarray, max_blocks: int = NEAR_BLOCKS) -> np.ndarray:
+def near_rows(starts: np.ndarray, pos: np.ndarray, max_blocks: int | None = None) -> np.ndarray:
     """int64 row positions of the k-d blocks (``starts``, int64 (n_blocks + 1,)) holding the
-    most of the row positions ``pos``, at most ``max_blocks`` of them (ties: block order)."""
+    most of the row positions ``pos``, at most ``max_blocks`` (:data:`NEAR_BLOCKS`) of them
+    (ties: block order)."""
+    max_blocks = NEAR_BLOCKS if max_blocks is None else max_blocks
     if len(pos) == 0 or len(starts) < 2:
         return np.zeros(0, np.int64)
     block = np.searchsorted(starts, pos, side="right") - 1
@@ -269,10 +271,11 @@ def _sq_dists(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.maximum((A * A).sum(axis=1)[:, None] - 2.0 * A @ B.T + (B * B).sum(axis=1)[None, :], 0.0)
 
 
-def local_scales(cols: np.ndarray, starts: np.ndarray, pos: np.ndarray, k: int = LINK_NEIGHBOURS) -> np.ndarray:
-    """float64 (len(pos),): each row's distance to its ``k``-th nearest row of its own k-d block
-    (``starts`` as in :func:`near_rows`; in k-d order a block's rows are near one another), 0
-    when the block holds ``k`` rows or fewer."""
+def local_scales(cols: np.ndarray, starts: np.ndarray, pos: np.ndarray, k: int | None = None) -> np.ndarray:
+    """float64 (len(pos),): each row's distance to its ``k``-th (:data:`LINK_NEIGHBOURS`) nearest
+    row of its own k-d block (``starts`` as in :func:`near_rows`; in k-d order a block's rows
+    are near one another), 0 when the block holds ``k`` rows or fewer."""
+    k = LINK_NEIGHBOURS if k is None else k
     out = np.zeros(len(pos))
     block = np.searchsorted(starts, pos, side="right") - 1
     for b in np.unique(block):
@@ -285,12 +288,13 @@ def local_scales(cols: np.ndarray, starts: np.ndarray, pos: np.ndarray, k: int =
 
 
 def guide_region(pos_codes: np.ndarray, scales: np.ndarray, negative_codes: np.ndarray,
-                 radius_factor: float = GUIDE_RADIUS, stones: np.ndarray | None = None) -> Region:
+                 radius_factor: float | None = None, stones: np.ndarray | None = None) -> Region:
     """The union of balls the guide's positives must lie in: one ball per group of positives
     (:func:`engine.guide.group_positives` with links of :data:`LINK_FACTOR` times the local
     ``scales``), around the group's mean, :data:`GUIDE_RADIUS` times its farthest member's
     distance, and at least :data:`GUIDE_FLOOR` times the nearest of ``negative_codes`` over
     the root of its size."""
+    radius_factor = GUIDE_RADIUS if radius_factor is None else radius_factor
     group = group_positives(pos_codes, LINK_FACTOR * np.asarray(scales, dtype=np.float64), stones)
     n_groups = int(group.max()) + 1
     centres = np.zeros((n_groups, pos_codes.shape[1]))
@@ -317,7 +321,7 @@ def _evenly(idx: np.ndarray, n: int) -> np.ndarray:
 
 def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarray, count: int,
              negative_weight: float, filter_sampled: bool = True, guided: bool = False,
-             pseudo_positives: int = PSEUDO_POSITIVES, pool_codes: np.ndarray | None = None,
+             pseudo_positives: int | None = None, pool_codes: np.ndarray | None = None,
              starts: np.ndarray | None = None) -> Training:
     """The training set of a refine round, from row positions into ``cols`` (uint8 (32, n)):
     labelled positives ``pos`` and negatives ``neg``, and up to ``count`` rows of ``pool``
@@ -329,12 +333,13 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
 
     ``guided``: a :class:`~engine.guide.Guide` is fitted on that set, its positives confined to
     :func:`guide_region`; the sampled rows among its positives are dropped from the negatives,
-    up to ``pseudo_positives`` further unlabelled rows among them join the positives, taken from
+    up to ``pseudo_positives`` (:data:`PSEUDO_POSITIVES`) further unlabelled rows among them join the positives, taken from
     one half of the rest of the pool and from the rows near the positives, and up to
     :data:`NEAR_NEGATIVES` rows near the positives but outside the region join the negatives.
     The other half of the pool is held out to calibrate the vote threshold, so that neither
     half is stripped of the class.
     """
+    pseudo_positives = PSEUDO_POSITIVES if pseudo_positives is None else pseudo_positives
     pos_codes = np.ascontiguousarray(cols[:, pos].T)
     neg_codes = np.ascontiguousarray(cols[:, neg].T)
     if pool_codes is None:

@@ -281,7 +281,17 @@ def main(argv=None) -> int:
     ap.add_argument("--block-size", type=int, default=layout.DEFAULT_BLOCK_SIZE)
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 3 classes, 1 seed, p in 1 4 16, 20k synthetic rows")
+    ap.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
+                    help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_FLOOR=0 "
+                         "(repeatable), as scripts/eval_session.py does")
     args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from eval_session import set_constants
+
+    try:
+        constants = set_constants(args.constant)
+    except ValueError as e:
+        ap.error(str(e))
     if args.quick:
         args.seeds, args.classes, args.positives, args.synthetic_rows = 1, 3, [1, 4, 16], 20_000
     args.positives = sorted(set(args.positives))
@@ -290,7 +300,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     import numba
 
-    report = {"benchmark": "feedback_f1", "protocol": {
+    report = {"benchmark": "feedback_f1", "constants": constants, "protocol": {
         "seeds": args.seeds, "positives": args.positives, "models": args.models, "negatives": args.negatives,
         "negative_weight": args.negative_weight, "filter_sampled": not args.no_filter, "guide": not args.no_guide,
         "pool": args.pool,

@@ -66,7 +66,10 @@ the same ensemble without the guide: ``ensemble`` and ``ensemble[guide=False]``.
     python scripts/eval_session.py --rows 10000000 30000000 [--dir bench-data] --skip-synthetic --skip-clusters
 
 ``--quick`` is a smoke run: 3 classes, 2 rounds, grid 30, small catalogs and ceiling; with
-``--rows``, 500 rows per cluster, 2 tight and 1 loose session.
+``--rows``, 100 rows per cluster (classes of 0.05%), 2 tight and 1 loose session.
+``--constant NAME=VALUE`` sets a constant of ``engine.refine`` or ``engine.guide`` for the run
+(``--constant HULL_DIMS=0`` turns the rare-class clip off, ``--constant STONES=0`` the chains
+through pool rows): the figures that the constants' comments quote come from such runs.
 
 Prints JSON: per catalog the ceiling, and per model and round the labels used, mean and
 per-class precision, recall and F1, the lowest precision of any session (``min_p``), the median
@@ -131,7 +134,7 @@ DEMO_CONCEPTS = {
 
 # Scale catalogs: 2500 rows per cluster gives classes of 0.01-0.1 % (log-normal sizes); 500 keeps
 # a quick 200k-row catalog's classes as rare (0.05 %).
-ROWS_PER_CLUSTER, QUICK_ROWS_PER_CLUSTER = 2500, 500
+ROWS_PER_CLUSTER, QUICK_ROWS_PER_CLUSTER = 2500, 100
 SCALE_SESSIONS, LOOSE_SESSIONS = 6, 3
 QUICK_SCALE_SESSIONS, QUICK_LOOSE_SESSIONS = 2, 1
 # A loose concept: one cluster and this many nearest clusters by centre distance.
@@ -672,6 +675,29 @@ def scale_targets(report: dict) -> dict:
     return out
 
 
+def set_constants(assignments: list[str]) -> dict:
+    """Set ``NAME=VALUE`` constants of :mod:`engine.refine` or :mod:`engine.guide` (numbers, each
+    of the type of the constant it replaces); returns ``{"module.NAME": value}``."""
+    from engine import guide as guide_module
+
+    done = {}
+    for text in assignments:
+        name, sep, raw = (part.strip() for part in text.partition("="))
+        modules = [m for m in (rf, guide_module) if name.isupper() and hasattr(m, name)]
+        if not sep or len(modules) != 1:
+            raise ValueError(f"--constant takes NAME=VALUE, NAME a constant of engine.refine or engine.guide; got {text!r}")
+        old = getattr(modules[0], name)
+        if isinstance(old, bool) or not isinstance(old, (int, float)):
+            raise ValueError(f"--constant {name}: only numeric constants can be set")
+        try:
+            value = type(old)(raw)
+        except ValueError:
+            raise ValueError(f"--constant {name}: {raw!r} is not a {type(old).__name__}") from None
+        setattr(modules[0], name, value)
+        done[f"{modules[0].__name__}.{name}"] = value
+    return done
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog", default="demo/fashion.duckdb", help="the demo catalog (images.label)")
@@ -712,7 +738,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3 classes, 2 rounds, grid 30, 1 start, 20k synthetic rows, small ceiling; "
                          "with --rows, 500 rows per cluster, 2 tight and 1 loose session")
+    ap.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
+                    help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_RADIUS=1.5 "
+                         "(repeatable): how the figures their comments cite are reproduced")
     args = ap.parse_args(argv)
+    try:
+        constants = set_constants(args.constant)
+    except ValueError as e:
+        ap.error(str(e))
     if args.quick:
         args.classes, args.rounds, args.grid, args.starts = 3, 2, 30, 1
         args.ceiling_trees, args.ceiling_sample, args.clusters = 10, 3000, 50
@@ -732,7 +765,7 @@ def main(argv=None) -> int:
     import numba
 
     t0 = time.perf_counter()
-    report = {"benchmark": "session", "protocol": {
+    report = {"benchmark": "session", "constants": constants, "protocol": {
         "rounds": args.rounds, "grid": args.grid, "next": args.next, "models": args.models,
         "refine": "Catalog.refine with the product defaults and random_state=0",
         "f1": "over the whole catalog, against the concept's class labels",

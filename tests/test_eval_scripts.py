@@ -88,3 +88,19 @@ def test_figure3_quick(load_script, web_demo_copy, capsys):
     for cat in report["catalogs"].values():
         assert cat["knn"]["mean_f1"]["1"] == pytest.approx(cat["knn_paper"]["mean_f1"]["1"])
     assert np.isfinite(report["wall_s"])
+
+
+def test_constants_are_set_for_a_run_and_bad_ones_refused(load_script, monkeypatch):
+    from engine import guide
+    from engine import refine as rf
+
+    es = load_script("eval_session")
+    monkeypatch.setattr(rf, "HULL_DIMS", rf.HULL_DIMS)  # restored after the test
+    monkeypatch.setattr(guide, "GUIDE_C", guide.GUIDE_C)
+    assert es.set_constants(["HULL_DIMS=0", "GUIDE_C=2.5"]) == {"engine.refine.HULL_DIMS": 0,
+                                                                 "engine.guide.GUIDE_C": 2.5}
+    assert rf.HULL_DIMS == 0 and guide.GUIDE_C == 2.5
+    for bad, message in (("NOPE=1", "NAME=VALUE"), ("HULL_DIMS", "NAME=VALUE"), ("HULL_DIMS=1.5", "not a int"),
+                         ("MODELS=1", "only numeric"), ("POOL_SEED=x", "not a int")):
+        with pytest.raises(ValueError, match=message):
+            es.set_constants([bad])
