@@ -4,8 +4,8 @@ threshold and ranks the *Label next* suggestions.
 
 Why a guide. The labelled positives of a session are the nearest neighbours of one query: a clump
 in one corner of the class. Boxes grown around that clump are precise and small, and their
-majority vote is smaller still, so a box model trained on the labels alone found 58-72% of a
-class of the demo catalog (``scripts/eval_session.py --models 'ensemble[guide=False]'``). A
+majority vote is smaller still, so a box model trained on the labels alone found 60% of a
+class of the demo catalog in round 1 (``scripts/eval_session.py --models 'ensemble[guide=False]'``). A
 linear model on the same training rows extrapolates along the class, but applying it means
 scoring every code of the catalog. The guide keeps the box model and its index: it labels
 unlabelled rows near the class (pseudo-positives), those join the training set, and boxes grown
@@ -26,11 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# L2 strength of the logistic regression, as scikit-learn's C (scripts/eval_session.py, demo:
-# 10 ranks the boundary better than 1 by round 3).
+# L2 strength of the logistic regression, as scikit-learn's C: 10 ranks the boundary better than
+# 1 by round 3 (demo, scripts/eval_session.py --skip-synthetic --skip-clusters --skip-concepts
+# --models ensemble --constant GUIDE_C=1: session F1 0.891 / 0.913 / 0.918 against 0.884 /
+# 0.919 / 0.927).
 GUIDE_C = 10.0
 # Newton's method on 33 unknowns converges in a handful of steps; scikit-learn's solvers reach
-# the same coefficients 4-20x slower on a round's training set (scripts/bench_guide.py).
+# the same margins (to 1e-4) 2.7-9.4x slower on a round's training set, and liblinear, 1.8x,
+# penalises the intercept and lands elsewhere (scripts/bench_guide.py).
 NEWTON_STEPS = 30
 
 
@@ -128,7 +131,7 @@ def group_positives(codes: np.ndarray, link: np.ndarray, stones: np.ndarray | No
     of the positives' links. Chains through them join positives of one continuous class that
     the labels alone leave apart; rows of a class too rare to be among them join nothing.
     """
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     p = len(codes)
@@ -140,8 +143,9 @@ def group_positives(codes: np.ndarray, link: np.ndarray, stones: np.ndarray | No
     X = codes.astype(np.float32)
     sq = (X * X).sum(axis=1)
     d2 = (sq[:, None] - 2.0 * (X @ X.T) + sq[None, :]).astype(np.float64)
-    joined = d2 <= np.minimum(link[:, None], link[None, :]) ** 2
-    _, comp = connected_components(csr_matrix(joined), directed=False)
+    i, j = np.nonzero(np.triu(d2 <= np.minimum(link[:, None], link[None, :]) ** 2, 1))
+    n = len(codes)
+    _, comp = connected_components(coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n)), directed=False)
     _, group = np.unique(comp[:p], return_inverse=True)
     # number groups by first appearance, as the positives come
     first = np.full(group.max() + 1 if p else 0, p, np.int64)

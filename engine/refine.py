@@ -26,15 +26,20 @@ MAX_SAMPLED_NEGATIVES = 100_000
 POOL_SEED = 0x5EED
 POOL_SIZE = 16_384
 # Guided rounds: unlabelled rows the guide may add as positives. Each one lengthens the round's
-# training (250 cost 1.9-2.3x an unguided round at 1M-10M rows, scripts/eval_session.py --rows).
+# training, and 250 find no more than 120 (demo, scripts/eval_session.py --skip-synthetic
+# --skip-clusters --skip-concepts --models ensemble --constant PSEUDO_POSITIVES=250: session F1
+# 0.885 / 0.919 / 0.928 against 0.884 / 0.919 / 0.927, round 1 in 278 ms against 218 ms).
 PSEUDO_POSITIVES = 120
 # The region of a group of labelled positives: a ball around their mean, this many times the
-# largest distance of one of them from it (a halfspace is unbounded, and in a large catalog its
-# far side holds other classes; scripts/eval_session.py --rows 10000000).
+# largest distance of one of them from it. A halfspace is unbounded, and in a large catalog its
+# far side holds other classes. On the demo a wider ball finds a little more in round 1 (same
+# flags as above, --constant GUIDE_RADIUS=3: 0.896 / 0.919 / 0.926); the wider the ball, the
+# more of a neighbouring class it holds where classes are small, so 2 stays.
 GUIDE_RADIUS = 2.0
 # ...but at least the distance from that mean to the nearest negative, divided by the square
 # root of the number of positives: the farthest of one or two positives says little about the
-# class's extent (scripts/eval_feedback.py, demo, one positive).
+# class's extent (scripts/eval_feedback.py --skip-synthetic --positives 1 8 --models ensemble
+# --constant GUIDE_FLOOR=0: demo F1 from one positive 0.02 instead of 0.85).
 GUIDE_FLOOR = 1.0
 # A rare class (fewer than MIN_HELD_POSITIVES guide positives among the held-out pool rows: the
 # pool barely samples it) gets balls of this many times its positives' spread instead, and its
@@ -42,26 +47,28 @@ GUIDE_FLOOR = 1.0
 # standard deviations per dim. Boxes constrain 4-8 dims, and where random negatives are as
 # sparse as a rare class's neighbours, boxes grown over the whole class take in a neighbouring
 # cluster that shares those dims; the clip keeps them to the class on all 32 and lets the index
-# prune (scripts/eval_session.py --rows 10000000: tight sessions' lowest precision 0.52 -> 1.00,
-# share of rows read 0.4-0.6 -> 0.01-0.25).
+# prune (scripts/eval_session.py --rows 10000000 --skip-demo --models ensemble; with
+# --constant HULL_DIMS=0 --constant RARE_RADIUS=2, no clip and the common balls, the tight
+# sessions' lowest precision is 0.79 instead of 1.00 and the median share of rows read
+# 0.77-0.88 instead of 0.09-0.10).
 RARE_RADIUS = 1.5
 HULL_MARGIN = 1.0
-# Only the dims on which a hull is narrowest next to the catalog's spread are bounded: all 32
-# prune best but cost more per row tested, 8 or fewer prune too little (10M rows, a tight
-# class: 507 / 766 / 3,561 blocks read and ~27 / ~20 / 54 ms per select with 32 / 16 / 8).
+# Only the dims on which a hull is narrowest next to the catalog's spread are bounded: each
+# bound dim prunes more blocks but costs recall and a test per row read (the same run with
+# --constant HULL_DIMS=32 / 16 / 8: median share of rows read 0.05 / 0.09 / 0.25, tight
+# sessions' round-1 F1 0.982 / 0.989 / 0.992).
 HULL_DIMS = 16
 # Groups of positives: two positives (or a positive and a stone, below) are one group when their
 # distance is at most LINK_FACTOR times the smaller of their local scales, a positive's local
 # scale being its distance to its LINK_NEIGHBOURS-th nearest row of its own k-d block. Positives
-# of one search grid form one group; positives of distinct clusters do not. Taking the larger
-# scale let one positive bridge the clusters of a loose concept; without the stones, the demo's
-# grids split into 2-23 groups and round 1 fell from 0.88 to 0.84 (scripts/eval_session.py
-# --models ensemble 'ensemble[guide=False]' --rows 1000000).
+# of one search grid form one group; positives of distinct clusters mostly do not. Taking the
+# larger of the two scales let one positive bridge the clusters of a loose concept on its own.
 LINK_NEIGHBOURS = 16
 LINK_FACTOR = 2.0
 # Chains may pass through up to this many rows of the pool's candidate half that the guide
 # scores positive (each with the positives' median scale): a common class is densely sampled
-# there and its positives join up; a rare class's neighbours are not.
+# there and its positives join up; a rare class's neighbours are not (demo, --constant
+# STONES=0: round 1 0.879 against 0.884).
 STONES = 1000
 # Rows near the positives: the k-d blocks that hold the most labelled positives. In k-d order a
 # block's rows are near one another, so these hold a rare class's members that a random pool of
