@@ -70,6 +70,10 @@ def cmd_index(args) -> int:
 
             stats = index_embeddings(cat, block_size=args.block_size)
         else:
+            if not args.codes_only and cat.sql("SELECT count(*) AS n FROM embedding_parts").column("n")[0].as_py():
+                raise CatalogError(f"{args.catalog} has embedded images but no head to turn them into codes; "
+                                   f"run `clip-branches train-head {args.catalog}` first, then index "
+                                   "(--codes-only indexes only the codes already stored)")
             stats = cat.build_index(block_size=args.block_size)
         if args.compact:
             stats.update(cat.compact())

@@ -166,11 +166,18 @@ def _export(net, kind_info: dict) -> Head:
     return Head("mlp", params["w1"].shape[0], params["w2"].shape[1], params, kind_info)
 
 
+# A small catalog is one batch an epoch: 10 epochs of up to 512 images are 10 steps, and
+# OneCycleLR's 10% warm-up needs some steps to exist (below 20 it divides by zero). Training
+# runs at least this many steps, a fraction of a second on so few rows.
+MIN_TRAIN_STEPS = 100
+
+
 def _train_loop(net, params, step: Callable, n_steps: int, lr: float, seed: int, log: Callable | None):
     import torch
 
+    n_steps = max(int(n_steps), MIN_TRAIN_STEPS)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(n_steps, 1), pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=n_steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     for i in range(n_steps):
         loss, parts = step(gen)

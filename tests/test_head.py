@@ -161,3 +161,17 @@ def test_catalog_stores_the_head_and_checks_its_checksum(tmp_path):
         cat.con.execute("UPDATE artifacts SET data = ? WHERE name = 'head'", [b"tampered"])
         with pytest.raises(engine.CorruptCatalog, match="checksum"):
             cat.head()
+
+
+@pytest.mark.parametrize("n", [33, 50, 200, 512])
+def test_small_catalogs_train_a_head(n):
+    """Up to 512 rows are one batch an epoch: 10 epochs were 10 steps, too few for the
+    learning-rate schedule, and training failed with ZeroDivisionError."""
+    img, _, _ = _clustered(n=n, d=64, k=4)
+    txt = img + 0.05 * np.random.default_rng(n).normal(size=img.shape).astype(np.float32)
+    for head in (H.train_contrastive(img, txt, out_dim=32, epochs=10, seed=0),
+                 H.train_distill(img, None, out_dim=32, epochs=10, seed=0)):
+        y = head.apply(img)
+        assert y.shape == (n, 32) and np.isfinite(y).all()
+        np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+        assert head.info["rows"] == n

@@ -268,3 +268,21 @@ def test_index_killed_before_sorting_keeps_the_old_codes_and_index(tmp_path, dem
         assert index["head_sha256"] == cat.head().sha256 and index["embedding_part_max"] >= 1
         assert not cat.index_status()["stale"] and not cat.sql("SELECT * FROM codes ORDER BY pos").equals(before[0])
 
+
+
+def test_index_without_a_head_names_train_head(tmp_path, demo):
+    import shutil
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for png in sorted((demo.parent / "fashion-mnist").rglob("*.png"))[:5]:
+        shutil.copy(png, folder / png.name)
+    path = tmp_path / "mine.duckdb"
+    r = _cli("ingest", str(path), str(folder), "--workers", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = _cli("index", str(path))
+    assert r.returncode == 2 and f"clip-branches train-head {path}" in r.stderr and "Traceback" not in r.stderr
+    with engine.Catalog.open(path, read_only=True) as cat:
+        assert cat.setting("index") is None and len(cat.sql("SELECT id FROM images")) == 5
+    r = _cli("index", str(path), "--codes-only")  # nothing but the stored codes: none yet
+    assert r.returncode == 0 and "indexed 0 rows" in r.stdout
