@@ -14,7 +14,7 @@ from .catalog import Catalog
 from .errors import CatalogError
 from .head import DEFAULT_KOLEO
 from .layout import DEFAULT_BLOCK_SIZE
-from .refine import MODELS
+from .refine import DEFAULT_SAMPLED_NEGATIVES, DEFAULT_SUGGESTIONS, MODELS
 
 DEFAULT_ENCODER = "demo:fashion-v1"
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
@@ -452,13 +452,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog")
     s.add_argument("--positive", required=True, help="comma-separated positive ids")
     s.add_argument("--negative", default="", help="comma-separated negative ids")
-    s.add_argument("--model", default="ensemble", choices=MODELS)
-    s.add_argument("--sampled-negatives", type=int, default=500)
-    s.add_argument("--negative-weight", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=None, help="random_state of the model (reproducible results)")
+    s.add_argument("--model", default="ensemble", choices=MODELS,
+                   help="the classifier: 25 decision branch models voting, one model, a tree or a forest "
+                        "(default: %(default)s)")
+    s.add_argument("--sampled-negatives", type=int, default=DEFAULT_SAMPLED_NEGATIVES,
+                   help="random catalog rows added as negatives (default: %(default)s)")
+    s.add_argument("--negative-weight", type=float, default=1.0,
+                   help="how much one of your negatives counts against one sampled row (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="random_state of the model; the same labels and seed give the same result (default: %(default)s)")
     s.add_argument("--no-guide", action="store_true",
                    help="train on the labels and the sampled negatives alone, without the linear guide")
-    s.add_argument("--suggestions", type=int, default=60, help="unlabelled ids to suggest labelling next")
+    s.add_argument("--suggestions", type=int, default=DEFAULT_SUGGESTIONS,
+                   help="unlabelled ids to suggest labelling next (default: %(default)s)")
     s.add_argument("--limit", type=int, default=1000, help="ids to print (default 1000; the count is always total)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_refine)

@@ -106,3 +106,17 @@ def test_create_index_info(tmp_path):
     assert info["stale"] is False and info["index"]["n_blocks"] == 16
     proc = run("create", path, check=False)
     assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def test_refine_is_reproducible_by_default_and_help_shows_defaults(synth):
+    with engine.Catalog.open(synth, read_only=True) as cat:
+        labels = cat.sql("SELECT id, label FROM images ORDER BY id")
+        ids, lab = labels.column("id").to_numpy(), labels.column("label").to_numpy()
+        positives = ids[lab == lab[0]][:8]
+        expected = cat.refine(positives, random_state=0)
+    args = ["refine", synth, "--positive", ",".join(map(str, positives)), "--json", "--limit", 100_000]
+    first, second = (json.loads(run(*args).stdout) for _ in range(2))
+    assert first["ids"] == second["ids"] == expected.ids.tolist() and first["results"] == len(expected.ids)
+    helptext = " ".join(run("refine", "--help").stdout.split())
+    for default in ("(default: ensemble)", "(default: 500)", "(default: 1.0)", "(default: 0)", "(default: 60)"):
+        assert default in helptext
