@@ -42,7 +42,7 @@ def cmd_create(args) -> int:
 
 
 def cmd_info(args) -> int:
-    with Catalog.open(args.catalog, read_only=args.read_only) as cat:
+    with Catalog.open(args.catalog, read_only=True) as cat:  # showing never changes the file
         info = {"path": str(cat.path), "bytes": cat.path.stat().st_size, **cat.index_status(),
                 "settings": cat.settings()}
     if args.json:
@@ -50,6 +50,15 @@ def cmd_info(args) -> int:
     else:
         for key, value in info.items():
             print(f"{key}: {json.dumps(value, default=_json_default)}")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from . import schema
+
+    with Catalog.open(args.catalog) as cat:  # a writable open applies the pending migrations
+        version = schema.current_version(cat.con)
+    print(f"{args.catalog}: schema version {version}, the latest this clip-branches knows")
     return 0
 
 
@@ -324,11 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog")
     s.set_defaults(func=cmd_create)
 
-    s = sub.add_parser("info", help="show a catalog's rows, index state and settings")
+    s = sub.add_parser("info", help="show a catalog's rows, index state and settings (never changes the file)")
     s.add_argument("catalog")
-    s.add_argument("--read-only", action="store_true", help="do not migrate an older catalog")
+    s.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)  # always read-only now
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("migrate", help="upgrade a catalog written by an older clip-branches to this one's schema")
+    s.add_argument("catalog")
+    s.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("synth", help="write a synthetic catalog of clustered codes with a label column")
     s.add_argument("catalog")

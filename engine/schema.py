@@ -104,7 +104,7 @@ def check_version(con: duckdb.DuckDBPyConnection, path: str, read_only: bool) ->
         if read_only:
             raise SchemaVersionError(
                 f"{path} has schema version {version} and needs migrating to {latest}; "
-                "open it once writable (e.g. `clip-branches info PATH`) to upgrade it"
+                f"run `clip-branches migrate {path}` once (it needs the file to itself) to upgrade it"
             )
         migrate(con)
     return latest

@@ -39,8 +39,37 @@ def test_older_catalog_opened_read_only_is_refused_with_a_hint(tmp_path):
     con = duckdb.connect(str(path))
     schema.migrate(con, target=0)
     con.close()
-    with pytest.raises(engine.SchemaVersionError, match="open it once writable"):
+    with pytest.raises(engine.SchemaVersionError, match=f"run `clip-branches migrate {path}` once"):
         engine.Catalog.open(path, read_only=True)
+
+
+def test_info_never_writes_and_migrate_upgrades(tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    schema.migrate(con, target=schema.latest_version() - 1)
+    con.execute("CHECKPOINT")
+    con.close()
+    before = digest(path)
+    r = cli("info", path)
+    assert r.returncode == 2 and f"clip-branches migrate {path}" in r.stderr and digest(path) == before
+    r = cli("migrate", path)
+    assert r.returncode == 0, r.stderr
+    assert f"schema version {schema.latest_version()}" in r.stdout and digest(path) != before
+    current = digest(path)
+    r = cli("info", path, "--json")
+    assert r.returncode == 0, r.stderr
+    assert digest(path) == current and not list(tmp_path.glob("*.wal"))
 
 
 def test_newer_catalog_is_refused(tmp_path):
