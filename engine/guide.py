@@ -44,23 +44,23 @@ class Region:
     centres: np.ndarray
     radii: np.ndarray
 
-    def contains(self, codes: np.ndarray, scale: float = 1.0) -> np.ndarray:
-        """bool (n,): rows within ``scale`` times some ball's radius of its centre, from one
-        matrix product (float32: squared distances of codes stay below 2**21, exact to 1/4)."""
-        if len(self.radii) == 0 or len(codes) == 0:
-            return np.zeros(len(codes), bool)
+    def _sq_dists(self, codes: np.ndarray) -> np.ndarray:
+        """float32 (n, g) squared distances of the rows to the centres, from one matrix product
+        (squared distances of codes stay below 2**21, so float32 holds them to 1/4)."""
         X = np.asarray(codes, dtype=np.float32)
         C = self.centres.astype(np.float32)
-        d2 = (X * X).sum(axis=1)[:, None] - 2.0 * (X @ C.T) + (C * C).sum(axis=1)[None, :]
-        return (d2 <= ((scale * self.radii) ** 2 + 1.0).astype(np.float32)[None, :]).any(axis=1)
+        return (X * X).sum(axis=1)[:, None] - 2.0 * (X @ C.T) + (C * C).sum(axis=1)[None, :]
 
+    def contains(self, codes: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """bool (n,): rows within ``scale`` times some ball's radius of its centre."""
+        if len(self.radii) == 0 or len(codes) == 0:
+            return np.zeros(len(codes), bool)
+        return (self._sq_dists(codes) <= ((scale * self.radii) ** 2 + 1.0).astype(np.float32)[None, :]).any(axis=1)
 
     def nearest(self, codes: np.ndarray) -> np.ndarray:
         """int64 (n,): for each row, the ball it lies deepest in (smallest ``dist^2 - r^2``)."""
-        X = np.asarray(codes, dtype=np.float32)
-        C = self.centres.astype(np.float32)
-        d2 = (X * X).sum(axis=1)[:, None] - 2.0 * (X @ C.T) + (C * C).sum(axis=1)[None, :]
-        return np.argmin(d2 - (self.radii**2).astype(np.float32)[None, :], axis=1).astype(np.int64)
+        gap = self._sq_dists(codes) - (self.radii**2).astype(np.float32)[None, :]
+        return np.argmin(gap, axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)

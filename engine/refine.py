@@ -294,15 +294,14 @@ def local_scales(cols: np.ndarray, starts: np.ndarray, pos: np.ndarray, k: int |
     return out
 
 
-def guide_region(pos_codes: np.ndarray, scales: np.ndarray, negative_codes: np.ndarray,
-                 radius_factor: float | None = None, stones: np.ndarray | None = None) -> Region:
-    """The union of balls the guide's positives must lie in: one ball per group of positives
-    (:func:`engine.guide.group_positives` with links of :data:`LINK_FACTOR` times the local
-    ``scales``), around the group's mean, :data:`GUIDE_RADIUS` times its farthest member's
-    distance, and at least :data:`GUIDE_FLOOR` times the nearest of ``negative_codes`` over
-    the root of its size."""
+def guide_region(pos_codes: np.ndarray, group: np.ndarray, scales: np.ndarray, negative_codes: np.ndarray,
+                 radius_factor: float | None = None) -> Region:
+    """The union of balls the guide's positives must lie in: one ball per ``group`` of positives
+    (int64, from :func:`engine.guide.group_positives` with links of :data:`LINK_FACTOR` times
+    the local ``scales``), around the group's mean, :data:`GUIDE_RADIUS` times its farthest
+    member's distance, and at least :data:`GUIDE_FLOOR` times the nearest of
+    ``negative_codes`` over the root of the number of positives."""
     radius_factor = GUIDE_RADIUS if radius_factor is None else radius_factor
-    group = group_positives(pos_codes, LINK_FACTOR * np.asarray(scales, dtype=np.float64), stones)
     n_groups = int(group.max()) + 1
     centres = np.zeros((n_groups, pos_codes.shape[1]))
     radii = np.zeros(n_groups)
@@ -375,12 +374,13 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
         k = min(LINK_NEIGHBOURS, max(len(rest_codes) - 1, 0))
         scales = np.sqrt(np.partition(_sq_dists(pos_codes, rest_codes), k, axis=1)[:, k]) if k else np.zeros(len(pos))
     stones = cand_codes[_evenly(np.flatnonzero(guide.score(cand_codes) > 0), STONES)]
-    region = guide_region(pos_codes, scales, X[y == 0], stones=stones)
+    group = group_positives(pos_codes, LINK_FACTOR * np.asarray(scales, dtype=np.float64), stones)
+    region = guide_region(pos_codes, group, scales, X[y == 0])
     rare = int((guide.within(region).positive(held_codes)).sum()) < MIN_HELD_POSITIVES
     if rare:
         # a rare class: the random pool barely samples it, so nothing says how far it extends;
         # its balls shrink to RARE_RADIUS and its boxes are clipped to its hulls (below)
-        region = guide_region(pos_codes, scales, X[y == 0], RARE_RADIUS, stones)
+        region = guide_region(pos_codes, group, scales, X[y == 0], RARE_RADIUS)
     guide = guide.within(region)
     sampled_codes = all_sampled[~guide.positive(all_sampled)]
     n_dropped = n_sampled - len(sampled_codes)

@@ -136,3 +136,48 @@ def load_script() -> Callable[[str], object]:
         return sys.modules[name]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def serve() -> Callable:
+    """Factory: ``with serve(path, *args) as (url, port):`` runs ``clip-branches serve path
+    --port PORT *args`` in its own process until ``/api/health`` answers, and stops it after."""
+    import contextlib
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    @contextlib.contextmanager
+    def run(path, *args):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(path), "--port", str(port), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"the server did not start: {proc.stdout.read()}")
+            time.sleep(0.5)
+        try:
+            yield url, port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    return run

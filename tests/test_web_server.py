@@ -4,10 +4,7 @@ mid-query, requests for other hosts, and cross-site requests."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,39 +17,10 @@ pytest.importorskip("uvicorn")
 ENDLESS = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(web_demo_copy):
-    path = web_demo_copy()
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(path), "--port", str(port),
-                             "--set", "sql_time_limit_s=120", "--set", "sql_workers=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not start: {proc.stdout.read()}")
-        time.sleep(0.5)
-    yield url, port
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def server(web_demo_copy, serve):
+    with serve(web_demo_copy(), "--set", "sql_time_limit_s=120", "--set", "sql_workers=1") as (url, port):
+        yield url, port
 
 
 def _request(url: str, path: str, body: dict | None = None, headers: dict | None = None):
