@@ -85,6 +85,7 @@ class Catalog:
         # Guards lazy loads and the connection, so threads can share one read-only catalog.
         self._lock = threading.RLock()
         self._encoder = None
+        self._text_encoder = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -768,15 +769,29 @@ class Catalog:
         if self._encoder is None:
             from .encoders import load_encoder
 
-            enc_id = self.setting("encoder")
-            if not enc_id:
-                raise CatalogError(f"{self.path} records no encoder, so it cannot encode queries; search by id=")
-            self._encoder = load_encoder(enc_id)
+            self._encoder = load_encoder(self._encoder_id())
         return self._encoder
+
+    def _encoder_id(self) -> str:
+        enc_id = self.setting("encoder")
+        if not enc_id:
+            raise CatalogError(f"{self.path} records no encoder, so it cannot encode queries; search by id=")
+        return enc_id
+
+    def _query_encoder(self, text: bool):
+        """The encoder for a query; a text query needs only the text side (no torch for the demo's)."""
+        with self._lock:
+            if not text or self._encoder is not None:
+                return self._load_encoder()
+            if self._text_encoder is None:
+                from .encoders import load_text_encoder
+
+                self._text_encoder = load_text_encoder(self._encoder_id())
+            return self._text_encoder
 
     def _encode_query(self, text, image) -> np.ndarray:
         """uint8 (32,) code of a text or image query: encoder, head, quantizer."""
-        enc = self.encoder()
+        enc = self._query_encoder(text=text is not None)
         head, quant = self._head_and_quantizer()
         if text is not None:
             if not isinstance(text, str):

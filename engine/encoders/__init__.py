@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 DEFAULT_BATCH_SIZE = 64
+DEMO_WEIGHTS = {"fashion-v1": "demo_fashion_v1.pt"}  # demo encoder name -> weights file beside demo.py
 
 
 @runtime_checkable
@@ -80,6 +81,21 @@ def load_encoder(encoder_id: str, device: str | None = None, batch_size: int = D
     raise EncoderError(f"unknown encoder kind {kind!r} in {encoder_id!r}; use 'demo:' or 'open_clip:'")
 
 
+def load_text_encoder(encoder_id: str, device: str | None = None) -> Any:
+    """What encodes text queries for ``encoder_id``: an object with ``id``, ``dim`` and
+    ``encode_texts``. The demo encoder's text tower runs without torch, so a one-shot text search
+    does not pay for importing it; other encoders load whole."""
+    kind, _, spec = encoder_id.partition(":") if isinstance(encoder_id, str) else ("", "", "")
+    if kind == "demo":
+        from .minilm import TextTower
+
+        if spec not in DEMO_WEIGHTS:
+            known = ", ".join(f"'demo:{n}'" for n in DEMO_WEIGHTS)
+            raise EncoderError(f"unknown demo encoder {encoder_id!r}; available: {known}")
+        return TextTower(encoder_id)
+    return load_encoder(encoder_id, device=device)
+
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` scaled to unit length, as float32 (zero rows stay zero)."""
     x = np.asarray(x, dtype=np.float32)
@@ -87,4 +103,4 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Encoder", "EncoderError", "choose_device", "l2_normalise", "load_encoder"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Encoder", "EncoderError", "choose_device", "l2_normalise", "load_encoder", "load_text_encoder"]

