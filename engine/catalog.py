@@ -68,6 +68,20 @@ class SelectResult:
         return {"ids": self.ids.tolist(), "votes": self.votes.tolist(), "sql": self.sql, "stats": self.stats}
 
 
+def _lock_message(path: Path, read_only: bool, detail: str) -> str:
+    """Why another process's lock keeps ``path`` from opening, told apart by who holds it."""
+    if not read_only:
+        try:  # readers share the file with readers: if this works, the holders only read
+            duckdb.connect(str(path), read_only=True).close()
+        except duckdb.Error:
+            pass
+        else:
+            return (f"{path} is open read-only in another process (a running `clip-branches serve`?), and "
+                    f"changing it needs the file to itself: stop that process, then run this again ({detail})")
+    return (f"{path} is open for writing in another process (an ingest, index or train-head still running?); "
+            f"DuckDB allows one writer or many readers: wait for it to finish, then run this again ({detail})")
+
+
 class Catalog:
     """A clip-branches catalog file. Open with :meth:`create` or :meth:`open`; use as a context
     manager or call :meth:`close` to release the file for other processes."""
@@ -128,7 +142,8 @@ class Catalog:
         """
         path = Path(path)
         if not path.is_file():
-            raise CatalogNotFound(f"no catalog at {path}; create one with `clip-branches create` or `synth`")
+            raise CatalogNotFound(f"no catalog at {path}; make one from your images with `clip-branches add {path} "
+                                  "FOLDER` (or `ingest`), or an empty one with `clip-branches create`")
         config = {}
         if sandbox:
             if not read_only:
@@ -139,10 +154,7 @@ class Catalog:
         except duckdb.IOException as e:
             msg = str(e)
             if "lock" in msg.lower():
-                raise CatalogError(
-                    f"{path} is open for writing in another process; DuckDB allows one writer or many "
-                    f"readers. Close the other process or open read-only. ({msg.splitlines()[0]})"
-                ) from None
+                raise CatalogError(_lock_message(path, read_only, msg.splitlines()[0])) from None
             raise CorruptCatalog(f"{path} is not a readable catalog: {msg.splitlines()[0]}") from None
         except duckdb.ConnectionException as e:
             msg = str(e).splitlines()[0]

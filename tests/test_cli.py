@@ -39,7 +39,7 @@ def test_select_json_matches_api_and_sql(synth, tmp_path):
     boxes = {"boxes": [{"3": [40, 160], "f07": [0, 130]}, {"1": [90, 255]}], "members": [0, 1]}
     f = tmp_path / "b.json"
     f.write_text(json.dumps(boxes))
-    out = json.loads(run("select", synth, "--boxes", f, "--json").stdout)
+    out = json.loads(run("select", synth, "--boxes", f, "--json", "--limit", 0).stdout)
     with engine.Catalog.open(synth, read_only=True) as cat:
         res = cat.select(engine.BoxSet.from_json(boxes))
     assert out["ids"] == res.ids.tolist() and out["votes"] == res.votes.tolist() and out["sql"] == res.sql
@@ -49,7 +49,7 @@ def test_select_json_matches_api_and_sql(synth, tmp_path):
 
 
 def test_select_reads_boxes_from_stdin(synth):
-    out = json.loads(run("select", synth, "--boxes", "-", "--json", stdin='[{"0": [0, 255]}]').stdout)
+    out = json.loads(run("select", synth, "--boxes", "-", "--json", "--limit", 0, stdin='[{"0": [0, 255]}]').stdout)
     assert len(out["ids"]) == 5000
 
 
@@ -62,25 +62,29 @@ def test_select_reads_boxes_from_stdin(synth):
 def test_bad_box_files_give_one_line_errors(synth, tmp_path, text, message):
     f = tmp_path / "bad.json"
     f.write_text(text)
-    proc = run("select", synth, "--boxes", f, "--json", check=False)
-    assert proc.returncode == 2
+    proc = run("select", synth, "--boxes", f, check=False)
+    assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+    proc = run("select", synth, "--boxes", f, "--json", check=False)  # the same error, as JSON on stdout
+    err = json.loads(proc.stdout)["error"]
+    assert proc.returncode == 1 and err["type"] == "InvalidBoxes" and message in err["message"]
+    assert proc.stderr == ""
 
 
 def test_missing_files_give_clear_errors(tmp_path):
     proc = run("select", tmp_path / "nope.duckdb", "--boxes", tmp_path / "b.json", check=False)
-    assert proc.returncode == 2 and "cannot read box file" in proc.stderr
+    assert proc.returncode == 1 and "cannot read box file" in proc.stderr
     (tmp_path / "b.json").write_text("[]")
     proc = run("select", tmp_path / "nope.duckdb", "--boxes", tmp_path / "b.json", check=False)
-    assert proc.returncode == 2 and "no catalog at" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "no catalog at" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_sql_command_and_refusal(synth):
     out = json.loads(run("sql", synth, "SELECT count(*) AS n FROM catalog WHERE label = 0", "--json").stdout)
     assert out[0]["n"] > 0
     proc = run("sql", synth, "DELETE FROM images", check=False)
-    assert proc.returncode == 2 and "only queries" in proc.stderr
+    assert proc.returncode == 1 and "only queries" in proc.stderr
     assert json.loads(run("sql", synth, "SELECT count(*) AS n FROM images", "--json").stdout)[0]["n"] == 5000
 
 
@@ -89,8 +93,8 @@ def test_export_import_round_trip(synth, tmp_path):
     run("import", tmp_path / "pq", tmp_path / "back.duckdb")
     f = tmp_path / "b.json"
     f.write_text('{"boxes": [{"2": [50, 140]}, {"5": [0, 99], "6": [99, 255]}], "members": [0, 1]}')
-    a = json.loads(run("select", synth, "--boxes", f, "--json").stdout)
-    b = json.loads(run("select", tmp_path / "back.duckdb", "--boxes", f, "--json").stdout)
+    a = json.loads(run("select", synth, "--boxes", f, "--json", "--limit", 0).stdout)
+    b = json.loads(run("select", tmp_path / "back.duckdb", "--boxes", f, "--json", "--limit", 0).stdout)
     assert a["ids"] == b["ids"] and a["votes"] == b["votes"]
 
 
@@ -105,7 +109,7 @@ def test_create_index_info(tmp_path):
     info = json.loads(run("info", path, "--json").stdout)
     assert info["stale"] is False and info["index"]["n_blocks"] == 16
     proc = run("create", path, check=False)
-    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert proc.returncode == 1 and "already exists" in proc.stderr
 
 
 def test_refine_is_reproducible_by_default_and_help_shows_defaults(synth):

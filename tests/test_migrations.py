@@ -62,7 +62,7 @@ def test_info_never_writes_and_migrate_upgrades(tmp_path):
     con.close()
     before = digest(path)
     r = cli("info", path)
-    assert r.returncode == 2 and f"clip-branches migrate {path}" in r.stderr and digest(path) == before
+    assert r.returncode == 1 and f"clip-branches migrate {path}" in r.stderr and digest(path) == before
     r = cli("migrate", path)
     assert r.returncode == 0, r.stderr
     assert f"schema version {schema.latest_version()}" in r.stdout and digest(path) != before
