@@ -7,10 +7,18 @@ the smallest built-in model and carries the checkpoint tests; ViT-B-32 is checke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
+import json
+import os
 import pickle
+import re
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +227,212 @@ def test_tokenizer_failure_is_an_encoder_error(small, monkeypatch):
     with pytest.raises(EncoderError, match="tokenizer of ViT-S-32 is not available offline.*HF_HOME"):
         small.encode_texts(["a cat"])
     small.encode_images([Image.new("RGB", (32, 32))])  # images still work
+
+
+# --- Hugging Face Hub files without the Hub ----------------------------------------------------
+# Each case runs in a child process: huggingface_hub and transformers read HF_HOME and
+# HF_ENDPOINT when they are imported.
+
+REPO = Path(__file__).resolve().parents[1]
+SIGLIP = "ViT-B-16-SigLIP"
+SIGLIP_REPO = "timm/ViT-B-16-SigLIP"
+B32_LAION = "ViT-B-32/laion2b_s34b_b79k"
+B32_LAION_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+FAIL_FAST_S = 2.0  # the requirement: no Hub and no cache is an error within a second or two
+
+# Runs each (job, arg) of the JSON list argv[1] and prints one JSON result per job, with its
+# wall time. 'texts' encodes 'a cat' with the tokenizer of model arg in front of a stand-in text
+# tower that returns the first 4 token ids; 'load' loads the encoder 'open_clip:arg'.
+_HUB_CHILD = """
+import json, sys, time
+import open_clip  # before the clock starts: the bound is on waiting for the Hub, not imports
+from engine.encoders import load_encoder
+from engine.encoders.openclip import OpenClipEncoder
+from engine.errors import EncoderError
+
+class FirstTokenIds:
+    def encode_text(self, tokens):
+        return tokens[:, :4].float()
+
+for job, arg in json.loads(sys.argv[1]):
+    start = time.perf_counter()
+    try:
+        if job == "texts":
+            enc = OpenClipEncoder(encoder_id="open_clip:" + arg + "/none", model_name=arg,
+                                  model=FirstTokenIds(), preprocess=None, dim=4, device="cpu")
+            out = {"rows": enc.encode_texts(["a cat"]).tolist()}
+        else:
+            out = {"id": load_encoder("open_clip:" + arg, device="cpu").id}
+    except EncoderError as exc:
+        out = {"error": str(exc)}
+    out["seconds"] = time.perf_counter() - start
+    print(json.dumps(out), flush=True)
+"""
+
+
+def _run_hub_child(jobs: list[tuple[str, str]], hf_home: Path, endpoint: str | None) -> list[dict]:
+    """The results of ``jobs`` in a child with the cache ``hf_home`` and the Hub at ``endpoint``
+    (None: the default, huggingface.co); no other Hugging Face setting is passed on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env["HF_HOME"] = str(hf_home)
+    if endpoint is not None:
+        env["HF_ENDPOINT"] = endpoint
+    out = subprocess.run(
+        [sys.executable, "-c", _HUB_CHILD, json.dumps(jobs)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def _huggingface_co_answers() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _unreachable_hub(kind: str) -> Iterator[str | None]:
+    """An HF_ENDPOINT with no Hub behind it: a closed port, a port that accepts connections but
+    never answers (a network that drops packets), or the default endpoint if this machine
+    cannot reach it."""
+    if kind == "default endpoint":
+        if _huggingface_co_answers():
+            pytest.skip("huggingface.co is reachable from here; the default-endpoint case needs no network")
+        yield None
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        if kind == "silent port":
+            sock.listen(16)  # the kernel completes handshakes; nobody ever reads or answers
+            yield f"http://127.0.0.1:{port}"
+            return
+    yield f"http://127.0.0.1:{port}"  # closed again: connections are refused
+
+
+@pytest.fixture(scope="module", params=["closed port", "silent port", "default endpoint"])
+def no_hub_results(request, tmp_path_factory) -> dict[str, dict]:
+    """What a SigLIP tokenizer, ViT-B-32 laion weights and a Hugging Face text tower (roberta)
+    give with an empty cache and no Hub."""
+    pytest.importorskip("open_clip")
+    jobs = {
+        "tokenizer": ("texts", SIGLIP),
+        "weights": ("load", B32_LAION),
+        "text tower": ("load", "roberta-ViT-B-32/none"),
+    }
+    with _unreachable_hub(request.param) as endpoint:
+        results = _run_hub_child(list(jobs.values()), tmp_path_factory.mktemp("hf"), endpoint)
+    return dict(zip(jobs, results, strict=True))
+
+
+@pytest.mark.parametrize("what", ["tokenizer", "weights", "text tower"])
+def test_missing_hub_files_fail_fast(no_hub_results, what):
+    result = no_hub_results[what]
+    assert "error" in result and result["seconds"] < FAIL_FAST_S, result
+
+
+def test_missing_hub_files_say_where_to_get_them(no_hub_results):
+    tokenizer, weights, tower = (no_hub_results[k]["error"] for k in ("tokenizer", "weights", "text tower"))
+    assert re.search(
+        rf"tokenizer of {SIGLIP} is not in the local Hugging Face cache \(.+\) and cannot be "
+        rf"downloaded from the Hugging Face repo {SIGLIP_REPO} \(.+\)\. Run once with network access "
+        r"to fill the cache, or set HF_HOME .*; image encoding works without it$",
+        tokenizer,
+    )
+    assert re.search(
+        rf"weights {B32_LAION} are not in the local cache \(.+\) and could not be downloaded from "
+        rf"the Hugging Face repo {B32_LAION_REPO} \(.+\)\. .*on a machine with network access "
+        rf"\(HF_HOME.*'open_clip:{B32_LAION}@/path/to/checkpoint.pth'",
+        weights,
+    )
+    assert re.search(r"config of roberta-ViT-B-32 is not in the local .* repo roberta-base .*HF_HOME", tower)
+
+
+def _tokenizer_files() -> dict[str, bytes]:
+    """A tiny stand-in for a Hub tokenizer repo: 'a' and 'cat' are tokens 3 and 4, padding is 0."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "cat": 4}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": "<pad>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    return {
+        "tokenizer.json": tok.to_str().encode(),
+        "tokenizer_config.json": json.dumps(config).encode(),
+        "config.json": b"{}",  # transformers reads a model config before the tokenizer's
+    }
+
+
+@contextlib.contextmanager
+def _fake_hub(files: dict[str, bytes]) -> Iterator[tuple[str, list[str]]]:
+    """A local Hub serving ``files`` ('org/repo/resolve/main/name' -> bytes) and 404 for anything
+    else; yields its URL and the list of requests it gets ('HEAD /path')."""
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: bool) -> None:
+            path = self.path.split("?")[0]
+            requests.append(f"{self.command} {path}")
+            data = files.get(path.lstrip("/"))
+            if data is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+            self.send_header("X-Repo-Commit", "1" * 40)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hub_tokenizer_downloads_when_the_hub_answers_then_loads_without_it(tmp_path):
+    """A reachable Hub is used as before: the tokenizer downloads into the empty cache and missing
+    weights are asked for (the download, not the probe, reports them); afterwards the cached
+    tokenizer loads with the Hub gone."""
+    pytest.importorskip("open_clip")
+    files = {f"{SIGLIP_REPO}/resolve/main/{name}": data for name, data in _tokenizer_files().items()}
+    cat = [[0.6, 0.8, 0.0, 0.0]]  # token ids 3, 4, 0, 0, L2-normalised
+    with _fake_hub(files) as (endpoint, requests):
+        online = _run_hub_child([("texts", SIGLIP), ("load", B32_LAION)], tmp_path, endpoint)
+    np.testing.assert_allclose(online[0]["rows"], cat, atol=1e-6)
+    assert f"GET /{SIGLIP_REPO}/resolve/main/tokenizer.json" in requests
+    assert "could not be downloaded" in online[1]["error"] and "unreachable" not in online[1]["error"]
+    assert any(r.startswith(f"HEAD /{B32_LAION_REPO}/resolve/main/") for r in requests)
+    with _unreachable_hub("closed port") as endpoint:
+        (offline,) = _run_hub_child([("texts", SIGLIP)], tmp_path, endpoint)
+    np.testing.assert_allclose(offline["rows"], cat, atol=1e-6)
 
 
 # --- checkpoints --------------------------------------------------------------------------------

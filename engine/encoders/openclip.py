@@ -13,6 +13,12 @@ The canonical id of a checkpoint encoder carries the file's absolute path and th
 digits of its sha256 (``...@/models/x.pth#sha256:0123456789abcdef``); loading such an id refuses
 a file whose contents have changed, because the catalog's embeddings came from the old weights.
 
+Files from the Hugging Face Hub (a tag's weights, a Hub tokenizer such as SigLIP's, the config of
+a Hugging Face text tower) are read from the local cache without network access when they are
+there. Otherwise the Hub is probed once, for at most :data:`HUB_PROBE_TIMEOUT_S`, before
+anything is fetched, so an offline machine fails at once with an :class:`EncoderError` that says
+how to fill the cache, rather than after huggingface_hub's minute of retries.
+
 Only :func:`engine.encoders.load_encoder` imports this module; torch and open_clip are imported
 when an encoder is built, so a missing install is an :class:`EncoderError`, not an ImportError.
 """
@@ -25,7 +31,8 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -45,6 +52,13 @@ RANDOM_INIT_SEED = 0
 # Half precision only where open_clip's manual mixed precision is the usual path; cpu and mps
 # stay float32.
 PRECISION_BY_DEVICE_TYPE = {"cuda": "fp16"}
+# The bound of the one look at the Hub before an uncached file is fetched. Without it,
+# huggingface_hub retries the lookup of an uncached file for about a minute (five tries with
+# backoff, per file): with no network and an empty cache, a SigLIP tokenizer took 46 s to fail and
+# the ViT-B-32/laion2b_s34b_b79k weights 54 s; test_missing_hub_files_fail_fast in
+# tests/test_openclip_encoder.py times the same failures now. 1 s covers DNS, TCP, TLS and one
+# HEAD at ~250 ms round trips; a slower link sets HF_HUB_ETAG_TIMEOUT, which the probe then uses.
+HUB_PROBE_TIMEOUT_S = 1.0
 _SHA_SUFFIX = re.compile(rf"^(?P<path>.+)#sha256:(?P<sha>[0-9a-f]{{{SHA256_PREFIX_LEN}}})$")
 _LOCAL_WEIGHTS_HINT = (
     "To work offline, either fill the Hugging Face cache once on a machine with network access "
@@ -155,8 +169,111 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+# --- the Hugging Face cache and Hub -----------------------------------------------------------
+
+
+def _hub_cache() -> str:
+    """The Hugging Face cache directory that downloads go to and lookups read."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _cached_hub_file(repo_id: str, filenames: Iterable[str]) -> str | None:
+    """Local path of the first of ``filenames`` cached from the main revision of the Hub model
+    repo ``repo_id``, or None. Never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        path = try_to_load_from_cache(repo_id, filename)
+        if isinstance(path, str):  # not None, nor the marker of a file the Hub said is absent
+            return path
+    return None
+
+
+def _hub_unreachable(repo_id: str, filename: str) -> str | None:
+    """None if the Hub answers one HEAD request for ``filename`` in ``repo_id`` with any status (a
+    missing or gated file is the download's to report), else why it cannot be reached. Returns
+    within :data:`HUB_PROBE_TIMEOUT_S` (or HF_HUB_ETAG_TIMEOUT, if set): the request runs in a
+    daemon thread, because HTTP timeouts do not bound a hanging DNS lookup. It goes out bare
+    through huggingface_hub's session (its proxies and certificates): huggingface_hub's own
+    headers would first fetch a telemetry list from the Hub, for up to 3 s."""
+    from huggingface_hub import constants, get_session, hf_hub_url
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    timeout = float(
+        constants.HF_HUB_ETAG_TIMEOUT
+        if constants.HF_HUB_ETAG_TIMEOUT != constants.DEFAULT_ETAG_TIMEOUT
+        else HUB_PROBE_TIMEOUT_S
+    )
+    outcome: list[BaseException | None] = []
+
+    def head() -> None:
+        try:
+            get_session().head(hf_hub_url(repo_id, filename), timeout=timeout)
+        except Exception as exc:  # connection, DNS, TLS and proxy errors; any HTTP status is fine
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    probe = threading.Thread(target=head, name="hf-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    if not outcome:
+        return (
+            f"{constants.ENDPOINT} did not answer within {timeout:g} s; on a slow connection set "
+            "HF_HUB_ETAG_TIMEOUT to more seconds"
+        )
+    if outcome[0] is None:
+        return None
+    return f"{constants.ENDPOINT} is unreachable: {_first_line(outcome[0])}"
+
+
+def _not_cached_message(subject: str, repo_id: str, reason: str) -> str:
+    """The error for Hub files that are neither cached nor downloadable; ``subject`` ends in its
+    verb, e.g. 'the text tokenizer of ViT-B-16-SigLIP is'."""
+    return (
+        f"{subject} not in the local Hugging Face cache ({_hub_cache()}) and cannot be downloaded "
+        f"from the Hugging Face repo {repo_id} ({reason}). Run once with network access to fill "
+        "the cache, or set HF_HOME (or HF_HUB_CACHE) to a cache that has these files"
+    )
+
+
+def _hub_weights(tag_cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """The Hub repo of a tag's weights and the file names open_clip tries there, in its order
+    (a safetensors alternative first); None if the weights do not come from the Hub."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub or "file" in tag_cfg:
+        return None
+    # 'org/repo/file.bin', or 'org/repo/' for open_clip's default file name.
+    repo_id, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        return repo_id, [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return repo_id, [os.path.splitext(filename)[0] + ".safetensors", filename]
+    return repo_id, [filename]
+
+
 def _fetch_pretrained(oc: ModuleType, spec: OpenClipSpec, tag_cfg: dict[str, Any]) -> str:
-    """Path of the tag's weights file in the local cache, downloading it if needed."""
+    """Path of the tag's weights file in the local cache: a cached file is used without network
+    access; a missing one is downloaded if one probe finds the Hub, else refused at once."""
+    hub = _hub_weights(tag_cfg)
+    if hub is not None:
+        repo_id, filenames = hub
+        cached = _cached_hub_file(repo_id, filenames)
+        if cached is not None:
+            return cached
+        unreachable = _hub_unreachable(repo_id, filenames[-1])
+        if unreachable:
+            raise EncoderError(
+                f"the pretrained weights {spec.model}/{spec.tag} are not in the local cache "
+                f"({_hub_cache()}) and could not be downloaded from the Hugging Face repo {repo_id} "
+                f"({unreachable}). " + _LOCAL_WEIGHTS_HINT.format(model=spec.model, tag=spec.tag)
+            )
     try:
         path = oc.download_pretrained(tag_cfg)
     except Exception as exc:  # hub, HTTP and cache errors all mean the same thing to the user
@@ -168,6 +285,55 @@ def _fetch_pretrained(oc: ModuleType, spec: OpenClipSpec, tag_cfg: dict[str, Any
     if not path:
         raise EncoderError(f"open_clip gives no download location for {spec.model}/{spec.tag}")
     return path
+
+
+def _check_text_tower(model: str, model_cfg: dict[str, Any]) -> None:
+    """Refuse at once a model whose Hugging Face text tower needs a config that is neither cached
+    nor downloadable (building it fetches the config even without pretrained weights)."""
+    repo_id = model_cfg["text_cfg"].get("hf_model_name")
+    if not repo_id or _cached_hub_file(repo_id, ["config.json"]) is not None:
+        return
+    unreachable = _hub_unreachable(repo_id, "config.json")
+    if unreachable:
+        raise EncoderError(_not_cached_message(f"the text model config of {model} is", repo_id, unreachable))
+
+
+# What transformers reads first for a tokenizer: if none of them is cached, nothing is.
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
+
+
+def _tokenizer_error(model: str, repo_id: str | None, exc: Exception) -> EncoderError:
+    where = f" (Hugging Face repo {repo_id})" if repo_id else ""
+    return EncoderError(
+        f"the text tokenizer of {model}{where} is not available offline ({_first_line(exc)}). "
+        "Fill the Hugging Face cache once with network access (HF_HOME or HF_HUB_CACHE select "
+        "it; set HF_HUB_OFFLINE=1 afterwards); image encoding works without it"
+    )
+
+
+def _load_tokenizer(oc: ModuleType, model: str) -> Any:
+    """open_clip's tokenizer for ``model``. One from the Hugging Face Hub (SigLIP's, the text
+    towers') loads from the local cache without network access if it is there; otherwise it is
+    downloaded, if one probe finds the Hub."""
+    repo_id = oc.get_model_config(model)["text_cfg"].get("hf_tokenizer_name")
+    # Only tried when something is cached: even a local-only load builds huggingface_hub's
+    # request headers, which can wait 3 s for the Hub on a network that drops packets.
+    if repo_id and _cached_hub_file(repo_id, _TOKENIZER_FILES) is not None:
+        try:
+            return oc.get_tokenizer(model, local_files_only=True)
+        except OSError:  # transformers' error for a file that is not cached
+            pass
+        except Exception as exc:
+            raise _tokenizer_error(model, repo_id, exc) from exc
+    if repo_id and (unreachable := _hub_unreachable(repo_id, "tokenizer_config.json")):
+        raise EncoderError(
+            _not_cached_message(f"the text tokenizer of {model} is", repo_id, unreachable)
+            + "; image encoding works without it"
+        )
+    try:
+        return oc.get_tokenizer(model)
+    except Exception as exc:  # HF tokenizers raise OSError, fsspec ones ClientError, ...
+        raise _tokenizer_error(model, repo_id, exc) from exc
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -396,6 +562,7 @@ class OpenClipEncoder:
             state = read_state_dict(parsed.checkpoint)
         elif parsed.tag is not None:
             tag_path = _fetch_pretrained(oc, parsed, tag_cfg)
+        _check_text_tower(parsed.model, model_cfg)
         device = choose_device(device)
         precision = PRECISION_BY_DEVICE_TYPE.get(torch.device(device).type, "fp32")
         net, transform = _build_model(oc, parsed.model, tag_cfg, device, precision)
@@ -450,18 +617,7 @@ class OpenClipEncoder:
     def _tokenizer(self) -> Any:
         """open_clip's tokenizer for the model, loaded once."""
         if self.tokenizer_ is None:
-            oc = _import_open_clip()
-            try:
-                self.tokenizer_ = oc.get_tokenizer(self.model_name)
-            except Exception as exc:  # HF tokenizers raise OSError, fsspec ones ClientError, ...
-                source = oc.get_model_config(self.model_name)["text_cfg"].get("hf_tokenizer_name")
-                where = f" (Hugging Face repo {source})" if source else ""
-                raise EncoderError(
-                    f"the text tokenizer of {self.model_name}{where} is not available offline "
-                    f"({_first_line(exc)}). Fill the Hugging Face cache once with network access "
-                    "(HF_HOME or HF_HUB_CACHE select it; set HF_HUB_OFFLINE=1 afterwards); "
-                    "image encoding works without it"
-                ) from exc
+            self.tokenizer_ = _load_tokenizer(_import_open_clip(), self.model_name)
         return self.tokenizer_
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
