@@ -3,26 +3,37 @@
 Handlers stay thin: every search, refine and query goes through :class:`engine.Catalog`
 (opened read-only and sandboxed), CPU-bound calls run in worker threads, and each SQL query
 gets its own DuckDB cursor. Labels live in the browser (per tab, in sessionStorage), so the
-server keeps no per-user state beyond a small LRU of refine results for paging.
+server keeps no per-user state beyond a small LRU of results, by token, for paging and for the
+console's ``last_result``.
+
+Every page has a JSON twin under ``/api/``. Their bodies are the Structs of "request and response
+bodies" below, sent as JSON or as the page's form (:class:`BodyRequest`); a search or fine-tune
+answers with its ``result`` token, which ``POST /api/sql`` takes to query it as ``last_result``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
+import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
+import duckdb
+import msgspec
 import numpy as np
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Body, FromPath, JSONBody, Parameter
 from litestar.plugins.htmx import HTMXPlugin, HTMXRequest, HTMXTemplate
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -30,17 +41,33 @@ from litestar.response import File, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from msgspec import Meta, Struct
 
 import engine
 from engine import refine as rf
+from engine.catalog import MAX_QUERY_CHARS
 from engine.errors import CatalogError, InvalidArgument, InvalidSql, QueryInterrupted, ServerBusy, UnknownIds
-from engine.sandbox import MAX_VALUE_CHARS, QueryPool
+from engine.sandbox import MAX_QUERY_TEXT, MAX_VALUE_CHARS, QueryPool
 
 from .settings import Settings
 from .thumbs import Thumbnails
 
 HERE = Path(__file__).parent
 BUSY_WAIT_S = 0.5
+DEFAULT_K = 60
+MAX_K = 1000  # results one web search returns at most (the engine allows more: engine.catalog.MAX_K)
+# The page's sliders: negatives a fine-tune samples, and the weight of a labelled negative.
+MAX_SAMPLED = 2000
+MAX_NEGATIVE_WEIGHT = 100
+# Characters of a text query read at all; the engine refuses more than MAX_QUERY_CHARS with its own message.
+QUERY_TEXT_CAP = 20_000
+# Bodies of the fine-tune and SQL endpoints: a query of MAX_QUERY_TEXT characters JSON-escaped (600 kB), or
+# about 45,000 labels of 20-digit ids.
+FORM_BODY_BYTES = 1_000_000
+# Bytes a request may add around an uploaded image (multipart or JSON framing, the other fields).
+UPLOAD_FRAMING_BYTES = 1_000_000
+# The console macros of sql/console_macros.sql that read last_result.
+LAST_RESULT_MACROS = frozenset({"result_images", "in_last_result"})
 MODEL_LABELS = {"ensemble": "Ensemble of 25 decision branch models", "branch": "Single decision branch model",
                 "tree": "Decision tree", "forest": "Random forest (25 trees)"}
 
@@ -126,6 +153,36 @@ class App:
             self.catalogs[name] = Served(name, path, cat, Thumbnails(cat), index.n_rows, console,
                                          threading.BoundedSemaphore(settings.max_concurrent))
         self.results = Results(settings.results_kept, settings.result_ids_kept)
+        # Parses console queries (never runs them) to tell whether they read last_result.
+        self._parser = duckdb.connect(config={"enable_external_access": False})
+
+    def reads_last_result(self, sql: str) -> bool:
+        """Whether the query ``sql`` reads ``last_result``: names the table (not a CTE of its own of
+        that name) or calls a console macro over it. False for a query that does not parse; the
+        console then says why."""
+        cur = self._parser.cursor()
+        try:
+            tree = json.loads(cur.execute("SELECT json_serialize_sql($1)", [sql]).fetchall()[0][0])
+        except (duckdb.Error, RecursionError, ValueError):
+            return False
+        finally:
+            cur.close()
+        tables, ctes, stack = set(), set(), [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list):
+                stack.extend(node)
+                continue
+            if not isinstance(node, dict):
+                continue
+            if node.get("type") == "BASE_TABLE":
+                tables.add(str(node.get("table_name", "")).lower())
+            if str(node.get("function_name", "")).lower() in LAST_RESULT_MACROS:
+                return True
+            for entry in (node.get("cte_map") or {}).get("map", []):
+                ctes.add(str(entry.get("key", "")).lower())
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        return "last_result" in tables - ctes
 
     def catalog(self, name: str | None) -> Served:
         if name is None or name == "":
@@ -153,6 +210,7 @@ class App:
         for served in self.catalogs.values():
             served.console.close()
             served.cat.close()
+        self._parser.close()
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -208,11 +266,226 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException) and exc.extra:
         parts = []
         for e in exc.extra if isinstance(exc.extra, list) else [exc.extra]:
-            if isinstance(e, dict):
+            if isinstance(e, dict) and e.get("key") == "data" and e.get("source") == "body":
+                # Litestar's name for the body; one it decoded is checked by BodyRequest
+                parts.append("the request body is empty; send one JSON object (Content-Type: application/json) "
+                             "or a form")
+            elif isinstance(e, dict):
                 key = e.get("key") or e.get("source") or ""
                 parts.append(f"{key}: {e.get('message', '')}".strip(": "))
         detail = "invalid input: " + "; ".join(parts) if parts else detail
     return _error_response(request, exc.status_code, str(detail))
+
+
+# -- request and response bodies -----------------------------------------------------------
+ImageId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+IdList = Annotated[list[ImageId] | str, Meta(description=(
+    "a list of integer image ids (a form sends one string of comma-separated ids); positives and negatives "
+    "together at most the server's max_labels (2000 by default)"))]
+CatalogName = Annotated[str | None, Meta(description="a catalog's name (default: the first one served)")]
+ResultCount = Annotated[int, Meta(ge=1, le=MAX_K, description=f"an integer in 1..{MAX_K}: how many results")]
+NO_TOKEN = ("this query reads last_result, which is the result a `result` token names: pass as \"result\" the "
+            "token that /api/refine (or /api/search) returned")
+
+
+class RefineRequest(Struct, forbid_unknown_fields=True):
+    """A fine-tuning round: the labelled image ids and the options of the page's Fine-tune panel."""
+
+    positives: IdList
+    negatives: IdList = msgspec.field(default_factory=list)
+    model: Annotated[Literal[rf.MODELS], Meta(description=f"one of {', '.join(rf.MODELS)}")] = "ensemble"
+    sampled_negatives: Annotated[int, Meta(ge=0, le=MAX_SAMPLED, description=(
+        f"an integer in 0..{MAX_SAMPLED}: catalog rows sampled as negatives"))] = rf.DEFAULT_SAMPLED_NEGATIVES
+    negative_weight: Annotated[float, Meta(ge=1, le=MAX_NEGATIVE_WEIGHT, description=(
+        f"a number in 1..{MAX_NEGATIVE_WEIGHT}: the weight of a labelled negative against a sampled one"))] = 1.0
+    seed: Annotated[int, Meta(ge=0, le=rf.MAX_SEED, description=(
+        f"an integer in 0..{rf.MAX_SEED}: the model's random seed"))] = 0
+    suggestions: Annotated[Annotated[int, Meta(ge=0, le=rf.MAX_SUGGESTIONS)] | None, Meta(description=(
+        f"an integer in 0..{rf.MAX_SUGGESTIONS}: unlabelled ids to suggest for labelling next "
+        "(default: the page size)"))] = None
+    guide: Annotated[bool, Meta(description=(
+        "true or false: whether a linear guide adds pseudo-positives and sets the vote threshold"))] = True
+    catalog: CatalogName = None
+
+
+class SearchRequest(Struct, forbid_unknown_fields=True):
+    """A search by exactly one of: a text query ``q``, an image ``image_base64`` (in a multipart form,
+    an image ``file``), or the ``id`` of an image to find more like."""
+
+    q: Annotated[Annotated[str, Meta(max_length=QUERY_TEXT_CAP)] | None, Meta(description=(
+        f"a text query of at most {MAX_QUERY_CHARS} characters"))] = None
+    image_base64: Annotated[str | None, Meta(description=(
+        "an image file (PNG, JPEG, ...) in base64, or a data: URL of one; at most the server's "
+        "max_upload_bytes (20 MB by default) once decoded"))] = None
+    id: Annotated[ImageId | None, Meta(description="an integer image id: images like it")] = None
+    k: ResultCount = DEFAULT_K
+    catalog: CatalogName = None
+
+
+class SqlRequest(Struct, forbid_unknown_fields=True):
+    """One read-only console query; with ``result``, the result it names is the table
+    ``last_result(id, score, rank)``."""
+
+    sql: Annotated[str, Meta(max_length=MAX_QUERY_TEXT, description=(
+        f"one read-only SELECT of at most {MAX_QUERY_TEXT} characters"))]
+    result: Annotated[Annotated[str, Meta(max_length=100)] | None, Meta(description=(
+        "a result token, as the `result` field of /api/refine and /api/search gives it; needed by a query "
+        "that reads last_result or calls result_images() or in_last_result()"))] = None
+    catalog: CatalogName = None
+
+
+class ResultResponse(Struct):
+    """A search or fine-tuning result, best first, and its token."""
+
+    ids: Annotated[list[int], Meta(description="image ids, best first (a fine-tune's first `limit`)")]
+    scores: Annotated[list[int], Meta(description=(
+        "per id: a search's squared distance between codes (lower is nearer), a fine-tune's member votes"))]
+    sql: Annotated[str, Meta(description="a SELECT that returns the same ids in the same order on the catalog")]
+    stats: Annotated[dict[str, Any], Meta(description="times per phase (ms), rows touched, options, ...")]
+    results: Annotated[int, Meta(description="how many images the result holds in all")]
+    suggestions: Annotated[list[int], Meta(description="a fine-tune's unlabelled ids to label next")]
+    result: Annotated[str, Meta(description=(
+        "the result's token: pass it as `result` to POST /api/sql to query the whole result as the table "
+        "last_result(id, score, rank); the server keeps only its latest results (results_kept)"))]
+
+    @classmethod
+    def of(cls, result: engine.Result, token: str, limit: int | None = None) -> ResultResponse:
+        return cls(**result.to_json(limit=limit), result=token)
+
+
+class SqlResponse(Struct):
+    """A console query's rows (within the row and byte limits) and whether, and by which limit, more
+    were cut."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    truncated: bool
+    cut: Literal["", "rows", "bytes"]
+    time_ms: float
+
+
+def _field_help(kind: type[Struct], name: str) -> str:
+    """What field ``name`` of ``kind`` takes: its description (of the field, or of its non-null type)."""
+    stack = [get_type_hints(kind, include_extras=True).get(name)]
+    while stack:
+        hint = stack.pop()
+        for meta in getattr(hint, "__metadata__", ()):
+            if isinstance(meta, Meta) and meta.description:
+                return meta.description
+        stack.extend(get_args(hint))
+    return "a valid value"
+
+
+_AT = re.compile(r"(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.S)
+
+
+def _body_error(kind: type[Struct], text: str, media: str) -> InvalidArgument:
+    """A msgspec validation error of a ``kind`` body as a message naming the field and what it takes."""
+    m = _AT.fullmatch(text)
+    message, path = m["message"], m["path"] or ""
+    fields = ", ".join(kind.__struct_fields__)
+    if field := re.match(r"\.(\w+)", path):
+        name = field[1]
+        if message.startswith("Invalid enum value"):
+            return InvalidArgument(f"unknown {name} {message.removeprefix('Invalid enum value ')}; "
+                                   f"{name} must be {_field_help(kind, name)}")
+        return InvalidArgument(f"{name} must be {_field_help(kind, name)} ({path[1:]}: {message})")
+    if missing := re.search(r"missing required field `(\w+)`", message):
+        return InvalidArgument(f"{missing[1]} is required: {_field_help(kind, missing[1])}")
+    if unknown := re.search(r"unknown field `(.*)`", message, re.S):
+        hint = ("; send JSON with Content-Type: application/json" if media != RequestEncodingType.JSON
+                and unknown[1].lstrip().startswith(("{", "[")) else "")
+        return InvalidArgument(f"unknown field {unknown[1][:100]!r}; the fields are {fields}{hint}")
+    return InvalidArgument(f"the body must be one JSON object (or a form) with the fields {fields} ({message})")
+
+
+class BodyRequest(HTMXRequest):
+    """A request whose body, the handler's ``data`` (a Struct above), comes as JSON or as a form.
+
+    JSON is decoded strictly (``true`` is no integer, ``"5"`` no number). A form, url-encoded as
+    the page's forms send it or multipart, has text values, converted as msgspec converts text
+    (``"500"`` to 500); a field given more than once is a list. A multipart ``file`` goes to
+    ``upload`` (at most ``max_upload_bytes`` + 1 bytes read) where the body type takes an image.
+    Errors are 400s naming the field and what it takes."""
+
+    upload: bytes | None = None
+
+    async def json(self) -> Any:
+        kind = self.route_handler.parsed_fn_signature.parameters["data"].annotation
+        media, _ = self.content_type
+        try:
+            if media in (RequestEncodingType.URL_ENCODED, RequestEncodingType.MULTI_PART):
+                return msgspec.convert(await self._form_fields(kind), kind, strict=False)
+            return msgspec.json.decode(await self.body(), type=kind)
+        except msgspec.ValidationError as e:
+            raise _body_error(kind, str(e), media) from None
+        except msgspec.DecodeError as e:
+            raise InvalidArgument(f"the body is not valid JSON ({e}); send one JSON object with the fields "
+                                  f"{', '.join(kind.__struct_fields__)}") from None
+
+    async def _form_fields(self, kind: type[Struct]) -> dict[str, Any]:
+        form = await self.form()
+        fields: dict[str, Any] = {}
+        for key in dict.fromkeys(form.keys()):
+            values = form.getall(key)
+            if not any(isinstance(v, UploadFile) for v in values):
+                fields[key] = values[0] if len(values) == 1 else values
+            elif key == "file" and len(values) == 1 and "image_base64" in kind.__struct_fields__:
+                self.upload = await values[0].read(self.app.state.cb.settings.max_upload_bytes + 1)
+            else:
+                raise InvalidArgument(f"unexpected file {key!r}; only a search takes a file, as the field file")
+        return fields
+
+
+def _accepting(media: dict[str, Schema | None]) -> type[Operation]:
+    """An Operation class documenting the request body under each media type of ``media``, with the
+    body type's own schema (None) or the one given."""
+
+    @dataclass
+    class Accepting(Operation):
+        def __post_init__(self) -> None:
+            if self.request_body is not None:
+                own = next(iter(self.request_body.content.values())).schema
+                self.request_body.content = {t: OpenAPIMediaType(schema=given or own) for t, given in media.items()}
+
+    return Accepting
+
+
+UPLOAD_SCHEMA = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={
+    "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description=(
+        "an image file (PNG, JPEG, ...) of at most the server's max_upload_bytes (20 MB by default)")),
+    "k": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=MAX_K, default=DEFAULT_K, description="how many results"),
+    "catalog": Schema(type=OpenAPIType.STRING, description="a catalog's name (default: the first one served)")})
+FORM = _accepting({RequestEncodingType.URL_ENCODED: None})
+JSON_OR_FORM = _accepting({RequestEncodingType.JSON: None, RequestEncodingType.URL_ENCODED: None})
+JSON_OR_UPLOAD = _accepting({RequestEncodingType.JSON: None, RequestEncodingType.MULTI_PART: UPLOAD_SCHEMA})
+
+
+def _checked_image(app: App, blob: bytes) -> bytes:
+    if len(blob) > app.settings.max_upload_bytes:
+        raise InvalidArgument(f"the image is larger than {app.settings.max_upload_bytes} bytes")
+    if not blob:
+        raise InvalidArgument("the uploaded file is empty; choose an image")
+    return blob
+
+
+def _base64_chars(n_bytes: int) -> int:
+    return 4 * ((n_bytes + 2) // 3)
+
+
+def _decoded_image(app: App, text: str) -> bytes:
+    """The bytes of ``image_base64``: base64, whitespace allowed, or a ``data:...;base64,`` URL."""
+    if text.startswith("data:"):
+        head, comma, text = text.partition(",")
+        if not comma or not head.endswith(";base64"):
+            raise InvalidArgument("image_base64 must be base64, or a data: URL ending in ;base64,")
+    if len(text) > _base64_chars(app.settings.max_upload_bytes) + len(text) // 60 + 4:  # room for line breaks
+        raise InvalidArgument(f"the image is larger than {app.settings.max_upload_bytes} bytes")
+    try:
+        return base64.b64decode(re.sub(r"\s+", "", text), validate=True)
+    except ValueError:
+        raise InvalidArgument("image_base64 must be an image file in base64: the characters A-Z, a-z, 0-9, + and /, "
+                              "padded with = to a length that is a multiple of 4") from None
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -229,14 +502,14 @@ def index(request: HTMXRequest, catalog: CatalogParam = None) -> Template:
     served = app.catalog(catalog)
     return Template(template_name="search.html", context={
         "catalogs": list(app.catalogs.values()), "current": served, "models": MODEL_LABELS,
-        "page_size": app.settings.page_size, "max_negatives": 2000})
+        "page_size": app.settings.page_size, "max_negatives": MAX_SAMPLED})
 
 
 @get("/search", sync_to_thread=True)
 def search_text(request: HTMXRequest,
-                q: Annotated[str, Parameter(description="text query", max_length=20_000)] = "",
+                q: Annotated[str, Parameter(description="text query", max_length=QUERY_TEXT_CAP)] = "",
                 catalog: CatalogParam = None,
-                k: Annotated[int, Parameter(ge=1, le=1000, description="results")] = 60) -> Template:
+                k: Annotated[int, Parameter(ge=1, le=MAX_K, description="results")] = DEFAULT_K) -> Template:
     app = _state(request)
     served = app.catalog(catalog)
     with served.working():
@@ -246,7 +519,7 @@ def search_text(request: HTMXRequest,
 
 @get("/similar", sync_to_thread=True)
 def search_similar(request: HTMXRequest, id: Annotated[int, Parameter(description="image id")],
-                   catalog: CatalogParam = None, k: Annotated[int, Parameter(ge=1, le=1000)] = 60) -> Template:
+                   catalog: CatalogParam = None, k: Annotated[int, Parameter(ge=1, le=MAX_K)] = DEFAULT_K) -> Template:
     app = _state(request)
     served = app.catalog(catalog)
     with served.working():
@@ -258,7 +531,7 @@ def search_similar(request: HTMXRequest, id: Annotated[int, Parameter(descriptio
 class ImageQuery:
     file: UploadFile
     catalog: str | None = None
-    k: int = 60
+    k: int = DEFAULT_K
 
 
 @post("/search/image", sync_to_thread=True, status_code=200)
@@ -266,56 +539,38 @@ def search_image(request: HTMXRequest,
                  data: Annotated[ImageQuery, Body(media_type=RequestEncodingType.MULTI_PART)]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
-    if not 1 <= data.k <= 1000:
-        raise InvalidArgument("k must be in 1..1000")
-    blob = data.file.file.read(app.settings.max_upload_bytes + 1)
-    if len(blob) > app.settings.max_upload_bytes:
-        raise InvalidArgument(f"the image is larger than {app.settings.max_upload_bytes} bytes")
-    if not blob:
-        raise InvalidArgument("the uploaded file is empty; choose an image")
+    if not 1 <= data.k <= MAX_K:
+        raise InvalidArgument(f"k must be in 1..{MAX_K}")
+    blob = _checked_image(app, data.file.file.read(app.settings.max_upload_bytes + 1))
     with served.working():
         result = served.cat.search(image=blob, k=data.k)
     return _render_result(request, app, served, result, "image")
 
 
-@dataclass
-class RefineForm:
-    positives: str = ""
-    negatives: str = ""
-    model: str = "ensemble"
-    sampled_negatives: int = 500
-    negative_weight: float = 1.0
-    catalog: str | None = None
-    seed: int = 0
-
-
-@post("/refine", sync_to_thread=True, status_code=200)
-def refine(request: HTMXRequest,
-           data: Annotated[RefineForm, Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Template:
+@post("/refine", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=FORM,
+      request_max_body_size=FORM_BODY_BYTES)
+def refine(request: BodyRequest, data: JSONBody[RefineRequest]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
     result = _refine(app, served, data)
     return _render_result(request, app, served, result, "refine")
 
 
-def _refine(app: App, served: Served, data: RefineForm) -> engine.Result:
-    if not 0 <= data.sampled_negatives <= 2000:
-        raise InvalidArgument(f"negatives sampled must be in 0..2000, got {data.sampled_negatives}")
-    if not 1 <= data.negative_weight <= 100:
-        raise InvalidArgument(f"negative weight must be in 1..100, got {data.negative_weight}")
+def _refine(app: App, served: Served, data: RefineRequest) -> engine.Result:
     labels = _count_ids(data.positives) + _count_ids(data.negatives)
     if labels > app.settings.max_labels:
         raise InvalidArgument(f"a fine-tune uses at most {app.settings.max_labels} labels, positive and negative "
                               f"together; got {labels}. Clear some labels, or fine-tune in SQL or Python")
+    suggestions = app.settings.page_size if data.suggestions is None else data.suggestions
     with served.working():
         return served.cat.refine(data.positives, data.negatives, model=data.model,
                                  sampled_negatives=data.sampled_negatives, negative_weight=data.negative_weight,
-                                 random_state=data.seed, suggestions=app.settings.page_size)
+                                 random_state=data.seed, guide=data.guide, suggestions=suggestions)
 
 
-def _count_ids(text: str) -> int:
-    """How many ids a comma-separated list holds (the engine parses and checks them)."""
-    return sum(1 for part in text.split(",") if part.strip())
+def _count_ids(ids: list[int] | str) -> int:
+    """How many ids a list, or a comma-separated text, holds (the engine parses and checks them)."""
+    return len(ids) if isinstance(ids, list) else sum(1 for part in ids.split(",") if part.strip())
 
 
 @get("/results/{token:str}", sync_to_thread=False)
@@ -359,21 +614,14 @@ def console_page(request: HTMXRequest, catalog: CatalogParam = None) -> Template
         "max_bytes": app.settings.sql_max_bytes})
 
 
-@dataclass
-class SqlForm:
-    sql: str = ""
-    catalog: str | None = None
-    result: str = ""
-
-
-@post("/console", sync_to_thread=True, status_code=200)
-def console_run(request: HTMXRequest,
-                data: Annotated[SqlForm, Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Template:
+@post("/console", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=FORM,
+      request_max_body_size=FORM_BODY_BYTES)
+def console_run(request: BodyRequest, data: JSONBody[SqlRequest]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
     # HTML escaping can make a value up to five times longer than its text.
     html_bytes = app.settings.sql_max_bytes // 5
-    res = _run_sql(request, app, served, data, max_bytes=html_bytes)
+    res = _run_sql(request, app, served, data.sql, _page_last_result(app, served, data.result), max_bytes=html_bytes)
     columns = res.table.column_names
     id_columns = {c for c in columns if c == "id" or c.endswith("_id") and c != "block_id"}
     rows = [[row[c] for c in columns] for row in _rows(res.table)]
@@ -381,6 +629,34 @@ def console_run(request: HTMXRequest,
         "catalog": served.name, "columns": columns, "rows": rows, "id_columns": id_columns,
         "truncated": res.truncated, "cut": res.cut, "time_ms": res.time_ms, "max_rows": app.settings.sql_max_rows,
         "max_bytes": html_bytes, "max_value_chars": MAX_VALUE_CHARS})
+
+
+def _page_last_result(app: App, served: Served, token: str | None) -> engine.Result | None:
+    """The console page's ``last_result``: the tab's latest result, none (an empty table) before its
+    first search; an expired token is a 404, as for paging."""
+    if not token:
+        return None
+    name, result = app.results.get(token)
+    return result if name == served.name else None
+
+
+def _api_last_result(app: App, served: Served, data: SqlRequest) -> engine.Result | None:
+    """``/api/sql``'s ``last_result``: the result ``data.result`` names. A query that reads
+    last_result without a token, and a token unknown, expired or of another catalog, are 400s."""
+    if not data.result:
+        if app.reads_last_result(data.sql):
+            raise InvalidArgument(NO_TOKEN)
+        return None
+    try:
+        name, result = app.results.get(data.result)
+    except NotFoundException:
+        raise InvalidArgument(f"the result token {data.result!r} is unknown or expired (the server keeps its "
+                              f"latest {app.settings.results_kept} results); run the search or fine-tune again "
+                              "and pass the `result` it returns") from None
+    if name != served.name:
+        raise InvalidArgument(f"the result token {data.result!r} is a result of the catalog {name!r}; "
+                              f"pass \"catalog\": {name!r}")
+    return result
 
 
 def _rows(table) -> list[dict]:
@@ -392,17 +668,18 @@ def _rows(table) -> list[dict]:
         raise InvalidSql(f"a value in the result cannot be shown ({e}); CAST it to VARCHAR") from None
 
 
-def _run_sql(request: Request, app: App, served: Served, data: SqlForm, *, max_bytes: int | None = None):
+def _run_sql(request: Request, app: App, served: Served, sql: str, last_result: engine.Result | None, *,
+             max_bytes: int | None = None):
+    """Run ``sql`` in the catalog's console, with ``last_result`` as the table of that name (empty if None)."""
     import pyarrow as pa
 
-    ids, scores = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if data.result:
-        name, result = app.results.get(data.result)
-        if name == served.name:
-            ids, scores = result.ids, result.scores
-    relations = {"last_result": pa.table({"id": pa.array(ids, pa.int64()), "score": pa.array(scores, pa.int64()),
-                                          "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})}
-    return served.console.run(data.sql, time_limit_s=app.settings.sql_time_limit_s,
+    relations = {}
+    if last_result is not None:
+        ids = last_result.ids
+        relations["last_result"] = pa.table({
+            "id": pa.array(ids, pa.int64()), "score": pa.array(last_result.scores, pa.int64()),
+            "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})
+    return served.console.run(sql, time_limit_s=app.settings.sql_time_limit_s,
                               cancel=request.scope.get(CLIENT_GONE),
                               max_rows=app.settings.sql_max_rows,
                               max_bytes=app.settings.sql_max_bytes if max_bytes is None else max_bytes,
@@ -410,29 +687,70 @@ def _run_sql(request: Request, app: App, served: Served, data: SqlForm, *, max_b
 
 
 # -- JSON twins ------------------------------------------------------------------------------
-@get("/api/search", sync_to_thread=True)
-def api_search(request: Request, q: Annotated[str, Parameter(max_length=20_000)] = "", catalog: CatalogParam = None,
+RESULT_TOKEN_DOC = ("The answer's `result` is the result's token: POST /api/sql with it as `result` queries the "
+                    "whole result as the table last_result(id, score, rank).")
+
+
+@get("/api/search", sync_to_thread=True, description="A text search, or images like the image `id`. "
+     + RESULT_TOKEN_DOC)
+def api_search(request: Request,
+               q: Annotated[str, Parameter(max_length=QUERY_TEXT_CAP, description="text query")] = "",
+               catalog: CatalogParam = None,
                id: Annotated[int | None, Parameter(description="image id: more like this")] = None,
-               k: Annotated[int, Parameter(ge=1, le=1000)] = 60) -> dict[str, Any]:
-    served = _state(request).catalog(catalog)
+               k: Annotated[int, Parameter(ge=1, le=MAX_K)] = DEFAULT_K) -> ResultResponse:
+    app = _state(request)
+    served = app.catalog(catalog)
     with served.working():
         result = served.cat.search(id=id, k=k) if id is not None else served.cat.search(q, k=k)
-    return result.to_json()
+    return ResultResponse.of(result, app.results.put(served.name, result))
 
 
-@post("/api/refine", sync_to_thread=True, status_code=200)
-def api_refine(request: Request, data: JSONBody[RefineForm],
-               limit: Annotated[int, Parameter(ge=0, le=1_000_000)] = 1000) -> dict[str, Any]:
+@post("/api/search", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=JSON_OR_UPLOAD,
+      description="A search by text (`q`), image (`image_base64` in JSON, or a multipart form with the image as "
+                  "`file`) or image id (`id`): exactly one of them. " + RESULT_TOKEN_DOC)
+def api_search_post(request: BodyRequest, data: JSONBody[SearchRequest]) -> ResultResponse:
     app = _state(request)
-    return _refine(app, app.catalog(data.catalog), data).to_json(limit=limit)
+    served = app.catalog(data.catalog)
+    image = request.upload
+    if data.image_base64 is not None:
+        if image is not None:
+            raise InvalidArgument("give the image as image_base64 or as a file, not both")
+        image = _decoded_image(app, data.image_base64)
+    given = [name for name, v in (("q", data.q), ("image_base64", image), ("id", data.id)) if v is not None]
+    if len(given) != 1:
+        raise InvalidArgument("give exactly one of q (a text query), image_base64 (an image; in a multipart form, "
+                              f"file) or id (an image id); got {', '.join(given) or 'none'}")
+    if image is not None:
+        image = _checked_image(app, image)
+    with served.working():
+        result = served.cat.search(data.q, image=image, id=data.id, k=data.k)
+    return ResultResponse.of(result, app.results.put(served.name, result))
 
 
-@post("/api/sql", sync_to_thread=True, status_code=200)
-def api_sql(request: Request, data: JSONBody[SqlForm]) -> dict[str, Any]:
+@post("/api/refine", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=JSON_OR_FORM,
+      request_max_body_size=FORM_BODY_BYTES,
+      description="A fine-tuning round on the labelled ids, in JSON or as the page's form. " + RESULT_TOKEN_DOC)
+def api_refine(request: BodyRequest, data: JSONBody[RefineRequest],
+               limit: Annotated[int, Parameter(ge=0, le=1_000_000, description="ids to return at most")] = 1000,
+               ) -> ResultResponse:
     app = _state(request)
-    res = _run_sql(request, app, app.catalog(data.catalog), data)
-    return {"columns": res.table.column_names, "rows": _rows(res.table), "truncated": res.truncated,
-            "cut": res.cut, "time_ms": res.time_ms}
+    served = app.catalog(data.catalog)
+    result = _refine(app, served, data)
+    return ResultResponse.of(result, app.results.put(served.name, result), limit)
+
+
+# The schema documents only the JSON body here: scripts/fuzz_http.py builds its /api/sql requests without naming a
+# media type, which schemathesis allows only for a body with one.
+@post("/api/sql", sync_to_thread=True, status_code=200, request_class=BodyRequest,
+      request_max_body_size=FORM_BODY_BYTES,
+      description="One read-only query, in JSON (or as the console's url-encoded form, with the same fields). "
+                  "A query reading last_result (also through result_images() or in_last_result()) needs "
+                  "`result`: the token /api/refine or /api/search returned.")
+def api_sql(request: BodyRequest, data: JSONBody[SqlRequest]) -> SqlResponse:
+    app = _state(request)
+    served = app.catalog(data.catalog)
+    res = _run_sql(request, app, served, data.sql, _api_last_result(app, served, data))
+    return SqlResponse(res.table.column_names, _rows(res.table), res.truncated, res.cut, res.time_ms)
 
 
 @dataclass
@@ -541,16 +859,27 @@ def create_app(paths: list[str | Path], settings: Settings | None = None, *, war
         state.warm_up()
     app = Litestar(
         route_handlers=[index, search_text, search_similar, search_image, refine, results_page, thumbnail,
-                        original, console_page, console_run, api_search, api_refine, api_sql, api_health,
+                        original, console_page, console_run, api_search, api_search_post, api_refine, api_sql,
+                        api_health,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         plugins=[HTMXPlugin()],
         template_config=TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
         exception_handlers={CatalogError: _catalog_error, HTTPException: _http_error},
-        request_max_body_size=state.settings.max_upload_bytes + 1_000_000,
+        request_max_body_size=_base64_chars(state.settings.max_upload_bytes) + UPLOAD_FRAMING_BYTES,
         on_shutdown=[state.close],
         middleware=[server_timing, cancel_on_disconnect],
         debug=False,
     )
     app.state.cb = state
+    _document_bodies(app, (RefineRequest, SearchRequest, SqlRequest, ResultResponse, SqlResponse))
     return app
 
+
+def _document_bodies(app: Litestar, kinds: tuple[type[Struct], ...]) -> None:
+    """Put msgspec's own JSON schemas of the body Structs ``kinds`` in ``app``'s OpenAPI components, in
+    place of Litestar's: Litestar 2.25 loses the bounds of a nullable field's type and does not say that
+    unknown fields are refused, while msgspec's schema is exactly what msgspec accepts."""
+    _, components = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
+    schemas = app.openapi_schema.components.schemas
+    for name, schema in components.items():
+        schemas[name] = schema
