@@ -40,7 +40,7 @@ Run `clip-branches COMMAND --help` for a command's options and their defaults.""
 EPILOG = """\
 scores: search prints the squared L2 distance between 32-byte codes: lower is nearer. A text
   lands farther from every image than an image does (CLIP's gap between the two), so text
-  queries score about 100,000 and image queries 0-3,000; compare scores within one query.
+  queries score about 100,000 and image queries 0 to a few thousand; compare within one query.
   refine and select print member votes: higher is surer (the ensemble's are 1-25).
 output: tab-separated with a header row, or JSON with --json; errors under --json are JSON too.
 exit status: 0 success, 1 failure (the message names the fix), 2 bad usage, 130 interrupted,
