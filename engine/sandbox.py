@@ -6,6 +6,8 @@ functions outside :data:`TABLE_FUNCTIONS` (``read_blob``, ``duckdb_settings()``,
 with external access disabled DuckDB still lets a query read the catalog file itself and list
 its paths and settings. :func:`run_query` runs a checked query on a DuckDB cursor and stops at
 the row limit, at the byte limit, and (through DuckDB's interrupt) at the time limit.
+:func:`reads_last_result` tells whether a query reads the ``last_result`` relation, so that a
+caller can ask for the result it means.
 
 DuckDB's ``memory_limit`` bounds its buffer manager, not every allocation (a string function
 on long arguments can allocate gigabytes), and an interrupt is only noticed between chunks. So
@@ -51,6 +53,8 @@ TABLE_FUNCTIONS = frozenset({
 # Scalar functions that read the configuration (paths, limits).
 DENIED_FUNCTIONS = frozenset({"current_setting", "getvariable", "getenv"})
 SCHEMAS = frozenset({"", "main", "temp", "information_schema"})
+# The console macros of sql/console_macros.sql that read last_result.
+LAST_RESULT_MACROS = frozenset({"result_images", "in_last_result"})
 # What the console macros see as ``last_result`` when a query comes without one.
 EMPTY_RESULT = pa.table({"id": pa.array([], pa.int64()), "score": pa.array([], pa.int64()),
                          "rank": pa.array([], pa.int64())})
@@ -127,6 +131,36 @@ def check_names(cur: duckdb.DuckDBPyConnection, statement: duckdb.Statement, dat
         for key, value in node.items():
             if isinstance(value, (dict, list)):
                 stack.append((value, key == "function" and node.get("type") == "TABLE_FUNCTION"))
+
+
+def reads_last_result(con: duckdb.DuckDBPyConnection, sql: str) -> bool:
+    """Whether the query ``sql`` reads ``last_result``: names the table (not a CTE of its own of
+    that name) or calls a console macro over it (:data:`LAST_RESULT_MACROS`). False for a query
+    that does not parse; running it then says why. ``con`` only parses the query, never runs it,
+    on a cursor of its own, so threads may share one connection."""
+    cur = con.cursor()
+    try:
+        tree = json.loads(cur.execute("SELECT json_serialize_sql($1)", [sql]).fetchall()[0][0])
+    except (duckdb.Error, RecursionError, ValueError):
+        return False
+    finally:
+        cur.close()
+    tables, ctes, stack = set(), set(), [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "BASE_TABLE":
+            tables.add(str(node.get("table_name", "")).lower())
+        if str(node.get("function_name", "")).lower() in LAST_RESULT_MACROS:
+            return True
+        for entry in (node.get("cte_map") or {}).get("map", []):
+            ctes.add(str(entry.get("key", "")).lower())
+        stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    return "last_result" in tables - ctes
 
 
 def _printable(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:

@@ -131,7 +131,7 @@ def collect_hints(schema: Any, catalog: str) -> dict[str, list]:
     sql = schema["/api/sql"]["POST"]
     query = ("(SELECT id, uri FROM images ORDER BY id LIMIT 3) UNION ALL "
              "(SELECT id, uri FROM images ORDER BY id DESC LIMIT 1)")
-    r = sql.Case(body={"sql": query}).call(timeout=REQUEST_TIMEOUT_S)
+    r = sql.Case(body={"sql": query}, media_type="application/json").call(timeout=REQUEST_TIMEOUT_S)
     if r.status_code != 200:
         raise SystemExit(f"cannot read image ids through /api/sql: {r.status_code} {r.text[:300]}")
     rows = r.json()["rows"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
 
 import engine
 from engine.errors import InvalidSql, QueryInterrupted
+from engine.sandbox import reads_last_result
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +214,26 @@ def test_repeated_column_names_keep_their_values(sandboxed):
     r = cat.query("SELECT a.id, b.id FROM codes a JOIN codes b ON b.id = a.id + 1 ORDER BY a.id LIMIT 2")
     assert r.table.column_names == ["id", "id_2"]
     assert r.table.to_pylist() == [{"id": 0, "id_2": 1}, {"id": 1, "id_2": 2}]
+
+
+@pytest.mark.parametrize("text, reads", [
+    ("SELECT * FROM last_result", True),
+    ('SELECT id FROM "Last_Result" ORDER BY rank', True),  # names are case-insensitive
+    ("SELECT * FROM images JOIN last_result USING (id)", True),
+    ("SELECT * FROM images WHERE id IN (SELECT id FROM last_result)", True),
+    ("WITH top AS (SELECT * FROM last_result LIMIT 5) SELECT * FROM top", True),
+    ("SELECT id FROM result_images() WHERE label = 'c1'", True),  # the console macros read it
+    ("SELECT id FROM images WHERE IN_LAST_RESULT(id)", True),
+    ("SELECT 'last_result' AS t", False),  # a string, a comment, a column or an alias is not the table
+    ("SELECT 1 -- FROM last_result", False),
+    ("SELECT 1 /* FROM last_result */", False),
+    ("SELECT last_result FROM images", False),
+    ("SELECT * FROM images AS last_result", False),
+    ("SELECT * FROM last_result_2", False),
+    ("WITH last_result AS (SELECT 7 AS id) SELECT id FROM last_result", False),  # a CTE of its own
+    ("SELEC * FROM last_result", False),  # does not parse: running it says why
+    ("", False),
+])
+def test_reads_last_result_finds_the_table_and_the_macros_over_it(text, reads):
+    with duckdb.connect() as con:
+        assert reads_last_result(con, text) is reads

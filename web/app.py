@@ -6,8 +6,8 @@ gets its own DuckDB cursor. Labels live in the browser (per tab, in sessionStora
 server keeps no per-user state beyond a small LRU of results, by token, for paging and for the
 console's ``last_result``.
 
-Every page has a JSON twin under ``/api/``. Their bodies are the Structs of "request and response
-bodies" below, sent as JSON or as the page's form (:class:`BodyRequest`); a search or fine-tune
+Every page has a JSON twin under ``/api/``. Their bodies are the Structs of :mod:`web.bodies`,
+sent as JSON or as the page's form (:class:`~web.bodies.BodyRequest`); a search or fine-tune
 answers with its ``result`` token, which ``POST /api/sql`` takes to query it as ``last_result``.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import re
 import secrets
 import threading
@@ -24,16 +23,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_type_hints
+from typing import Annotated
 
 import duckdb
-import msgspec
 import numpy as np
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Body, FromPath, JSONBody, Parameter
 from litestar.plugins.htmx import HTMXPlugin, HTMXRequest, HTMXTemplate
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -41,33 +38,38 @@ from litestar.response import File, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from msgspec import Meta, Struct
 
 import engine
 from engine import refine as rf
-from engine.catalog import MAX_QUERY_CHARS
 from engine.errors import CatalogError, InvalidArgument, InvalidSql, QueryInterrupted, ServerBusy, UnknownIds
-from engine.sandbox import MAX_QUERY_TEXT, MAX_VALUE_CHARS, QueryPool
+from engine.sandbox import MAX_VALUE_CHARS, QueryPool, reads_last_result
 
+from .bodies import (
+    DEFAULT_K,
+    FORM,
+    JSON_OR_FORM,
+    JSON_OR_UPLOAD,
+    MAX_K,
+    MAX_SAMPLED,
+    QUERY_TEXT_CAP,
+    BodyRequest,
+    RefineRequest,
+    ResultResponse,
+    SearchRequest,
+    SqlRequest,
+    SqlResponse,
+    _document_bodies,
+)
 from .settings import Settings
 from .thumbs import Thumbnails
 
 HERE = Path(__file__).parent
 BUSY_WAIT_S = 0.5
-DEFAULT_K = 60
-MAX_K = 1000  # results one web search returns at most (the engine allows more: engine.catalog.MAX_K)
-# The page's sliders: negatives a fine-tune samples, and the weight of a labelled negative.
-MAX_SAMPLED = 2000
-MAX_NEGATIVE_WEIGHT = 100
-# Characters of a text query read at all; the engine refuses more than MAX_QUERY_CHARS with its own message.
-QUERY_TEXT_CAP = 20_000
 # Bodies of the fine-tune and SQL endpoints: a query of MAX_QUERY_TEXT characters JSON-escaped (600 kB), or
 # about 45,000 labels of 20-digit ids.
 FORM_BODY_BYTES = 1_000_000
 # Bytes a request may add around an uploaded image (multipart or JSON framing, the other fields).
 UPLOAD_FRAMING_BYTES = 1_000_000
-# The console macros of sql/console_macros.sql that read last_result.
-LAST_RESULT_MACROS = frozenset({"result_images", "in_last_result"})
 MODEL_LABELS = {"ensemble": "Ensemble of 25 decision branch models", "branch": "Single decision branch model",
                 "tree": "Decision tree", "forest": "Random forest (25 trees)"}
 
@@ -154,35 +156,7 @@ class App:
                                          threading.BoundedSemaphore(settings.max_concurrent))
         self.results = Results(settings.results_kept, settings.result_ids_kept)
         # Parses console queries (never runs them) to tell whether they read last_result.
-        self._parser = duckdb.connect(config={"enable_external_access": False})
-
-    def reads_last_result(self, sql: str) -> bool:
-        """Whether the query ``sql`` reads ``last_result``: names the table (not a CTE of its own of
-        that name) or calls a console macro over it. False for a query that does not parse; the
-        console then says why."""
-        cur = self._parser.cursor()
-        try:
-            tree = json.loads(cur.execute("SELECT json_serialize_sql($1)", [sql]).fetchall()[0][0])
-        except (duckdb.Error, RecursionError, ValueError):
-            return False
-        finally:
-            cur.close()
-        tables, ctes, stack = set(), set(), [tree]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, list):
-                stack.extend(node)
-                continue
-            if not isinstance(node, dict):
-                continue
-            if node.get("type") == "BASE_TABLE":
-                tables.add(str(node.get("table_name", "")).lower())
-            if str(node.get("function_name", "")).lower() in LAST_RESULT_MACROS:
-                return True
-            for entry in (node.get("cte_map") or {}).get("map", []):
-                ctes.add(str(entry.get("key", "")).lower())
-            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
-        return "last_result" in tables - ctes
+        self.parser = duckdb.connect(config={"enable_external_access": False})
 
     def catalog(self, name: str | None) -> Served:
         if name is None or name == "":
@@ -210,7 +184,7 @@ class App:
         for served in self.catalogs.values():
             served.console.close()
             served.cat.close()
-        self._parser.close()
+        self.parser.close()
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -277,190 +251,7 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     return _error_response(request, exc.status_code, str(detail))
 
 
-# -- request and response bodies -----------------------------------------------------------
-ImageId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
-IdList = Annotated[list[ImageId] | str, Meta(description=(
-    "a list of integer image ids (a form sends one string of comma-separated ids); positives and negatives "
-    "together at most the server's max_labels (2000 by default)"))]
-CatalogName = Annotated[str | None, Meta(description="a catalog's name (default: the first one served)")]
-ResultCount = Annotated[int, Meta(ge=1, le=MAX_K, description=f"an integer in 1..{MAX_K}: how many results")]
-NO_TOKEN = ("this query reads last_result, which is the result a `result` token names: pass as \"result\" the "
-            "token that /api/refine (or /api/search) returned")
-
-
-class RefineRequest(Struct, forbid_unknown_fields=True):
-    """A fine-tuning round: the labelled image ids and the options of the page's Fine-tune panel."""
-
-    positives: IdList
-    negatives: IdList = msgspec.field(default_factory=list)
-    model: Annotated[Literal[rf.MODELS], Meta(description=f"one of {', '.join(rf.MODELS)}")] = "ensemble"
-    sampled_negatives: Annotated[int, Meta(ge=0, le=MAX_SAMPLED, description=(
-        f"an integer in 0..{MAX_SAMPLED}: catalog rows sampled as negatives"))] = rf.DEFAULT_SAMPLED_NEGATIVES
-    negative_weight: Annotated[float, Meta(ge=1, le=MAX_NEGATIVE_WEIGHT, description=(
-        f"a number in 1..{MAX_NEGATIVE_WEIGHT}: the weight of a labelled negative against a sampled one"))] = 1.0
-    seed: Annotated[int, Meta(ge=0, le=rf.MAX_SEED, description=(
-        f"an integer in 0..{rf.MAX_SEED}: the model's random seed"))] = 0
-    suggestions: Annotated[Annotated[int, Meta(ge=0, le=rf.MAX_SUGGESTIONS)] | None, Meta(description=(
-        f"an integer in 0..{rf.MAX_SUGGESTIONS}: unlabelled ids to suggest for labelling next "
-        "(default: the page size)"))] = None
-    guide: Annotated[bool, Meta(description=(
-        "true or false: whether a linear guide adds pseudo-positives and sets the vote threshold"))] = True
-    catalog: CatalogName = None
-
-
-class SearchRequest(Struct, forbid_unknown_fields=True):
-    """A search by exactly one of: a text query ``q``, an image ``image_base64`` (in a multipart form,
-    an image ``file``), or the ``id`` of an image to find more like."""
-
-    q: Annotated[Annotated[str, Meta(max_length=QUERY_TEXT_CAP)] | None, Meta(description=(
-        f"a text query of at most {MAX_QUERY_CHARS} characters"))] = None
-    image_base64: Annotated[str | None, Meta(description=(
-        "an image file (PNG, JPEG, ...) in base64, or a data: URL of one; at most the server's "
-        "max_upload_bytes (20 MB by default) once decoded"))] = None
-    id: Annotated[ImageId | None, Meta(description="an integer image id: images like it")] = None
-    k: ResultCount = DEFAULT_K
-    catalog: CatalogName = None
-
-
-class SqlRequest(Struct, forbid_unknown_fields=True):
-    """One read-only console query; with ``result``, the result it names is the table
-    ``last_result(id, score, rank)``."""
-
-    sql: Annotated[str, Meta(max_length=MAX_QUERY_TEXT, description=(
-        f"one read-only SELECT of at most {MAX_QUERY_TEXT} characters"))]
-    result: Annotated[Annotated[str, Meta(max_length=100)] | None, Meta(description=(
-        "a result token, as the `result` field of /api/refine and /api/search gives it; needed by a query "
-        "that reads last_result or calls result_images() or in_last_result()"))] = None
-    catalog: CatalogName = None
-
-
-class ResultResponse(Struct):
-    """A search or fine-tuning result, best first, and its token."""
-
-    ids: Annotated[list[int], Meta(description="image ids, best first (a fine-tune's first `limit`)")]
-    scores: Annotated[list[int], Meta(description=(
-        "per id: a search's squared distance between codes (lower is nearer), a fine-tune's member votes"))]
-    sql: Annotated[str, Meta(description="a SELECT that returns the same ids in the same order on the catalog")]
-    stats: Annotated[dict[str, Any], Meta(description="times per phase (ms), rows touched, options, ...")]
-    results: Annotated[int, Meta(description="how many images the result holds in all")]
-    suggestions: Annotated[list[int], Meta(description="a fine-tune's unlabelled ids to label next")]
-    result: Annotated[str, Meta(description=(
-        "the result's token: pass it as `result` to POST /api/sql to query the whole result as the table "
-        "last_result(id, score, rank); the server keeps only its latest results (results_kept)"))]
-
-    @classmethod
-    def of(cls, result: engine.Result, token: str, limit: int | None = None) -> ResultResponse:
-        return cls(**result.to_json(limit=limit), result=token)
-
-
-class SqlResponse(Struct):
-    """A console query's rows (within the row and byte limits) and whether, and by which limit, more
-    were cut."""
-
-    columns: list[str]
-    rows: list[dict[str, Any]]
-    truncated: bool
-    cut: Literal["", "rows", "bytes"]
-    time_ms: float
-
-
-def _field_help(kind: type[Struct], name: str) -> str:
-    """What field ``name`` of ``kind`` takes: its description (of the field, or of its non-null type)."""
-    stack = [get_type_hints(kind, include_extras=True).get(name)]
-    while stack:
-        hint = stack.pop()
-        for meta in getattr(hint, "__metadata__", ()):
-            if isinstance(meta, Meta) and meta.description:
-                return meta.description
-        stack.extend(get_args(hint))
-    return "a valid value"
-
-
-_AT = re.compile(r"(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.S)
-
-
-def _body_error(kind: type[Struct], text: str, media: str) -> InvalidArgument:
-    """A msgspec validation error of a ``kind`` body as a message naming the field and what it takes."""
-    m = _AT.fullmatch(text)
-    message, path = m["message"], m["path"] or ""
-    fields = ", ".join(kind.__struct_fields__)
-    if field := re.match(r"\.(\w+)", path):
-        name = field[1]
-        if message.startswith("Invalid enum value"):
-            return InvalidArgument(f"unknown {name} {message.removeprefix('Invalid enum value ')}; "
-                                   f"{name} must be {_field_help(kind, name)}")
-        return InvalidArgument(f"{name} must be {_field_help(kind, name)} ({path[1:]}: {message})")
-    if missing := re.search(r"missing required field `(\w+)`", message):
-        return InvalidArgument(f"{missing[1]} is required: {_field_help(kind, missing[1])}")
-    if unknown := re.search(r"unknown field `(.*)`", message, re.S):
-        hint = ("; send JSON with Content-Type: application/json" if media != RequestEncodingType.JSON
-                and unknown[1].lstrip().startswith(("{", "[")) else "")
-        return InvalidArgument(f"unknown field {unknown[1][:100]!r}; the fields are {fields}{hint}")
-    return InvalidArgument(f"the body must be one JSON object (or a form) with the fields {fields} ({message})")
-
-
-class BodyRequest(HTMXRequest):
-    """A request whose body, the handler's ``data`` (a Struct above), comes as JSON or as a form.
-
-    JSON is decoded strictly (``true`` is no integer, ``"5"`` no number). A form, url-encoded as
-    the page's forms send it or multipart, has text values, converted as msgspec converts text
-    (``"500"`` to 500); a field given more than once is a list. A multipart ``file`` goes to
-    ``upload`` (at most ``max_upload_bytes`` + 1 bytes read) where the body type takes an image.
-    Errors are 400s naming the field and what it takes."""
-
-    upload: bytes | None = None
-
-    async def json(self) -> Any:
-        kind = self.route_handler.parsed_fn_signature.parameters["data"].annotation
-        media, _ = self.content_type
-        try:
-            if media in (RequestEncodingType.URL_ENCODED, RequestEncodingType.MULTI_PART):
-                return msgspec.convert(await self._form_fields(kind), kind, strict=False)
-            return msgspec.json.decode(await self.body(), type=kind)
-        except msgspec.ValidationError as e:
-            raise _body_error(kind, str(e), media) from None
-        except msgspec.DecodeError as e:
-            raise InvalidArgument(f"the body is not valid JSON ({e}); send one JSON object with the fields "
-                                  f"{', '.join(kind.__struct_fields__)}") from None
-
-    async def _form_fields(self, kind: type[Struct]) -> dict[str, Any]:
-        form = await self.form()
-        fields: dict[str, Any] = {}
-        for key in dict.fromkeys(form.keys()):
-            values = form.getall(key)
-            if not any(isinstance(v, UploadFile) for v in values):
-                fields[key] = values[0] if len(values) == 1 else values
-            elif key == "file" and len(values) == 1 and "image_base64" in kind.__struct_fields__:
-                self.upload = await values[0].read(self.app.state.cb.settings.max_upload_bytes + 1)
-            else:
-                raise InvalidArgument(f"unexpected file {key!r}; only a search takes a file, as the field file")
-        return fields
-
-
-def _accepting(media: dict[str, Schema | None]) -> type[Operation]:
-    """An Operation class documenting the request body under each media type of ``media``, with the
-    body type's own schema (None) or the one given."""
-
-    @dataclass
-    class Accepting(Operation):
-        def __post_init__(self) -> None:
-            if self.request_body is not None:
-                own = next(iter(self.request_body.content.values())).schema
-                self.request_body.content = {t: OpenAPIMediaType(schema=given or own) for t, given in media.items()}
-
-    return Accepting
-
-
-UPLOAD_SCHEMA = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={
-    "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description=(
-        "an image file (PNG, JPEG, ...) of at most the server's max_upload_bytes (20 MB by default)")),
-    "k": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=MAX_K, default=DEFAULT_K, description="how many results"),
-    "catalog": Schema(type=OpenAPIType.STRING, description="a catalog's name (default: the first one served)")})
-FORM = _accepting({RequestEncodingType.URL_ENCODED: None})
-JSON_OR_FORM = _accepting({RequestEncodingType.JSON: None, RequestEncodingType.URL_ENCODED: None})
-JSON_OR_UPLOAD = _accepting({RequestEncodingType.JSON: None, RequestEncodingType.MULTI_PART: UPLOAD_SCHEMA})
-
-
+# -- images ----------------------------------------------------------------------------------
 def _checked_image(app: App, blob: bytes) -> bytes:
     if len(blob) > app.settings.max_upload_bytes:
         raise InvalidArgument(f"the image is larger than {app.settings.max_upload_bytes} bytes")
@@ -640,11 +431,15 @@ def _page_last_result(app: App, served: Served, token: str | None) -> engine.Res
     return result if name == served.name else None
 
 
+NO_TOKEN = ("this query reads last_result, which is the result a `result` token names: pass as \"result\" the "
+            "token that /api/refine (or /api/search) returned")
+
+
 def _api_last_result(app: App, served: Served, data: SqlRequest) -> engine.Result | None:
     """``/api/sql``'s ``last_result``: the result ``data.result`` names. A query that reads
     last_result without a token, and a token unknown, expired or of another catalog, are 400s."""
     if not data.result:
-        if app.reads_last_result(data.sql):
+        if reads_last_result(app.parser, data.sql):
             raise InvalidArgument(NO_TOKEN)
         return None
     try:
@@ -739,9 +534,7 @@ def api_refine(request: BodyRequest, data: JSONBody[RefineRequest],
     return ResultResponse.of(result, app.results.put(served.name, result), limit)
 
 
-# The schema documents only the JSON body here: scripts/fuzz_http.py builds its /api/sql requests without naming a
-# media type, which schemathesis allows only for a body with one.
-@post("/api/sql", sync_to_thread=True, status_code=200, request_class=BodyRequest,
+@post("/api/sql", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=JSON_OR_FORM,
       request_max_body_size=FORM_BODY_BYTES,
       description="One read-only query, in JSON (or as the console's url-encoded form, with the same fields). "
                   "A query reading last_result (also through result_images() or in_last_result()) needs "
@@ -873,13 +666,3 @@ def create_app(paths: list[str | Path], settings: Settings | None = None, *, war
     app.state.cb = state
     _document_bodies(app, (RefineRequest, SearchRequest, SqlRequest, ResultResponse, SqlResponse))
     return app
-
-
-def _document_bodies(app: Litestar, kinds: tuple[type[Struct], ...]) -> None:
-    """Put msgspec's own JSON schemas of the body Structs ``kinds`` in ``app``'s OpenAPI components, in
-    place of Litestar's: Litestar 2.25 loses the bounds of a nullable field's type and does not say that
-    unknown fields are refused, while msgspec's schema is exactly what msgspec accepts."""
-    _, components = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
-    schemas = app.openapi_schema.components.schemas
-    for name, schema in components.items():
-        schemas[name] = schema
