@@ -36,6 +36,7 @@ from .errors import (
     UnknownIds,
 )
 from .head import Head
+from .progress import Progress
 from .quantize import Quantizer
 from .refine import Result
 from .resources import sql_text
@@ -439,74 +440,95 @@ class Catalog:
 
     def build_index(self, block_size: int = layout.DEFAULT_BLOCK_SIZE, *, codes: np.ndarray | None = None,
                     ids: Sequence[int] | np.ndarray | None = None,
-                    index_info: Mapping[str, Any] | None = None) -> dict:
+                    index_info: Mapping[str, Any] | None = None, progress: Progress = None) -> dict:
         """Sort the codes into k-d block order and write the zone maps.
 
         Idempotent: rows start from id order, so the result does not depend on the current
         physical order. ``codes`` and ``ids`` (as for :meth:`replace_codes`) replace the
         catalog's codes in the transaction that writes their index, so an interrupted build
         leaves the old codes and index, never new codes without one. ``index_info``: more
-        entries for the index settings. Returns timing stats.
+        entries for the index settings. ``progress`` (see :mod:`engine.progress`) counts steps:
+        loading the stored codes, each k-d level, each written chunk, the commit
+        (:func:`engine.layout.build_steps`). Returns timing stats.
         """
+        from .progress import reporter
+
         self._check_writable()
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
-            raise CatalogError(f"block_size must be an integer >= 2, got {block_size!r}")
+        layout.check_block_size(block_size)
         if (codes is None) != (ids is None):
             raise InvalidCodes("give codes and ids together, or neither to sort the stored codes")
         from .learn.models import feature_subsets as default_subsets
 
-        t0 = time.perf_counter()
-        if codes is None:
-            cols, ids = self._load_codes()
-        else:
-            codes, ids = _check_replacement(codes, ids)
-            cols = np.ascontiguousarray(codes.T)
-        t1 = time.perf_counter()
-        perm, starts = layout.kd_order(cols, block_size=block_size, initial=np.argsort(ids, kind="stable"))
-        cols = np.ascontiguousarray(cols[:, perm])
-        ids = ids[perm]
-        blocks = layout.zone_maps(cols, starts)
-        t2 = time.perf_counter()
-        con = self.con
-        codes_tbl = pa.table({"pos": np.arange(len(ids), dtype=np.int64), "id": ids,
-                              **{c: cols[d] for d, c in enumerate(CODE_COLUMNS)}})
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.register("_sorted", codes_tbl)
-            con.register("_blocks", _blocks_table(blocks))
-            if codes is not None:
-                _check_known(con, "_sorted")
-            con.execute("DELETE FROM codes")
-            con.execute("INSERT INTO codes BY NAME SELECT * FROM _sorted")
-            con.execute("DELETE FROM blocks")
-            con.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
-            index = {"block_size": block_size, "n_blocks": blocks.n_blocks, "indexed_rows": len(ids),
-                     "projections": [list(range(N_DIMS))], "split": "max-variance median",
-                     "feature_subsets": [list(f) for f in default_subsets()], "built_at": _now(),
-                     **(index_info or {})}
-            self._set_settings({"index": index})
-            self._bump_data_version()
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_sorted")
-            con.unregister("_blocks")
-        con.execute("CHECKPOINT")
+        with reporter("index", "steps", progress) as report:
+            t0 = time.perf_counter()
+            if codes is None:
+                cols, ids = self._load_codes()
+            else:
+                codes, ids = _check_replacement(codes, ids)
+                cols = np.ascontiguousarray(codes.T)
+            n = len(ids)
+            total = layout.build_steps(n, block_size, load=codes is None)
+            done = int(codes is None)
+            report(done, total)
+            t1 = time.perf_counter()
+            perm, starts = layout.kd_order(cols, block_size=block_size, initial=np.argsort(ids, kind="stable"),
+                                           on_level=lambda level: report(done + level, total))
+            done += layout.n_levels(n, block_size)
+            cols = np.ascontiguousarray(cols[:, perm])
+            ids = ids[perm]
+            blocks = layout.zone_maps(cols, starts)
+            t2 = time.perf_counter()
+            con = self.con
+            codes_tbl = pa.table({"pos": np.arange(n, dtype=np.int64), "id": ids,
+                                  **{c: cols[d] for d, c in enumerate(CODE_COLUMNS)}})
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.register("_sorted", codes_tbl)
+                con.register("_blocks", _blocks_table(blocks))
+                if codes is not None:
+                    _check_known(con, "_sorted")
+                con.execute("DELETE FROM codes")
+                for s in range(0, max(n, 1), layout.WRITE_CHUNK_ROWS):
+                    # one statement per chunk, for progress; the rows land in pos order all the same
+                    con.register("_chunk", codes_tbl.slice(s, layout.WRITE_CHUNK_ROWS))
+                    con.execute("INSERT INTO codes BY NAME SELECT * FROM _chunk")
+                    con.unregister("_chunk")
+                    done += 1
+                    report(done, total)
+                con.execute("DELETE FROM blocks")
+                con.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
+                index = {"block_size": block_size, "n_blocks": blocks.n_blocks, "indexed_rows": n,
+                         "projections": [list(range(N_DIMS))], "split": "max-variance median",
+                         "feature_subsets": [list(f) for f in default_subsets()], "built_at": _now(),
+                         **(index_info or {})}
+                self._set_settings({"index": index})
+                self._bump_data_version()
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                for name in ("_sorted", "_blocks", "_chunk"):
+                    with contextlib.suppress(duckdb.Error):
+                        con.unregister(name)
+            con.execute("CHECKPOINT")
+            report(total, total)
         t3 = time.perf_counter()
         self._index = query.BlockIndex.from_arrays(cols, ids, blocks, block_size)
         self._index_version = int(self.setting("data_version"))
-        return {"rows": len(ids), "blocks": blocks.n_blocks, "time_load_s": t1 - t0,
+        return {"rows": n, "blocks": blocks.n_blocks, "time_load_s": t1 - t0,
                 "time_sort_s": t2 - t1, "time_write_s": t3 - t2}
 
-    def compact(self) -> dict:
+    def compact(self, *, progress: Progress = None) -> dict:
         """Rewrite the file without the space freed by deletes and index rebuilds.
 
         DuckDB reuses freed blocks but never shrinks its file, so a catalog that was loaded and
         then sorted holds its codes twice over until compacted. The copy is made beside the
         file and renamed over it; this object must be the only one holding the file.
+        ``progress`` (see :mod:`engine.progress`) counts the rows copied, over all tables.
         """
+        from . import progress as progress_mod
+
         self._check_writable()
         before = self.path.stat().st_size
         tmp = self.path.with_name(self.path.name + ".compacting")
@@ -515,17 +537,32 @@ class Catalog:
         con = self.con
         con.execute("CHECKPOINT")
         db = con.execute("SELECT current_database()").fetchall()[0][0]
-        con.execute(f"ATTACH {_literal(str(tmp))} AS _compact")
-        try:
-            con.execute(f"COPY FROM DATABASE {quote_ident(db)} TO _compact")
-        finally:
-            con.execute("DETACH _compact")
-        con.close()
-        self._con = None
-        try:
-            os.replace(tmp, self.path)
-        finally:
-            self._con = duckdb.connect(str(self.path))
+        # Schema first, then each table's rows in a statement of its own, so progress can count them.
+        tables = con.execute("SELECT schema_name, table_name, estimated_size FROM duckdb_tables() "
+                             "WHERE database_name = ? ORDER BY schema_name, table_name", [db]).fetchall()
+        total = int(sum(r[2] for r in tables))
+        with progress_mod.reporter("compact", "rows", progress) as report:
+            report(0, total)
+            con.execute(f"ATTACH {_literal(str(tmp))} AS _compact")
+            try:
+                con.execute(f"COPY FROM DATABASE {quote_ident(db)} TO _compact (SCHEMA)")
+                done = 0
+                for schema_name, table, rows in tables:
+                    name = f"{quote_ident(schema_name)}.{quote_ident(table)}"
+                    with progress_mod.track_statement(con, report, done, int(rows), total):
+                        con.execute(f"INSERT INTO _compact.{name} SELECT * FROM {quote_ident(db)}.{name}")
+                    done += int(rows)
+                    if done < total:  # the last report waits for the file to be in place
+                        report(done, total)
+            finally:
+                con.execute("DETACH _compact")
+            con.close()
+            self._con = None
+            try:
+                os.replace(tmp, self.path)
+            finally:
+                self._con = duckdb.connect(str(self.path))
+            report(total, total)
         return {"bytes_before": before, "bytes_after": self.path.stat().st_size}
 
     # -- reading -----------------------------------------------------------------------------
@@ -883,18 +920,20 @@ class Catalog:
             cur.close()
 
     # -- Parquet -----------------------------------------------------------------------------
-    def export_parquet(self, directory: str | os.PathLike, *, overwrite: bool = False) -> dict:
-        """Write codes, images, blocks and settings as Parquet; see :mod:`engine.parquet`."""
+    def export_parquet(self, directory: str | os.PathLike, *, overwrite: bool = False, progress: Progress = None) -> dict:
+        """Write codes, images, blocks and settings as Parquet; see :mod:`engine.parquet`.
+        ``progress`` (see :mod:`engine.progress`) counts the rows written, over all files."""
         from .parquet import export_catalog
 
-        return export_catalog(self, Path(directory), overwrite=overwrite)
+        return export_catalog(self, Path(directory), overwrite=overwrite, progress=progress)
 
     @classmethod
-    def import_parquet(cls, directory: str | os.PathLike, path: str | os.PathLike) -> Catalog:
-        """Create a catalog at ``path`` from a directory written by :meth:`export_parquet`."""
+    def import_parquet(cls, directory: str | os.PathLike, path: str | os.PathLike, *, progress: Progress = None) -> Catalog:
+        """Create a catalog at ``path`` from a directory written by :meth:`export_parquet`.
+        ``progress`` (see :mod:`engine.progress`) counts the rows read, over all files."""
         from .parquet import import_catalog
 
-        return import_catalog(cls, Path(directory), Path(path))
+        return import_catalog(cls, Path(directory), Path(path), progress=progress)
 
 
 # -- validation helpers ----------------------------------------------------------------------

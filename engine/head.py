@@ -28,6 +28,9 @@ from .errors import CatalogError
 DEFAULT_OUT_DIM = 32
 DEFAULT_HIDDEN = 512
 DEFAULT_KOLEO = 0.3
+# Rows per matrix product in Head.apply; callers that apply a head in pieces (for progress) use
+# the same, so their outputs are bit-identical to one call's.
+APPLY_BATCH_ROWS = 65536
 
 
 class HeadError(CatalogError):
@@ -55,7 +58,7 @@ class Head:
         object.__setattr__(self, "params", {k: np.ascontiguousarray(v, dtype=np.float32)
                                             for k, v in sorted(self.params.items())})
 
-    def apply(self, x: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
+    def apply(self, x: np.ndarray, batch_rows: int = APPLY_BATCH_ROWS) -> np.ndarray:
         """float (n, in_dim) -> float32 (n, out_dim), rows L2-normalised."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.in_dim:
@@ -118,14 +121,16 @@ def fit_pca(x: np.ndarray, out_dim: int = DEFAULT_OUT_DIM) -> Head:
                 {"method": "pca", "rows": int(x.shape[0])})
 
 
-def _check_embeddings(x: np.ndarray, out_dim: int) -> np.ndarray:
+def _check_embeddings(x: np.ndarray, out_dim: int, min_rows: int | None = None) -> np.ndarray:
+    """x as float32 (n, d), checked; ``min_rows`` defaults to ``out_dim + 1``, what PCA needs."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise HeadError(f"embeddings must be a 2-d array, got shape {x.shape}")
     if isinstance(out_dim, bool) or not isinstance(out_dim, (int, np.integer)) or not 1 <= out_dim <= x.shape[1]:
         raise HeadError(f"out_dim must be an integer in 1..{x.shape[1]}, got {out_dim!r}")
-    if x.shape[0] <= out_dim:
-        raise HeadError(f"need more than {out_dim} embeddings to fit a {out_dim}-d head, got {x.shape[0]}")
+    min_rows = out_dim + 1 if min_rows is None else min_rows
+    if x.shape[0] < min_rows:
+        raise HeadError(f"need more than {min_rows - 1} embeddings to fit a {out_dim}-d head, got {x.shape[0]}")
     if not np.isfinite(x).all():
         raise HeadError("embeddings contain NaN or infinite values")
     return x
@@ -172,10 +177,16 @@ def _export(net, kind_info: dict) -> Head:
 MIN_TRAIN_STEPS = 100
 
 
-def _train_loop(net, params, step: Callable, n_steps: int, lr: float, seed: int, log: Callable | None):
+def train_steps(n_rows: int, epochs: int, batch_size: int) -> int:
+    """Optimiser steps of :func:`train_contrastive` and :func:`train_distill` on ``n_rows`` rows."""
+    bs = max(1, min(batch_size, n_rows))
+    return max(epochs * math.ceil(n_rows / bs), 1, MIN_TRAIN_STEPS)
+
+
+def _train_loop(net, params, step: Callable, n_steps: int, lr: float, seed: int, log: Callable | None,
+                progress: Callable[[int, int], None] | None):
     import torch
 
-    n_steps = max(int(n_steps), MIN_TRAIN_STEPS)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=n_steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
@@ -187,6 +198,8 @@ def _train_loop(net, params, step: Callable, n_steps: int, lr: float, seed: int,
         sched.step()
         if log is not None and (i % 200 == 0 or i == n_steps - 1):
             log({"step": i, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+        if progress is not None:
+            progress(i + 1, n_steps)
 
 
 def train_contrastive(
@@ -201,15 +214,17 @@ def train_contrastive(
     lr: float = 2e-3,
     seed: int = 0,
     log: Callable[[dict], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Head:
     """Train on image-caption pairs: images[i] goes with texts[i], both float (n, d).
 
     One shared head maps both modalities (CLIP embeddings share a space); the loss is the
     symmetric CLIP loss with a learned temperature, plus ``koleo`` times KoLeo on the images.
+    ``progress`` is called ``(steps done, train_steps(n, epochs, batch_size))`` after each step.
     """
     import torch
 
-    images = _check_embeddings(images, out_dim)
+    images = _check_embeddings(images, out_dim, min_rows=1)
     texts = np.asarray(texts, dtype=np.float32)
     if texts.shape != images.shape:
         raise HeadError(f"texts {texts.shape} must match images {images.shape}, one caption per image")
@@ -230,8 +245,8 @@ def train_contrastive(
         kl = koleo_loss(a)
         return clip + koleo * kl, {"clip": clip, "koleo": kl}
 
-    n_steps = max(1, epochs * math.ceil(n / bs))
-    _train_loop(net, [*net.parameters(), logit_scale], step, n_steps, lr, seed, log)
+    _train_loop(net, [*net.parameters(), logit_scale], step, train_steps(n, epochs, batch_size), lr, seed, log,
+                progress)
     return _export(net, {"method": "contrastive", "koleo": koleo, "epochs": epochs, "seed": seed,
                          "hidden": hidden, "rows": int(n)})
 
@@ -248,7 +263,9 @@ def train_distill(
     lr: float = 2e-3,
     temperature: float = 0.05,
     seed: int = 0,
+    prompt_prompt: bool = False,
     log: Callable[[dict], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Head:
     """Train without captions by similarity distillation.
 
@@ -256,11 +273,15 @@ def train_distill(
     images, and to every prompt in ``prompts``) is the target for the softmax over the 32-d
     ones (KL divergence): neighbour rankings and text-search rankings are what must survive.
     ``koleo`` times KoLeo on the images' outputs spreads them for quantization.
-    images: float (n, d); prompts: float (m, d) text embeddings, or None.
+    ``prompt_prompt`` adds the same target for the prompts' similarities among themselves: a
+    catalog of a few images says little about the rest of the embedding space, the prompts'
+    geometry does (:data:`engine.pipeline.SMALL_CATALOG_ROWS`).
+    images: float (n, d); prompts: float (m, d) text embeddings, or None. ``progress`` as for
+    :func:`train_contrastive`.
     """
     import torch
 
-    images = _check_embeddings(images, out_dim)
+    images = _check_embeddings(images, out_dim, min_rows=1)
     torch.manual_seed(seed)
     net = _mlp(images.shape[1], out_dim, hidden)
     xi = torch.nn.functional.normalize(torch.from_numpy(images), dim=1)
@@ -275,6 +296,8 @@ def train_distill(
     # The 32-d space has its own similarity scale; learn it rather than guess it.
     scale = torch.nn.Parameter(torch.tensor(1.0 / temperature))
     eye = None
+    prompt_prompt = bool(prompt_prompt) and xp is not None
+    eye_p = torch.eye(len(xp)) * 1e4 if prompt_prompt else None
 
     def kl(full, small):
         return torch.nn.functional.kl_div(torch.log_softmax(small, dim=1),
@@ -299,12 +322,17 @@ def train_distill(
             loss_pi = kl(xp @ x.T, scale * (yp @ y.T))
             parts.update(image_prompt=loss_ip, prompt_image=loss_pi)
             loss = loss + loss_ip + loss_pi
+            if prompt_prompt:
+                loss_pp = kl(xp @ xp.T - eye_p * temperature, scale * (yp @ yp.T) - eye_p)
+                parts["prompt_prompt"] = loss_pp
+                loss = loss + loss_pp
         k = koleo_loss(y)
         parts["koleo"] = k
         return loss + koleo * k, parts
 
-    n_steps = max(1, epochs * math.ceil(n / bs))
-    _train_loop(net, [*net.parameters(), scale], step, n_steps, lr, seed, log)
-    return _export(net, {"method": "distill", "koleo": koleo, "epochs": epochs, "seed": seed, "hidden": hidden,
-                         "rows": int(n), "prompts": 0 if xp is None else int(len(xp)),
-                         "temperature": temperature})
+    _train_loop(net, [*net.parameters(), scale], step, train_steps(n, epochs, batch_size), lr, seed, log, progress)
+    info = {"method": "distill", "koleo": koleo, "epochs": epochs, "seed": seed, "hidden": hidden, "rows": int(n),
+            "prompts": 0 if xp is None else int(len(xp)), "temperature": temperature}
+    if prompt_prompt:  # recorded only when used, so heads trained without it keep their bytes
+        info["prompt_prompt"] = True
+    return _export(net, info)

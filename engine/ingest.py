@@ -16,9 +16,8 @@ import contextlib
 import json
 import os
 import re
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import duckdb
@@ -30,9 +29,8 @@ from .embeddings import PartStore
 from .encoders import Encoder
 from .errors import IngestError, ReadOnlyError
 from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, DecodedBatch, decoded_batches, thumbnail_path
+from .progress import Progress, reporter
 from .sources import MISSING, ScannedFiles, check_metadata_columns, scan_sources
-
-Progress = bool | Callable[[int, int], None]
 
 # DuckDB type names a metadata column may have: scalars, DECIMAL(p,s) and lists of them. Nested
 # types carry field names from the file into the DDL, so they are refused.
@@ -94,7 +92,8 @@ def ingest(
     files deleted from a source folder or no longer listed in a manifest are removed; files
     that cannot be decoded are listed in the report and the ``skipped`` table and retried only
     once they change. ``workers`` decoding processes (default: one per core; 0 decodes in
-    this process). ``progress``: a bar on stderr, False, or ``callable(done, total)``.
+    this process). ``progress``: a display on stderr, False, or ``callable(done, total)`` in images
+    (see :mod:`engine.progress`).
     ``reembed`` allows an encoder other than the catalog's: every file in ``sources`` is then
     embedded again (the head and index must be rebuilt afterwards).
     """
@@ -347,9 +346,10 @@ def _embed_all(dataset: DecodeDataset, encoder: Encoder, writer: _BatchWriter, b
     total = len(dataset)
     if total == 0:
         return
-    bar = _progress(progress, total)
+    bar = reporter("ingest", "img", progress)
     t_start = time.perf_counter()
     done = 0
+    bar(done, total)
     batches = decoded_batches(dataset, batch_size, workers)
     try:
         while True:
@@ -372,7 +372,7 @@ def _embed_all(dataset: DecodeDataset, encoder: Encoder, writer: _BatchWriter, b
             bar(done, total)
     finally:
         batches.close()
-        bar(-1, total)
+        bar.close()
         report.time_embed_s = time.perf_counter() - t_start
         report.images_per_second = done / report.time_embed_s if report.time_embed_s > 0 else 0.0
 
@@ -593,44 +593,3 @@ def _deleted_images(cat: Catalog, scanned: ScannedFiles) -> np.ndarray:
 
 def _under(uri: str, prefixes: Sequence[str]) -> bool:
     return any(uri.startswith(p) for p in prefixes)
-
-
-# -- progress --------------------------------------------------------------------------------
-def _progress(progress: Progress, total: int) -> Callable[[int, int], None]:
-    """A function ``(done, total)`` showing progress; ``done=-1`` closes it."""
-    if callable(progress):
-        return lambda done, n: progress(done, n) if done >= 0 else None
-    if not progress:
-        return lambda done, n: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _TextProgress(total)
-    bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-
-    def update(done: int, n: int) -> None:
-        if done < 0:
-            bar.close()
-        else:
-            bar.update(done - bar.n)
-
-    return update
-
-
-class _TextProgress:
-    """A one-line progress display on stderr, for when tqdm is missing."""
-
-    def __init__(self, total: int):
-        self.total, self.t0, self.last = total, time.perf_counter(), 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done >= 0 and now - self.last < 0.5 and done < total:
-            return
-        self.last = now
-        if done < 0:
-            sys.stderr.write("\n")
-        else:
-            rate = done / max(now - self.t0, 1e-9)
-            sys.stderr.write(f"\r{done}/{total} images, {rate:.1f} img/s")
-        sys.stderr.flush()

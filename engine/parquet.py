@@ -28,6 +28,7 @@ from . import schema
 from .boxes import CODE_COLUMNS
 from .catalog import _IDENT, _RESERVED, quote_ident
 from .errors import CatalogError, CorruptCatalog
+from .progress import Progress, reporter, track_statement
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -43,34 +44,43 @@ def _sql_path(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False) -> dict:
-    """Write ``cat`` to the directory ``out``; returns the row count and file sizes."""
+def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress: Progress = None) -> dict:
+    """Write ``cat`` to the directory ``out``; returns the row count and file sizes.
+    ``progress`` (see :mod:`engine.progress`) counts rows written, over all files."""
     if out.exists() and not overwrite:
         raise CatalogError(f"{out} already exists; choose another directory or pass overwrite")
     if not out.parent.is_dir():
         raise CatalogError(f"directory {out.parent} does not exist")
     index = cat.setting("index") or {}
     row_group = max(2048, int(index.get("block_size", 2048)) * ROW_GROUP_BLOCKS)
+    con = cat.con
+    copies = [  # (file, table, sort key, COPY options)
+        ("codes.parquet", "codes", "pos", f"(FORMAT parquet, ROW_GROUP_SIZE {row_group}, COMPRESSION zstd)"),
+        ("images.parquet", "images", "id", "(FORMAT parquet, COMPRESSION zstd)"),
+        ("blocks.parquet", "blocks", "block_id", "(FORMAT parquet)"),
+        ("artifacts.parquet", "artifacts", "name", "(FORMAT parquet)"),
+    ]
+    rows = [int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]) for _, table, _, _ in copies]
+    total = sum(rows)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        con = cat.con
-        con.execute(
-            f"COPY (SELECT * FROM codes ORDER BY pos) TO {_sql_path(tmp / 'codes.parquet')} "
-            f"(FORMAT parquet, ROW_GROUP_SIZE {row_group}, COMPRESSION zstd)"
-        )
-        con.execute(f"COPY (SELECT * FROM images ORDER BY id) TO {_sql_path(tmp / 'images.parquet')} "
-                    "(FORMAT parquet, COMPRESSION zstd)")
-        con.execute(f"COPY (SELECT * FROM blocks ORDER BY block_id) TO {_sql_path(tmp / 'blocks.parquet')} "
-                    "(FORMAT parquet)")
-        con.execute(f"COPY (SELECT * FROM artifacts ORDER BY name) TO {_sql_path(tmp / 'artifacts.parquet')} "
-                    "(FORMAT parquet)")
-        meta = {"format": FORMAT, "schema_version": schema.latest_version(), "rows": len(cat),
-                "settings": cat.settings()}
-        (tmp / "catalog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _swap_in(tmp, out)
+        with reporter("export", "rows", progress) as report:
+            report(0, total)
+            done = 0
+            for (name, table, key, options), n in zip(copies, rows, strict=True):
+                with track_statement(con, report, done, n, total):
+                    con.execute(f"COPY (SELECT * FROM {table} ORDER BY {key}) TO {_sql_path(tmp / name)} {options}")
+                done += n
+                if done < total:  # the last report waits for the export to be in place
+                    report(done, total)
+            meta = {"format": FORMAT, "schema_version": schema.latest_version(), "rows": len(cat),
+                    "settings": cat.settings()}
+            (tmp / "catalog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _swap_in(tmp, out)
+            report(total, total)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -97,11 +107,12 @@ def _swap_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(aside)
 
 
-def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
+def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progress = None) -> Catalog:
     """Create a catalog at ``path`` from an export directory, block order and zone maps included.
 
     The catalog is built under a hidden name beside ``path`` and renamed into place when it is
-    complete, so an interrupted import leaves no file at ``path`` and can simply be run again."""
+    complete, so an interrupted import leaves no file at ``path`` and can simply be run again.
+    ``progress`` (see :mod:`engine.progress`) counts rows read, over all files."""
     missing = [f for f in FILES if not (src / f).is_file()]
     if missing:
         raise CatalogError(f"{src} is not a clip-branches export: missing {', '.join(missing)}")
@@ -117,6 +128,7 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
         raise CatalogError(f"{path} already exists; import into a new path")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.importing")
     cat = cls.create(tmp)
+    report = reporter("import", "rows", progress)
     try:
         con = cat.con
         codes_sql = _sql_path(src / "codes.parquet")
@@ -128,6 +140,16 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
         img_types = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {images_sql})").fetchall()
         existing = {r[0].lower() for r in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'").fetchall()}
+        inserts = [  # (table, parquet file, ORDER BY)
+            ("images", images_sql, ""), ("codes", codes_sql, " ORDER BY pos"),
+            ("blocks", _sql_path(src / "blocks.parquet"), " ORDER BY block_id"),
+        ]
+        if (src / "artifacts.parquet").is_file():
+            inserts.append(("artifacts", _sql_path(src / "artifacts.parquet"), ""))
+        # the row counts come from the files' footers; nothing is read twice
+        rows = [int(con.execute(f"SELECT count(*) FROM {f}").fetchall()[0][0]) for _, f, _ in inserts]
+        total, done = sum(rows), 0
+        report(0, total)
         con.execute("BEGIN TRANSACTION")
         try:
             for name, ctype in img_types:
@@ -135,11 +157,12 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
                     if not _IDENT.match(name) or name.lower() in _RESERVED:
                         raise CorruptCatalog(f"images.parquet has a column named {name!r}, which a catalog cannot hold")
                     con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {ctype}")
-            con.execute(f"INSERT INTO images BY NAME SELECT * FROM {images_sql}")
-            con.execute(f"INSERT INTO codes BY NAME SELECT * FROM {codes_sql} ORDER BY pos")
-            con.execute(f"INSERT INTO blocks BY NAME SELECT * FROM {_sql_path(src / 'blocks.parquet')} ORDER BY block_id")
-            if (src / "artifacts.parquet").is_file():
-                con.execute(f"INSERT INTO artifacts BY NAME SELECT * FROM {_sql_path(src / 'artifacts.parquet')}")
+            for (table, file, order), n in zip(inserts, rows, strict=True):
+                with track_statement(con, report, done, n, total):
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {file}{order}")
+                done += n
+                if done < total:  # the last report waits for the catalog to be in place
+                    report(done, total)
             n_codes, n_pos, max_pos = con.execute("SELECT count(*), count(DISTINCT pos), max(pos) FROM codes").fetchall()[0]
             if n_codes != meta.get("rows") or n_pos != n_codes or (n_codes and max_pos != n_codes - 1):
                 raise CorruptCatalog(f"{src}: codes.parquet holds {n_codes} rows, expected {meta.get('rows')} "
@@ -158,11 +181,15 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path) -> Catalog:
     except duckdb.Error as e:
         cat.close()
         _remove(tmp)
+        report.close()
         raise CorruptCatalog(f"could not import {src}: {str(e).splitlines()[0]}") from None
     except BaseException:
         cat.close()
         _remove(tmp)
+        report.close()
         raise
+    report(total, total)
+    report.close()
     return cls.open(path)
 
 

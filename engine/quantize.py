@@ -16,6 +16,11 @@ import numpy as np
 from .errors import CatalogError
 
 DEFAULT_QUANTILES = (0.001, 0.999)
+# The narrowest per-dim range a fit on a few rows may take, in units of 1/sqrt(d): one coordinate
+# of unit vectors spread evenly over d dims has that standard deviation, and +-2 of it is about
+# the median range of the demo catalog's head fitted on 70,000 images (0.72 for d = 32, against
+# 4/sqrt(32) = 0.71; `python scripts/eval_small_heads.py` prints both as quantizer_ranges).
+SPHERE_SIGMAS = 4.0
 
 
 class QuantizerError(CatalogError):
@@ -70,27 +75,42 @@ class Quantizer:
         return cls(lo, step, rounding, method)
 
 
-def _check(x: np.ndarray) -> np.ndarray:
+def _check(x: np.ndarray, min_rows: int = 2) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise QuantizerError(f"need a 2-d array of at least 2 rows to fit a quantizer, got shape {x.shape}")
+    if x.ndim != 2 or x.shape[0] < min_rows:
+        raise QuantizerError(f"need a 2-d array of at least {min_rows} rows to fit a quantizer, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise QuantizerError("values contain NaN or infinite entries")
     return x
 
 
-def fit_affine(x: np.ndarray, quantiles: tuple[float, float] = DEFAULT_QUANTILES) -> Quantizer:
+def fit_affine(x: np.ndarray, quantiles: tuple[float, float] = DEFAULT_QUANTILES, *,
+               min_range: float = 0.0) -> Quantizer:
     """Per-dim map from the [q_lo, q_hi] quantile range onto codes 0..255, rounding to nearest.
 
-    Clipping the extreme 0.1 % on each side buys resolution for the other 99.8 %.
+    Clipping the extreme 0.1 % on each side buys resolution for the other 99.8 %. A dim whose
+    range is narrower than ``min_range`` is widened to it about its centre: quantiles of a few
+    rows (one row has none) would map every other vector to 0 or 255 (see :func:`sphere_range`).
+    x: float (n, d), n >= 2, or n >= 1 with a ``min_range``.
     """
-    x = _check(x)
+    if not (np.isfinite(min_range) and min_range >= 0):
+        raise QuantizerError(f"min_range must be a finite number >= 0, got {min_range!r}")
+    x = _check(x, 1 if min_range > 0 else 2)
     q_lo, q_hi = quantiles
     if not 0.0 <= q_lo < q_hi <= 1.0:
         raise QuantizerError(f"quantiles must satisfy 0 <= lo < hi <= 1, got {quantiles}")
     lo, hi = np.quantile(x, [q_lo, q_hi], axis=0)
+    if min_range > 0:
+        centre, half = (lo + hi) / 2, np.maximum(hi - lo, min_range) / 2
+        lo, hi = centre - half, centre + half
     step = np.maximum(hi - lo, 1e-6) / 255.0
     return Quantizer(lo.astype(np.float32), step.astype(np.float32), "round", "affine")
+
+
+def sphere_range(dim: int) -> float:
+    """``SPHERE_SIGMAS / sqrt(dim)``: a per-dim range that holds most coordinates of unit vectors
+    spread evenly over ``dim`` dims; the ``min_range`` for fits on a few rows."""
+    return SPHERE_SIGMAS / float(np.sqrt(dim))
 
 
 def fit_global(x: np.ndarray) -> Quantizer:

@@ -163,10 +163,11 @@ def test_catalog_stores_the_head_and_checks_its_checksum(tmp_path):
             cat.head()
 
 
-@pytest.mark.parametrize("n", [33, 50, 200, 512])
+@pytest.mark.parametrize("n", [1, 2, 5, 20, 32, 33, 50, 200, 512])
 def test_small_catalogs_train_a_head(n):
     """Up to 512 rows are one batch an epoch: 10 epochs were 10 steps, too few for the
-    learning-rate schedule, and training failed with ZeroDivisionError."""
+    learning-rate schedule, and training failed with ZeroDivisionError. The trained heads need
+    no more rows than one (PCA needs more than out_dim)."""
     img, _, _ = _clustered(n=n, d=64, k=4)
     txt = img + 0.05 * np.random.default_rng(n).normal(size=img.shape).astype(np.float32)
     for head in (H.train_contrastive(img, txt, out_dim=32, epochs=10, seed=0),
@@ -175,3 +176,39 @@ def test_small_catalogs_train_a_head(n):
         assert y.shape == (n, 32) and np.isfinite(y).all()
         np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
         assert head.info["rows"] == n
+
+
+def test_prompt_prompt_keeps_the_prompts_geometry_and_changes_nothing_when_off():
+    x, _, centres = _clustered(n=5, k=12)
+    rng = np.random.default_rng(3)
+    prompt_labels = np.concatenate([np.arange(12), rng.integers(0, 12, 200)])
+    prompts = centres[prompt_labels] + np.concatenate([np.zeros((12, 64)), 0.12 * rng.normal(size=(200, 64))])
+    prompts = (prompts / np.linalg.norm(prompts, axis=1, keepdims=True)).astype(np.float32)
+    plain = H.train_distill(x, prompts, out_dim=8, seed=0)
+    again = H.train_distill(x, prompts, out_dim=8, seed=0, prompt_prompt=False)
+    assert plain.sha256 == again.sha256 and "prompt_prompt" not in plain.info
+    pp = H.train_distill(x, prompts, out_dim=8, seed=0, prompt_prompt=True)
+    assert pp.info["prompt_prompt"] is True and pp.info["rows"] == 5
+    # five images say little about the space; the prompts' own similarities say the rest
+    assert _nn_label_accuracy(prompts, prompt_labels) == 1.0
+    assert _nn_label_accuracy(pp.apply(prompts), prompt_labels) > 0.95
+    assert _nn_label_accuracy(plain.apply(prompts), prompt_labels) < 0.9
+
+
+def test_progress_counts_every_training_step():
+    x, _, c = _clustered(n=40)
+    seen = []
+    H.train_distill(x, c, out_dim=8, epochs=1, progress=lambda d, t: seen.append((d, t)))
+    total = H.train_steps(40, 1, 512)
+    assert seen == [(i, total) for i in range(1, total + 1)] and total == H.MIN_TRAIN_STEPS
+
+
+def test_quantizer_with_a_minimum_range_fits_one_row():
+    one = np.full((1, 32), 0.1, np.float32)
+    with pytest.raises(quantize.QuantizerError, match="at least 2 rows"):
+        quantize.fit_affine(one)
+    q = quantize.fit_affine(one, min_range=quantize.sphere_range(32))
+    np.testing.assert_allclose(q.step * 255, 4 / np.sqrt(32), rtol=1e-5)
+    assert np.all(q.encode(one) == 128)  # the one row sits in the middle of its range
+    wide = np.random.default_rng(0).normal(size=(500, 32)).astype(np.float32)
+    assert quantize.fit_affine(wide, min_range=0.1).to_json() == quantize.fit_affine(wide).to_json()

@@ -362,7 +362,8 @@ def test_small_catalogs_train_index_and_search(small_catalog, demo_encoder, n, m
     path = small_catalog(n)
     with engine.Catalog.open(path) as cat:
         summary = pipeline.train_head(cat, method=method, encoder=demo_encoder)
-        assert summary["rows"] == n and summary["vocabulary_rows"] == len(vocabulary())
+        assert summary["rows"] == n and summary["small_catalog"]
+        assert summary["quantizer_rows"] == n + len(vocabulary())
         assert summary["method"] == ("distill" if method == "auto" else method)
         stats = pipeline.index_embeddings(cat)
         assert stats["rows"] == n and not cat.index_status()["stale"]
@@ -414,7 +415,7 @@ def test_large_catalogs_train_exactly_as_before(tmp_path, demo, demo_encoder):
         ids, emb = load_embeddings(cat)
         assert len(ids) >= pipeline.SMALL_CATALOG_ROWS
         summary = pipeline.train_head(cat, epochs=2, seed=5, encoder=demo_encoder)
-        assert summary["vocabulary_rows"] == 0 and summary["quantizer_rows"] == len(ids)
+        assert not summary["small_catalog"] and summary["quantizer_rows"] == len(ids)
         want = head_mod.train_distill(emb, demo_encoder.encode_texts(vocabulary()), epochs=2, seed=5)
         want.info["encoder"] = "demo:fashion-v1"
         assert cat.head().sha256 == want.sha256
