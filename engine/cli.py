@@ -93,7 +93,7 @@ def cmd_synth(args) -> int:
     from .synth import synth_catalog
 
     stats = synth_catalog(args.catalog, args.rows, seed=args.seed, n_clusters=args.clusters,
-                          elongation=args.elongation, block_size=args.block_size)
+                          elongation=args.elongation, block_size=args.block_size, progress=not args.quiet)
     _print_json(stats) if args.json else print(
         f"wrote {stats['rows']} rows in {stats['clusters']} clusters to {args.catalog} ({stats['bytes']} bytes)")
     return 0
@@ -104,15 +104,15 @@ def cmd_index(args) -> int:
         if cat.setting("head") is not None and not args.codes_only:
             from .pipeline import index_embeddings
 
-            stats = index_embeddings(cat, block_size=args.block_size)
+            stats = index_embeddings(cat, block_size=args.block_size, progress=not args.quiet)
         else:
             if not args.codes_only and cat.sql("SELECT count(*) AS n FROM embedding_parts").column("n")[0].as_py():
                 raise CatalogError(f"{args.catalog} has embedded images but no head to turn them into codes; "
                                    f"run `clip-branches train-head {args.catalog}` first, then index "
                                    "(--codes-only indexes only the codes already stored)")
-            stats = cat.build_index(block_size=args.block_size)
+            stats = cat.build_index(block_size=args.block_size, progress=not args.quiet)
         if args.compact:
-            stats.update(cat.compact())
+            stats.update(cat.compact(progress=not args.quiet))
     _print_json(stats) if args.json else print(f"indexed {stats['rows']} rows in {stats['blocks']} blocks")
     return 0
 
@@ -187,10 +187,10 @@ def cmd_add(args) -> int:
         reason = _head_due(cat)
         if reason:
             _note(args, f"training the head ({reason})")
-            out["head"] = train_head(cat, encoder=encoder, seed=0)
+            out["head"] = train_head(cat, encoder=encoder, seed=0, progress=not args.quiet)
         status = cat.index_status()
         if out.get("head") or status["images_without_codes"] or status["stale_codes"] or status["index"] is None:
-            out["index"] = index_embeddings(cat)
+            out["index"] = index_embeddings(cat, progress=not args.quiet)
         rows = cat.index_status()["rows"]
     if args.json:
         _print_json(out)
@@ -246,13 +246,9 @@ def cmd_ingest_parts(args) -> int:
 def cmd_train_head(args) -> int:
     from .pipeline import train_head
 
-    def log(entry):
-        if not args.quiet:
-            print(json.dumps(entry), file=sys.stderr)
-
     with Catalog.open(args.catalog) as cat:
         summary = train_head(cat, method=args.method, koleo=args.koleo, epochs=args.epochs, seed=args.seed,
-                             out_dim=args.dims, log=log)
+                             out_dim=args.dims, progress=not args.quiet)
     _print_json(summary) if args.json else print(
         f"trained a {summary['method']} head on {summary['rows']} images (sha256 {summary['sha256'][:12]})")
     return 0
@@ -275,9 +271,9 @@ def cmd_demo(args) -> int:
         print(f"ingested: {report.added} added, {report.updated} updated, {report.removed} removed, "
               f"{report.skipped} skipped", file=sys.stderr)
         if report.added or report.updated or report.removed or cat.setting("head") is None:
-            summary = train_head(cat, epochs=args.epochs, seed=0)
+            summary = train_head(cat, epochs=args.epochs, seed=0, progress=not args.quiet)
             print(f"head: {summary['method']} on {summary['rows']} images", file=sys.stderr)
-            stats = index_embeddings(cat)
+            stats = index_embeddings(cat, progress=not args.quiet)
             print(f"index: {stats['rows']} rows in {stats['blocks']} blocks", file=sys.stderr)
     print(f"demo catalog ready: {catalog}", flush=True)
     if not args.no_serve:
@@ -287,7 +283,7 @@ def cmd_demo(args) -> int:
 
 def cmd_compact(args) -> int:
     with Catalog.open(args.catalog) as cat:
-        stats = cat.compact()
+        stats = cat.compact(progress=not args.quiet)
     print(f"{args.catalog}: {stats['bytes_before']} -> {stats['bytes_after']} bytes")
     return 0
 
@@ -465,13 +461,13 @@ def cmd_export(args) -> int:
         raise CatalogError(f"{args.directory} already exists; choose another folder, or add --overwrite to replace "
                            "the export it holds")
     with Catalog.open(args.catalog, read_only=True) as cat:
-        stats = cat.export_parquet(args.directory, overwrite=args.overwrite)
+        stats = cat.export_parquet(args.directory, overwrite=args.overwrite, progress=not args.quiet)
     _print_json(stats) if args.json else print(f"exported {stats['rows']} rows to {stats['directory']}")
     return 0
 
 
 def cmd_import(args) -> int:
-    Catalog.import_parquet(args.directory, args.catalog).close()
+    Catalog.import_parquet(args.directory, args.catalog, progress=not args.quiet).close()
     print(f"imported {args.directory} into {args.catalog}")
     return 0
 
@@ -564,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clusters", type=int, default=None, metavar="N", help="clusters (default: one per 10,000 rows)")
     s.add_argument("--elongation", type=float, default=40.0, help="stretch of clusters along a random direction")
     s.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, metavar="N", help="rows per k-d block")
+    _quiet_flag(s)
     _json_flag(s)
 
     s = command("index", "compute the codes with the head and sort them into k-d blocks with zone maps", cmd_index)

@@ -111,8 +111,10 @@ def curved_bands(rows: int, n_classes: int, seed: int, n_dims: int = N_DIMS) -> 
 
 
 def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_clusters: int | None = None, *,
-                  elongation: float = 40.0, block_size: int | None = None, build_index: bool = True) -> dict:
-    """Write a new catalog of ``n_rows`` clustered codes with a ``label`` column; returns stats."""
+                  elongation: float = 40.0, block_size: int | None = None, build_index: bool = True,
+                  progress=None) -> dict:
+    """Write a new catalog of ``n_rows`` clustered codes with a ``label`` column; returns stats.
+    ``progress`` reports the index build (see :mod:`engine.progress`)."""
     from .catalog import Catalog
     from .errors import CatalogError
     from .layout import DEFAULT_BLOCK_SIZE
@@ -128,7 +130,7 @@ def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_cluster
         t1 = time.perf_counter()
         built = None
         if build_index:
-            built = cat.build_index(block_size or DEFAULT_BLOCK_SIZE)
+            built = cat.build_index(block_size or DEFAULT_BLOCK_SIZE, progress=progress)
             cat.compact()
     return {"rows": n_rows, "clusters": k, "time_write_s": t1 - t0,
             "index": built, "bytes": os.path.getsize(path)}

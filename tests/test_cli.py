@@ -124,3 +124,23 @@ def test_refine_is_reproducible_by_default_and_help_shows_defaults(synth):
     helptext = " ".join(run("refine", "--help").stdout.split())
     for default in ("(default: ensemble)", "(default: 500)", "(default: 1.0)", "(default: 0)", "(default: 60)"):
         assert default in helptext
+
+
+def test_long_commands_print_progress_lines_on_a_pipe_and_quiet_silences_them(tmp_path):
+    """On a pipe (not a terminal) progress is plain lines on stderr ending in a "done" line; no
+    carriage returns. --quiet prints none."""
+    import re
+
+    path = tmp_path / "p.duckdb"
+    r = run("synth", path, "--rows", 20000, "--block-size", 256)
+    assert re.search(r"^index: (\d+)/\1 steps, .*done in \d+ s$", r.stderr, re.M), r.stderr
+    assert "\r" not in r.stderr
+    for args, label in ((["index", path], "index"), (["export", path, tmp_path / "pq"], "export"),
+                        (["import", tmp_path / "pq", tmp_path / "back.duckdb"], "import"),
+                        (["compact", path], "compact")):
+        r = run(*args)
+        assert re.search(rf"^{label}: (\d+)/\1 \w+, .*done in \d+ s$", r.stderr, re.M), (label, r.stderr)
+        again = {"export": ["--overwrite"], "import": None}.get(label, [])
+        if again is not None:
+            assert run(*args, *again, "--quiet").stderr == "", label
+    assert run("synth", tmp_path / "q.duckdb", "--rows", 2000, "--quiet").stderr == ""
