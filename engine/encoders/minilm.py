@@ -80,6 +80,9 @@ class MiniLM:
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.no_padding()
         self.w = {k.removeprefix("bert."): v.astype(np.float32, copy=False) for k, v in w.items()}
+        for key in [k for k in self.w if k.startswith("encoder.layer.") and k.endswith(".weight")
+                    and "LayerNorm" not in k]:  # dense layers as C-contiguous (in, out): x @ W is one BLAS call
+            self.w[key] = np.ascontiguousarray(self.w[key].T)
         self.n_layers = 1 + max(int(k.split(".")[2]) for k in self.w if k.startswith("encoder.layer."))
         self.n_heads = 12  # all-MiniLM-L6-v2's num_attention_heads
 
@@ -127,7 +130,8 @@ class MiniLM:
             p = f"encoder.layer.{layer}."
 
             def dense(h, name, p=p):
-                return h @ w(p + name + ".weight").T + w(p + name + ".bias")
+                flat = h.reshape(-1, h.shape[-1]) @ w(p + name + ".weight")  # 2-d: one BLAS call
+                return (flat + w(p + name + ".bias")).reshape(*h.shape[:-1], -1)
 
             def split(h):
                 return h.reshape(n, length, heads, dim).transpose(0, 2, 1, 3)
