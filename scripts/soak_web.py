@@ -3,9 +3,10 @@ server's memory, file descriptors, threads and DuckDB connections are sampled.
 
 The catalog (``--rows``, 1M by default) is the 70,000-image demo catalog plus rows whose codes
 are real codes jittered by at most ±4 per dim: each extra row keeps the label, split and image
-file (``uri``, ``width``, ``height``) of the row it was drawn from, and names it in ``copy_of``,
-so text search, refine, the console's metadata queries and every thumbnail work on all rows
-(28-pixel PNG files, served as they are, so thumbnails add no files). The demo catalog
+file (``uri``, ``file_size``, ``file_mtime_ns``, ``width``, ``height``) of the row it was drawn
+from, and names it in ``copy_of``, so text search, refine, the console's metadata queries and every
+thumbnail work on all rows (28-pixel PNG files, served as they are, so thumbnails add no files).
+The demo catalog
 comes from ``--demo`` (built by ``clip-branches demo --no-serve`` when missing). A catalog at
 ``--catalog`` with the requested rows, a fresh index, an encoder and a head is reused.
 
@@ -119,8 +120,8 @@ def build_catalog(path: Path, rows: int, seed: int, demo: Path) -> dict:
     shutil.copy(demo, tmp)
     with engine.Catalog.open(tmp) as cat:
         cat.con.execute("SET enable_progress_bar = false")  # stdout carries the report only
-        real = cat.sql("SELECT id, uri, width, height, label, split FROM images JOIN codes USING (id) "
-                       "ORDER BY id")
+        real = cat.sql("SELECT id, uri, file_size, file_mtime_ns, width, height, label, split FROM images "
+                       "JOIN codes USING (id) ORDER BY id")
         ids = real.column("id").to_numpy()
         extra = rows - len(ids)
         if extra < 0:
@@ -129,7 +130,9 @@ def build_catalog(path: Path, rows: int, seed: int, demo: Path) -> dict:
         src = rng.integers(0, len(ids), size=extra)
         noise = rng.integers(-JITTER, JITTER + 1, size=(extra, 32), dtype=np.int16)
         codes = np.clip(cat.codes(ids)[src].astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        meta = {c: real.column(c).take(src) for c in ("uri", "width", "height", "label", "split")}
+        # the file's recorded size and time too: the server shows only files that still match them
+        meta = {c: real.column(c).take(src) for c in ("uri", "file_size", "file_mtime_ns", "width", "height",
+                                                      "label", "split")}
         meta["copy_of"] = ids[src]
         cat.add_codes(codes, metadata=meta)
         t1 = time.perf_counter()

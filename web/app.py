@@ -31,17 +31,27 @@ from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.params import Body, FromPath, JSONBody, Parameter
 from litestar.plugins.htmx import HTMXPlugin, HTMXRequest, HTMXTemplate
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import File, Template
+from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import engine
 from engine import refine as rf
-from engine.errors import CatalogError, InvalidArgument, InvalidSql, QueryInterrupted, ServerBusy, UnknownIds
+from engine.errors import (
+    CatalogError,
+    InvalidArgument,
+    InvalidSql,
+    QueryInterrupted,
+    ServerBusy,
+    UnknownIds,
+    UnsafeImage,
+)
 from engine.sandbox import MAX_VALUE_CHARS, QueryPool, reads_last_result
 
 from .bodies import (
@@ -60,6 +70,7 @@ from .bodies import (
     SqlResponse,
     _document_bodies,
 )
+from .guard import AllowedHosts, site_guard
 from .settings import Settings
 from .thumbs import Thumbnails
 
@@ -228,7 +239,7 @@ def _error_response(request: Request, status: int, message: str) -> Response:
 
 def _catalog_error(request: Request, exc: CatalogError) -> Response:
     status = (404 if isinstance(exc, UnknownIds) else 408 if isinstance(exc, QueryInterrupted)
-              else 503 if isinstance(exc, ServerBusy) else 400)
+              else 403 if isinstance(exc, UnsafeImage) else 503 if isinstance(exc, ServerBusy) else 400)
     response = _error_response(request, status, str(exc))
     if status == 503:
         response.headers["Retry-After"] = "2"
@@ -372,23 +383,26 @@ def results_page(request: HTMXRequest, token: FromPath[str],
     return _render(request, "_page.html", _page(app, app.catalog(name), result, offset, token))
 
 
-@get("/thumb/{catalog:str}/{image_id:int}", sync_to_thread=True)
-def thumbnail(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> Response:
-    app = _state(request)
-    served = app.catalog(catalog)
-    data, media_type, etag = served.thumbs.get(image_id)
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={app.settings.thumb_max_age_s}"}
+def _image_response(request: Request, image: tuple[bytes, str, str]) -> Response:
+    """An image shown in the browser (inline), or a 304 when the client holds this version."""
+    data, media_type, etag = image
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={_state(request).settings.thumb_max_age_s}",
+               "Content-Disposition": "inline"}
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     return Response(data, media_type=media_type, headers=headers)
 
 
-@get("/image/{catalog:str}/{image_id:int}", sync_to_thread=True)
-def original(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> File:
-    served = _state(request).catalog(catalog)
-    path = served.thumbs.original_path(image_id)
-    return File(path=path, content_disposition_type="inline",
-                headers={"Cache-Control": f"public, max-age={_state(request).settings.thumb_max_age_s}"})
+@get("/thumb/{catalog:str}/{image_id:int}", sync_to_thread=True)
+def thumbnail(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> Response:
+    return _image_response(request, _state(request).catalog(catalog).thumbs.get(image_id))
+
+
+@get("/image/{catalog:str}/{image_id:int}", sync_to_thread=True, description=(
+    "The image file, if it is still the one ingested (a regular file, no link, of the recorded size and "
+    "time, that decodes as an image; else a 403); TIFF is sent as PNG."))
+def original(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> Response:
+    return _image_response(request, _state(request).catalog(catalog).thumbs.viewable(image_id))
 
 
 @get("/console", sync_to_thread=False)
@@ -647,7 +661,9 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
 
 def create_app(paths: list[str | Path], settings: Settings | None = None, *, warm_up: bool = True) -> Litestar:
     """The Litestar app serving ``paths`` (catalog files, opened read-only and sandboxed)."""
-    state = App(list(paths), settings or Settings())
+    settings = settings or Settings()
+    hosts = AllowedHosts.parse(settings.allowed_hosts)  # a malformed setting fails before the catalogs load
+    state = App(list(paths), settings)
     if warm_up:
         state.warm_up()
     app = Litestar(
@@ -661,8 +677,13 @@ def create_app(paths: list[str | Path], settings: Settings | None = None, *, war
         request_max_body_size=_base64_chars(state.settings.max_upload_bytes) + UPLOAD_FRAMING_BYTES,
         on_shutdown=[state.close],
         middleware=[server_timing, cancel_on_disconnect],
+        # The schema as data only: the HTML viewers load scripts from a CDN, which the CSP refuses.
+        openapi_config=OpenAPIConfig(title="Litestar API", version="1.0.0",
+                                     render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()]),
         debug=False,
     )
+    # Around the router, as Litestar puts CORS, not per route: unknown paths get the headers too.
+    app.asgi_handler = site_guard(app.asgi_handler, hosts)
     app.state.cb = state
     _document_bodies(app, (RefineRequest, SearchRequest, SqlRequest, ResultResponse, SqlResponse))
     return app

@@ -18,8 +18,10 @@ import msgspec
 from litestar import Litestar
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.plugins.htmx import HTMXRequest
+from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from msgspec import Meta, Struct
 
 import engine
@@ -158,19 +160,25 @@ def _body_error(kind: type[Struct], text: str, media: str) -> InvalidArgument:
 class BodyRequest(HTMXRequest):
     """A request whose body, the handler's ``data`` (a Struct above), comes as JSON or as a form.
 
-    JSON is decoded strictly (``true`` is no integer, ``"5"`` no number). A form, url-encoded as
-    the page's forms send it or multipart, has text values, converted as msgspec converts text
-    (``"500"`` to 500); a field given more than once is a list. A multipart ``file`` goes to
-    ``upload`` (at most ``max_upload_bytes`` + 1 bytes read) where the body type takes an image.
-    Errors are 400s naming the field and what it takes."""
+    JSON, taken only as ``application/json``, is decoded strictly (``true`` is no integer, ``"5"``
+    no number). A form, url-encoded as the page's forms send it or multipart, has text values,
+    converted as msgspec converts text (``"500"`` to 500); a field given more than once is a list.
+    A multipart ``file`` goes to ``upload`` (at most ``max_upload_bytes`` + 1 bytes read) where the
+    body type takes an image. Errors are 400s naming the field and what it takes; any other
+    Content-Type is a 415."""
 
     upload: bytes | None = None
 
     async def json(self) -> Any:
         kind = self.route_handler.parsed_fn_signature.parameters["data"].annotation
         media, _ = self.content_type
+        if media not in (RequestEncodingType.JSON, RequestEncodingType.URL_ENCODED, RequestEncodingType.MULTI_PART):
+            # text/plain above all: a browser posts it cross-site without asking first
+            raise HTTPException(status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE, detail=(
+                f"a body of Content-Type {media[:100] or '(none)'!r} is not taken; send JSON with "
+                "Content-Type: application/json, or a form"))
         try:
-            if media in (RequestEncodingType.URL_ENCODED, RequestEncodingType.MULTI_PART):
+            if media != RequestEncodingType.JSON:
                 return msgspec.convert(await self._form_fields(kind), kind, strict=False)
             return msgspec.json.decode(await self.body(), type=kind)
         except msgspec.ValidationError as e:

@@ -22,6 +22,9 @@ class Settings:
     max_labels: int = field(default=2000, metadata={"help": "labels, positive and negative together, one fine-tune uses"})
     max_upload_bytes: int = field(default=20_000_000, metadata={"help": "largest query image accepted"})
     thumb_max_age_s: int = field(default=86_400, metadata={"help": "Cache-Control max-age of thumbnails"})
+    allowed_hosts: str = field(default="", metadata={"help": (
+        "more host names the server answers to, comma-separated (NAME or NAME:PORT; * for any): "
+        "localhost, 127.0.0.1, [::1] and the --host address always work, other Host headers get a 400")})
 
     @classmethod
     def parse(cls, assignments: list[str]) -> Settings:

@@ -87,6 +87,15 @@
     }
   });
 
+  // No inline handlers: the Content-Security-Policy allows scripts from /static only.
+  document.addEventListener("change", (ev) => {
+    if (ev.target.id === "catalog-chooser") ev.target.form.submit();
+  });
+  document.addEventListener("input", (ev) => {
+    const out = { "sampled-negatives": "neg-out", "negative-weight": "weight-out" }[ev.target.id];
+    if (out) document.getElementById(out).value = ev.target.value;
+  });
+
   document.addEventListener("keydown", (ev) => {
     const tab = ev.target.closest && ev.target.closest(".view-tab");
     if (tab && (ev.key === "ArrowRight" || ev.key === "ArrowLeft")) {
