@@ -686,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="a web setting, e.g. sql_time_limit_s=10 (repeatable; the settings are listed in README.md)")
+                   help="a web setting, e.g. sql_time_limit_s=10 (repeatable; the settings are listed below)")
+    s.epilog = _settings_help()
 
     s = command("sql", "run one read-only SQL query on a catalog", cmd_sql, description=(
         "Run one read-only SQL query (SELECT, WITH, VALUES, ...) on a catalog and print its rows.\n"
@@ -716,6 +717,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SCORED = ("search", "refine", "select")
+
+
+def _settings_help() -> str:
+    """The web settings ``serve --set`` takes, with their defaults."""
+    import textwrap
+    from dataclasses import fields
+
+    from web.settings import Settings
+
+    lines = ["settings (--set NAME=VALUE):"]
+    for f in fields(Settings):
+        text = f"{f.name} = {f.default!r}: {f.metadata['help']}"
+        lines += textwrap.wrap(text, 96, initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
