@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import time
 import warnings
@@ -35,6 +36,11 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's own decompres
 # many pixels on each side: a 12 MP photo decodes ~10x faster, and encoders (224-336 px) and
 # thumbnails (256 px) never look at the detail that is skipped.
 DRAFT_MIN_SIDE = 512
+# A query image (a search by example) is a stranger's file: it may have at most this many
+# pixels, and is reduced to at most QUERY_MAX_SIDE on its longer side before its colours are
+# converted, so a crafted PNG costs a bounded decode and no full-size copies.
+QUERY_MAX_PIXELS = 25_000_000
+QUERY_MAX_SIDE = 1024
 
 THUMB_MAX_SIDE = 256
 THUMB_QUALITY = 85  # JPEG: 30x faster to write than WebP at a quarter more bytes
@@ -70,6 +76,8 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_min_side: int | None = DRAFT_MIN_SIDE,
     background: tuple[int, int, int] = (255, 255, 255),
+    max_side: int | None = None,
+    too_large_hint: str = "raise max_pixels if the file is trusted",
 ) -> DecodedImage:
     """Read the first frame of an image file (a path, or the file's bytes) completely and
     return it as RGB.
@@ -78,17 +86,19 @@ def decode_image(
     are converted; EXIF orientation is applied. Raises :class:`UnreadableImage` for empty,
     corrupt, truncated or non-image files and for pictures above ``max_pixels`` (PIL's
     decompression-bomb warning counts as such too; its hard limit, twice
-    ``PIL.Image.MAX_IMAGE_PIXELS``, applies whatever ``max_pixels`` says).
+    ``PIL.Image.MAX_IMAGE_PIXELS``, applies whatever ``max_pixels`` says); the message ends in
+    ``too_large_hint``. With ``max_side``, a picture more than twice that size is reduced by an
+    integer factor right after decoding, before any colour conversion.
     """
     try:
         if isinstance(path, (bytes, bytearray, memoryview)):
             if len(path) == 0:
                 raise UnreadableImage("empty file")
-            return _decode(io.BytesIO(path), max_pixels, draft_min_side, background)
+            return _decode(io.BytesIO(path), max_pixels, draft_min_side, background, max_side, too_large_hint)
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise UnreadableImage("empty file")
-            return _decode(f, max_pixels, draft_min_side, background)
+            return _decode(f, max_pixels, draft_min_side, background, max_side, too_large_hint)
     except UnreadableImage:
         raise
     except OSError as e:
@@ -101,7 +111,16 @@ def decode_image(
         raise UnreadableImage(f"cannot decode: {type(e).__name__}: {e}") from None
 
 
-def _decode(f, max_pixels: int, draft_min_side: int | None, background) -> DecodedImage:
+def decode_query_image(data: str | os.PathLike | bytes, max_pixels: int = QUERY_MAX_PIXELS) -> Image.Image:
+    """An image to search with, as RGB: at most ``max_pixels`` pixels, decoded at a reduced
+    scale (at most about twice :data:`QUERY_MAX_SIDE` on the longer side), since an encoder
+    looks at 224-336 pixels. Raises :class:`UnreadableImage`."""
+    return decode_image(data, max_pixels=max_pixels, max_side=QUERY_MAX_SIDE,
+                        too_large_hint="scale the image down to search with it").image
+
+
+def _decode(f, max_pixels: int, draft_min_side: int | None, background, max_side: int | None = None,
+            hint: str = "") -> DecodedImage:
     with warnings.catch_warnings():
         # Above our limit the warning is an error; a caller who raised the limit past PIL's
         # own is trusted instead.
@@ -112,10 +131,12 @@ def _decode(f, max_pixels: int, draft_min_side: int | None, background) -> Decod
         except UnidentifiedImageError:
             raise UnreadableImage(f"not a {FORMAT_NAMES} image") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise UnreadableImage(f"too many pixels ({e}); raise max_pixels if the file is trusted") from None
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(found[1]):,} pixels; " if found else ""
+            raise UnreadableImage(f"too many pixels ({size}the limit is {max_pixels:,}); {hint}") from None
         w, h = im.size
         if w * h > max_pixels:
-            raise UnreadableImage(_too_large(w, h, max_pixels))
+            raise UnreadableImage(_too_large(w, h, max_pixels, hint))
         if w <= 0 or h <= 0:
             raise UnreadableImage(f"image has no pixels ({w}x{h})")
         if draft_min_side and im.format in ("JPEG", "MPO") and min(w, h) >= 2 * draft_min_side:
@@ -126,6 +147,8 @@ def _decode(f, max_pixels: int, draft_min_side: int | None, background) -> Decod
         if im.format == "PNG" and _rows_may_be_missing(im):
             _check_png_rows(f)
     orientation = _orientation(im)
+    if max_side and max(im.size) >= 2 * max_side:
+        im = _reduced(im, max(im.size) // max_side)
     if orientation in _SWAPS_AXES:
         w, h = h, w
     if orientation not in (None, 1):
@@ -197,9 +220,18 @@ def _png_raw_size(w: int, h: int, bits_per_pixel: int, interlace: int) -> int:
     return sum(rows(max(0, -(-(w - x0) // dx)), max(0, -(-(h - y0) // dy))) for x0, y0, dx, dy in _ADAM7)
 
 
-def _too_large(w: int, h: int, limit: int) -> str:
-    return (f"too many pixels ({w}x{h} = {w * h:,}; the limit is {limit:,}); "
-            "raise max_pixels if the file is trusted")
+def _too_large(w: int, h: int, limit: int, hint: str) -> str:
+    return f"too many pixels ({w}x{h} = {w * h:,}; the limit is {limit:,}); {hint}"
+
+
+def _reduced(im: Image.Image, factor: int) -> Image.Image:
+    """``im`` shrunk by ``factor`` (box average; colours weighted by alpha)."""
+    if im.mode in ("RGBA", "LA"):
+        premultiplied = {"RGBA": "RGBa", "LA": "La"}[im.mode]
+        return im.convert(premultiplied).reduce(factor).convert(im.mode)
+    if im.mode not in ("L", "RGB", "I", "F"):
+        im = to_rgb(im)
+    return im.reduce(factor)
 
 
 def _orientation(im: Image.Image) -> int | None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from . import schema
+from . import layout, schema
 from .boxes import CODE_COLUMNS
 from .catalog import _IDENT, _RESERVED, quote_ident
 from .errors import CatalogError, CorruptCatalog
@@ -38,6 +38,10 @@ FILES = ("codes.parquet", "images.parquet", "blocks.parquet", "catalog.json")
 # A row group spans many blocks: Parquet readers pay per row group, and the statistics of 64
 # consecutive k-d blocks are still tight, since they form one subtree.
 ROW_GROUP_BLOCKS = 64
+ZONE_COLUMNS = tuple(f"{bound}_{c}" for c in CODE_COLUMNS for bound in ("min", "max"))
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+                            "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"})
+_CODE_TYPE = "UTINYINT"
 
 
 def _sql_path(path: Path) -> str:
@@ -112,7 +116,14 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
 
     The catalog is built under a hidden name beside ``path`` and renamed into place when it is
     complete, so an interrupted import leaves no file at ``path`` and can simply be run again.
-    ``progress`` (see :mod:`engine.progress`) counts rows read, over all files."""
+    ``progress`` (see :mod:`engine.progress`) counts rows read, over all files.
+
+    Before any row is copied, the columns must have the catalog's types: ids, positions, block
+    numbers and row ranges integers, codes and zone maps ``UTINYINT`` (another integer type is
+    accepted when all its values lie in 0..255). After the rows are in, and before they are
+    committed, :func:`_verify` checks them against each other. Any failed check raises
+    :class:`CorruptCatalog` naming the file and an offending value, and leaves no file at
+    ``path``."""
     missing = [f for f in FILES if not (src / f).is_file()]
     if missing:
         raise CatalogError(f"{src} is not a clip-branches export: missing {', '.join(missing)}")
@@ -133,11 +144,9 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
         con = cat.con
         codes_sql = _sql_path(src / "codes.parquet")
         images_sql = _sql_path(src / "images.parquet")
-        names = [r[0] for r in con.execute(f"SELECT name FROM parquet_schema({codes_sql})").fetchall()]
-        absent = [c for c in ("pos", "id", *CODE_COLUMNS) if c not in names]
-        if absent:
-            raise CorruptCatalog(f"codes.parquet lacks columns {absent}")
-        img_types = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {images_sql})").fetchall()
+        _check_columns(con, src / "codes.parquet", ("pos", "id"), CODE_COLUMNS)
+        _check_columns(con, src / "blocks.parquet", ("block_id", "row_start", "row_end"), ZONE_COLUMNS)
+        img_types = _check_columns(con, src / "images.parquet", ("id",), ())
         existing = {r[0].lower() for r in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'").fetchall()}
         inserts = [  # (table, parquet file, ORDER BY)
@@ -163,11 +172,8 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
                 done += n
                 if done < total:  # the last report waits for the catalog to be in place
                     report(done, total)
-            n_codes, n_pos, max_pos = con.execute("SELECT count(*), count(DISTINCT pos), max(pos) FROM codes").fetchall()[0]
-            if n_codes != meta.get("rows") or n_pos != n_codes or (n_codes and max_pos != n_codes - 1):
-                raise CorruptCatalog(f"{src}: codes.parquet holds {n_codes} rows, expected {meta.get('rows')} "
-                                     "with positions 0..n-1")
             settings = dict(meta.get("settings") or {})
+            _verify(con, src, meta.get("rows"), settings.get("index"))
             settings["data_version"] = 0
             cat._set_settings(settings)
             con.execute("COMMIT")
@@ -191,6 +197,105 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
     report(total, total)
     report.close()
     return cls.open(path)
+
+
+def _check_columns(con: duckdb.DuckDBPyConnection, file: Path, integers: tuple[str, ...],
+                   codes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The ``(name, type)`` of each column of the Parquet ``file``; :class:`CorruptCatalog` unless
+    the columns ``integers`` have integer types and the columns ``codes`` hold integers in 0..255."""
+    sql = _sql_path(file)
+    described = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {sql})").fetchall()
+    types = {name.lower(): ctype for name, ctype in described}
+    for c in (*integers, *codes):
+        expected = f"{_CODE_TYPE} (integers 0..255)" if c in codes else "an integer type"
+        if c not in types:
+            raise CorruptCatalog(f"{file} has no column {c}; it must hold one of type {expected}. "
+                                 "Export the catalog again")
+        if types[c] not in _INTEGER_TYPES:
+            raise CorruptCatalog(f"{file}: column {c} is {types[c]}, expected {expected}. Export the catalog again")
+    wide = [c for c in codes if types[c] != _CODE_TYPE]
+    if wide:
+        bounds = con.execute("SELECT " + ", ".join(f"min({quote_ident(c)}), max({quote_ident(c)})" for c in wide)
+                             + f" FROM {sql}").fetchall()[0]
+        for c, lo, hi in zip(wide, bounds[0::2], bounds[1::2], strict=True):
+            if lo is not None and (lo < 0 or hi > 255):
+                raise CorruptCatalog(f"{file}: column {c} ({types[c]}) holds {lo if lo < 0 else hi}, outside 0..255; "
+                                     f"expected {_CODE_TYPE} (integers 0..255). Export the catalog again")
+    return described
+
+
+def _verify(con: duckdb.DuckDBPyConnection, src: Path, rows: object, index: object) -> None:
+    """Check the imported tables before they are committed; :class:`CorruptCatalog` if
+
+    - ``codes`` does not hold ``rows`` rows at positions 0..rows-1;
+    - an id appears twice in ``images`` or in ``codes``, or a code's id is not in ``images``;
+    - the blocks, ordered by ``block_id``, are not numbered 0, 1, ... or do not tile rows from 0
+      on, each non-empty, up to the ``indexed_rows`` and ``n_blocks`` the ``index`` settings record;
+    - a block's zone map is not the true per-dim min and max of its rows.
+
+    Images without codes are allowed: an ingested catalog holds them until its next index build.
+    Each check is one pass over a table, the zone maps one grouped ASOF join of codes on blocks."""
+    codes_file = src / "codes.parquet"
+    n, n_pos, min_pos, max_pos = con.execute(
+        "SELECT count(*), count(DISTINCT pos), min(pos), max(pos) FROM codes").fetchall()[0]
+    if n != rows or n_pos != n or (n and (min_pos, max_pos) != (0, n - 1)):
+        raise CorruptCatalog(f"{codes_file} holds {n} rows, expected {rows} (catalog.json) with positions 0..n-1")
+    for table in ("images", "codes"):
+        dup = con.execute(f"SELECT id, count(*) FROM {table} GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 1"
+                          ).fetchall()
+        if dup:
+            raise CorruptCatalog(f"{src / (table + '.parquet')} holds id {dup[0][0]} in {dup[0][1]} rows; ids must be "
+                                 "unique. Export the catalog again")
+    orphan = con.execute("SELECT id FROM codes ANTI JOIN images USING (id) ORDER BY id LIMIT 1").fetchall()
+    if orphan:
+        raise CorruptCatalog(f"{codes_file} holds a code for id {orphan[0][0]}, which {src / 'images.parquet'} "
+                             "does not list; every code needs its image. Export the catalog again")
+    _verify_blocks(con, src / "blocks.parquet", n, index)
+
+
+def _verify_blocks(con: duckdb.DuckDBPyConnection, file: Path, n_codes: int, index: object) -> None:
+    """The block checks of :func:`_verify`; ``codes`` holds ``n_codes`` rows at positions 0..n_codes-1."""
+    gap = con.execute(
+        "SELECT block_id, row_start, row_end, expected_id, expected_start FROM ("
+        "  SELECT block_id, row_start, row_end, row_number() OVER w - 1 AS expected_id,"
+        "    coalesce(lag(row_end) OVER w, 0) AS expected_start FROM blocks WINDOW w AS (ORDER BY block_id))"
+        " WHERE block_id <> expected_id OR row_start <> expected_start OR row_end <= row_start"
+        " ORDER BY block_id LIMIT 1").fetchall()
+    if gap:
+        b, s, e, want_id, want_start = gap[0]
+        raise CorruptCatalog(f"{file}: block {b} holds rows [{s}, {e}) where block {want_id}, starting at row "
+                             f"{want_start}, was expected; blocks must be numbered 0, 1, ... and cover the rows "
+                             "from 0 on without gaps, overlaps or empty blocks. Export the catalog again")
+    n_blocks, end = con.execute("SELECT count(*), coalesce(max(row_end), 0) FROM blocks").fetchall()[0]
+    if index is not None and not isinstance(index, dict):
+        raise CorruptCatalog(f"{file.parent / 'catalog.json'}: the index setting is {index!r}, not an object")
+    recorded = (index.get("n_blocks"), index.get("indexed_rows")) if index else (0, 0)
+    if (n_blocks, end) != recorded or end > n_codes:
+        raise CorruptCatalog(f"{file} holds {n_blocks} blocks over rows [0, {end}), but catalog.json records an index "
+                             f"of {recorded[0]} blocks over {recorded[1]} of the {n_codes} rows. Export the catalog "
+                             "again")
+    if index and "block_size" in index:
+        try:
+            layout.check_block_size(index["block_size"])
+        except CatalogError as e:
+            raise CorruptCatalog(f"{file.parent / 'catalog.json'}: index {e}") from None
+    if not n_blocks:
+        return
+    true = ", ".join(f"min(c.{c}) AS min_{c}, max(c.{c}) AS max_{c}" for c in CODE_COLUMNS)
+    pairs = ", ".join(f"b.{z}, t.{z}" for z in ZONE_COLUMNS)
+    differs = " OR ".join(f"b.{z} <> t.{z}" for z in ZONE_COLUMNS)
+    wrong = con.execute(
+        f"WITH t AS (SELECT b.block_id, {true} FROM codes c ASOF JOIN blocks b ON c.pos >= b.row_start "
+        "  WHERE c.pos < ? GROUP BY b.block_id) "
+        f"SELECT b.block_id, {pairs} FROM blocks b JOIN t USING (block_id) WHERE {differs} "
+        "ORDER BY b.block_id LIMIT 1", [end]).fetchall()
+    if wrong:
+        b, values = wrong[0][0], wrong[0][1:]
+        z, stored, actual = next((z, s, a) for z, s, a in zip(ZONE_COLUMNS, values[0::2], values[1::2], strict=True)
+                                 if s != a)
+        bound, column = z.split("_")
+        raise CorruptCatalog(f"{file}: block {b} records {z} = {stored}, but the {bound} of {column} over its rows is "
+                             f"{actual}; a zone map must hold the exact bounds of its block. Export the catalog again")
 
 
 def _remove(path: Path) -> None:

@@ -35,6 +35,10 @@ SYSTEM_FILES = frozenset(name.lower() for name in ("Thumbs.db", "ehthumbs.db", "
 MANIFEST_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 URI_COLUMN = "uri"
 MISSING = "file not found"  # the reason given for a manifest row whose file does not exist
+# Reasons given for files whose path is not valid UTF-8: the catalog stores uris as text, and the
+# bytes of such a name come to Python as lone surrogates (PEP 383), which DuckDB and Arrow refuse.
+NOT_UTF8_FILE = "the file name is not valid UTF-8; rename it"
+NOT_UTF8_FOLDER = "a folder name in the path is not valid UTF-8; rename the folder"
 
 # Columns ingestion fills itself; a manifest column of the same name is ignored, since the
 # measured value (file size, decoded width, ...) is the authoritative one.
@@ -69,7 +73,8 @@ class ScannedFiles:
     uris : absolute, normalised paths
     sizes, mtimes_ns : int64 (n,), from ``os.stat`` at scan time
     source_index : int32 (n,), positions into ``sources``
-    problems : (uri, reason) for manifest rows and folders that could not be used
+    problems : (uri, reason) for files, manifest rows and folders that could not be used; the
+        uri is a label for people (see :func:`printable_path`), not always a usable path
     unlisted_dirs : folders that could not be listed; images under them must not be treated as deleted
     """
 
@@ -93,6 +98,9 @@ class ScannedFiles:
 def resolve_source(path: str | os.PathLike) -> Source:
     """A folder or manifest path as a :class:`Source`; :class:`IngestError` when it is neither."""
     key = os.path.abspath(os.fspath(path))
+    if utf8_problem(key) is not None:
+        raise IngestError(f"source {printable_path(key)} is not valid UTF-8 text, so the paths of its images "
+                          "cannot be stored; rename the file or folder whose name is not")
     if os.path.isdir(key):
         return Source(key, "folder")
     if not os.path.exists(key):
@@ -166,20 +174,46 @@ def is_skipped_name(name: str, is_dir: bool) -> bool:
     return name.lower() in (SYSTEM_FOLDERS if is_dir else SYSTEM_FILES)
 
 
+def utf8_problem(path: str) -> str | None:
+    """None when ``path`` can be stored as a uri, else why not (:data:`NOT_UTF8_FILE` or
+    :data:`NOT_UTF8_FOLDER`)."""
+    if _is_utf8(path):
+        return None
+    return NOT_UTF8_FOLDER if _is_utf8(os.path.basename(path)) else NOT_UTF8_FILE
+
+
+def printable_path(path: str) -> str:
+    """``path`` as valid UTF-8 text, for reports and the ``skipped`` table: bytes of its name
+    that are not UTF-8 are written as ``\\xNN``."""
+    try:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name produces
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def walk_folder(
     root: str, problems: list[tuple[str, str]] | None = None, unlisted: list[str] | None = None
 ) -> Iterable[tuple[str, os.stat_result]]:
     """Image files under ``root`` (recursively, sorted by path) with their stat results.
 
     Directory symlinks are not followed (they can loop); file symlinks are. Folders that cannot
-    be listed are appended to ``problems`` and ``unlisted`` and skipped.
+    be listed are appended to ``problems`` and ``unlisted`` and skipped; so are image files whose
+    path is not valid UTF-8 (see :func:`utf8_problem`), to ``problems`` only.
     """
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as e:
         if problems is not None:
-            problems.append((root, f"cannot list folder: {e.strerror or e}"))
+            problems.append((printable_path(root), f"cannot list folder: {e.strerror or e}"))
         if unlisted is not None:
             unlisted.append(root)
         return
@@ -192,10 +226,15 @@ def walk_folder(
                   and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS):
                 st = entry.stat()
                 if stat.S_ISREG(st.st_mode):
-                    yield os.path.normpath(entry.path), st
+                    path = os.path.normpath(entry.path)
+                    problem = utf8_problem(path)
+                    if problem is None:
+                        yield path, st
+                    elif problems is not None:
+                        problems.append((printable_path(path), problem))
         except OSError as e:  # vanished or unreadable between listing and stat
             if problems is not None:
-                problems.append((os.path.normpath(entry.path), f"cannot stat: {e.strerror or e}"))
+                problems.append((printable_path(os.path.normpath(entry.path)), f"cannot stat: {e.strerror or e}"))
 
 
 # -- manifests -------------------------------------------------------------------------------
@@ -249,7 +288,8 @@ def _decode_dictionaries(table: pa.Table) -> pa.Table:
 
 
 def _manifest_files(table: pa.Table, manifest: str) -> Iterable[tuple[str, os.stat_result | None, str | None]]:
-    """(uri, stat, None) for each usable row of ``table``, (label, None, reason) for the others."""
+    """(uri, stat, None) for each usable row of ``table``, (label, None, reason) for the others.
+    The label of a row whose path is not valid UTF-8 is the row's text."""
     base = os.path.dirname(manifest)
     for row, raw in enumerate(table.column(URI_COLUMN).to_pylist()):
         where = f"{manifest}#row={row + 1}"
@@ -257,16 +297,21 @@ def _manifest_files(table: pa.Table, manifest: str) -> Iterable[tuple[str, os.st
         if path is None:
             yield (raw.strip() if raw and raw.strip() else where), None, problem
             continue
+        problem = utf8_problem(path)
+        label = path if problem is None else raw.strip()
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            yield path, None, MISSING
+            yield label, None, MISSING
             continue
         except OSError as e:
-            yield path, None, f"cannot stat: {e.strerror or e}"
+            yield label, None, f"cannot stat: {e.strerror or e}"
             continue
         if not stat.S_ISREG(st.st_mode):
-            yield path, None, "not a regular file"
+            yield label, None, "not a regular file"
+            continue
+        if problem is not None:
+            yield label, None, problem
             continue
         yield path, st, None
 
@@ -275,7 +320,8 @@ def manifest_path(raw: str | None, base_dir: str) -> tuple[str | None, str | Non
     """A manifest's uri value as an absolute, normalised local path, or (None, reason).
 
     Relative paths resolve against ``base_dir`` (the manifest's folder); ``file://`` URLs are
-    accepted; other URLs are not fetched.
+    accepted; other URLs are not fetched. Percent-escapes that are not UTF-8 (``%E9``) give the
+    raw byte, as the file system names it, so such a path is found but is not valid UTF-8.
     """
     if raw is None or not raw.strip():
         return None, "empty uri"
@@ -284,7 +330,7 @@ def manifest_path(raw: str | None, base_dir: str) -> tuple[str | None, str | Non
         parsed = urlparse(text)
         if parsed.scheme != "file":
             return None, f"{parsed.scheme}:// uris are not fetched; download the files and list local paths"
-        text = unquote(parsed.path)
+        text = unquote(parsed.path, errors="surrogateescape")
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(text) if text.startswith("~") else text)), None
 
 

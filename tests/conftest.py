@@ -181,3 +181,27 @@ def serve() -> Callable:
                 proc.kill()
 
     return run
+
+
+def flat_png(width: int, height: int, *, depth: int = 16, colour_type: int = 6) -> bytes:
+    """A PNG of ``width`` x ``height`` zero pixels (16-bit RGBA by default), a few hundred kB
+    however many pixels it claims: the upload that costs a naive server gigabytes to decode."""
+    import struct
+    import zlib
+
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+    row = b"\x00" * (1 + width * channels * depth // 8)
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def png_bomb() -> bytes:
+    """A 687 kB PNG of 9400 x 9400 16-bit RGBA pixels (88 megapixels, 700 MB raw)."""
+    return flat_png(9400, 9400)

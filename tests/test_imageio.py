@@ -13,10 +13,13 @@ from PIL import Image
 
 from engine.errors import IngestError
 from engine.imageio import (
+    QUERY_MAX_PIXELS,
+    QUERY_MAX_SIDE,
     DecodeDataset,
     UnreadableImage,
     collate,
     decode_image,
+    decode_query_image,
     decoded_batches,
     make_thumbnail,
     thumbnail_path,
@@ -258,3 +261,39 @@ def test_worker_processes_give_the_same_batches(tmp_path):
     for a, b in zip(inline, pooled, strict=True):
         assert a.index.tolist() == b.index.tolist()
         np.testing.assert_array_equal(a.pixels, b.pixels)
+
+
+def test_a_query_image_above_the_query_limit_is_refused_with_the_apps_limit(png_bomb, monkeypatch):
+    with pytest.raises(UnreadableImage, match=f"the limit is {QUERY_MAX_PIXELS:,}.*scale the image down"):
+        decode_query_image(png_bomb)
+    # above PIL's own limit the message still quotes the caller's limit, not PIL's
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)
+    buf = io.BytesIO()
+    noise(100, 100).save(buf, format="PNG")
+    with pytest.raises(UnreadableImage) as e:
+        decode_image(buf.getvalue(), max_pixels=5_000)
+    assert "10,000 pixels; the limit is 5,000" in e.value.reason and "6000" not in e.value.reason
+
+
+def test_a_large_query_image_is_reduced_before_its_colours_are_converted():
+    w, h = 2 * QUERY_MAX_SIDE + 200, QUERY_MAX_SIDE + 300
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[:, : w // 2] = (200, 30, 30, 255)  # opaque red on the left
+    rgba[:, w // 2:] = (0, 0, 0, 0)  # transparent (black underneath) on the right
+    rgba[:, w // 2 + 1: w // 2 + 6] = (0, 0, 255, 128)  # half-transparent blue, off the reduction grid
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    small = decode_query_image(buf.getvalue())
+    assert small.mode == "RGB" and max(small.size) <= 2 * QUERY_MAX_SIDE and max(small.size) < w
+    full = np.asarray(decode_image(buf.getvalue()).image.resize(small.size, Image.BOX), np.int16)
+    got = np.asarray(small, np.int16)
+    # transparent black must not darken the neighbouring colours: alpha-weighted averaging
+    assert np.abs(got - full).max() <= 3
+    assert (got[:, -10:] == 255).all()  # the transparent side is the white background
+
+
+def test_small_query_images_are_decoded_as_they_are():
+    img = noise(300, 200)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    assert np.array_equal(np.asarray(decode_query_image(buf.getvalue())), np.asarray(img))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import duckdb
 import numpy as np
@@ -19,10 +21,12 @@ import pytest
 from PIL import Image
 
 import engine
+from engine.cli import main as cli_main
 from engine.embeddings import embeddings_dir, load_embeddings
 from engine.errors import IngestError, ReadOnlyError, UnknownIds
 from engine.imageio import thumbnail_path
 from engine.ingest import ingest
+from engine.sources import NOT_UTF8_FILE, NOT_UTF8_FOLDER
 
 DIM = 8
 
@@ -607,3 +611,73 @@ def test_progress_callback_and_report_timings(make_catalog, tree):
     assert report.to_json()["skipped_files"][0][1]
     runs = cat.con.execute("SELECT added, skipped, finished_at IS NOT NULL FROM ingest_runs").fetchall()
     assert runs == [(GOOD, BAD, True)]
+
+
+# -- file names that are not UTF-8 -------------------------------------------------------------
+@pytest.fixture
+def latin1_tree(tmp_path) -> Path:
+    """Three good PNGs, plus one named b'caf\\xe9.png' and one in folder b'f\\xeate' (Latin-1
+    names, as an old archive unpacks them); skipped where the file system refuses such names."""
+    root = tmp_path / "photos"
+    for i, name in enumerate(["a.png", "b.png", "sub/c.png", "tmp/x.png", "tmp/y.png"]):
+        save(root / name, i)
+    raw = os.fsencode(root)
+    try:
+        os.rename(raw + b"/tmp/x.png", raw + b"/caf\xe9.png")
+        os.rename(raw + b"/tmp", raw + b"/f\xeate")
+        os.rename(raw + b"/f\xeate/y.png", raw + b"/f\xeate/d.png")
+    except OSError as e:
+        pytest.skip(f"this file system refuses names that are not UTF-8: {e}")
+    return root
+
+
+def test_names_that_are_not_utf8_are_skipped_and_listed(make_catalog, latin1_tree):
+    root = latin1_tree
+    good = {str(root / "a.png"), str(root / "b.png"), str(root / "sub" / "c.png")}
+    bad = {f"{root}/caf\\xe9.png": NOT_UTF8_FILE, f"{root}/f\\xeate/d.png": NOT_UTF8_FOLDER}
+    cat = make_catalog()
+    report = run(cat, [root])
+    assert (report.added, report.skipped) == (3, 2)
+    assert set(uris(cat)) == good
+    assert dict(report.skipped_files) == bad
+    assert dict(cat.con.execute("SELECT uri, reason FROM skipped").fetchall()) == bad
+    check_consistent(cat)
+    report = run(cat, [root])
+    assert (report.added, report.unchanged, report.skipped) == (0, 3, 2)
+    # renamed to UTF-8, the file is ingested and no longer listed
+    os.rename(os.fsencode(root) + b"/caf\xe9.png", root / "café.png")
+    report = run(cat, [root])
+    assert (report.added, report.unchanged, report.skipped) == (1, 3, 1)
+    assert set(uris(cat)) == good | {str(root / "café.png")}
+    assert cat.con.execute("SELECT uri FROM skipped").fetchall() == [(f"{root}/f\\xeate/d.png",)]
+    check_consistent(cat)
+
+
+def test_manifest_rows_naming_non_utf8_files_are_skipped(make_catalog, latin1_tree):
+    root = latin1_tree
+    url = "file://" + quote(str(root))
+    (root / "m.csv").write_text(f"uri,label\na.png,x\n{url}/caf%E9.png,y\n{url}/f%EAte/d.png,z\n{url}/gone%E9.png,w\n")
+    cat = make_catalog()
+    report = run(cat, [root / "m.csv"])
+    assert report.added == 1 and uris(cat) == [str(root / "a.png")]
+    assert dict(report.skipped_files) == {f"{url}/caf%E9.png": NOT_UTF8_FILE, f"{url}/f%EAte/d.png": NOT_UTF8_FOLDER,
+                                          f"{url}/gone%E9.png": "file not found"}
+
+
+def test_source_that_is_not_utf8_is_refused(make_catalog, latin1_tree):
+    with pytest.raises(IngestError, match=r"photos/f\\xeate is not valid UTF-8.*rename"):
+        run(make_catalog(), [os.fsdecode(os.fsencode(latin1_tree) + b"/f\xeate")])
+
+
+def test_cli_ingest_prints_non_utf8_names_and_succeeds(tmp_path, latin1_tree, monkeypatch, capsys):
+    monkeypatch.setattr("engine.encoders.load_encoder", lambda *args, **kw: FakeEncoder())
+    path = tmp_path / "cli.duckdb"
+    assert cli_main(["ingest", str(path), str(latin1_tree), "--workers", "0", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert f"skipped {latin1_tree}/caf\\xe9.png: {NOT_UTF8_FILE}\n" in err
+    assert f"skipped {latin1_tree}/f\\xeate/d.png: {NOT_UTF8_FOLDER}\n" in err
+    assert "3 added, 0 updated, 0 removed, 2 skipped" in out and "Traceback" not in err
+    assert cli_main(["ingest", str(path), str(latin1_tree), "--workers", "0", "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["added"], summary["unchanged"], summary["skipped"]) == (0, 3, 2)
+    assert [f"{latin1_tree}/caf\\xe9.png", NOT_UTF8_FILE] in summary["skipped_files"]

@@ -1,12 +1,15 @@
 """Parquet export and import: identical selections, row-group statistics, atomic writes."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -170,3 +173,130 @@ def test_import_killed_before_it_completes_leaves_nothing_in_the_way(catalog, tm
     assert not path.exists()
     with engine.Catalog.import_parquet(out, path) as back:
         assert len(back) == n and np.array_equal(back.codes(np.arange(5)), codes)
+
+
+# -- a damaged or crafted export is refused, and leaves nothing behind -----------------------
+@pytest.fixture(scope="module")
+def exported(catalog, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pq-export") / "export"
+    with engine.Catalog.open(catalog, read_only=True) as cat:
+        cat.export_parquet(out)
+    return out
+
+
+def _tampered(exported, tmp_path, name, change):
+    """A copy of the export in ``tmp_path/export`` with ``name`` rewritten as ``change(table)``."""
+    out = tmp_path / "export"
+    shutil.copytree(exported, out)
+    pq.write_table(change(pq.read_table(out / name)), out / name)
+    return out
+
+
+def _with(table, column, values):
+    return table.set_column(table.schema.get_field_index(column), column, values)
+
+
+def _set(table, column, row, value):
+    return _with(table, column, _put(table.column(column), row, value))
+
+
+def _put(values, row, value):
+    out = values.to_pylist()
+    out[row] = value
+    return pa.array(out, values.type)
+
+
+def _refused(src, tmp_path):
+    """The message of the CorruptCatalog an import of ``src`` raises; no catalog file may remain."""
+    with pytest.raises(engine.CorruptCatalog) as err:
+        engine.Catalog.import_parquet(src, tmp_path / "back.duckdb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+    return str(err.value)
+
+
+def _f00_box(hi):
+    lo, top = np.zeros((1, 32), np.int64), np.full((1, 32), 255)
+    top[0, 0] = hi
+    return engine.BoxSet.from_arrays(lo, top)
+
+
+def test_a_wrong_zone_map_is_refused_and_the_true_one_selects_as_its_sql(exported, tmp_path):
+    blocks = pq.read_table(exported / "blocks.parquet")
+    block0_end, true_min = blocks["row_end"][0].as_py(), blocks["min_f00"][0].as_py()
+    assert true_min < 200
+    msg = _refused(_tampered(exported, tmp_path, "blocks.parquet", lambda t: _set(t, "min_f00", 0, 200)), tmp_path)
+    assert "blocks.parquet: block 0 records min_f00 = 200" in msg and f"over its rows is {true_min}" in msg
+    with engine.Catalog.import_parquet(exported, tmp_path / "good.duckdb") as back:
+        res = back.select(_f00_box(199))
+        sql = back.con.execute(res.sql).fetchnumpy()
+        pos = back.con.execute("SELECT pos FROM codes WHERE id IN (SELECT unnest(?))", [res.ids.tolist()]).fetchnumpy()
+    assert np.array_equal(res.ids, sql["id"]) and np.array_equal(res.votes, sql["votes"])
+    # rows of block 0 match the box: a block 0 claiming f00 >= 200 would have hidden them
+    assert (pos["pos"] < block0_end).any()
+
+
+@pytest.mark.parametrize("column, block, value", [("min_f00", 0, 0), ("max_f31", -1, 0), ("min_f17", 3, 255)])
+def test_import_refuses_zone_maps_looser_or_tighter_than_their_rows(exported, tmp_path, column, block, value):
+    blocks = pq.read_table(exported / "blocks.parquet")
+    block %= blocks.num_rows
+    assert blocks[column][block].as_py() != value
+    msg = _refused(_tampered(exported, tmp_path, "blocks.parquet", lambda t: _set(t, column, block, value)), tmp_path)
+    assert f"block {block} records {column} = {value}" in msg
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda t: t.slice(1), "block 1 holds rows ["),
+    (lambda t: pa.concat_tables([t.slice(0, 4), t.slice(5)]), "block 5 holds rows ["),
+    (lambda t: t.slice(0, t.num_rows - 1), "blocks over rows [0, "),
+    (lambda t: _set(t, "row_start", 2, t["row_start"][2].as_py() - 1), "block 2 holds rows ["),
+    (lambda t: _set(t, "block_id", 3, 2), "block 2 holds rows ["),
+])
+def test_import_refuses_blocks_that_do_not_tile_the_indexed_rows(exported, tmp_path, change, needle):
+    msg = _refused(_tampered(exported, tmp_path, "blocks.parquet", change), tmp_path)
+    assert "blocks.parquet" in msg and needle in msg
+
+
+@pytest.mark.parametrize("name", ["codes.parquet", "images.parquet"])
+def test_import_refuses_duplicate_ids(exported, tmp_path, name):
+    ids = pq.read_table(exported / name, columns=["id"])["id"]
+    twice = ids[0].as_py()
+    msg = _refused(_tampered(exported, tmp_path, name, lambda t: _set(t, "id", 7, twice)), tmp_path)
+    assert f"{name} holds id {twice} in 2 rows" in msg
+
+
+def test_import_refuses_codes_whose_image_is_missing(exported, tmp_path):
+    gone = pq.read_table(exported / "images.parquet", columns=["id"])["id"][10].as_py()
+    msg = _refused(_tampered(exported, tmp_path, "images.parquet", lambda t: t.filter(pc.not_equal(t["id"], gone))),
+                   tmp_path)
+    assert f"codes.parquet holds a code for id {gone}, which" in msg and "images.parquet" in msg
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda c: c.cast(pa.float64()), "column f00 is DOUBLE, expected UTINYINT (integers 0..255)"),
+    (lambda c: c.cast(pa.string()), "column f00 is VARCHAR, expected UTINYINT (integers 0..255)"),
+    (lambda c: _put(c.cast(pa.int32()), 5, 300),
+     "column f00 (INTEGER) holds 300, outside 0..255; expected UTINYINT (integers 0..255)"),
+    (lambda c: _put(c.cast(pa.int16()), 5, -1),
+     "column f00 (SMALLINT) holds -1, outside 0..255"),
+    (None, "has no column f00; it must hold one of type UTINYINT (integers 0..255)"),
+])
+def test_import_refuses_code_columns_of_the_wrong_type(exported, tmp_path, change, needle):
+    def tamper(t):
+        return t.drop_columns(["f00"]) if change is None else _with(t, "f00", change(t["f00"]))
+
+    msg = _refused(_tampered(exported, tmp_path, "codes.parquet", tamper), tmp_path)
+    assert "codes.parquet" in msg and needle in msg
+
+
+def test_import_takes_codes_of_a_wider_integer_type_within_0_255(exported, tmp_path):
+    src = _tampered(exported, tmp_path, "codes.parquet", lambda t: _with(t, "f00", t["f00"].cast(pa.int32())))
+    want = pq.read_table(exported / "codes.parquet", columns=["id", "f00"])
+    with engine.Catalog.import_parquet(src, tmp_path / "back.duckdb") as back:
+        got = back.codes(want["id"].to_numpy())
+    assert np.array_equal(got[:, 0], want["f00"].to_numpy())
+
+
+@pytest.mark.parametrize("row, pos", [(0, -1), (1, 0)])
+def test_import_refuses_positions_other_than_0_to_n_minus_1(exported, tmp_path, row, pos):
+    msg = _refused(_tampered(exported, tmp_path, "codes.parquet", lambda t: _set(t, "pos", row, pos)), tmp_path)
+    assert "codes.parquet holds 20300 rows, expected 20300 (catalog.json) with positions 0..n-1" in msg

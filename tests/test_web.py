@@ -355,3 +355,99 @@ def test_result_store_is_bounded_by_entries_and_ids():
     assert store.get(big)[1].ids.size == 500
     with pytest.raises(Exception, match="no longer kept"):
         store.get(a)
+
+
+def test_a_crafted_png_of_88_megapixels_is_refused_before_it_is_decoded(client, png_bomb):
+    from engine.imageio import QUERY_MAX_PIXELS
+
+    r = client.post("/search/image", files={"file": ("bomb.png", png_bomb, "image/png")}, headers=HX)
+    assert r.status_code == 400 and f"the limit is {QUERY_MAX_PIXELS:,}" in r.text
+    assert "89,478,485" not in r.text and "MAX_IMAGE_PIXELS" not in r.text
+    import base64
+
+    r = client.post("/api/search", json={"image_base64": base64.b64encode(png_bomb).decode()})
+    assert r.status_code == 400 and "scale the image down" in r.json()["detail"]
+
+
+def test_search_by_image_without_a_file_says_to_choose_one(client):
+    r = client.post("/search/image", data={"k": "10"}, files={"other": ("x.txt", b"", "text/plain")}, headers=HX)
+    assert r.status_code == 400 and "choose an image file" in r.text and "missing required field" not in r.text
+    r = client.post("/search/image", files={"file": ("", b"", "application/octet-stream")}, headers=HX)
+    assert r.status_code == 400 and "choose an image file" in r.text
+
+
+def test_query_images_are_decoded_a_few_at_a_time(client, monkeypatch):
+    import threading
+    import time
+
+    import web.app as web_app
+
+    app = client.app.state.cb
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow_decode(blob):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return Image.new("RGB", (8, 8))
+
+    monkeypatch.setattr(web_app, "decode_query_image", slow_decode)
+    monkeypatch.setattr(web_app, "DECODE_WAIT_S", 0.05)
+    outcomes = []
+
+    def one():
+        try:
+            app.query_image(b"x")
+            outcomes.append("decoded")
+        except web_app.ServerBusy as e:
+            outcomes.append(str(e))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == web_app.DECODES_AT_ONCE
+    assert outcomes.count("decoded") >= web_app.DECODES_AT_ONCE
+    assert all(o == "decoded" or "busy decoding" in o for o in outcomes) and len(outcomes) == 6
+
+
+def test_a_catalog_named_with_url_characters_keeps_working_links(web_demo):
+    import html as html_lib
+    import shutil
+    from urllib.parse import parse_qs, urlsplit
+
+    root = web_demo.parent.parent / "odd-name"
+    root.mkdir(exist_ok=True)
+    path = root / "bags #1 & 50%+.duckdb"
+    shutil.copy(web_demo, path)
+    side = root / f"{path.name}.d"
+    if not side.exists():
+        side.symlink_to(f"{web_demo}.d")
+    name = "bags #1 & 50%+"
+    with TestClient(create_app([path, web_demo])) as c:
+        page = c.get("/", params={"catalog": name}).text
+        links = [html_lib.unescape(u) for u in re.findall(r'(?:href|src|hx-get)="([^"]+)"', page)]
+        for link in (u for u in links if "catalog=" in u):
+            assert parse_qs(urlsplit(link).query)["catalog"] == [name], link
+        r = c.get("/search", params={"catalog": name, "q": "bag"}, headers=HX)
+        assert r.status_code == 200
+        urls = [html_lib.unescape(u) for u in re.findall(r'(?:src|href|hx-get)="([^"#][^"]*)"', r.text)]
+        thumbs = [u for u in urls if u.startswith("/thumb/")]
+        similar = [u for u in urls if u.startswith("/similar")]
+        opened = [u for u in urls if u.startswith("/image/")]
+        assert thumbs and similar and opened
+        assert c.get(thumbs[0]).status_code == 200
+        assert c.get(opened[0]).status_code == 200
+        assert parse_qs(urlsplit(similar[0]).query)["catalog"] == [name]
+        assert c.get(similar[0], headers=HX).status_code == 200
+
+
+def test_an_image_sent_as_a_form_field_without_a_filename_gets_a_400(client):
+    body = (b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\n\x89PNG\r\n\x1a\n\x00\x00\xff\r\n'
+            b'--xx--\r\n')
+    r = client.post("/search/image", content=body, headers={"Content-Type": "multipart/form-data; boundary=xx"})
+    assert r.status_code == 400 and "with a filename" in r.json()["detail"]

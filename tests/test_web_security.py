@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -124,17 +125,70 @@ def test_an_image_swapped_for_a_link_after_ingestion_is_refused(client, crafted,
         target.unlink()
         target.symlink_to(paths["secret"])
         r = _get(client, kind, ids["swapped"])
-        assert r.status_code == 403 and "symbolic link" in r.json()["detail"], r.text
+        assert r.status_code == 403 and "has changed since it was ingested" in r.json()["detail"], r.text
         assert b"TOP-SECRET" not in r.content
-        # a link to the very file ingested, same size and time, is refused as well
+        # a link to a file of the very size and time recorded must still decode as an image
+        fake = tmp_path / "fake.png"
+        fake.write_bytes((SECRET * (1 + aside.stat().st_size // len(SECRET)))[: aside.stat().st_size])
+        os.utime(fake, ns=(aside.stat().st_atime_ns, aside.stat().st_mtime_ns))
+        target.unlink()
+        target.symlink_to(fake)
+        r = _get(client, kind, ids["swapped"])
+        assert r.status_code == 403 and "not an image" in r.json()["detail"], r.text
+        assert b"TOP-SECRET" not in r.content
+        # a link to the very file ingested (same bytes, size and time) is that image
         target.unlink()
         target.symlink_to(aside)
         r = _get(client, kind, ids["swapped"])
-        assert r.status_code == 403 and "symbolic link" in r.json()["detail"], r.text
+        assert r.status_code == 200 and r.headers["content-type"].startswith("image/")
     finally:
         target.unlink(missing_ok=True)
         shutil.copy2(aside, target)
     assert _get(client, kind, ids["swapped"]).status_code == 200
+
+
+def test_a_folder_of_links_ingested_is_shown(tmp_path):
+    """Ingestion follows links to image files, and the server shows what was ingested."""
+    from engine.ingest import ingest
+
+    photos, links = tmp_path / "photos", tmp_path / "links"
+    photos.mkdir()
+    links.mkdir()
+    for i in range(3):
+        Image.effect_noise((64, 48), 40 + i).convert("RGB").save(photos / f"p{i}.png")
+        (links / f"p{i}.png").symlink_to(photos / f"p{i}.png")
+    path = tmp_path / "links.duckdb"
+    with engine.Catalog.create(path) as cat:
+        report = ingest(cat, [str(links)], _TinyEncoder(), workers=0, progress=False)
+        assert report.added == 3
+        ids = cat.sql("SELECT id FROM images ORDER BY id").column("id").to_pylist()
+        rng = np.random.default_rng(0)
+        cat.replace_codes(rng.integers(0, 256, (3, 32), dtype=np.uint8), ids)
+        cat.build_index()
+    with TestClient(create_app([path], SETTINGS, warm_up=False)) as c:
+        for image_id in ids:
+            for kind in ("image", "thumb"):
+                r = c.get(f"/{kind}/links/{image_id}")
+                assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", r.text
+
+
+class _TinyEncoder:
+    """Enough of an encoder for ingestion: 8-d vectors of an image's mean colours."""
+
+    id = "test:tiny"
+    dim = 8
+    batch_size = 4
+    device = "cpu"
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image.resize((4, 4)), dtype=np.float32) / 255.0
+
+    def encode_images(self, batch) -> np.ndarray:
+        x = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+        return np.concatenate([x[:, :4], x[:, -4:]], axis=1)
+
+    def encode_texts(self, texts):
+        raise NotImplementedError
 
 
 def test_a_file_changed_after_ingestion_is_refused(client, crafted):

@@ -40,6 +40,7 @@ from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from PIL import Image
 
 import engine
 from engine import refine as rf
@@ -52,6 +53,7 @@ from engine.errors import (
     UnknownIds,
     UnsafeImage,
 )
+from engine.imageio import UnreadableImage, decode_query_image
 from engine.sandbox import MAX_VALUE_CHARS, QueryPool, reads_last_result
 
 from .bodies import (
@@ -76,6 +78,9 @@ from .thumbs import Thumbnails
 
 HERE = Path(__file__).parent
 BUSY_WAIT_S = 0.5
+# Query images decoded at once, over all catalogs, and how long a request waits for its turn.
+DECODES_AT_ONCE = 2
+DECODE_WAIT_S = 3.0
 # Bodies of the fine-tune and SQL endpoints: a query of MAX_QUERY_TEXT characters JSON-escaped (600 kB), or
 # about 45,000 labels of 20-digit ids.
 FORM_BODY_BYTES = 1_000_000
@@ -157,17 +162,38 @@ class App:
         self.catalogs: dict[str, Served] = {}
         for p in paths:
             path = Path(p)
-            cat = engine.Catalog.open(path, read_only=True, sandbox=True, memory_limit=settings.sql_memory_limit)
             name = path.stem
             while name in self.catalogs:
                 name += "_"
-            index = cat.block_index()
+            opened = [served.cat for served in self.catalogs.values()]
+            try:
+                cat = engine.Catalog.open(path, read_only=True, sandbox=True, memory_limit=settings.sql_memory_limit)
+                opened.append(cat)
+                index = cat.block_index()
+                thumbs = Thumbnails(cat)
+            except BaseException:  # a damaged catalog: release every file opened so far
+                for c in opened:
+                    c.close()
+                raise
             console = QueryPool(path, workers=settings.sql_workers, memory_limit=settings.sql_memory_limit)
-            self.catalogs[name] = Served(name, path, cat, Thumbnails(cat), index.n_rows, console,
+            self.catalogs[name] = Served(name, path, cat, thumbs, index.n_rows, console,
                                          threading.BoundedSemaphore(settings.max_concurrent))
         self.results = Results(settings.results_kept, settings.result_ids_kept)
+        self.decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
         # Parses console queries (never runs them) to tell whether they read last_result.
         self.parser = duckdb.connect(config={"enable_external_access": False})
+
+    def query_image(self, blob: bytes) -> Image.Image:
+        """The uploaded image ``blob`` decoded for a search (see ``decode_query_image``), at most
+        :data:`DECODES_AT_ONCE` at a time; ServerBusy when no turn comes within ``DECODE_WAIT_S``."""
+        if not self.decodes.acquire(timeout=DECODE_WAIT_S):
+            raise ServerBusy("the server is busy decoding other query images; try again in a moment")
+        try:
+            return decode_query_image(blob)
+        except UnreadableImage as e:
+            raise InvalidArgument(f"the query image cannot be used: {e.reason}") from None
+        finally:
+            self.decodes.release()
 
     def catalog(self, name: str | None) -> Served:
         if name is None or name == "":
@@ -262,6 +288,15 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     return _error_response(request, exc.status_code, str(detail))
 
 
+def _undecodable_form(request: Request, exc: UnicodeDecodeError) -> Response:
+    """Litestar decodes form fields (a multipart part without a file name included) as UTF-8
+    text, and raises this when one is not."""
+    if "multipart/" in request.headers.get("content-type", ""):
+        return _error_response(request, 400, "a form field is not UTF-8 text; send an image as a file part "
+                                             "with a filename (curl -F file=@photo.jpg)")
+    return _error_response(request, 400, "the request is not UTF-8 text")
+
+
 # -- images ----------------------------------------------------------------------------------
 def _checked_image(app: App, blob: bytes) -> bytes:
     if len(blob) > app.settings.max_upload_bytes:
@@ -331,7 +366,7 @@ def search_similar(request: HTMXRequest, id: Annotated[int, Parameter(descriptio
 
 @dataclass
 class ImageQuery:
-    file: UploadFile
+    file: UploadFile | None = None
     catalog: str | None = None
     k: int = DEFAULT_K
 
@@ -343,9 +378,11 @@ def search_image(request: HTMXRequest,
     served = app.catalog(data.catalog)
     if not 1 <= data.k <= MAX_K:
         raise InvalidArgument(f"k must be in 1..{MAX_K}")
-    blob = _checked_image(app, data.file.file.read(app.settings.max_upload_bytes + 1))
+    if data.file is None or not data.file.filename:
+        raise InvalidArgument("choose an image file to search with")
+    image = app.query_image(_checked_image(app, data.file.file.read(app.settings.max_upload_bytes + 1)))
     with served.working():
-        result = served.cat.search(image=blob, k=data.k)
+        result = served.cat.search(image=image, k=data.k)
     return _render_result(request, app, served, result, "image")
 
 
@@ -530,7 +567,7 @@ def api_search_post(request: BodyRequest, data: JSONBody[SearchRequest]) -> Resu
         raise InvalidArgument("give exactly one of q (a text query), image_base64 (an image; in a multipart form, "
                               f"file) or id (an image id); got {', '.join(given) or 'none'}")
     if image is not None:
-        image = _checked_image(app, image)
+        image = app.query_image(_checked_image(app, image))
     with served.working():
         result = served.cat.search(data.q, image=image, id=data.id, k=data.k)
     return ResultResponse.of(result, app.results.put(served.name, result))
@@ -673,7 +710,8 @@ def create_app(paths: list[str | Path], settings: Settings | None = None, *, war
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         plugins=[HTMXPlugin()],
         template_config=TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
-        exception_handlers={CatalogError: _catalog_error, HTTPException: _http_error},
+        exception_handlers={CatalogError: _catalog_error, HTTPException: _http_error,
+                            UnicodeDecodeError: _undecodable_form},
         request_max_body_size=_base64_chars(state.settings.max_upload_bytes) + UPLOAD_FRAMING_BYTES,
         on_shutdown=[state.close],
         middleware=[server_timing, cancel_on_disconnect],

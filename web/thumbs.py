@@ -3,12 +3,13 @@ original (small images in a browser format) or a thumbnail made now and cached b
 
 An original is served only while it is still the file that was ingested. A catalog's ``uri`` is
 data, and an imported Parquet export can point it anywhere (``/etc/passwd``); a file can be
-replaced by a link to another after ingestion. So :meth:`Thumbnails.original` opens the file
-without following a symbolic link (``O_NOFOLLOW``, and its ``lstat`` must be the file opened),
-requires a regular file of exactly the size and modification time the catalog recorded at
-ingestion, and one that decodes as an image (:func:`engine.imageio.decode_image`: a known format,
-decoded completely, within the pixel limit). Anything else is refused with
-:class:`~engine.errors.UnsafeImage` (a 403) and none of its bytes are sent.
+replaced by another, or by a link to another, after ingestion. So :meth:`Thumbnails.original`
+requires the file it opened to be a regular file of exactly the size and modification time the
+catalog recorded at ingestion (for a symbolic link, as ingestion does, those of the file it
+points to), and one that decodes as an image (:func:`engine.imageio.decode_image`: a known
+format, decoded completely, within the pixel limit). Anything else is refused with
+:class:`~engine.errors.UnsafeImage` (a 403) and none of its bytes are sent. A link swapped in
+after ingestion points to a file of another size or time, and is refused as that file would be.
 
 The bytes checked are the bytes served: read once from the descriptor opened. Decoding is the
 costly check, so its outcome is kept per file version (id, size, modification time, device,
@@ -17,7 +18,6 @@ inode) and runs once per version; the open and the stat comparisons run on every
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -48,8 +48,8 @@ BROWSER_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", 
                  "WEBP": "image/webp", "BMP": "image/bmp"}
 # File versions whose decoding check is remembered, about 200 bytes each.
 CHECKS_KEPT = 100_000
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-               | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+# O_NONBLOCK: a FIFO must not block the open
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 @dataclass
@@ -164,25 +164,16 @@ def _small(row: dict) -> bool:
 
 
 def _read_regular_file(image_id: int, uri: str, size: int, mtime_ns: int) -> tuple[bytes, os.stat_result]:
-    """The bytes of ``uri`` and its stat, if it is a regular file, no symbolic link, of ``size``
-    bytes and modified at ``mtime_ns``, as ingestion recorded it."""
+    """The bytes of ``uri`` and its stat, if it is a regular file (a symbolic link's target) of
+    ``size`` bytes and modified at ``mtime_ns``, as ingestion recorded it. The checks and the
+    read use one descriptor, so what is checked is what is sent."""
     try:
         fd = os.open(uri, _OPEN_FLAGS)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UnsafeImage(f"the file of image {image_id} is now a symbolic link; links are not followed, "
-                              "so it is not served") from None
         raise NotFoundException(f"the file of image {image_id} is gone or cannot be opened "
                                 f"({e.strerror or e})") from None
     try:
         st = os.fstat(fd)
-        try:
-            link = os.lstat(uri)
-        except OSError:
-            link = None
-        if link is None or (link.st_dev, link.st_ino) != (st.st_dev, st.st_ino):
-            raise UnsafeImage(f"the file of image {image_id} is a symbolic link or was replaced while being "
-                              "opened; it is not served")
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeImage(f"the file of image {image_id} is not a regular file; it is not served")
         if st.st_size != size or st.st_mtime_ns != mtime_ns:
