@@ -12,7 +12,9 @@ class CatalogNotFound(CatalogError):
 
 
 class CorruptCatalog(CatalogError):
-    """The file exists but is not a readable clip-branches catalog."""
+    """The file exists but is not a readable clip-branches catalog: not a DuckDB database, truncated,
+    damaged (a block fails its checksum), missing a table or column, or holding a setting or block
+    index clip-branches never writes. The message names the damage and the repair."""
 
 
 class SchemaVersionError(CatalogError):
