@@ -146,6 +146,11 @@ def cmd_ingest(args) -> int:
     return _print_ingest(args, report, status, has_head)
 
 
+# DuckDB marks deleted rows and reuses their space, but does not erase it.
+_REMOVED_HINT = ("the catalog file still holds the bytes of the removed images (their paths and metadata) until "
+                 "`clip-branches compact {catalog}` rewrites it without them")
+
+
 def _print_ingest(args, report, status: dict, has_head: bool) -> int:
     summary = report.to_json()
     if args.json:
@@ -161,6 +166,8 @@ def _print_ingest(args, report, status: dict, has_head: bool) -> int:
               file=sys.stderr)
     for uri, reason in summary.get("skipped_files", [])[:20]:
         print(f"skipped {uri}: {reason}", file=sys.stderr)
+    if report.removed:
+        print(_REMOVED_HINT.format(catalog=args.catalog), file=sys.stderr)
     print(
         f"{args.catalog}: {summary['added']} added, {summary['updated']} updated, {summary['removed']} removed, "
         f"{summary['skipped']} skipped; {summary['images_per_second']:.0f} images/s")
@@ -184,6 +191,8 @@ def cmd_add(args) -> int:
                     f"{report.skipped} skipped")
         for uri, reason in out["ingest"].get("skipped_files", [])[:20]:
             _note(args, f"skipped {uri}: {reason}")
+        if report.removed:
+            _note(args, _REMOVED_HINT.format(catalog=args.catalog))
         reason = _head_due(cat)
         if reason:
             _note(args, f"training the head ({reason})")

@@ -99,9 +99,19 @@ def test_a_catalog_that_doubles_retrains_its_head(tmp_path, photos):
 
 def test_ingest_says_what_comes_next(tmp_path, photos):
     path = tmp_path / "next.duckdb"
-    r = cli("ingest", path, _folder(tmp_path, photos, 5), "--workers", 0, "--quiet")
+    folder = _folder(tmp_path, photos, 5)
+    r = cli("ingest", path, folder, "--workers", 0, "--quiet")
     assert f"clip-branches train-head {path}" in r.stderr and f"clip-branches index {path}" in r.stderr
     assert "clip-branches add" in r.stderr
+    # a removed image's path stays in the file's bytes until compact, and ingest says so
+    gone = sorted(folder.iterdir())[2]
+    gone.unlink()
+    r = cli("ingest", path, folder, "--workers", 0, "--quiet")
+    assert "1 removed" in r.stdout and f"clip-branches compact {path}" in r.stderr
+    assert gone.name.encode() in path.read_bytes()
+    cli("compact", path, "--quiet")
+    assert gone.name.encode() not in path.read_bytes()
+    assert len(_uris(path)) == 4
 
 
 @pytest.fixture(scope="module")
