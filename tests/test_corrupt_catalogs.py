@@ -270,8 +270,11 @@ def test_damaged_images_block_fails_only_what_reads_it(template, boxes, capsys, 
     assert main(argv("select", template, boxes, "--json", "--limit", "0")) == 0
     expected = json.loads(capsys.readouterr().out)
     assert selected["ids"] == expected["ids"] and len(expected["ids"]) > 0
-    app = web.create_app([path], warm_up=False)
-    app.state.cb.close()
+    from litestar.testing import TestClient
+
+    with TestClient(web.create_app([path], warm_up=False)) as client:
+        r = client.get(f"/thumb/{path.stem}/{expected['ids'][0]}")  # reads the image's row
+        assert r.status_code == 500 and "is damaged" in r.json()["detail"], r.text
     assert_untouched(path, digest)
 
 

@@ -46,6 +46,7 @@ import engine
 from engine import refine as rf
 from engine.errors import (
     CatalogError,
+    CorruptCatalog,
     InvalidArgument,
     InvalidSql,
     QueryInterrupted,
@@ -265,7 +266,8 @@ def _error_response(request: Request, status: int, message: str) -> Response:
 
 def _catalog_error(request: Request, exc: CatalogError) -> Response:
     status = (404 if isinstance(exc, UnknownIds) else 408 if isinstance(exc, QueryInterrupted)
-              else 403 if isinstance(exc, UnsafeImage) else 503 if isinstance(exc, ServerBusy) else 400)
+              else 403 if isinstance(exc, UnsafeImage) else 503 if isinstance(exc, ServerBusy)
+              else 500 if isinstance(exc, CorruptCatalog) else 400)  # a damaged file is the server's fault
     response = _error_response(request, status, str(exc))
     if status == 503:
         response.headers["Retry-After"] = "2"
