@@ -11,8 +11,6 @@ The Python API::
         refined.ids, refined.scores, refined.sql, refined.stats
 """
 
-from .boxes import N_DIMS, BoxSet
-from .catalog import Catalog, SelectResult
 from .errors import (
     CatalogError,
     CatalogNotFound,
@@ -26,7 +24,23 @@ from .errors import (
     StaleIndexError,
     UnknownIds,
 )
-from .refine import Result
+
+# The rest loads on first use (PEP 562), so a process that needs one module (a console worker
+# runs engine.sandbox alone) does not import numba, scikit-learn and the kernels.
+_LAZY = {"N_DIMS": ".boxes", "BoxSet": ".boxes", "Catalog": ".catalog", "SelectResult": ".catalog",
+         "Result": ".refine"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -55,9 +55,8 @@ DENIED_FUNCTIONS = frozenset({"current_setting", "getvariable", "getenv"})
 SCHEMAS = frozenset({"", "main", "temp", "information_schema"})
 # The console macros of sql/console_macros.sql that read last_result.
 LAST_RESULT_MACROS = frozenset({"result_images", "in_last_result"})
-# What the console macros see as ``last_result`` when a query comes without one.
-EMPTY_RESULT = pa.table({"id": pa.array([], pa.int64()), "score": pa.array([], pa.int64()),
-                         "rank": pa.array([], pa.int64())})
+# The columns of ``last_result``; a query that comes without one sees an empty view of them.
+LAST_RESULT_COLUMNS = ("id", "score", "rank")
 
 
 @dataclass
@@ -201,7 +200,11 @@ def run_query(cur: duckdb.DuckDBPyConnection, text: str, *, database: str, time_
     check_names(cur, statement, database)
     timer = threading.Timer(time_limit_s, cur.interrupt)
     t0 = time.perf_counter()
-    for name, table in {"last_result": EMPTY_RESULT, **(relations or {})}.items():
+    relations = dict(relations or {})
+    if "last_result" not in relations:
+        cur.execute("CREATE OR REPLACE TEMP VIEW last_result AS SELECT * FROM (VALUES (0::BIGINT, 0::BIGINT, "
+                    "0::BIGINT)) AS t(" + ", ".join(LAST_RESULT_COLUMNS) + ") WHERE false")
+    for name, table in relations.items():
         cur.register(name, table)
     try:
         for macro in duckdb.extract_statements(sql_text("console_macros")):
@@ -230,8 +233,7 @@ def run_query(cur: duckdb.DuckDBPyConnection, text: str, *, database: str, time_
                 break
         table = pa.Table.from_batches(batches, schema=reader.schema)
     except duckdb.InterruptException:
-        raise QueryInterrupted(f"the query ran longer than {time_limit_s:g} s and was stopped; "
-                               "add a LIMIT or a narrower WHERE") from None
+        raise QueryInterrupted(_too_long(time_limit_s)) from None
     except duckdb.OutOfMemoryException:
         cur.execute("ROLLBACK")
         limit = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
@@ -246,6 +248,10 @@ def run_query(cur: duckdb.DuckDBPyConnection, text: str, *, database: str, time_
     if table.num_rows > max_rows:
         table = table.slice(0, max_rows)
     return QueryResult(table, bool(cut), (time.perf_counter() - t0) * 1e3, cut)
+
+
+def _too_long(time_limit_s: float) -> str:
+    return f"the query ran longer than {time_limit_s:g} s and was stopped; add a LIMIT or a narrower WHERE"
 
 
 def _fitting_rows(batch: pa.RecordBatch, budget: int) -> int:
@@ -293,6 +299,7 @@ def parse_bytes(text: str) -> int:
 # A worker whose answer has not come this long after the query's time limit is killed.
 KILL_GRACE = 0.25  # share of the time limit
 KILL_GRACE_MIN_S = 0.5
+MIN_RUN_S = 0.1  # a query that waited for its turn past its time limit still gets this long
 STARTUP_TIMEOUT_S = 60.0
 _WORKER = "import json, sys; from engine.sandbox import _worker_main; _worker_main(int(sys.argv[1]), json.loads(sys.argv[2]))"
 
@@ -439,16 +446,20 @@ class QueryPool:
         w.kill()
 
     def run(self, text: str, *, time_limit_s: float = 5.0, max_rows: int = 1000, max_bytes: int = 10_000_000,
-            relations: Mapping[str, pa.Table] | None = None, cancel: threading.Event | None = None) -> QueryResult:
-        """Run one user query as :func:`run_query` does, in a worker. Raises InvalidSql (bad
-        query, memory), QueryInterrupted (time limit, cancelled) or ServerBusy."""
+            relations: Mapping[str, pa.Table] | None = None, cancel: threading.Event | None = None,
+            waited_s: float = 0.0) -> QueryResult:
+        """Run one user query as :func:`run_query` does, in a worker. ``waited_s``, the time the
+        query already waited for its turn, counts against ``time_limit_s``. Raises InvalidSql
+        (bad query, memory), QueryInterrupted (time limit, cancelled) or ServerBusy."""
+        entered = time.monotonic()
         check_query(text)  # the cheap refusals need no worker
         blobs = {name: _ipc(table) for name, table in (relations or {}).items()}
-        request = {"sql": text, "time_limit_s": float(time_limit_s), "max_rows": int(max_rows),
-                   "max_bytes": int(max_bytes), "relations": blobs}
         w = self._take()
+        left = max(MIN_RUN_S, time_limit_s - max(0.0, waited_s) - (time.monotonic() - entered))
+        request = {"sql": text, "time_limit_s": left, "max_rows": int(max_rows),
+                   "max_bytes": int(max_bytes), "relations": blobs}
         t0 = time.perf_counter()
-        reply = w.ask(request, time_limit_s * (1 + KILL_GRACE) + KILL_GRACE_MIN_S, cancel)
+        reply = w.ask(request, left + time_limit_s * KILL_GRACE + KILL_GRACE_MIN_S, cancel)
         if reply is None:
             died = not w.alive()
             self._give_back(w, False)
@@ -457,12 +468,12 @@ class QueryPool:
             if died:
                 raise InvalidSql(f"the query needed more memory than the console allows ({self.memory_limit}) "
                                  "and was stopped; add a LIMIT, aggregate, or select fewer rows or columns")
-            raise QueryInterrupted(f"the query ran longer than {time_limit_s:g} s and was stopped; "
-                                   "add a LIMIT or a narrower WHERE")
+            raise QueryInterrupted(_too_long(time_limit_s))
         self._give_back(w, reply.get("healthy", True))
         if "error" in reply:
-            kind = {"QueryInterrupted": QueryInterrupted, "InvalidSql": InvalidSql}.get(reply["kind"], InvalidSql)
-            raise kind(reply["error"])
+            if reply["kind"] == "QueryInterrupted":  # the worker knew only the time that was left
+                raise QueryInterrupted(_too_long(time_limit_s))
+            raise InvalidSql(reply["error"])
         table = pa.ipc.open_stream(reply["table"]).read_all()
         return QueryResult(table, reply["truncated"], (time.perf_counter() - t0) * 1e3, reply["cut"])
 

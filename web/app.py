@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -79,6 +80,7 @@ from .thumbs import Thumbnails
 
 HERE = Path(__file__).parent
 BUSY_WAIT_S = 0.5
+CONSOLE_POLL_S = 0.02  # how often a console request waiting for a slot looks again
 # Query images decoded at once, over all catalogs, and how long a request waits for its turn.
 DECODES_AT_ONCE = 2
 DECODE_WAIT_S = 3.0
@@ -102,6 +104,7 @@ class Served:
     rows: int
     console: QueryPool
     gate: threading.BoundedSemaphore
+    console_slots: threading.BoundedSemaphore
 
     @contextlib.contextmanager
     def working(self):
@@ -178,7 +181,12 @@ class App:
                 raise
             console = QueryPool(path, workers=settings.sql_workers, memory_limit=settings.sql_memory_limit)
             self.catalogs[name] = Served(name, path, cat, thumbs, index.n_rows, console,
-                                         threading.BoundedSemaphore(settings.max_concurrent))
+                                         threading.BoundedSemaphore(settings.max_concurrent),
+                                         threading.BoundedSemaphore(settings.sql_workers))
+        # Console requests run here, not on the server's shared threads, which a flood of
+        # endless queries would otherwise hold while health checks, searches and thumbnails wait.
+        self.console_threads = ThreadPoolExecutor(len(self.catalogs) * settings.sql_workers,
+                                                  thread_name_prefix="console")
         self.results = Results(settings.results_kept, settings.result_ids_kept)
         self.decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
         # Parses console queries (never runs them) to tell whether they read last_result.
@@ -219,6 +227,7 @@ class App:
                                random_state=0)
 
     def close(self) -> None:
+        self.console_threads.shutdown(wait=False, cancel_futures=True)
         for served in self.catalogs.values():
             served.console.close()
             served.cat.close()
@@ -458,14 +467,19 @@ def console_page(request: HTMXRequest, catalog: CatalogParam = None) -> Template
         "max_bytes": app.settings.sql_max_bytes})
 
 
-@post("/console", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=FORM,
+@post("/console", status_code=200, request_class=BodyRequest, operation_class=FORM,
       request_max_body_size=FORM_BODY_BYTES)
-def console_run(request: BodyRequest, data: JSONBody[SqlRequest]) -> Template:
+async def console_run(request: BodyRequest, data: JSONBody[SqlRequest]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
+    return await _in_console(request, app, served, lambda waited: _console_table(request, app, served, data, waited))
+
+
+def _console_table(request: BodyRequest, app: App, served: Served, data: SqlRequest, waited: float) -> Template:
     # HTML escaping can make a value up to five times longer than its text.
     html_bytes = app.settings.sql_max_bytes // 5
-    res = _run_sql(request, app, served, data.sql, _page_last_result(app, served, data.result), max_bytes=html_bytes)
+    res = _run_sql(request, app, served, data.sql, _page_last_result(app, served, data.result), waited,
+                   max_bytes=html_bytes)
     columns = res.table.column_names
     id_columns = {c for c in columns if c == "id" or c.endswith("_id") and c != "block_id"}
     rows = [[row[c] for c in columns] for row in _rows(res.table)]
@@ -473,6 +487,25 @@ def console_run(request: BodyRequest, data: JSONBody[SqlRequest]) -> Template:
         "catalog": served.name, "columns": columns, "rows": rows, "id_columns": id_columns,
         "truncated": res.truncated, "cut": res.cut, "time_ms": res.time_ms, "max_rows": app.settings.sql_max_rows,
         "max_bytes": html_bytes, "max_value_chars": MAX_VALUE_CHARS})
+
+
+async def _in_console(request: Request, app: App, served: Served, work):
+    """``work(waited_s)`` on the console's own threads, once one of the catalog's console slots
+    is free (waited for without holding a thread); a 503 when none frees up within the pool's
+    ``wait_s``. Time waited counts against the query's time limit."""
+    arrived = time.monotonic()
+    while not served.console_slots.acquire(blocking=False):
+        if time.monotonic() - arrived >= served.console.wait_s:
+            raise ServerBusy(f"the console is busy: {served.console.size} of its queries are running, the most it "
+                             "runs at once; try again when one has finished")
+        if request.scope[CLIENT_GONE].is_set():
+            raise QueryInterrupted("the query was cancelled")
+        await asyncio.sleep(CONSOLE_POLL_S)
+    try:
+        waited = time.monotonic() - arrived
+        return await asyncio.get_running_loop().run_in_executor(app.console_threads, work, waited)
+    finally:
+        served.console_slots.release()
 
 
 def _page_last_result(app: App, served: Served, token: str | None) -> engine.Result | None:
@@ -516,9 +549,10 @@ def _rows(table) -> list[dict]:
         raise InvalidSql(f"a value in the result cannot be shown ({e}); CAST it to VARCHAR") from None
 
 
-def _run_sql(request: Request, app: App, served: Served, sql: str, last_result: engine.Result | None, *,
-             max_bytes: int | None = None):
-    """Run ``sql`` in the catalog's console, with ``last_result`` as the table of that name (empty if None)."""
+def _run_sql(request: Request, app: App, served: Served, sql: str, last_result: engine.Result | None,
+             waited: float = 0.0, *, max_bytes: int | None = None):
+    """Run ``sql`` in the catalog's console, with ``last_result`` as the table of that name (empty
+    if None), in what is left of the time limit after ``waited`` seconds in the queue."""
     import pyarrow as pa
 
     relations = {}
@@ -527,7 +561,7 @@ def _run_sql(request: Request, app: App, served: Served, sql: str, last_result: 
         relations["last_result"] = pa.table({
             "id": pa.array(ids, pa.int64()), "score": pa.array(last_result.scores, pa.int64()),
             "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})
-    return served.console.run(sql, time_limit_s=app.settings.sql_time_limit_s,
+    return served.console.run(sql, time_limit_s=app.settings.sql_time_limit_s, waited_s=waited,
                               cancel=request.scope.get(CLIENT_GONE),
                               max_rows=app.settings.sql_max_rows,
                               max_bytes=app.settings.sql_max_bytes if max_bytes is None else max_bytes,
@@ -587,16 +621,20 @@ def api_refine(request: BodyRequest, data: JSONBody[RefineRequest],
     return ResultResponse.of(result, app.results.put(served.name, result), limit)
 
 
-@post("/api/sql", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=JSON_OR_FORM,
+@post("/api/sql", status_code=200, request_class=BodyRequest, operation_class=JSON_OR_FORM,
       request_max_body_size=FORM_BODY_BYTES,
       description="One read-only query, in JSON (or as the console's url-encoded form, with the same fields). "
                   "A query reading last_result (also through result_images() or in_last_result()) needs "
                   "`result`: the token /api/refine or /api/search returned.")
-def api_sql(request: BodyRequest, data: JSONBody[SqlRequest]) -> SqlResponse:
+async def api_sql(request: BodyRequest, data: JSONBody[SqlRequest]) -> SqlResponse:
     app = _state(request)
     served = app.catalog(data.catalog)
-    res = _run_sql(request, app, served, data.sql, _api_last_result(app, served, data))
-    return SqlResponse(res.table.column_names, _rows(res.table), res.truncated, res.cut, res.time_ms)
+
+    def work(waited: float) -> SqlResponse:
+        res = _run_sql(request, app, served, data.sql, _api_last_result(app, served, data), waited)
+        return SqlResponse(res.table.column_names, _rows(res.table), res.truncated, res.cut, res.time_ms)
+
+    return await _in_console(request, app, served, work)
 
 
 @dataclass
