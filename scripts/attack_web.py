@@ -855,8 +855,8 @@ def attack_disk_spill(run: Run) -> None:
         with run.window() as peaks:
             r = run.sql(text)
         stopped, ratio = _stopped_in_time(run, name, r)
-        run.add("disk_spill", name, f"400 or 408 within {TIME_LIMIT_SLACK}x the time limit, temp folders under "
-                f"{temp_limit}", stopped and peaks.temp_mb < limit_mb, replies=[r], peaks=peaks,
+        run.add("disk_spill", name, f"400 or 408 within {TIME_LIMIT_SLACK}x the time limit, temp folders at most "
+                f"{temp_limit}", stopped and peaks.temp_mb <= limit_mb, replies=[r], peaks=peaks,
                 temp_peak_mb=peaks.temp_mb, temp_limit_mb=limit_mb, limit_ratio=ratio)
 
 
