@@ -562,17 +562,22 @@ class Catalog:
             report(0, total)
             con.execute(f"ATTACH {_literal(str(tmp))} AS _compact")
             try:
-                con.execute(f"COPY FROM DATABASE {quote_ident(db)} TO _compact (SCHEMA)")
-                done = 0
-                for schema_name, table, rows in tables:
-                    name = f"{quote_ident(schema_name)}.{quote_ident(table)}"
-                    with progress_mod.track_statement(con, report, done, int(rows), total):
-                        con.execute(f"INSERT INTO _compact.{name} SELECT * FROM {quote_ident(db)}.{name}")
-                    done += int(rows)
-                    if done < total:  # the last report waits for the file to be in place
-                        report(done, total)
-            finally:
+                with _reading(self.path):  # every row is read: damage anywhere shows here
+                    con.execute(f"COPY FROM DATABASE {quote_ident(db)} TO _compact (SCHEMA)")
+                    done = 0
+                    for schema_name, table, rows in tables:
+                        name = f"{quote_ident(schema_name)}.{quote_ident(table)}"
+                        with progress_mod.track_statement(con, report, done, int(rows), total):
+                            con.execute(f"INSERT INTO _compact.{name} SELECT * FROM {quote_ident(db)}.{name}")
+                        done += int(rows)
+                        if done < total:  # the last report waits for the file to be in place
+                            report(done, total)
+            except BaseException:
                 con.execute("DETACH _compact")
+                for p in (tmp, Path(f"{tmp}.wal")):
+                    p.unlink(missing_ok=True)
+                raise
+            con.execute("DETACH _compact")
             con.close()
             self._con = None
             try:
@@ -961,7 +966,8 @@ class Catalog:
         ``progress`` (see :mod:`engine.progress`) counts the rows written, over all files."""
         from .parquet import export_catalog
 
-        return export_catalog(self, Path(directory), overwrite=overwrite, progress=progress)
+        with _reading(self.path):
+            return export_catalog(self, Path(directory), overwrite=overwrite, progress=progress)
 
     @classmethod
     def import_parquet(cls, directory: str | os.PathLike, path: str | os.PathLike, *, progress: Progress = None) -> Catalog:

@@ -336,3 +336,19 @@ def test_catalog_imported_from_a_crafted_export(template, boxes, capsys, tmp_pat
         assert "clip-branches train-head" in error["message"]
     with pytest.raises(CorruptCatalog, match="feature_subsets"), engine.Catalog.open(path) as cat:
         cat.setting("index")  # a writable catalog checks each setting as it is read
+
+
+@pytest.mark.parametrize("kind", ["truncated-half", "codes-block-overwritten"])
+def test_export_and_compact_of_a_damaged_file_name_it_and_leave_nothing(damaged, capsys, tmp_path, kind):
+    path = damaged(kind)
+    digest = sha256(path)
+    out = tmp_path / "export"
+    assert main(["export", str(path), str(out), "--quiet"]) == 1
+    _, err = capsys.readouterr()
+    assert_names_damage_and_repair(err, path, kind) and "Traceback" not in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert main(["compact", str(path), "--quiet"]) == 1
+    _, err = capsys.readouterr()
+    assert_names_damage_and_repair(err, path, kind) and "Traceback" not in err
+    assert not [p for p in path.parent.iterdir() if ".compacting" in p.name]
+    assert_untouched(path, digest)
