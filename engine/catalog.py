@@ -10,12 +10,11 @@ import functools
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +40,13 @@ from .progress import Progress
 from .quantize import Quantizer
 from .refine import Result
 from .resources import sql_text
-from .sandbox import QueryResult, check_query, quote_ident, run_query, sandbox_config
+from .sandbox import QueryResult, check_query, run_query, sandbox_config
+from .sqlnames import RESERVED_COLUMNS, is_metadata_name, literal, quote_ident
 
 MAX_K = 100_000
 MAX_QUERY_CHARS = 1000
 # Temp files a sandboxed catalog's queries may spill, all together.
 SANDBOX_TEMP_LIMIT = "256MB"
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_RESERVED = {"id", "pos", "added_at", *CODE_COLUMNS}
 
 
 @dataclass
@@ -560,7 +558,7 @@ class Catalog:
         total = int(sum(r[2] for r in tables))
         with progress_mod.reporter("compact", "rows", progress) as report:
             report(0, total)
-            con.execute(f"ATTACH {_literal(str(tmp))} AS _compact")
+            con.execute(f"ATTACH {literal(str(tmp))} AS _compact")
             try:
                 with _reading(self.path):  # every row is read: damage anywhere shows here
                     con.execute(f"COPY FROM DATABASE {quote_ident(db)} TO _compact (SCHEMA)")
@@ -680,7 +678,7 @@ class Catalog:
         if boxset.n_dims != N_DIMS:
             raise CatalogError(f"box set has {boxset.n_dims} dims; this catalog has {N_DIMS}")
         if isinstance(min_votes, bool) or not isinstance(min_votes, (int, np.integer)):
-            raise CatalogError(f"min_votes must be an integer, got {min_votes!r}")
+            raise InvalidArgument(f"min_votes must be an integer, got {min_votes!r}")
         t0 = time.perf_counter()
         index = self.block_index()
         t1 = time.perf_counter()
@@ -1215,19 +1213,14 @@ def _check_metadata(metadata: Any, n: int) -> pa.Table | None:
     if table.num_rows != n:
         raise InvalidCodes(f"metadata has {table.num_rows} rows for {n} codes")
     for name in table.column_names:
-        if not _IDENT.match(name) or name.lower() in _RESERVED:
+        if not is_metadata_name(name):
             raise InvalidCodes(
                 f"metadata column {name!r} is not allowed: use letters, digits and _, "
-                f"and none of {sorted(_RESERVED - set(CODE_COLUMNS))} or f00..f31"
+                f"and none of {sorted(RESERVED_COLUMNS - set(CODE_COLUMNS))} or f00..f31"
             )
     if len({c.lower() for c in table.column_names}) != table.num_columns:
         raise InvalidCodes("metadata column names must be unique (case-insensitively)")
     return table if table.num_columns else None
-
-
-def _literal(text: str) -> str:
-    """A SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _blocks_table(blocks: layout.Blocks) -> pa.Table:
@@ -1241,4 +1234,4 @@ def _blocks_table(blocks: layout.Blocks) -> pa.Table:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

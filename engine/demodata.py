@@ -27,7 +27,6 @@ CLASSES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 SPLITS = {"train": "train", "test": "t10k"}  # split -> file prefix
-SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",

@@ -24,13 +24,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from .catalog import Catalog, quote_ident
+from .catalog import Catalog
 from .embeddings import PartStore
 from .encoders import Encoder
 from .errors import IngestError, ReadOnlyError
 from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, DecodedBatch, decoded_batches, thumbnail_path
 from .progress import Progress, reporter
 from .sources import MISSING, ScannedFiles, check_metadata_columns, scan_sources
+from .sqlnames import quote_ident
 
 # DuckDB type names a metadata column may have: scalars, DECIMAL(p,s) and lists of them. Nested
 # types carry field names from the file into the DDL, so they are refused.

@@ -26,9 +26,9 @@ import duckdb
 
 from . import layout, schema
 from .boxes import CODE_COLUMNS
-from .catalog import _IDENT, _RESERVED, quote_ident
 from .errors import CatalogError, CorruptCatalog
 from .progress import Progress, reporter, track_statement
+from .sqlnames import is_metadata_name, literal, quote_ident
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -42,10 +42,6 @@ ZONE_COLUMNS = tuple(f"{bound}_{c}" for c in CODE_COLUMNS for bound in ("min", "
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
                             "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"})
 _CODE_TYPE = "UTINYINT"
-
-
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress: Progress = None) -> dict:
@@ -73,7 +69,7 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress
             done = 0
             for (name, table, key, options), n in zip(copies, rows, strict=True):
                 with track_statement(con, report, done, n, total):
-                    con.execute(f"COPY (SELECT * FROM {table} ORDER BY {key}) TO {_sql_path(tmp / name)} {options}")
+                    con.execute(f"COPY (SELECT * FROM {table} ORDER BY {key}) TO {literal(tmp / name)} {options}")
                 done += n
                 if done < total:  # the last report waits for the export to be in place
                     report(done, total)
@@ -142,8 +138,8 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
     report = reporter("import", "rows", progress)
     try:
         con = cat.con
-        codes_sql = _sql_path(src / "codes.parquet")
-        images_sql = _sql_path(src / "images.parquet")
+        codes_sql = literal(src / "codes.parquet")
+        images_sql = literal(src / "images.parquet")
         _check_columns(con, src / "codes.parquet", ("pos", "id"), CODE_COLUMNS)
         _check_columns(con, src / "blocks.parquet", ("block_id", "row_start", "row_end"), ZONE_COLUMNS)
         img_types = _check_columns(con, src / "images.parquet", ("id",), ())
@@ -151,10 +147,10 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'").fetchall()}
         inserts = [  # (table, parquet file, ORDER BY)
             ("images", images_sql, ""), ("codes", codes_sql, " ORDER BY pos"),
-            ("blocks", _sql_path(src / "blocks.parquet"), " ORDER BY block_id"),
+            ("blocks", literal(src / "blocks.parquet"), " ORDER BY block_id"),
         ]
         if (src / "artifacts.parquet").is_file():
-            inserts.append(("artifacts", _sql_path(src / "artifacts.parquet"), ""))
+            inserts.append(("artifacts", literal(src / "artifacts.parquet"), ""))
         # the row counts come from the files' footers; nothing is read twice
         rows = [int(con.execute(f"SELECT count(*) FROM {f}").fetchall()[0][0]) for _, f, _ in inserts]
         total, done = sum(rows), 0
@@ -163,7 +159,7 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
         try:
             for name, ctype in img_types:
                 if name.lower() not in existing:
-                    if not _IDENT.match(name) or name.lower() in _RESERVED:
+                    if not is_metadata_name(name):
                         raise CorruptCatalog(f"images.parquet has a column named {name!r}, which a catalog cannot hold")
                     con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {ctype}")
             for (table, file, order), n in zip(inserts, rows, strict=True):
@@ -203,7 +199,7 @@ def _check_columns(con: duckdb.DuckDBPyConnection, file: Path, integers: tuple[s
                    codes: tuple[str, ...]) -> list[tuple[str, str]]:
     """The ``(name, type)`` of each column of the Parquet ``file``; :class:`CorruptCatalog` unless
     the columns ``integers`` have integer types and the columns ``codes`` hold integers in 0..255."""
-    sql = _sql_path(file)
+    sql = literal(file)
     described = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {sql})").fetchall()
     types = {name.lower(): ctype for name, ctype in described}
     for c in (*integers, *codes):

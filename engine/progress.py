@@ -72,7 +72,7 @@ class _Bar(Reporter):
     active = True
 
     def __init__(self, label: str, unit: str, stream: TextIO):
-        from tqdm import tqdm
+        from tqdm import tqdm  # on first use: its import takes about 50 ms, which most callers never need
 
         self.bar = tqdm(desc=label, unit=unit, file=stream, dynamic_ncols=True, smoothing=0.1)
 
@@ -125,8 +125,8 @@ def reporter(label: str, unit: str, enabled: Progress, *, stream: TextIO | None 
     """The :class:`Reporter` for a ``progress`` argument ``enabled`` (see the module docstring).
 
     ``label`` names the work ("index"), ``unit`` its units ("rows"); ``stream`` defaults to
-    stderr. ``True`` gives a tqdm bar when ``stream`` is a terminal (and tqdm is installed),
-    else plain lines at most every ``interval_s`` seconds plus the last.
+    stderr. ``True`` gives a tqdm bar when ``stream`` is a terminal, else plain lines at most
+    every ``interval_s`` seconds plus the last.
     """
     if callable(enabled):
         return _Callback(enabled)
@@ -134,8 +134,7 @@ def reporter(label: str, unit: str, enabled: Progress, *, stream: TextIO | None 
         return Reporter()
     stream = sys.stderr if stream is None else stream
     if _is_terminal(stream):
-        with contextlib.suppress(ImportError):
-            return _Bar(label, unit, stream)
+        return _Bar(label, unit, stream)
     return _Lines(label, unit, stream, interval_s)
 
 

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from .errors import CatalogError, InvalidSql, QueryInterrupted, ServerBusy
 from .resources import sql_text
+from .sqlnames import quote_ident
 
 MAX_QUERY_TEXT = 100_000
 # Longest text (characters) or blob (bytes) value a console result shows; longer ones are cut.
@@ -264,11 +265,6 @@ def _fitting_rows(batch: pa.RecordBatch, budget: int) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-def quote_ident(ident: str) -> str:
-    """``ident`` as a DuckDB quoted identifier."""
-    return '"' + str(ident).replace('"', '""') + '"'
 
 
 def sandbox_config(memory_limit: str, temp_limit: str) -> dict:
@@ -523,7 +519,7 @@ def _worker_main(fd: int, config: dict) -> None:
         try:
             conn.send_bytes(pickle.dumps(reply, protocol=5))
         except MemoryError:
-            conn.send_bytes(pickle.dumps(_memory_error(config), protocol=5))
+            conn.send_bytes(pickle.dumps(_memory_error(), protocol=5))
 
 
 def _answer(con: duckdb.DuckDBPyConnection, database: str, request: dict) -> dict:
@@ -539,10 +535,10 @@ def _answer(con: duckdb.DuckDBPyConnection, database: str, request: dict) -> dic
     except InvalidSql as e:
         return {"error": str(e), "kind": type(e).__name__}
     except MemoryError:
-        return {**_memory_error({}), "healthy": False}
+        return {**_memory_error(), "healthy": False}
 
 
-def _memory_error(config: dict) -> dict:
+def _memory_error() -> dict:
     return {"error": "the query needed more memory than the console allows and was stopped; add a LIMIT, "
                      "aggregate, or select fewer rows or columns", "kind": "InvalidSql"}
 

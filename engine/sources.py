@@ -8,7 +8,6 @@ manifests' metadata rows. Nothing here decodes images or touches the catalog.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import IngestError
+from .sqlnames import IDENT
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 # Folders that operating systems and NAS boxes create for their own bookkeeping (compared
@@ -46,7 +46,6 @@ RESERVED_COLUMNS = frozenset(
     {"id", "pos", "added_at", "uri", "source", "file_size", "file_mtime_ns", "width", "height",
      "embedding_part", *(f"f{d:02d}" for d in range(32))}
 )
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -340,7 +339,7 @@ def check_metadata_columns(names: Sequence[str], manifest: str) -> tuple[list[st
     Ignored are the columns ingestion fills itself (:data:`RESERVED_COLUMNS`). Raises
     :class:`IngestError` for names that are not plain identifiers or that clash case-insensitively.
     """
-    bad = [n for n in names if not _IDENT.match(n)]
+    bad = [n for n in names if not IDENT.match(n)]
     if bad:
         raise IngestError(
             f"manifest {manifest}: column name(s) {', '.join(map(repr, bad))} are not allowed; "

@@ -123,11 +123,11 @@ def workloads(cat, labels, seed, groups):
 # -- timing ---------------------------------------------------------------------------------
 def median_ms(fn, repeats, budget_s=None):
     times, out = [], None
-    for i in range(repeats):
+    for _ in range(repeats):
         t = time.perf_counter()
         out = fn()
         times.append((time.perf_counter() - t) * 1e3)
-        if budget_s is not None and sum(times) / 1e3 > budget_s and i >= 0:
+        if budget_s is not None and sum(times) / 1e3 > budget_s:
             break
     return statistics.median(times), len(times), out
 

@@ -89,8 +89,10 @@ def test_a_worker_that_does_not_answer_is_killed_at_the_deadline(pool):
     "SELECT list(x) FROM range(300000000) t(x)",
 ])
 def test_a_query_past_the_memory_limit_is_stopped(pool, text):
-    with pytest.raises(InvalidSql, match="memory"):
-        pool.run(text, time_limit_s=30)
+    # Mostly an allocation fails and the query says so; a thread that cannot get memory for its
+    # own start can also hang the worker (glibc aborts it halfway), and the deadline kills it.
+    with pytest.raises(InvalidSql, match="memory|longer than 10 s"):
+        pool.run(text, time_limit_s=10)
     assert pool.run("SELECT count(*) AS n FROM codes").table.column("n").to_pylist() == [300]
 
 

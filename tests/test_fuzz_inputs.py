@@ -10,11 +10,6 @@ script (loaded from its path, so the test and the long run check the same things
   equal to the oracle, with a ``result.sql`` that DuckDB answers identically;
 - the image decoder: every input decodes to RGB or raises ``UnreadableImage``, within 2 s,
   and unmutated files give their exact pixels.
-
-Defects still open in the engine are listed in ``KNOWN_DEFECTS`` by crash signature: each has
-a strict xfail regression test below, and the fuzz tests skip inputs that end in one of them,
-so they keep failing on anything new. When a defect is fixed its regression test passes,
-strict xfail turns that into a failure, and the entry comes out of the table.
 """
 
 from __future__ import annotations
@@ -22,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import re
 import sys
 import tracemalloc
 import zlib
@@ -49,24 +43,7 @@ def _load_fuzz_script():
 
 fuzz = _load_fuzz_script()
 
-# (exception or check, engine file, function) of crashes the engine still has.
-KNOWN_DEFECTS: set[tuple[str, str, str]] = set()
 SETTINGS = settings(database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-
-
-def is_known(sig: str) -> bool:
-    """Whether a crash signature (``Type at engine/file.py:line function``) is a known defect."""
-    m = re.fullmatch(r"(\w+) at (\S+):\d+ (\w+)", sig)
-    return (m.groups() if m else (sig, "", "")) in KNOWN_DEFECTS
-
-
-def run_case(check, case) -> None:
-    """Run one case; a crash fails the test unless it is a known defect."""
-    try:
-        check(case)
-    except Exception as e:
-        if not is_known(fuzz.signature(e)):
-            raise
 
 
 @pytest.fixture(scope="module")
@@ -89,19 +66,19 @@ def bases():
 @settings(SETTINGS, max_examples=300)
 @given(case=fuzz.box_cases())
 def test_box_json_fuzz(views, case):
-    run_case(lambda c: fuzz.check_box_case(views[0], fuzz.Tally(), c), case)
+    fuzz.check_box_case(views[0], fuzz.Tally(), case)
 
 
 @settings(SETTINGS, max_examples=250)
 @given(case=fuzz.refine_cases())
 def test_refine_and_search_fuzz(views, case):
-    run_case(lambda c: fuzz.check_refine_case(views[1], fuzz.Tally(), c), case)
+    fuzz.check_refine_case(views[1], fuzz.Tally(), case)
 
 
 def _decode(case, by_name, tmp_path, index):
     arg = fuzz.materialize(case.value, np.random.default_rng(index), tmp_path, index)
     status, label, _, detail = fuzz.run_decoder_case(case, arg, by_name)
-    assert status != "crash" or is_known(label), f"{case.desc}: {label}: {detail}"
+    assert status != "crash", f"{case.desc}: {label}: {detail}"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's notes on the broken files

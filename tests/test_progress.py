@@ -135,8 +135,6 @@ def test_lines_through_a_real_pipe():
 
 
 def test_a_terminal_gets_a_bar():
-    pytest.importorskip("tqdm")
-
     class Tty(io.StringIO):
         def isatty(self):
             return True

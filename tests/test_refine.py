@@ -123,11 +123,18 @@ def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog)
 
 
 def test_catalog_smaller_than_the_negatives_asked_for(make_catalog, codegen, rng):
-    cat = make_catalog(codegen.clustered(rng, 30), block_size=8)
+    codes = codegen.clustered(rng, 30)
+    cat = make_catalog(codes, block_size=8)
     res = cat.refine([0, 1], model="ensemble", sampled_negatives=2000, random_state=0)
     assert res.stats["sampled_negatives"] == 28 and res.stats["sampled_dropped"] < 28
+    pos_of = cat.sql("SELECT pos FROM codes ORDER BY id").column("pos").to_numpy()
     for model in MODELS:
-        assert cat.refine([0], [5], model=model, sampled_negatives=2000, random_state=0).stats["results"] >= 0
+        res = cat.refine([0], [5], model=model, sampled_negatives=2000, random_state=0)
+        assert res.stats["sampled_negatives"] == 28  # every row but the two labelled
+        want_ids, want_votes = _expected_order(res.model, codes, np.arange(30), pos_of, rf.center_code(codes[[0]]))
+        np.testing.assert_array_equal(res.ids, want_ids)
+        np.testing.assert_array_equal(res.scores, want_votes)
+        assert res.stats["results"] == len(want_ids)
 
 
 def test_refine_on_rows_added_after_the_index_build(make_catalog, codegen, rng):

@@ -237,7 +237,8 @@ def check_select(spec: Spec, boxes, members, min_votes, mode=0, styles=None):
     assert st_["results"] == len(exp_ids)
     assert st_["boxes"] == len(boxes)
     assert st_["members"] == len(set(members))
-    assert 0 <= st_["blocks_touched"] <= st_["blocks"]
+    assert st_["blocks_touched"] <= st_["blocks"]
+    assert len(exp_ids) <= st_["rows_in_touched_blocks"] <= st_["rows"]  # every result lies in a touched block
     return res
 
 

@@ -30,7 +30,8 @@ def test_duckdb_connections_return_to_idle(report):
     conns = report["duckdb_connections"]
     assert conns["idle_before"] == 1  # the catalog's own connection
     assert conns["idle_after"] == conns["idle_before"]
-    assert conns["under_load_max"] >= conns["idle_before"]
+    # each client has one request in flight, and a request holds one cursor at a time
+    assert conns["under_load_max"] <= conns["idle_before"] + report["clients"]
     assert [t for t, _ in conns["over_time"]] == [s["t_s"] for s in report["samples"]]
 
 
