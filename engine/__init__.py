@@ -15,14 +15,23 @@ from .errors import (
     CatalogError,
     CatalogNotFound,
     CorruptCatalog,
+    EncoderError,
+    HeadError,
+    IngestError,
     InvalidArgument,
     InvalidBoxes,
     InvalidCodes,
     InvalidSql,
+    NotFittedError,
+    QuantizerError,
+    QueryInterrupted,
     ReadOnlyError,
     SchemaVersionError,
+    ServerBusy,
     StaleIndexError,
     UnknownIds,
+    UnreadableImage,
+    UnsafeImage,
 )
 
 # The rest loads on first use (PEP 562), so a process that needs one module (a console worker
@@ -32,17 +41,29 @@ _LAZY = {"N_DIMS": ".boxes", "BoxSet": ".boxes", "Catalog": ".catalog", "SelectR
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    import importlib
+    if name == "__version__":
+        value = _installed_version()
+    elif name in _LAZY:
+        import importlib
 
-    value = getattr(importlib.import_module(module, __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
     globals()[name] = value
     return value
 
 
-__version__ = "0.1.0"
+def _installed_version() -> str:
+    """The version in pyproject.toml, as installed (``pip install -e .`` included), or "0+unknown"
+    when clip-branches runs from a source tree that was never installed. Read on first use, like
+    the modules above: importlib.metadata costs more to import than the whole of ``engine``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clip-branches")
+    except PackageNotFoundError:
+        return "0+unknown"
+
 
 __all__ = [
     "N_DIMS",
@@ -51,14 +72,23 @@ __all__ = [
     "CatalogError",
     "CatalogNotFound",
     "CorruptCatalog",
+    "EncoderError",
+    "HeadError",
+    "IngestError",
     "InvalidArgument",
     "InvalidBoxes",
     "InvalidCodes",
     "InvalidSql",
+    "NotFittedError",
+    "QuantizerError",
+    "QueryInterrupted",
     "ReadOnlyError",
-    "SchemaVersionError",
     "Result",
+    "SchemaVersionError",
     "SelectResult",
+    "ServerBusy",
     "StaleIndexError",
     "UnknownIds",
+    "UnreadableImage",
+    "UnsafeImage",
 ]

@@ -62,8 +62,17 @@ class IngestError(CatalogError):
     """A source cannot be ingested: missing folder, unreadable manifest, no ``uri`` column."""
 
 
+class UnreadableImage(IngestError):
+    """A file that cannot be used as an image; ``reason`` says why in a few words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class InvalidArgument(CatalogError, ValueError):
-    """A search or refine argument is malformed: no positives, a model name, a slider value."""
+    """An argument is malformed: no positives, a model name, a slider value, ``min_votes``,
+    ``block_size``, a head method, or a learner's parameter."""
 
 
 class QueryInterrupted(InvalidSql):
@@ -76,3 +85,15 @@ class ServerBusy(CatalogError):
 
 class UnsafeImage(CatalogError):
     """An image file is not the one ingested (changed, replaced, a link) and is not served."""
+
+
+class HeadError(CatalogError):
+    """A head cannot be trained or loaded: bad shapes, too few rows, a corrupt blob."""
+
+
+class QuantizerError(CatalogError):
+    """A quantizer cannot be fitted or loaded."""
+
+
+class NotFittedError(CatalogError, AttributeError):
+    """A model was used before ``fit``."""

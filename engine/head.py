@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CatalogError
+from .errors import HeadError
 
 DEFAULT_OUT_DIM = 32
 DEFAULT_HIDDEN = 512
@@ -31,10 +31,6 @@ DEFAULT_KOLEO = 0.3
 # Rows per matrix product in Head.apply; callers that apply a head in pieces (for progress) use
 # the same, so their outputs are bit-identical to one call's.
 APPLY_BATCH_ROWS = 65536
-
-
-class HeadError(CatalogError):
-    """A head cannot be trained or loaded: bad shapes, too few rows, a corrupt blob."""
 
 
 @dataclasses.dataclass(frozen=True)

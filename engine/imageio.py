@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import IngestError
+from .errors import UnreadableImage
 
 # Plugins PIL may use. Naming them keeps PIL from probing every format it knows (EPS would
 # start Ghostscript, for one) on a file that only pretends to be an image.
@@ -50,14 +50,6 @@ _ORIENTATION = 0x0112  # EXIF tag
 _SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
 _HIGH_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
-
-
-class UnreadableImage(IngestError):
-    """A file that cannot be used as an image; ``reason`` says why in a few words."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .errors import CatalogError
+from .errors import InvalidArgument
 
 DEFAULT_BLOCK_SIZE = 2048
 # Rows sampled per node to choose the split dim; variance from 4096 rows is plenty to rank dims.
@@ -44,9 +44,9 @@ class Blocks(NamedTuple):
 
 
 def check_block_size(block_size: object) -> int:
-    """``block_size`` itself when it is an integer >= 2; else :class:`CatalogError`."""
+    """``block_size`` itself when it is an integer >= 2; else :class:`InvalidArgument`."""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
-        raise CatalogError(f"block_size must be an integer >= 2, got {block_size!r}")
+        raise InvalidArgument(f"block_size must be an integer >= 2, got {block_size!r}")
     return block_size
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import head as head_mod
 from . import layout, quantize
 from .catalog import Catalog
-from .errors import CatalogError, StaleIndexError
+from .errors import CatalogError, InvalidArgument, StaleIndexError
 from .progress import Progress, reporter
 from .prompts import vocabulary
 
@@ -74,7 +74,7 @@ def train_head(
     Returns a summary; the head and quantizer are stored in the catalog.
     """
     if method not in METHODS:
-        raise CatalogError(f"unknown head method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InvalidArgument(f"unknown head method {method!r}; choose one of {', '.join(METHODS)}")
     cat._check_writable()
     with reporter("train-head", "steps", progress) as report:
         t0 = time.perf_counter()

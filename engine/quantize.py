@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CatalogError
+from .errors import QuantizerError
 
 DEFAULT_QUANTILES = (0.001, 0.999)
 # The narrowest per-dim range a fit on a few rows may take, in units of 1/sqrt(d): one coordinate
@@ -21,10 +21,6 @@ DEFAULT_QUANTILES = (0.001, 0.999)
 # the median range of the demo catalog's head fitted on 70,000 images (0.72 for d = 32, against
 # 4/sqrt(32) = 0.71; `python scripts/eval_small_heads.py` prints both as quantizer_ranges).
 SPHERE_SIGMAS = 4.0
-
-
-class QuantizerError(CatalogError):
-    """A quantizer cannot be fitted or loaded."""
 
 
 @dataclasses.dataclass(frozen=True)

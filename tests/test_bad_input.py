@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from engine import (
     CatalogError,
     CatalogNotFound,
     CorruptCatalog,
+    InvalidArgument,
     InvalidBoxes,
     InvalidCodes,
     InvalidSql,
@@ -234,11 +236,13 @@ def test_box_set_with_wrong_dim_count(work):
     _raises_in_select(work, bs, CatalogError)
 
 
-@pytest.mark.parametrize("min_votes", [1.5, "2", True, None])
+@pytest.mark.parametrize("min_votes", [1.5, "2", True, None, np.float64(2.0)])
 def test_bad_min_votes(work, min_votes):
     cat = work.open()
-    with pytest.raises(CatalogError):
+    with pytest.raises(InvalidArgument, match=f"min_votes must be an integer, got {re.escape(repr(min_votes))}") as e:
         cat.select(BOXES, min_votes=min_votes)
+    assert isinstance(e.value, CatalogError)
+    assert cat.select(BOXES, min_votes=np.int64(2)).ids.tolist() == work.baseline["select2"][0]
     work.assert_intact()
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import builtins
+import importlib.metadata
 import json
+import re
 import signal
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -13,8 +19,11 @@ import pyarrow as pa
 import pytest
 
 import engine
+from engine import errors, head, imageio, learn, quantize
+from engine.learn import base
 
 N_DIMS = 32
+REPO = Path(engine.__file__).resolve().parent.parent
 COLS = [f"f{d:02d}" for d in range(N_DIMS)]
 ALL_COLS = ", ".join(COLS)
 
@@ -268,7 +277,8 @@ def test_index_status_lifecycle(make_catalog, rng):
 def test_build_index_block_size_validation(make_catalog, rng, block_size):
     cat = make_catalog(codes=_codes(rng, 20), block_size=4)
     before = _layout(cat)
-    with pytest.raises(engine.CatalogError):
+    message = f"block_size must be an integer >= 2, got {block_size!r}"
+    with pytest.raises(engine.InvalidArgument, match=re.escape(message)):
         cat.build_index(block_size=block_size)
     after = _layout(cat)
     assert before[0].equals(after[0]) and before[1].equals(after[1])
@@ -436,3 +446,70 @@ def test_create_killed_before_the_schema_leaves_no_file_that_blocks_the_next_run
     others = [p.name for p in tmp_path.iterdir() if p != path]
     assert len(others) == 1 and others[0].endswith(".creating")  # the killed run's half-made file only
 
+
+# -- the package: its errors and its version ----------------------------------------------------
+def _exception_classes(module) -> dict[str, type]:
+    return {name: obj for name, obj in vars(module).items()
+            if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == module.__name__}
+
+
+def test_every_error_is_exported_from_the_package_documented_and_a_catalog_error():
+    public = {name: cls for name, cls in _exception_classes(errors).items() if not name.startswith("_")}
+    readme = (REPO / "README.md").read_text()
+    assert [name for name in public if f"`{name}`" not in readme and f"`engine.{name}`" not in readme] == []
+    assert {"CatalogError", "EncoderError", "IngestError", "InvalidArgument", "UnreadableImage", "HeadError",
+            "QuantizerError", "NotFittedError"} <= set(public)
+    for name, cls in public.items():
+        assert name in engine.__all__ and getattr(engine, name) is cls, name
+        assert issubclass(cls, engine.CatalogError), name
+    for name in engine.__all__:
+        getattr(engine, name)
+    assert issubclass(engine.InvalidArgument, ValueError) and issubclass(engine.NotFittedError, AttributeError)
+    assert issubclass(engine.UnreadableImage, engine.IngestError)
+
+
+def test_moved_errors_are_still_importable_where_they_were_defined():
+    assert imageio.UnreadableImage is engine.UnreadableImage
+    assert head.HeadError is engine.HeadError
+    assert quantize.QuantizerError is engine.QuantizerError
+    assert base.NotFittedError is learn.NotFittedError is engine.NotFittedError
+    assert imageio.UnreadableImage("a truncated file").reason == "a truncated file"
+
+
+def test_no_error_class_is_defined_outside_engine_errors():
+    exception_names = set(_exception_classes(errors)) | {
+        name for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)}
+    found = []
+    for path in sorted([*(REPO / "engine").rglob("*.py"), *(REPO / "web").rglob("*.py")]):
+        if path == REPO / "engine" / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases}
+            if bases & exception_names or any(b.endswith(("Error", "Exception")) for b in bases):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert found == []
+
+
+def test_version_is_the_installed_version_of_pyproject():
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert engine.__version__ == importlib.metadata.version("clip-branches") == declared
+    from engine import __version__
+
+    assert __version__ == declared
+
+
+def test_version_is_read_on_first_use():
+    code = ("import sys, engine; assert 'importlib.metadata' not in sys.modules, 'read at import'; "
+            "print(engine.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == importlib.metadata.version("clip-branches")
+
+
+def test_version_of_a_source_tree_that_was_never_installed(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert engine._installed_version() == "0+unknown"

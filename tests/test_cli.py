@@ -112,6 +112,21 @@ def test_create_index_info(tmp_path):
     assert proc.returncode == 1 and "already exists" in proc.stderr
 
 
+@pytest.mark.parametrize("block_size", [1, 0, -5])
+def test_bad_block_size_is_an_invalid_argument_and_exit_1(tmp_path, block_size):
+    path = tmp_path / "c.duckdb"
+    run("create", path)
+    with engine.Catalog.open(path) as cat:
+        cat.add_codes(np.random.default_rng(0).integers(0, 256, (100, 32), dtype=np.uint8))
+    message = f"block_size must be an integer >= 2, got {block_size}"
+    proc = run("index", path, "--block-size", block_size, check=False)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("index", path, "--block-size", block_size, "--json", check=False)
+    err = json.loads(proc.stdout)["error"]
+    assert proc.returncode == 1 and err == {"type": "InvalidArgument", "message": message}
+    assert json.loads(run("info", path, "--json").stdout)["stale"] is True
+
+
 def test_refine_is_reproducible_by_default_and_help_shows_defaults(synth):
     with engine.Catalog.open(synth, read_only=True) as cat:
         labels = cat.sql("SELECT id, label FROM images ORDER BY id")

@@ -5,7 +5,7 @@ import pytest
 
 import engine
 from engine import head as H
-from engine import quantize
+from engine import pipeline, quantize
 
 torch = pytest.importorskip("torch")
 
@@ -212,3 +212,15 @@ def test_quantizer_with_a_minimum_range_fits_one_row():
     assert np.all(q.encode(one) == 128)  # the one row sits in the middle of its range
     wide = np.random.default_rng(0).normal(size=(500, 32)).astype(np.float32)
     assert quantize.fit_affine(wide, min_range=0.1).to_json() == quantize.fit_affine(wide).to_json()
+
+
+@pytest.mark.parametrize("method", ["nope", "PCA", "", None, 3])
+def test_unknown_head_method_is_an_invalid_argument(tmp_path, method):
+    path = tmp_path / "c.duckdb"
+    with engine.Catalog.create(path) as cat:
+        cat.add_codes(np.zeros((3, 32), np.uint8))
+        with pytest.raises(engine.InvalidArgument, match=f"unknown head method {method!r}; choose one of "
+                                                         "auto, contrastive, distill, pca") as e:
+            pipeline.train_head(cat, method=method)
+        assert isinstance(e.value, engine.CatalogError)
+        assert cat.setting("head") is None and len(cat) == 3

@@ -1,9 +1,12 @@
 """k-d block order and zone maps against slow, obvious references."""
 
+import re
+
 import numpy as np
 import pytest
 
 from engine import layout, scan
+from engine.errors import CatalogError, InvalidArgument
 
 
 @pytest.mark.parametrize("n_rows,block_size", [(0, 16), (1, 16), (15, 16), (16, 16), (17, 16), (1000, 16), (4097, 64)])
@@ -109,3 +112,16 @@ def test_serial_and_parallel_kernels_agree():
     for x, y in zip(p, s, strict=True):
         assert np.array_equal(x, y)
     assert len(p[0]) > 0
+
+
+@pytest.mark.parametrize("block_size", [2, 16, 2048, 1 << 40])
+def test_check_block_size_returns_a_valid_size(block_size):
+    assert layout.check_block_size(block_size) == block_size
+
+
+@pytest.mark.parametrize("block_size", [1, 0, -16, 16.0, 2.5, "16", True, None])
+def test_check_block_size_refuses_what_is_not_an_integer_of_at_least_2(block_size):
+    message = f"block_size must be an integer >= 2, got {block_size!r}"
+    with pytest.raises(InvalidArgument, match=f"^{re.escape(message)}$") as e:
+        layout.check_block_size(block_size)
+    assert isinstance(e.value, CatalogError) and isinstance(e.value, ValueError)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -173,7 +175,7 @@ def test_estimator_api(rng):
     assert twin.n_estimators == 5 and model.n_estimators == 3
     assert model.fit(X, y) is model
     assert model.classes_.tolist() == [0, 1] and model.n_features_in_ == 32
-    assert 0 <= model.score(X, y) <= 1
+    assert model.score(X, y) == np.mean(model.predict(X) == y) > 0.9
     with pytest.raises(NotFittedError, match="fit"):
         DecisionBranchClassifier().predict(X)
 
@@ -198,6 +200,76 @@ def test_bad_arguments_are_refused_clearly(kwargs, X, y, match):
     assert issubclass(InvalidArgument, CatalogError)
 
 
+# -- parameter constraints, checked at fit -------------------------------------------------------
+BAD_BRANCH_PARAMS = {
+    "subsets": [5, "0123", [(40,)], [(-1, 2)], [()], [("a", 1)], [5], []],
+    "max_boxes": [0, -1, 2.5, "30", True, None],
+    "max_failures": [0, 1.5, "5", False, None],
+    "min_pts": [0, -3, 2.5, "all", True, None],
+    "subset_fraction": ["0.5", 0, -0.1, 1.5, float("nan"), None, True],
+    "growth": ["sideways", "TOP-DOWN", None, 1, ["top-down"]],
+    "random_state": [-1, 1.5, "x", True, np.random.RandomState(0)],
+}
+BAD_ENSEMBLE_PARAMS = {
+    **BAD_BRANCH_PARAMS,
+    "n_estimators": [0, -2, 2.5, "25", True, None],
+    "bootstrap": ["positives", None, 2, [True]],
+}
+BAD_PARAMS = {DecisionBranchClassifier: BAD_BRANCH_PARAMS, DecisionBranchEnsemble: BAD_ENSEMBLE_PARAMS}
+
+
+def _tiny():
+    X = np.zeros((4, 32), np.uint8)
+    X[0] = 9
+    return X, np.array([1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("Model, name, value", [
+    pytest.param(Model, name, value, id=f"{Model.__name__}-{name}-{i}")
+    for Model, table in BAD_PARAMS.items() for name, values in table.items() for i, value in enumerate(values)
+])
+def test_bad_parameters_raise_invalid_argument_naming_the_parameter(Model, name, value):
+    model = Model(**{name: value})
+    with pytest.raises(InvalidArgument) as e:
+        model.fit(*_tiny())
+    message = str(e.value)
+    assert message.startswith(f"{name} "), message
+    if name != "subsets" or not isinstance(value, list):  # a bad member of subsets is named on its own
+        assert message.endswith(f", got {value!r}") and " must be " in message, message
+    assert not hasattr(model, "boxes_")
+
+
+@pytest.mark.parametrize("Model", list(BAD_PARAMS))
+def test_every_parameter_is_constrained_and_has_bad_values_tested(Model):
+    assert set(Model._parameter_constraints) == set(Model().get_params()) == set(BAD_PARAMS[Model])
+
+
+def test_a_string_fraction_says_what_is_allowed():
+    with pytest.raises(InvalidArgument, match=re.escape("subset_fraction must be a number in (0, 1], got '0.5'")):
+        DecisionBranchClassifier(subset_fraction="0.5").fit(*_tiny())
+    with pytest.raises(InvalidArgument, match=re.escape(
+            "random_state must be None, an integer >= 0 or a numpy Generator, got -1")):
+        DecisionBranchEnsemble(random_state=-1).fit(*_tiny())
+    with pytest.raises(InvalidArgument, match=re.escape("bootstrap must be False, True or 'negatives', got None")):
+        DecisionBranchEnsemble(bootstrap=None).fit(*_tiny())
+
+
+def test_valid_parameters_in_other_forms_fit_the_same_boxes(rng):
+    X = rng.integers(0, 256, (80, 32), dtype=np.uint8)
+    y = X[:, 3] > 150
+    plain = DecisionBranchEnsemble(n_estimators=3, max_boxes=4, max_failures=2, min_pts=20, subset_fraction=1,
+                                   bootstrap=True, random_state=5).fit(X, y)
+    numpy = DecisionBranchEnsemble(n_estimators=np.int64(3), max_boxes=np.int32(4), max_failures=np.uint8(2),
+                                   min_pts=np.int64(20), subset_fraction=np.float32(1.0), bootstrap=np.True_,
+                                   random_state=np.int64(5)).fit(X, y)
+    assert numpy.boxes_ == plain.boxes_ and numpy.min_votes_ == plain.min_votes_ == 2
+    a = DecisionBranchClassifier(min_pts="auto", growth="bottom-up", random_state=np.random.default_rng(7)).fit(X, y)
+    b = DecisionBranchClassifier(min_pts="auto", growth="bottom-up", random_state=np.random.default_rng(7)).fit(X, y)
+    assert a.boxes_ == b.boxes_ and len(a.boxes_) > 0
+    assert DecisionBranchClassifier(subsets=iter(SMALL_FAMILY), random_state=0).fit(X, y).subsets_ == \
+        DecisionBranchClassifier(subsets=SMALL_FAMILY, random_state=0).fit(X, y).subsets_
+
+
 def test_bootstrap_modes(rng):
     X = rng.integers(0, 256, (120, 32), dtype=np.uint8)
     y = X[:, 5] > 200
@@ -205,7 +277,7 @@ def test_bootstrap_modes(rng):
             for b in (True, False, "negatives")}
     assert fits[True] != fits["negatives"]
     # without resampling, members differ only by their random streams and subset shares
-    assert fits[False].n_members >= 1
+    assert fits[False].n_members == 6 and fits[False] != fits[True]
     with pytest.raises(InvalidArgument, match="bootstrap"):
         DecisionBranchEnsemble(bootstrap="positives").fit(X, y)
 

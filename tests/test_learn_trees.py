@@ -9,6 +9,7 @@ labels.
 from __future__ import annotations
 
 import pickle
+import re
 
 import duckdb
 import numpy as np
@@ -20,7 +21,7 @@ from sklearn.base import clone
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from engine.boxes import BoxSet
-from engine.errors import CatalogError
+from engine.errors import CatalogError, InvalidArgument
 from engine.learn.base import NotFittedError, box_votes
 from engine.learn.trees import ForestBoxes, TreeBoxes, forest_boxes, tree_boxes
 
@@ -339,3 +340,91 @@ def test_fixed_seed_is_reproducible(Model, rng):
     Z = rng.integers(0, 256, (100, N_DIMS), dtype=np.uint8)
     np.testing.assert_array_equal(a.predict(Z), c.predict(Z))
     assert clone(a).fit(X, y).boxes_ == a.boxes_
+
+
+# -- parameter constraints, checked at fit before scikit-learn sees them -------------------------
+BAD_COMMON_PARAMS = {
+    "criterion": ["mse", "GINI", None, 1],
+    "max_depth": [0, -1, 1.5, "3", True],
+    "min_samples_split": [1, 0, 0.0, 1.5, "2", True],
+    "min_samples_leaf": [0, 0.0, 1.0, -1, "1", True, np.float32(0.5)],
+    "max_features": [0, 0.0, 1.5, "all", "auto", True],
+    "max_leaf_nodes": [1, 0, 2.5, "10", True],
+    "min_impurity_decrease": [-0.1, float("inf"), "0", None, True],
+    "class_weight": [{2: 1.0}, {0: -1.0}, {0: "a"}, {1: float("inf")}, [{0: 1, 1: 1}], "weighted"],
+    "ccp_alpha": [-1, float("nan"), float("inf"), "0", None, True],
+    "random_state": [-1, 2**32, 1.5, "x", True, np.random.default_rng(0)],
+}
+BAD_PARAMS = {
+    TreeBoxes: {
+        **BAD_COMMON_PARAMS,
+        "class_weight": [*BAD_COMMON_PARAMS["class_weight"], "balanced_subsample"],
+        "splitter": ["fast", None, 1],
+    },
+    ForestBoxes: {
+        **BAD_COMMON_PARAMS,
+        "n_estimators": [0, -3, 2.5, "25", True, None],
+        "bootstrap": [1, 0, "yes", None],
+        "max_samples": [0, 0.0, -1, 1.5, "all", True],
+        "n_jobs": [0, 1.5, "2", True],
+    },
+}
+
+
+@pytest.mark.parametrize("Model, name, value", [
+    pytest.param(Model, name, value, id=f"{Model.__name__}-{name}-{i}")
+    for Model, table in BAD_PARAMS.items() for name, values in table.items() for i, value in enumerate(values)
+])
+def test_bad_parameters_raise_invalid_argument_naming_the_parameter(Model, name, value):
+    model = Model(**{name: value})
+    with pytest.raises(InvalidArgument) as e:
+        model.fit(GOOD_X, GOOD_Y)
+    message = str(e.value)
+    assert message.startswith(f"{name} must be ") and message.endswith(f", got {value!r}"), message
+    assert not hasattr(model, "boxes_") and not hasattr(model, "estimator_")
+
+
+@pytest.mark.parametrize("Model", list(BAD_PARAMS))
+def test_every_parameter_is_constrained_and_has_bad_values_tested(Model):
+    assert set(Model._parameter_constraints) == set(Model().get_params()) == set(BAD_PARAMS[Model])
+
+
+def test_the_constraints_say_what_is_allowed():
+    with pytest.raises(InvalidArgument, match=re.escape(
+            "min_samples_leaf must be an integer >= 1 or a float in (0, 1), got 1.0")):
+        TreeBoxes(min_samples_leaf=1.0).fit(GOOD_X, GOOD_Y)
+    with pytest.raises(InvalidArgument, match=re.escape(
+            "n_jobs must be None, an integer <= -1 or an integer >= 1, got 0")):
+        ForestBoxes(n_jobs=0).fit(GOOD_X, GOOD_Y)
+
+
+def test_max_samples_needs_bootstrap():
+    with pytest.raises(InvalidArgument, match="max_samples must be None when bootstrap is False, got 0.5"):
+        ForestBoxes(max_samples=0.5, bootstrap=False).fit(GOOD_X, GOOD_Y)
+    assert ForestBoxes(max_samples=None, bootstrap=False, n_estimators=3, random_state=0).fit(GOOD_X, GOOD_Y)
+
+
+@pytest.mark.filterwarnings("ignore:Using the fractional value max_samples")
+@pytest.mark.parametrize("Model, params", [
+    (TreeBoxes, {"min_samples_split": 2, "min_samples_leaf": 1, "max_features": 1, "max_leaf_nodes": 2}),
+    (TreeBoxes, {"min_samples_split": 1.0, "min_samples_leaf": 0.5, "max_features": 1.0, "ccp_alpha": 0}),
+    (TreeBoxes, {"criterion": "log_loss", "splitter": "random", "max_features": "log2", "class_weight": "balanced",
+                 "random_state": 2**32 - 1}),
+    (TreeBoxes, {"class_weight": {0: 1, 1: 2.5}, "random_state": np.random.RandomState(0), "max_depth": 1}),
+    (ForestBoxes, {"n_estimators": 1, "max_samples": 1, "n_jobs": -1, "class_weight": "balanced_subsample",
+                   "bootstrap": np.True_}),
+    (ForestBoxes, {"n_estimators": 3, "max_samples": 1.0, "n_jobs": 1, "max_features": None, "criterion": "entropy",
+                   "min_impurity_decrease": 0.0, "class_weight": {1: 0}}),
+])
+def test_the_edges_the_constraints_allow_are_ones_sklearn_fits(Model, params):
+    model = Model(**params).fit(GOOD_X, GOOD_Y)
+    assert model.estimator_.get_params()[next(iter(params))] is params[next(iter(params))]
+
+
+def test_numpy_scalars_fit_as_the_plain_values(rng):
+    X = rng.integers(0, 256, (120, N_DIMS), dtype=np.uint8)
+    y = (X[:, 3] > 100).astype(int)
+    plain = ForestBoxes(n_estimators=5, max_depth=4, min_samples_leaf=0.05, random_state=3).fit(X, y)
+    numpy = ForestBoxes(n_estimators=np.int64(5), max_depth=np.int32(4), min_samples_leaf=np.float64(0.05),
+                        random_state=np.int64(3), ccp_alpha=np.float32(0)).fit(X, y)
+    assert numpy.boxes_ == plain.boxes_ and numpy.min_votes_ == plain.min_votes_ == 3

@@ -8,7 +8,8 @@ index build), and both expose the result as ``boxes_``, a :class:`~engine.boxes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from numbers import Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -16,7 +17,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from ..boxes import N_DIMS, BoxSet
 from ..errors import InvalidArgument
 from . import branches
-from .base import BoxClassifierMixin, check_codes, check_labels, check_weights
+from .base import (
+    BoxClassifierMixin,
+    Instances,
+    Interval,
+    Options,
+    Satisfies,
+    check_codes,
+    check_labels,
+    check_params,
+    check_weights,
+)
 
 # bootstrap option -> kernel mode: no resampling, all rows, negatives only.
 _BOOTSTRAP = {False: 0, True: 1, "negatives": 2}
@@ -56,12 +67,15 @@ def _subset_arrays(subsets) -> tuple[np.ndarray, np.ndarray]:
         subsets = feature_subsets()
     subs = []
     for s in subsets:
-        dims = sorted({int(d) for d in s})
+        try:
+            dims = sorted({int(d) for d in s})
+        except (TypeError, ValueError):  # not a sequence, or a dim that is not a number
+            dims = []
         if not dims or dims[0] < 0 or dims[-1] >= N_DIMS:
-            raise InvalidArgument(f"feature subset {tuple(s)} must name dims in 0..{N_DIMS - 1}")
+            raise InvalidArgument(f"subsets must hold feature subsets of dims in 0..{N_DIMS - 1}, got {s!r}")
         subs.append(dims)
     if not subs:
-        raise InvalidArgument("give at least one feature subset")
+        raise InvalidArgument("subsets is empty; give at least one feature subset")
     subs.sort(key=len)
     width = max(len(s) for s in subs)
     arr = np.full((len(subs), width), -1, np.int64)
@@ -71,16 +85,29 @@ def _subset_arrays(subsets) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _seed(random_state) -> int:
-    """A 63-bit seed from None (fresh entropy), an int or a numpy Generator."""
+    """A 63-bit seed from None (fresh entropy), an integer >= 0 or a numpy Generator."""
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(2**63))
-    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer))):
-        raise InvalidArgument(f"random_state must be None, an integer or a numpy Generator, got {random_state!r}")
     return int(np.random.default_rng(random_state).integers(2**63))
 
 
+def _is_subset_sequence(value: object) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+
+
 class _BranchBase(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
+    _parameter_constraints = {
+        "subsets": [None, Satisfies(_is_subset_sequence, "a sequence of feature subsets (tuples of dims)")],
+        "max_boxes": [Interval(int, 1)],
+        "max_failures": [Interval(int, 1)],
+        "min_pts": [Options("auto"), Interval(int, 1)],
+        "subset_fraction": [Interval(Real, 0, 1, closed="right")],
+        "growth": [Options(*GROWTH)],
+        "random_state": [None, Interval(int, 0), Instances(np.random.Generator, "a numpy Generator")],
+    }
+
     def _prepare(self, X, y, sample_weight):
+        check_params(self)
         X = check_codes(X)
         y = check_labels(y, len(X))
         w = check_weights(sample_weight, len(X))
@@ -90,20 +117,7 @@ class _BranchBase(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
         neg_w = np.where(y, 0.0, w)
         subsets, sizes = _subset_arrays(self.subsets)
         n_try = max(1, int(round(self.subset_fraction * len(sizes))))
-        if not 0 < self.subset_fraction <= 1:
-            raise InvalidArgument(f"subset_fraction must be in (0, 1], got {self.subset_fraction!r}")
-        if self.min_pts == "auto":
-            min_pts = max(1, min(50, int(1.5 * int(y.sum()))))
-        elif isinstance(self.min_pts, (int, np.integer)) and self.min_pts >= 1:
-            min_pts = int(self.min_pts)
-        else:
-            raise InvalidArgument(f"min_pts must be 'auto' or a positive integer, got {self.min_pts!r}")
-        if not isinstance(self.growth, str) or self.growth not in GROWTH:
-            raise InvalidArgument(f"growth must be one of {', '.join(GROWTH)}, got {self.growth!r}")
-        for name in ("max_boxes", "max_failures"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        min_pts = max(1, min(50, int(1.5 * int(y.sum())))) if self.min_pts == "auto" else int(self.min_pts)
         return X, pos_w, neg_w, subsets, sizes, n_try, min_pts, GROWTH[self.growth]
 
     def _finish(self, boxes: BoxSet, min_votes: int, subsets: np.ndarray, sizes: np.ndarray):
@@ -173,6 +187,12 @@ class DecisionBranchEnsemble(_BranchBase):
     (``scripts/eval_session.py --models ensemble 'ensemble[bootstrap=True]'`` compares the two).
     """
 
+    _parameter_constraints = {
+        **_BranchBase._parameter_constraints,
+        "n_estimators": [Interval(int, 1)],
+        "bootstrap": [Options(*_BOOTSTRAP)],
+    }
+
     def __init__(self, *, n_estimators=25, subsets=None, max_boxes=30, max_failures=5, min_pts=50,
                  subset_fraction=0.5, bootstrap="negatives", growth="top-down", random_state=None):
         self.n_estimators = n_estimators
@@ -187,10 +207,6 @@ class DecisionBranchEnsemble(_BranchBase):
 
     def fit(self, X, y, sample_weight=None):
         n = self.n_estimators
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InvalidArgument(f"n_estimators must be a positive integer, got {n!r}")
-        if self.bootstrap not in _BOOTSTRAP:
-            raise InvalidArgument(f"bootstrap must be True, False or 'negatives', got {self.bootstrap!r}")
         X, pos_w, neg_w, subsets, sizes, n_try, min_pts, growth = self._prepare(X, y, sample_weight)
         seeds = np.random.default_rng(_seed(self.random_state)).integers(0, 2**63, size=int(n), dtype=np.uint64)
         lo, hi, member = branches.grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),

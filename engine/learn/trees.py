@@ -12,6 +12,8 @@ The conversion is exact on uint8 codes. scikit-learn sends a row left when
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
@@ -19,7 +21,17 @@ from sklearn.tree import DecisionTreeClassifier
 
 from ..boxes import N_DIMS, BoxSet
 from ..errors import InvalidArgument
-from .base import BoxClassifierMixin, check_codes, check_labels, check_weights
+from .base import (
+    BoxClassifierMixin,
+    Instances,
+    Interval,
+    Options,
+    Satisfies,
+    check_codes,
+    check_labels,
+    check_params,
+    check_weights,
+)
 
 _LEAF = -1  # sklearn.tree._tree.TREE_LEAF: the child id stored at a leaf
 
@@ -176,6 +188,32 @@ def _empty_boxes() -> BoxSet:
     return BoxSet.from_arrays(empty, empty)
 
 
+def _is_class_weights(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        Options(0, 1).accepts(label) and Interval(Real, 0).accepts(weight) for label, weight in value.items()
+    )
+
+
+_CLASS_WEIGHTS = Satisfies(_is_class_weights, "a dict of finite weights >= 0 for the labels 0 and 1")
+
+
+# The parameters TreeBoxes and ForestBoxes share, constrained as scikit-learn (1.4 and later)
+# constrains them, except that booleans are not numbers, class weights are for the labels 0 and 1,
+# and n_jobs is not 0, so that a value fit passes on is one scikit-learn accepts.
+_TREE_CONSTRAINTS = {
+    "criterion": [Options("gini", "entropy", "log_loss")],
+    "max_depth": [None, Interval(int, 1)],
+    "min_samples_split": [Interval(int, 2), Interval(float, 0, 1, closed="right")],
+    "min_samples_leaf": [Interval(int, 1), Interval(float, 0, 1, closed="neither")],
+    "max_features": [None, Interval(int, 1), Interval(float, 0, 1, closed="right"), Options("sqrt", "log2")],
+    "max_leaf_nodes": [None, Interval(int, 2)],
+    "min_impurity_decrease": [Interval(Real, 0)],
+    "class_weight": [None, Options("balanced"), _CLASS_WEIGHTS],
+    "ccp_alpha": [Interval(Real, 0)],
+    "random_state": [None, Interval(int, 0, 2**32 - 1), Instances(np.random.RandomState, "a numpy RandomState")],
+}
+
+
 class _WrappedBoxes(BoxClassifierMixin, ClassifierMixin, BaseEstimator):
     def sklearn_predict(self, X) -> np.ndarray:
         """The wrapped model's own ``predict`` on codes: int64 (n,). For a tree the boxes
@@ -202,6 +240,8 @@ class TreeBoxes(_WrappedBoxes):
     classes_ : ndarray, [0, 1]
     n_features_in_ : int, 32
     """
+
+    _parameter_constraints = {**_TREE_CONSTRAINTS, "splitter": [Options("best", "random")]}
 
     def __init__(
         self,
@@ -232,6 +272,7 @@ class TreeBoxes(_WrappedBoxes):
 
     def fit(self, X, y, sample_weight=None) -> TreeBoxes:
         """Fit the tree on uint8 codes (n, 32) and binary labels, then compile its positive leaves."""
+        check_params(self)
         codes, labels, weights = _check_fit_inputs(X, y, sample_weight)
         tree = DecisionTreeClassifier(**self.get_params()).fit(codes, labels, sample_weight=weights)
         k = _positive_index(tree.classes_)
@@ -265,6 +306,15 @@ class ForestBoxes(_WrappedBoxes):
     classes_ : ndarray, [0, 1]
     n_features_in_ : int, 32
     """
+
+    _parameter_constraints = {
+        **_TREE_CONSTRAINTS,
+        "n_estimators": [Interval(int, 1)],
+        "bootstrap": [Instances((bool, np.bool_), "True or False")],
+        "max_samples": [None, Interval(int, 1), Interval(float, 0, 1, closed="right")],
+        "class_weight": [None, Options("balanced", "balanced_subsample"), _CLASS_WEIGHTS],
+        "n_jobs": [None, Interval(int, None, -1), Interval(int, 1)],
+    }
 
     def __init__(
         self,
@@ -301,6 +351,9 @@ class ForestBoxes(_WrappedBoxes):
 
     def fit(self, X, y, sample_weight=None) -> ForestBoxes:
         """Fit the forest on uint8 codes (n, 32) and binary labels, then compile every tree."""
+        check_params(self)
+        if self.max_samples is not None and not self.bootstrap:
+            raise InvalidArgument(f"max_samples must be None when bootstrap is False, got {self.max_samples!r}")
         codes, labels, weights = _check_fit_inputs(X, y, sample_weight)
         forest = RandomForestClassifier(**self.get_params()).fit(codes, labels, sample_weight=weights)
         # Trees inside a forest are trained on the forest's encoded labels, so their value
