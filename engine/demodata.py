@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import IngestError
+from .files import atomic_path, write_bytes
 
 CLASSES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -107,16 +108,14 @@ def locate(root: str | os.PathLike | None, cache: Path) -> Path:
 def _download(name: str, cache: Path) -> None:
     errors = []
     for mirror in MIRRORS:
-        tmp = cache / f".{name}.download"
         try:
-            with urllib.request.urlopen(mirror + name, timeout=60) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out)
-            read_idx(tmp, "images" if "images" in name else "labels")  # refuse an error page
-            os.replace(tmp, cache / name)
+            with atomic_path(cache / name, durable=False) as tmp:
+                with urllib.request.urlopen(mirror + name, timeout=60) as response, open(tmp, "wb") as out:
+                    shutil.copyfileobj(response, out)
+                read_idx(tmp, "images" if "images" in name else "labels")  # refuse an error page
             return
         except (OSError, IngestError) as e:
             errors.append(f"{mirror + name}: {e}")
-            tmp.unlink(missing_ok=True)
     raise IngestError(
         "could not download Fashion-MNIST (" + "; ".join(errors) + "); install the Debian package "
         "'dataset-fashion-mnist', or put the four idx .gz files in a folder and pass it as root"
@@ -221,11 +220,5 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
             return False
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes(path, data, durable=False)
     return True

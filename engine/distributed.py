@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from .catalog import Catalog
 from .embeddings import PartStore, _read_part, write_part_file
 from .errors import IngestError, ReadOnlyError
+from .files import link_or_copy, write_bytes
 from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, decoded_batches, thumbnail_path
 from .ingest import (
     IngestReport,
@@ -357,9 +358,7 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(obj, indent=1).encode("utf-8"))
 
 
 def _part_dim(path: Path) -> int:
@@ -546,17 +545,7 @@ def _place_thumbnail(src: Path, dst: Path) -> None:
     if not src.exists():
         dst.unlink(missing_ok=True)
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    link_or_copy(src, dst, durable=False)
 
 
 def spark_ingest(

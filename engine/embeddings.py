@@ -8,7 +8,6 @@ that no row records is debris from an interrupted run, and a recorded part is al
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 
 from .catalog import Catalog
 from .errors import IngestError, UnknownIds
+from .files import atomic_path, link_or_copy
 
 
 class PartStore:
@@ -57,18 +57,7 @@ class PartStore:
         next part name: a hard link when ``src`` is on the same file system, else a copy; ``src``
         stays. Returns (part_id, file name), with the same contract as :meth:`write`."""
         part_id, name = self._next_name()
-        tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-        try:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-                fsync_path(tmp)
-            os.replace(tmp, self.dir / name)
-            fsync_path(self.dir)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        link_or_copy(src, self.dir / name)
         return part_id, name
 
     def _next_name(self) -> tuple[int, str]:
@@ -102,23 +91,8 @@ def write_part_file(path: str | os.PathLike, ids: np.ndarray, emb: np.ndarray) -
     n, dim = emb.shape
     values = pa.array(emb.astype(np.float16).ravel(), pa.float16())
     table = pa.table({"id": pa.array(ids, pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(values, dim)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def embeddings_dir(cat: Catalog) -> Path:

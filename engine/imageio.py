@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UnreadableImage
+from .files import atomic_path
 
 # Plugins PIL may use. Naming them keeps PIL from probing every format it knows (EPS would
 # start Ghostscript, for one) on a file that only pretends to be an image.
@@ -319,15 +320,8 @@ def make_thumbnail(image: Image.Image, max_side: int = THUMB_MAX_SIDE) -> Image.
 def write_thumbnail(image: Image.Image, path: str | os.PathLike, max_side: int = THUMB_MAX_SIDE) -> None:
     """Write the JPEG thumbnail of an RGB ``image`` at ``path`` atomically (a reader sees the
     old file or the new one, never a partial one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, durable=False) as tmp:
         make_thumbnail(image, max_side).save(tmp, "JPEG", quality=THUMB_QUALITY)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- decoding in worker processes ----------------------------------------------------------

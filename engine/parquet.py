@@ -27,6 +27,7 @@ import duckdb
 from . import layout, schema
 from .boxes import CODE_COLUMNS
 from .errors import CatalogError, CorruptCatalog
+from .files import fsync_path
 from .progress import Progress, reporter, track_statement
 from .sqlnames import is_metadata_name, literal, quote_ident
 
@@ -77,8 +78,8 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress
                     "settings": cat.settings()}
             (tmp / "catalog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
             for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+                fsync_path(f)
+            fsync_path(tmp)
             _swap_in(tmp, out)
             report(total, total)
     except BaseException:
