@@ -42,6 +42,7 @@ from .refine import Result
 from .resources import sql_text
 from .sandbox import QueryResult, check_query, run_query, sandbox_config
 from .sqlnames import RESERVED_COLUMNS, is_metadata_name, literal, quote_ident
+from .store import transaction
 
 MAX_K = 100_000
 MAX_QUERY_CHARS = 1000
@@ -286,34 +287,25 @@ class Catalog:
             return ids
         table = pa.table({"pos": np.arange(n_rows, n_rows + n, dtype=np.int64), "id": ids,
                           **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
-        con.execute("BEGIN TRANSACTION")
+        new = {"_new_codes": table}
+        if meta is not None:
+            new["_new_meta"] = meta.append_column("id", pa.array(ids))
         try:
-            con.register("_new_codes", table)
-            clash = con.execute(
-                "SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10").fetchall()
-            if clash:
-                raise InvalidCodes(f"ids already in the catalog: {', '.join(str(r[0]) for r in clash)}")
-            if meta is not None:
-                con.register("_new_meta", meta.append_column("id", pa.array(ids)))
-            meta_cols = self._ensure_metadata_columns(meta)
-            if meta is not None:
-                cols = ", ".join(quote_ident(c) for c in meta_cols)
-                con.execute(f"INSERT INTO images (id, {cols}) SELECT id, {cols} FROM _new_meta")
-            else:
-                con.execute("INSERT INTO images (id) SELECT id FROM _new_codes")
-            con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
-            self._bump_data_version()
-            con.execute("COMMIT")
+            with transaction(con, **new):
+                clash = con.execute(
+                    "SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10").fetchall()
+                if clash:
+                    raise InvalidCodes(f"ids already in the catalog: {', '.join(str(r[0]) for r in clash)}")
+                meta_cols = self._ensure_metadata_columns(meta)
+                if meta is not None:
+                    cols = ", ".join(quote_ident(c) for c in meta_cols)
+                    con.execute(f"INSERT INTO images (id, {cols}) SELECT id, {cols} FROM _new_meta")
+                else:
+                    con.execute("INSERT INTO images (id) SELECT id FROM _new_codes")
+                con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
+                self._bump_data_version()
         except duckdb.Error as e:
-            con.execute("ROLLBACK")
             raise InvalidCodes(f"could not add rows: {str(e).splitlines()[0]}") from None
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            for name in ("_new_codes", "_new_meta"):
-                with contextlib.suppress(duckdb.Error):
-                    con.unregister(name)
         if meta is not None and meta_cols:
             schema.refresh_views(con)
         return ids
@@ -357,21 +349,12 @@ class Catalog:
     def _transaction(self, **tables: pa.Table):
         """One write transaction with ``tables`` registered under their names for its duration;
         rolled back, and the in-memory index forgotten, if anything in it raises."""
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
         try:
-            for name, table in tables.items():
-                con.register(name, table)
-            yield con
-            con.execute("COMMIT")
+            with transaction(self.con, **tables) as con:
+                yield con
         except BaseException:
-            con.execute("ROLLBACK")
             self._index = None
             raise
-        finally:
-            for name in tables:
-                with contextlib.suppress(duckdb.Error):
-                    con.unregister(name)
 
     def replace_codes(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray) -> None:
         """Make ``codes`` the catalog's codes: row i is the code of image ``ids[i]``.
@@ -496,10 +479,7 @@ class Catalog:
             con = self.con
             codes_tbl = pa.table({"pos": np.arange(n, dtype=np.int64), "id": ids,
                                   **{c: cols[d] for d, c in enumerate(CODE_COLUMNS)}})
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.register("_sorted", codes_tbl)
-                con.register("_blocks", _blocks_table(blocks))
+            with transaction(con, _sorted=codes_tbl, _blocks=_blocks_table(blocks), _chunk=codes_tbl.slice(0, 0)):
                 if codes is not None:
                     _check_known(con, "_sorted")
                 con.execute("DELETE FROM codes")
@@ -507,7 +487,6 @@ class Catalog:
                     # one statement per chunk, for progress; the rows land in pos order all the same
                     con.register("_chunk", codes_tbl.slice(s, layout.WRITE_CHUNK_ROWS))
                     con.execute("INSERT INTO codes BY NAME SELECT * FROM _chunk")
-                    con.unregister("_chunk")
                     done += 1
                     report(done, total)
                 con.execute("DELETE FROM blocks")
@@ -518,14 +497,6 @@ class Catalog:
                          **(index_info or {})}
                 self._set_settings({"index": index})
                 self._bump_data_version()
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                for name in ("_sorted", "_blocks", "_chunk"):
-                    with contextlib.suppress(duckdb.Error):
-                        con.unregister(name)
             con.execute("CHECKPOINT")
             report(total, total)
         t3 = time.perf_counter()

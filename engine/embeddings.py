@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from .catalog import Catalog
 from .errors import IngestError, UnknownIds
 from .files import atomic_path, link_or_copy
+from .store import transaction
 
 
 class PartStore:
@@ -67,17 +68,11 @@ class PartStore:
 
     def collect_garbage(self) -> int:
         """Delete parts no image points to any more (all rows re-embedded or removed)."""
-        con = self.cat.con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(self.cat.con) as con:
             dead = con.execute("SELECT part_id, file FROM embedding_parts p WHERE NOT EXISTS "
                                "(SELECT 1 FROM images i WHERE i.embedding_part = p.part_id)").fetchall()
             if dead:
                 con.execute("DELETE FROM embedding_parts WHERE part_id IN (SELECT unnest(?))", [[d[0] for d in dead]])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         for _, name in dead:  # after the commit: a crash in between leaves debris, never a dangling row
             (self.dir / name).unlink(missing_ok=True)
         return len(dead)

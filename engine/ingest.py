@@ -12,7 +12,6 @@ Files gone from a source are removed at the end with :meth:`Catalog.remove`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, DecodedBatch, decoded_ba
 from .progress import Progress, reporter
 from .sources import MISSING, ScannedFiles, check_metadata_columns, scan_sources
 from .sqlnames import quote_ident
+from .store import transaction
 
 # DuckDB type names a metadata column may have: scalars, DECIMAL(p,s) and lists of them. Nested
 # types carry field names from the file into the DDL, so they are refused.
@@ -459,10 +459,8 @@ class _BatchWriter:
 
     def _commit(self, rows: pa.Table, parts: list[tuple[int, str, np.ndarray]], uris: list[str],
                 failed: list[tuple]) -> None:
-        con = self.cat.con
         meta_cols = self.meta.columns
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(self.cat.con) as con:
             if rows.num_rows:
                 _upsert_images(con, rows, meta_cols)
             if parts:
@@ -475,10 +473,6 @@ class _BatchWriter:
                                 [list(f) for f in failed])
             if parts and not self.encoder_recorded:
                 self.cat._set_settings({"encoder": self.encoder.id})
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         self.encoder_recorded |= bool(parts)
 
 
@@ -525,10 +519,8 @@ def _finish(cat: Catalog, store: PartStore, scanned: ScannedFiles, plan: Plan, m
     # A file that is listed but cannot be read right now keeps its image; one that is gone does not.
     present = [u for u, reason in scanned.problems if reason != MISSING]
     seen = pa.table({"uri": pa.array(scanned.uris + present, pa.string())})
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con, _seen=seen):
         _refresh_unchanged(cat, scanned, plan, meta)
-        con.register("_seen", seen)
         stale_skips = con.execute("SELECT uri FROM skipped k WHERE NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = k.uri)"
                                   ).fetchall()
         forget = [u for (u,) in stale_skips if _under(u, scanned.folder_prefixes()) or not os.path.exists(u)]
@@ -537,13 +529,6 @@ def _finish(cat: Catalog, store: PartStore, scanned: ScannedFiles, plan: Plan, m
         if problems:
             con.executemany("INSERT INTO skipped (uri, reason) VALUES (?, ?)", [list(p) for p in problems.items()])
         gone = _deleted_images(cat, scanned)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        with contextlib.suppress(duckdb.Error):
-            con.unregister("_seen")
     remove = np.unique(np.concatenate([gone, plan.gone_ids, np.asarray(lost_ids, np.int64)]).astype(np.int64))
     report.removed = cat.remove(remove) if len(remove) else 0
     for i in remove.tolist():

@@ -30,6 +30,7 @@ from .errors import CatalogError, CorruptCatalog
 from .files import fsync_path
 from .progress import Progress, reporter, track_statement
 from .sqlnames import is_metadata_name, literal, quote_ident
+from .store import transaction
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -156,8 +157,7 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
         rows = [int(con.execute(f"SELECT count(*) FROM {f}").fetchall()[0][0]) for _, f, _ in inserts]
         total, done = sum(rows), 0
         report(0, total)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for name, ctype in img_types:
                 if name.lower() not in existing:
                     if not is_metadata_name(name):
@@ -173,10 +173,6 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
             _verify(con, src, meta.get("rows"), settings.get("index"))
             settings["data_version"] = 0
             cat._set_settings(settings)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         schema.refresh_views(con)
         con.execute("CHECKPOINT")
         cat.close()

@@ -9,6 +9,7 @@ import duckdb
 
 from .errors import CorruptCatalog, SchemaVersionError
 from .resources import resource_dir, sql_text
+from .store import transaction
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -58,19 +59,14 @@ def migrate(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[i
     for v, name, sql in migrations():
         if v <= version or v > target:
             continue
-        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(sql)
-            con.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [v, name])
-            con.execute("COMMIT")
+            with transaction(con):
+                con.execute(sql)
+                con.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [v, name])
         except duckdb.Error as e:
-            con.execute("ROLLBACK")
             raise CorruptCatalog(
                 f"migration {v:04d}_{name} failed, so the catalog was left unchanged: {str(e).splitlines()[0]}"
             ) from None
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         applied.append(v)
     if target >= 1:
         refresh_views(con)
