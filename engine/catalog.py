@@ -38,7 +38,7 @@ from .errors import (
 from .head import Head
 from .progress import Progress
 from .quantize import Quantizer
-from .refine import Result
+from .refine import DEFAULT_SAMPLED_NEGATIVES, Result
 from .resources import sql_text
 from .sandbox import QueryResult, check_query, run_query, sandbox_config
 from .sqlnames import RESERVED_COLUMNS, is_metadata_name, literal, quote_ident
@@ -680,7 +680,7 @@ class Catalog:
             raise UnknownIds(np.asarray(ids)[pos < 0].tolist())
         return pos
 
-    def refine(self, positives, negatives=(), model="ensemble", sampled_negatives: int = 500,
+    def refine(self, positives, negatives=(), model="ensemble", sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES,
                negative_weight: float = 1.0, random_state=None, filter_sampled: bool = True,
                guide: bool = True, suggestions: int = 60) -> Result:
         """Train ``model`` on the labelled ids plus sampled negatives and return every image of
@@ -738,8 +738,8 @@ class Catalog:
         return rf.Result(sel.ids[:n_results], sel.votes[:n_results].astype(np.int64), sql, stats, estimator,
                          suggested)
 
-    def training_set(self, positives, negatives=(), sampled_negatives: int = 500, negative_weight: float = 1.0,
-                     filter_sampled: bool = True, guide: bool = False):
+    def training_set(self, positives, negatives=(), sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES,
+                     negative_weight: float = 1.0, filter_sampled: bool = True, guide: bool = False):
         """The training set a refine round with these labels and options fits its model on
         (:class:`engine.refine.Training`: codes ``X``, labels ``y``, weights ``w``), for
         training other models on exactly what ``refine`` sees. ``guide`` as in :meth:`refine`

@@ -58,6 +58,9 @@ def test_search_page_has_every_control(client):
                    'id="clear-labels"', 'id="model"', 'id="sampled-negatives"', 'max="2000"', 'id="negative-weight"',
                    'id="refine-button"', 'id="reset"', 'id="help"', "/static/htmx.min.js"):
         assert needle in html, needle
+    from engine.refine import DEFAULT_SAMPLED_NEGATIVES
+
+    assert f'step="50" value="{DEFAULT_SAMPLED_NEGATIVES}"' in html  # the slider starts at the engine's default
     for model in ("ensemble", "branch", "tree", "forest"):
         assert f'value="{model}"' in html
     assert "unpkg" not in html and "cdn" not in html.lower()

@@ -350,7 +350,8 @@ def index(request: HTMXRequest, catalog: CatalogParam = None) -> Template:
     served = app.catalog(catalog)
     return Template(template_name="search.html", context={
         "catalogs": list(app.catalogs.values()), "current": served, "models": MODEL_LABELS,
-        "page_size": app.settings.page_size, "max_negatives": MAX_SAMPLED})
+        "page_size": app.settings.page_size, "max_negatives": MAX_SAMPLED,
+        "default_negatives": rf.DEFAULT_SAMPLED_NEGATIVES})
 
 
 @get("/search", sync_to_thread=True)
