@@ -205,3 +205,19 @@ def flat_png(width: int, height: int, *, depth: int = 16, colour_type: int = 6) 
 def png_bomb() -> bytes:
     """A 687 kB PNG of 9400 x 9400 16-bit RGBA pixels (88 megapixels, 700 MB raw)."""
     return flat_png(9400, 9400)
+
+
+# The end-to-end tier: real CLI processes, servers, browsers, Spark, open_clip models and the
+# scripts. `pytest -m "not e2e"` runs the rest (the engine's units, against their oracles) fast.
+E2E_FILES = frozenset({
+    "test_chaos.py", "test_cli.py", "test_cli_user.py", "test_pipeline.py", "test_spark_ingest.py", "test_spark_parquet.py",
+    "test_openclip_encoder.py", "test_demo_encoder.py", "test_web_browser.py", "test_fuzz_http.py",
+    "test_attack_web_script.py", "test_soak.py", "test_eval_scripts.py", "test_eval_session_scale.py",
+    "test_web_server.py"})
+E2E_FIXTURES = frozenset({"web_demo", "web_demo_copy", "serve", "load_script"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in E2E_FILES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
