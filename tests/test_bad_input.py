@@ -122,104 +122,115 @@ def work(template, tmp_path):
     w.close()
 
 
+@pytest.fixture(scope="module")
+def shared(template, tmp_path_factory):
+    """One copy of the template, open for the whole module: box input is refused before it
+    touches the file, so the cases share it, and the last test of the module checks it intact."""
+    path, baseline = template
+    dst = tmp_path_factory.mktemp("shared") / "cat.duckdb"
+    shutil.copyfile(path, dst)
+    w = Work(dst, baseline)
+    w.open()
+    yield w
+    w.close()
+
+
 def _raises_in_select(work, bad, exc=InvalidBoxes):
-    cat = work.open()
-    before = cat.select(BOXES)
+    cat = work.cat if work.cat is not None else work.open()
     with pytest.raises(exc):
         cat.select(bad)
-    after = cat.select(BOXES)  # the same open catalog still answers
-    assert after.ids.tolist() == before.ids.tolist()
-    work.assert_intact()
+    # the same open catalog still answers, as before
+    assert cat.select(BOXES).ids.tolist() == list(work.baseline["select1"][0])
 
 
 # -- malformed box JSON ------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ['{"boxes": [', "nope", "", "   ", '{"boxes": [{"3": [1, 2]}]', "[{3: [1, 2]}]",
                                   "{'boxes': []}", b'\xff\xfe\x00'])
-def test_invalid_json_text(work, text):
-    _raises_in_select(work, text)
+def test_invalid_json_text(shared, text):
+    _raises_in_select(shared, text)
 
 
 @pytest.mark.parametrize("text", ["5", '"boxes"', "null", "true", "3.5", '"[{}]"'])
-def test_json_wrong_top_level_type(work, text):
-    _raises_in_select(work, text)
+def test_json_wrong_top_level_type(shared, text):
+    _raises_in_select(shared, text)
 
 
 @pytest.mark.parametrize("data", ['{"members": [0]}', "{}", {"members": []}, {}])
-def test_json_missing_boxes(work, data):
-    _raises_in_select(work, data)
+def test_json_missing_boxes(shared, data):
+    _raises_in_select(shared, data)
 
 
 @pytest.mark.parametrize("data", ['{"boxes": [], "extra": 1}', '{"boxes": [{}], "Members": [0]}',
                                   {"boxes": [], "min_votes": 2}])
-def test_json_unknown_keys(work, data):
-    _raises_in_select(work, data)
+def test_json_unknown_keys(shared, data):
+    _raises_in_select(shared, data)
 
 
 @pytest.mark.parametrize("data", ['{"boxes": {"3": [1, 2]}}', '{"boxes": "abc"}', '{"boxes": 5}', '{"boxes": null}',
                                   '[[3, [1, 2]]]', "[5]", '["f03"]', "[null]"])
-def test_json_boxes_not_a_list_of_objects(work, data):
-    _raises_in_select(work, data)
+def test_json_boxes_not_a_list_of_objects(shared, data):
+    _raises_in_select(shared, data)
 
 
 @pytest.mark.parametrize("box", ['{"3": [1]}', '{"3": [1, 2, 3]}', '{"3": []}', '{"3": 5}', '{"3": "ab"}',
                                  '{"3": {"lo": 1, "hi": 2}}', '{"3": null}'])
-def test_bounds_not_a_pair(work, box):
-    _raises_in_select(work, f'{{"boxes": [{box}]}}')
+def test_bounds_not_a_pair(shared, box):
+    _raises_in_select(shared, f'{{"boxes": [{box}]}}')
 
 
 @pytest.mark.parametrize("bounds", ["[1.5, 2]", '["1", 2]', "[null, 2]", "[1, [2]]", "[NaN, 2]", "[1, Infinity]",
                                     "[1, 2.25]"])
-def test_non_integer_bounds(work, bounds):
-    _raises_in_select(work, f'[{{"3": {bounds}}}]')
+def test_non_integer_bounds(shared, bounds):
+    _raises_in_select(shared, f'[{{"3": {bounds}}}]')
 
 
 @pytest.mark.parametrize("bounds", ["[true, 2]", "[0, false]", "[false, true]"])
-def test_bool_bounds(work, bounds):
-    _raises_in_select(work, f'[{{"3": {bounds}}}]')
+def test_bool_bounds(shared, bounds):
+    _raises_in_select(shared, f'[{{"3": {bounds}}}]')
 
 
 @pytest.mark.parametrize("data", ['{"boxes": [{}], "members": [0, 1]}', '{"boxes": [{}, {}], "members": [0]}',
                                   '{"boxes": [], "members": [1]}', '{"boxes": [{}], "members": []}'])
-def test_members_length_mismatch(work, data):
-    _raises_in_select(work, data)
+def test_members_length_mismatch(shared, data):
+    _raises_in_select(shared, data)
 
 
 @pytest.mark.parametrize("members", ["[1.5]", '["a"]', "[true]", "[null]", "[[1]]", '"ab"', "3", '{"0": 1}', "[1.0]"])
-def test_non_integer_members(work, members):
-    _raises_in_select(work, f'{{"boxes": [{{}}], "members": {members}}}')
+def test_non_integer_members(shared, members):
+    _raises_in_select(shared, f'{{"boxes": [{{}}], "members": {members}}}')
 
 
-def test_member_outside_int64(work):
+def test_member_outside_int64(shared):
     """A member id that does not fit in int64 is bad box input, not an internal overflow."""
-    _raises_in_select(work, {"boxes": [{}], "members": [10**20]})
+    _raises_in_select(shared, {"boxes": [{}], "members": [10**20]})
 
 
 # -- dims and bounds out of range --------------------------------------------------------------
 @pytest.mark.parametrize("dim", [32, -1, 99, "32", "-1", "f32", "f-1", "x", "", "f3", "3.0"])
-def test_dim_out_of_range(work, dim):
-    _raises_in_select(work, [{dim: (1, 2)}])
+def test_dim_out_of_range(shared, dim):
+    _raises_in_select(shared, [{dim: (1, 2)}])
 
 
 @pytest.mark.parametrize("dim", ["32", "-1", "f32", "x"])
-def test_dim_out_of_range_in_json(work, dim):
-    _raises_in_select(work, json.dumps({"boxes": [{dim: [1, 2]}]}))
+def test_dim_out_of_range_in_json(shared, dim):
+    _raises_in_select(shared, json.dumps({"boxes": [{dim: [1, 2]}]}))
 
 
 @pytest.mark.parametrize("dim", ["--3", "\u00b3", "-0-"])
-def test_odd_dim_strings_are_invalid_boxes(work, dim):
+def test_odd_dim_strings_are_invalid_boxes(shared, dim):
     """Strings that look digit-like to str.isdigit() but are not integers ("--3", superscript 3)."""
-    _raises_in_select(work, [{dim: (1, 2)}])
+    _raises_in_select(shared, [{dim: (1, 2)}])
 
 
 @pytest.mark.parametrize("bounds", [(10, 5), (255, 0), (1, 0)])
-def test_lo_greater_than_hi(work, bounds):
-    _raises_in_select(work, [{3: bounds}])
-    _raises_in_select(work, json.dumps([{"3": list(bounds)}]))
+def test_lo_greater_than_hi(shared, bounds):
+    _raises_in_select(shared, [{3: bounds}])
+    _raises_in_select(shared, json.dumps([{"3": list(bounds)}]))
 
 
 @pytest.mark.parametrize("bounds", [(0, 256), (-1, 5), (256, 300), (0, 10**9), (-(2**70), 0)])
-def test_bound_out_of_range(work, bounds):
-    _raises_in_select(work, [{3: bounds}])
+def test_bound_out_of_range(shared, bounds):
+    _raises_in_select(shared, [{3: bounds}])
 
 
 def test_from_arrays_lo_greater_than_hi(work):
@@ -231,9 +242,9 @@ def test_from_arrays_lo_greater_than_hi(work):
     work.assert_intact()
 
 
-def test_box_set_with_wrong_dim_count(work):
+def test_box_set_with_wrong_dim_count(shared):
     bs = engine.BoxSet.from_arrays(np.zeros((1, 5), np.uint8), np.full((1, 5), 9, np.uint8))
-    _raises_in_select(work, bs, CatalogError)
+    _raises_in_select(shared, bs, CatalogError)
 
 
 @pytest.mark.parametrize("min_votes", [1.5, "2", True, None, np.float64(2.0)])
@@ -678,3 +689,8 @@ def test_open_with_other_mode_in_same_process_is_not_corruption(work, first_read
     assert not isinstance(info.value, CorruptCatalog), str(info.value)
     assert cat.select(BOXES).ids.tolist() == work.baseline["select1"][0]
     work.assert_intact()
+
+
+def test_the_shared_catalog_is_intact_after_every_refused_box_input(shared):
+    """Last in the module: the file the refused box inputs were tried on holds what it held."""
+    shared.assert_intact()
