@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +35,15 @@ from .errors import (
     UnknownIds,
 )
 from .head import Head
+from .integrity import (
+    REINDEX,
+    check_tables,
+    damage_error,
+    decode_setting,
+    file_damage,
+    reading,
+    tiling_problem,
+)
 from .progress import Progress
 from .quantize import Quantizer
 from .refine import DEFAULT_SAMPLED_NEGATIVES, Result
@@ -160,7 +168,7 @@ class Catalog:
             msg = str(e)
             if "lock" in msg.lower():
                 raise CatalogError(_lock_message(path, read_only, msg.splitlines()[0])) from None
-            raise _damage_error(path, e) from None
+            raise damage_error(path, e) from None
         except duckdb.ConnectionException as e:
             msg = str(e).splitlines()[0]
             if "different configuration" in msg:
@@ -168,14 +176,14 @@ class Catalog:
                     f"{path} is already open in this process with read_only={not read_only}; close that "
                     f"Catalog first or open this one the same way ({msg})"
                 ) from None
-            raise _damage_error(path, e) from None
+            raise damage_error(path, e) from None
         except duckdb.Error as e:
-            raise _damage_error(path, e) from None
+            raise damage_error(path, e) from None
         try:
-            with _reading(path):
+            with reading(path):
                 version = schema.current_version(con)
                 if version is not None and 1 <= version <= schema.latest_version():
-                    _check_tables(con, path, version)  # before check_version migrates anything
+                    check_tables(con, path, version)  # before check_version migrates anything
                 schema.check_version(con, str(path), read_only)
         except BaseException:
             con.close()
@@ -230,21 +238,21 @@ class Catalog:
         return self._read_settings()
 
     def _read_settings(self) -> dict[str, Any]:
-        with self._lock, _reading(self.path):
+        with self._lock, reading(self.path):
             rows = self.con.execute("SELECT key, value FROM settings ORDER BY key").fetchall()
-        return {k: _decode_setting(self.path, k, v) for k, v in rows}
+        return {k: decode_setting(self.path, k, v) for k, v in rows}
 
     def setting(self, key: str, default: Any = None) -> Any:
         """One setting, decoded from JSON; :class:`CorruptCatalog` if it does not hold what it must
-        (see :data:`SETTING_CHECKS`). A read-only catalog checks every setting on first use."""
+        (see :data:`engine.integrity.SETTING_CHECKS`). A read-only catalog checks every setting on first use."""
         if self.read_only:
             with self._lock:
                 if self._settings is None:
                     self._settings = self._read_settings()
                 return copy.deepcopy(self._settings.get(key, default))
-        with _reading(self.path):
+        with reading(self.path):
             rows = self.con.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchall()
-        return default if not rows else _decode_setting(self.path, key, rows[0][0])
+        return default if not rows else decode_setting(self.path, key, rows[0][0])
 
     def _set_settings(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
@@ -393,7 +401,7 @@ class Catalog:
     def head(self) -> Head:
         """The stored head, checked against its recorded checksum."""
         meta = self.setting("head")
-        with _reading(self.path):
+        with reading(self.path):
             rows = self.con.execute("SELECT sha256, data FROM artifacts WHERE name = 'head'").fetchall()
         if meta is None or not rows:
             raise CatalogError(f"{self.path} has no trained head; run `clip-branches train-head {self.path}`")
@@ -531,7 +539,7 @@ class Catalog:
             report(0, total)
             con.execute(f"ATTACH {literal(str(tmp))} AS _compact")
             try:
-                with _reading(self.path):  # every row is read: damage anywhere shows here
+                with reading(self.path):  # every row is read: damage anywhere shows here
                     con.execute(f"COPY FROM DATABASE {quote_ident(db)} TO _compact (SCHEMA)")
                     done = 0
                     for schema_name, table, rows in tables:
@@ -559,7 +567,7 @@ class Catalog:
     # -- reading -----------------------------------------------------------------------------
     def _load_codes(self) -> tuple[np.ndarray, np.ndarray]:
         """All codes in pos order: uint8 (32, n) column-major and int64 ids."""
-        with _reading(self.path):
+        with reading(self.path):
             tbl = self.con.sql(sql_text("load_codes")).to_arrow_table()
         n = tbl.num_rows
         cols = np.empty((N_DIMS, n), dtype=np.uint8)
@@ -582,11 +590,11 @@ class Catalog:
     def _check_tiling(self, blocks: pa.Table, n_rows: int, index: Mapping[str, Any]) -> None:
         """CorruptCatalog unless ``blocks`` (``block_id``, ``row_start``, ``row_end``, in block
         order) tile the first rows of the ``n_rows`` codes as the ``index`` settings record."""
-        problem = _tiling_problem(*(blocks.column(c).to_numpy() for c in ("block_id", "row_start", "row_end")),
+        problem = tiling_problem(*(blocks.column(c).to_numpy() for c in ("block_id", "row_start", "row_end")),
                                   n_rows, index)
         if problem:
             raise CorruptCatalog(f"{self.path}: the stored block index does not fit the codes: {problem}; "
-                                 f"{_REINDEX.format(path=self.path)}")
+                                 f"{REINDEX.format(path=self.path)}")
 
     def block_index(self) -> query.BlockIndex:
         """The in-memory scan index, loaded on first use and reloaded after any change.
@@ -595,7 +603,7 @@ class Catalog:
         readers hold the file), so its index is never checked again once loaded."""
         if self._index is not None and self.read_only:
             return self._index
-        with self._lock, _reading(self.path):
+        with self._lock, reading(self.path):
             return self._load_index()
 
     def _load_index(self) -> query.BlockIndex:
@@ -624,7 +632,7 @@ class Catalog:
         indexed = int(index["indexed_rows"]) if index else 0
         watermark = (index or {}).get("embedding_part_max")
         stale_codes = 0
-        with _reading(self.path):
+        with reading(self.path):
             n_rows = len(self)
             self._check_tiling(self.con.sql("SELECT block_id, row_start, row_end FROM blocks ORDER BY block_id")
                                .to_arrow_table(), n_rows, index or {})
@@ -897,8 +905,8 @@ class Catalog:
             try:
                 return cur.sql(text, params=params).to_arrow_table()
             except duckdb.Error as e:
-                if _file_damage(e, self.path):
-                    raise _damage_error(self.path, e) from None
+                if file_damage(e, self.path):
+                    raise damage_error(self.path, e) from None
                 raise InvalidSql(str(e)) from None
             finally:
                 cur.execute("ROLLBACK")
@@ -935,7 +943,7 @@ class Catalog:
         ``progress`` (see :mod:`engine.progress`) counts the rows written, over all files."""
         from .parquet import export_catalog
 
-        with _reading(self.path):
+        with reading(self.path):
             return export_catalog(self, Path(directory), overwrite=overwrite, progress=progress)
 
     @classmethod
@@ -945,181 +953,6 @@ class Catalog:
         from .parquet import import_catalog
 
         return import_catalog(cls, Path(directory), Path(path), progress=progress)
-
-
-# -- damaged catalogs ------------------------------------------------------------------------
-# What each kind of damage asks the user to do; ``{path}`` is the catalog.
-_RESTORE = "restore it from a backup, or re-import an export of it with `clip-branches import EXPORT_DIR NEW.duckdb`"
-_REINDEX = "run `clip-branches index {path}` to rebuild the index, which writes it afresh"
-_RETRAIN = ("run `clip-branches train-head {path}` to store a head and quantizer afresh, then "
-            "`clip-branches index {path}` (or restore the file from a backup)")
-# DuckDB errors of the catalog's own queries that mean the file is at fault, not the query: it
-# ends early or cannot be read (I/O), stored metadata does not deserialize, DuckDB's internal
-# state broke on it, or a table or column these fixed queries name is gone. A block that fails
-# its checksum raises the base class, told apart by its message (see :func:`_file_damage`).
-_DAMAGE_ERRORS = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
-                  duckdb.FatalException, duckdb.CatalogException, duckdb.BinderException)
-_TABLE_COLUMNS_SQL = ("SELECT c.table_name, c.column_name, c.data_type FROM duckdb_columns() c "
-                      "JOIN duckdb_tables() t USING (database_name, schema_name, table_name) "
-                      "WHERE c.schema_name = 'main' AND c.database_name = current_database()")
-
-
-def _file_damage(e: duckdb.Error, path: Path) -> bool:
-    """Whether ``e``, raised by any query (a user's too), says the file ``path`` cannot be read."""
-    msg = str(e)
-    return (msg.startswith("Corrupt database file") or isinstance(e, duckdb.SerializationException)
-            or (isinstance(e, duckdb.IOException) and str(path) in msg))
-
-
-def _damage_error(path: Path, e: duckdb.Error) -> CorruptCatalog:
-    """The CorruptCatalog for DuckDB's error ``e`` on the catalog file ``path``: what is wrong, what to do."""
-    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if "not a valid DuckDB database file" in detail:
-        return CorruptCatalog(f"{path} is not a clip-branches catalog: it is not a DuckDB database file at all. "
-                              f"Check the path; if it held a catalog, {_RESTORE}")
-    if "Could not read enough bytes" in detail:
-        what = "is truncated: the file ends before data it records"
-    elif detail.startswith("Corrupt database file") or isinstance(e, duckdb.SerializationException):
-        what = "is damaged: part of the file no longer holds what DuckDB wrote there"
-    elif isinstance(e, (duckdb.CatalogException, duckdb.BinderException)):
-        what = "lacks a table or column every catalog has"
-    else:
-        what = "cannot be read as a catalog"
-    return CorruptCatalog(f"{path} {what} ({detail}); {_RESTORE}")
-
-
-@contextlib.contextmanager
-def _reading(path: Path):
-    """Around the catalog's own queries on ``path``: DuckDB errors that mean a damaged file
-    become :class:`CorruptCatalog`; any other error passes unchanged."""
-    try:
-        yield
-    except duckdb.Error as e:
-        if isinstance(e, _DAMAGE_ERRORS) or _file_damage(e, path):
-            raise _damage_error(path, e) from None
-        raise
-
-
-def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str]]:
-    """``{table: {column: DuckDB type}}`` of the base tables of ``con``'s database, names lower-case."""
-    out: dict[str, dict[str, str]] = {}
-    for table, column, ctype in con.execute(_TABLE_COLUMNS_SQL).fetchall():
-        out.setdefault(table.lower(), {})[column.lower()] = ctype
-    return out
-
-
-@functools.cache
-def _schema_tables(version: int) -> dict[str, dict[str, str]]:
-    """The tables and columns every catalog of schema ``version`` has: those of an empty
-    in-memory database migrated to it, so the migrations stay the one description of the schema."""
-    con = duckdb.connect()
-    try:
-        schema.migrate(con, target=version)
-        return _tables(con)
-    finally:
-        con.close()
-
-
-def _check_tables(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
-    """CorruptCatalog unless ``con`` has every table and column of schema ``version``, with its
-    type (``images`` may have more columns: the metadata)."""
-    found = _tables(con)
-    for table, columns in _schema_tables(version).items():
-        have = found.get(table)
-        if have is None:
-            raise CorruptCatalog(f"{path} has no {table} table, which every catalog has (it was dropped outside "
-                                 f"clip-branches); {_RESTORE}")
-        for column, ctype in columns.items():
-            if column not in have:
-                raise CorruptCatalog(f"{path}: the {table} table has no column {column} ({ctype}), which every "
-                                     f"catalog has (it was dropped outside clip-branches); {_RESTORE}")
-            if have[column] != ctype:
-                raise CorruptCatalog(f"{path}: column {table}.{column} is {have[column]} where every catalog has "
-                                     f"{ctype} (it was changed outside clip-branches); {_RESTORE}")
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_count(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _expect(ok: Callable[[Any], bool], what: str) -> Callable[[Any], str | None]:
-    """A setting check: None when ``ok(value)``, else the problem, naming ``what`` belongs there."""
-    return lambda value: None if ok(value) else f"holds {_shown(value)} where {what} belongs"
-
-
-def _index_problem(index: Any) -> str | None:
-    """What is wrong with the ``index`` setting, or None: null, or an object whose entries the
-    code reads have their types (``indexed_rows`` required, the rest when present)."""
-    if index is None:
-        return None
-    if not isinstance(index, dict):
-        return f"holds {_shown(index)} where null or an object belongs"
-    if not _is_count(index.get("indexed_rows")):
-        return f"records indexed_rows = {_shown(index.get('indexed_rows'))} where a row count belongs"
-    for key, low in (("n_blocks", 0), ("block_size", 2), ("embedding_part_max", 0)):
-        if index.get(key) is not None and not _is_count(index[key], low):
-            return f"records {key} = {_shown(index[key])} where an integer >= {low} belongs"
-    subsets = index.get("feature_subsets")
-    if subsets is not None and not (isinstance(subsets, list) and all(
-            isinstance(s, list) and s and all(_is_count(d) and d < N_DIMS for d in s) for s in subsets)):
-        return f"records feature_subsets = {_shown(subsets)} where lists of dims 0..{N_DIMS - 1} belong"
-    return None
-
-
-# The settings the code reads: a check returning what is wrong with a value (or None), and
-# what writes the setting afresh. Others need only be JSON.
-SETTING_CHECKS = {
-    "dims": (_expect(lambda v: _is_count(v) and v == N_DIMS, str(N_DIMS)), _RESTORE),
-    "data_version": (_expect(_is_count, "a version number (an integer >= 0)"), _REINDEX),
-    "index": (_index_problem, _REINDEX),
-    "encoder": (_expect(lambda v: v is None or isinstance(v, str), "null or an encoder id"), _RESTORE),
-    "head": (_expect(lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("sha256"), str)),
-                     "null or an object with the head's sha256"), _RETRAIN),
-    "quantizer": (_expect(lambda v: v is None or isinstance(v, dict), "null or an object"), _RETRAIN),
-}
-
-
-def _decode_setting(path: Path, key: str, text: str) -> Any:
-    """The JSON value of setting ``key`` of the catalog ``path``; CorruptCatalog, saying how to
-    repair it, when it is not JSON or fails its :data:`SETTING_CHECKS` entry."""
-    check, fix = SETTING_CHECKS.get(key, (None, _RESTORE))
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        problem = f"is not valid JSON ({e})"
-    else:
-        problem = check(value) if check is not None else None
-        if problem is None:
-            return value
-    raise CorruptCatalog(f"{path}: the setting {key!r} {problem}, which clip-branches never writes (the file was "
-                         f"edited, or imported from a damaged export); {fix.format(path=path)}")
-
-
-def _tiling_problem(block_id: np.ndarray, start: np.ndarray, end: np.ndarray, n_rows: int,
-                    index: Mapping[str, Any]) -> str | None:
-    """What is wrong with stored blocks (int arrays in ``block_id`` order), or None: they must be
-    numbered 0, 1, ..., each non-empty and starting where the one before ends, from row 0 to at
-    most ``n_rows``, in the number and over the rows the ``index`` settings record."""
-    n = len(block_id)
-    if n and not np.array_equal(block_id, np.arange(n)):
-        return f"the blocks are numbered {_shown(block_id[:8].tolist())}, not 0, 1, ..."
-    gaps = np.flatnonzero((end <= start) | (start != np.append(0, end[:-1]))) if n else []
-    if len(gaps):
-        b = int(gaps[0])
-        return f"block {b} holds rows [{start[b]}, {end[b]}), which does not follow on from the block before"
-    covered = int(end[-1]) if n else 0
-    if covered > n_rows:
-        return f"the blocks cover {covered} rows but there are {n_rows} codes"
-    recorded = (index.get("n_blocks", n), index.get("indexed_rows")) if index else (0, 0)
-    if (n, covered) != recorded:
-        return (f"{n} blocks cover rows [0, {covered}) but the index settings record {recorded[0]} blocks over "
-                f"{recorded[1]} rows")
-    return None
 
 
 # -- validation helpers ----------------------------------------------------------------------
