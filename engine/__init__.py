@@ -36,8 +36,13 @@ from .errors import (
 
 # The rest loads on first use (PEP 562), so a process that needs one module (a console worker
 # runs engine.sandbox alone) does not import numba, scikit-learn and the kernels.
-_LAZY = {"N_DIMS": ".boxes", "BoxSet": ".boxes", "Catalog": ".catalog", "SelectResult": ".catalog",
-         "Result": ".refine"}
+_LAZY = {
+    "N_DIMS": ".boxes",
+    "BoxSet": ".boxes",
+    "Catalog": ".catalog",
+    "SelectResult": ".catalog",
+    "Result": ".refine",
+}
 
 
 def __getattr__(name: str):

@@ -103,15 +103,20 @@ class BoxSet:
                 raise InvalidBoxes(f"box {i} is {type(box).__name__}, expected a mapping {{dim: [lo, hi]}}")
             for key, bounds in box.items():
                 dim = _parse_dim(key, n_dims)
-                if (isinstance(bounds, (str, bytes, Mapping)) or not isinstance(bounds, Sequence | np.ndarray)
-                        or (isinstance(bounds, np.ndarray) and bounds.ndim != 1)):
+                if (
+                    isinstance(bounds, (str, bytes, Mapping))
+                    or not isinstance(bounds, Sequence | np.ndarray)
+                    or (isinstance(bounds, np.ndarray) and bounds.ndim != 1)
+                ):
                     raise InvalidBoxes(f"box {i}, dim {dim}: bounds must be a pair [lo, hi], got {bounds!r}")
                 if len(bounds) != 2:
                     raise InvalidBoxes(f"box {i}, dim {dim}: bounds must be a pair [lo, hi], got {bounds!r}")
                 b_lo = _parse_bound(bounds[0], f"box {i}, dim {dim}: lower")
                 b_hi = _parse_bound(bounds[1], f"box {i}, dim {dim}: upper")
                 if b_lo > b_hi:
-                    raise InvalidBoxes(f"box {i}, dim {dim}: lo {b_lo} > hi {b_hi}; an empty range is not a box")
+                    raise InvalidBoxes(
+                        f"box {i}, dim {dim}: lo {b_lo} > hi {b_hi}; an empty range is not a box"
+                    )
                 # Two keys naming one dim ("3" and "f03") intersect, like SQL's AND would.
                 lo[i, dim] = max(lo[i, dim], b_lo)
                 hi[i, dim] = min(hi[i, dim], b_hi)
@@ -125,7 +130,9 @@ class BoxSet:
         """Build from bound arrays of shape (n_boxes, n_dims) without per-box Python loops."""
         lo_a, hi_a = np.asarray(lo), np.asarray(hi)
         if lo_a.ndim != 2 or lo_a.shape != hi_a.shape:
-            raise InvalidBoxes(f"lo and hi must be 2-d arrays of one shape, got {lo_a.shape} and {hi_a.shape}")
+            raise InvalidBoxes(
+                f"lo and hi must be 2-d arrays of one shape, got {lo_a.shape} and {hi_a.shape}"
+            )
         for name, arr in (("lo", lo_a), ("hi", hi_a)):
             if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 255):
                 raise InvalidBoxes(f"{name} must hold integers in 0..255")
@@ -155,8 +162,10 @@ class BoxSet:
         if isinstance(data, Mapping):
             unknown = set(data) - {"boxes", "members"}
             if unknown:
-                raise InvalidBoxes(f"unknown key(s) in box JSON: {sorted(map(repr, unknown))}; "
-                                   "expected 'boxes' and 'members'")
+                raise InvalidBoxes(
+                    f"unknown key(s) in box JSON: {sorted(map(repr, unknown))}; "
+                    "expected 'boxes' and 'members'"
+                )
             if "boxes" not in data:
                 raise InvalidBoxes("box JSON has no 'boxes' list")
             return cls(data["boxes"], data.get("members"), n_dims=n_dims)
@@ -197,7 +206,9 @@ class BoxSet:
     # -- SQL --------------------------------------------------------------------------------
     def box_predicate(self, i: int) -> str:
         """SQL predicate for box ``i``: one BETWEEN per constrained dim, ``TRUE`` if none."""
-        parts = [f"{column(d)} BETWEEN {int(self.lo[i, d])} AND {int(self.hi[i, d])}" for d in self.constrained(i)]
+        parts = [
+            f"{column(d)} BETWEEN {int(self.lo[i, d])} AND {int(self.hi[i, d])}" for d in self.constrained(i)
+        ]
         return "(" + " AND ".join(parts) + ")" if parts else "TRUE"
 
     def predicate(self, member: int | None = None) -> str:
@@ -210,7 +221,9 @@ class BoxSet:
             return "TRUE"
         return " OR ".join(preds)
 
-    def to_sql(self, source: str = "codes", *, min_votes: int = 1, center: Sequence[int] | None = None) -> str:
+    def to_sql(
+        self, source: str = "codes", *, min_votes: int = 1, center: Sequence[int] | None = None
+    ) -> str:
         """A complete SELECT returning ``(id, votes)`` ranked by votes, then block position.
 
         With ``center`` (an integer code, one value per dim), rows of equal votes are ranked by
@@ -229,8 +242,10 @@ class BoxSet:
                 return f"SELECT id, 1 AS votes FROM {source} WHERE FALSE"
             if center is None:
                 return f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\nORDER BY pos"
-            return (f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\n"
-                    f"ORDER BY {distance_sql(center, self.n_dims)}, pos")
+            return (
+                f"SELECT id, 1 AS votes FROM {source}\nWHERE {self.predicate()}\n"
+                f"ORDER BY {distance_sql(center, self.n_dims)}, pos"
+            )
         # A sum of per-member 0/1 terms counts each member once, however many of its boxes
         # hold the row. Plain "+" keeps the text portable to engines without list functions.
         terms = "\n    + ".join(f"CAST(({self.predicate(int(m))}) AS INTEGER)" for m in uniq)
@@ -246,7 +261,10 @@ def distance_sql(center: Sequence[int], n_dims: int = N_DIMS) -> str:
     c = [int(v) for v in center]
     if len(c) != n_dims or any(not 0 <= v <= 255 for v in c):
         raise InvalidBoxes(f"center must be {n_dims} integers in 0..255")
-    terms = (f"(CAST({column(d)} AS INTEGER) - {v}) * (CAST({column(d)} AS INTEGER) - {v})" for d, v in enumerate(c))
+    terms = (
+        f"(CAST({column(d)} AS INTEGER) - {v}) * (CAST({column(d)} AS INTEGER) - {v})"
+        for d, v in enumerate(c)
+    )
     return "(" + " + ".join(terms) + ")"
 
 

@@ -85,10 +85,14 @@ def _lock_message(path: Path, read_only: bool, detail: str) -> str:
         except duckdb.Error:
             pass
         else:
-            return (f"{path} is open read-only in another process (a running `clip-branches serve`?), and "
-                    f"changing it needs the file to itself: stop that process, then run this again ({detail})")
-    return (f"{path} is open for writing in another process (an ingest, index or train-head still running?); "
-            f"DuckDB allows one writer or many readers: wait for it to finish, then run this again ({detail})")
+            return (
+                f"{path} is open read-only in another process (a running `clip-branches serve`?), and "
+                f"changing it needs the file to itself: stop that process, then run this again ({detail})"
+            )
+    return (
+        f"{path} is open for writing in another process (an ingest, index or train-head still running?); "
+        f"DuckDB allows one writer or many readers: wait for it to finish, then run this again ({detail})"
+    )
 
 
 class Catalog:
@@ -128,9 +132,16 @@ class Catalog:
             con = duckdb.connect(str(tmp))
             try:
                 schema.migrate(con)
-                cls(con, tmp, read_only=False)._set_settings({
-                    "dims": N_DIMS, "data_version": 0, "index": None, "encoder": None, "quantizer": None,
-                    "created_at": _now()})
+                cls(con, tmp, read_only=False)._set_settings(
+                    {
+                        "dims": N_DIMS,
+                        "data_version": 0,
+                        "index": None,
+                        "encoder": None,
+                        "quantizer": None,
+                        "created_at": _now(),
+                    }
+                )
                 con.execute("CHECKPOINT")
             finally:
                 con.close()
@@ -141,8 +152,14 @@ class Catalog:
         return cls(duckdb.connect(str(path)), path, read_only=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, read_only: bool = False, *, sandbox: bool = False,
-             memory_limit: str = "1GB") -> Catalog:
+    def open(
+        cls,
+        path: str | os.PathLike,
+        read_only: bool = False,
+        *,
+        sandbox: bool = False,
+        memory_limit: str = "1GB",
+    ) -> Catalog:
         """Open an existing catalog. Writable catalogs with an older schema are migrated.
 
         A file that is no DuckDB database, is truncated or damaged where opening reads it, or
@@ -155,8 +172,10 @@ class Catalog:
         """
         path = Path(path)
         if not path.is_file():
-            raise CatalogNotFound(f"no catalog at {path}; make one from your images with `clip-branches add {path} "
-                                  "FOLDER` (or `ingest`), or an empty one with `clip-branches create`")
+            raise CatalogNotFound(
+                f"no catalog at {path}; make one from your images with `clip-branches add {path} "
+                "FOLDER` (or `ingest`), or an empty one with `clip-branches create`"
+            )
         config = {}
         if sandbox:
             if not read_only:
@@ -293,15 +312,21 @@ class Catalog:
                 raise InvalidCodes("ids contain duplicates")
         if n == 0:
             return ids
-        table = pa.table({"pos": np.arange(n_rows, n_rows + n, dtype=np.int64), "id": ids,
-                          **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
+        table = pa.table(
+            {
+                "pos": np.arange(n_rows, n_rows + n, dtype=np.int64),
+                "id": ids,
+                **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)},
+            }
+        )
         new = {"_new_codes": table}
         if meta is not None:
             new["_new_meta"] = meta.append_column("id", pa.array(ids))
         try:
             with transaction(con, **new):
                 clash = con.execute(
-                    "SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10").fetchall()
+                    "SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10"
+                ).fetchall()
                 if clash:
                     raise InvalidCodes(f"ids already in the catalog: {', '.join(str(r[0]) for r in clash)}")
                 meta_cols = self._ensure_metadata_columns(meta)
@@ -323,7 +348,8 @@ class Catalog:
         with self._lock:
             rows = self.con.execute(
                 "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main' "
-                "ORDER BY column_index").fetchall()
+                "ORDER BY column_index"
+            ).fetchall()
         return [r[0] for r in rows]
 
     def _ensure_metadata_columns(self, meta: pa.Table | None) -> list[str]:
@@ -374,8 +400,13 @@ class Catalog:
         self._check_writable()
         codes, ids = _check_replacement(codes, ids)
         con = self.con
-        table = pa.table({"pos": np.arange(len(ids), dtype=np.int64), "id": ids,
-                          **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)}})
+        table = pa.table(
+            {
+                "pos": np.arange(len(ids), dtype=np.int64),
+                "id": ids,
+                **{c: codes[:, d] for d, c in enumerate(CODE_COLUMNS)},
+            }
+        )
         with self._transaction(_new_codes=table):
             _check_known(con, "_new_codes")
             con.execute("DELETE FROM codes")
@@ -393,9 +424,18 @@ class Catalog:
         with self._transaction():
             con.execute("DELETE FROM artifacts WHERE name = 'head'")
             con.execute("INSERT INTO artifacts (name, sha256, data) VALUES ('head', ?, ?)", [digest, blob])
-            self._set_settings({"head": {"sha256": digest, "kind": head.kind, "in_dim": head.in_dim,
-                                         "out_dim": head.out_dim, "info": head.info},
-                                "quantizer": quantizer.to_json()})
+            self._set_settings(
+                {
+                    "head": {
+                        "sha256": digest,
+                        "kind": head.kind,
+                        "in_dim": head.in_dim,
+                        "out_dim": head.out_dim,
+                        "info": head.info,
+                    },
+                    "quantizer": quantizer.to_json(),
+                }
+            )
         return digest
 
     def head(self) -> Head:
@@ -407,7 +447,9 @@ class Catalog:
             raise CatalogError(f"{self.path} has no trained head; run `clip-branches train-head {self.path}`")
         digest, blob = rows[0][0], bytes(rows[0][1])
         if hashlib.sha256(blob).hexdigest() != digest or digest != meta.get("sha256"):
-            raise CorruptCatalog(f"the head stored in {self.path} does not match its checksum; train it again")
+            raise CorruptCatalog(
+                f"the head stored in {self.path} does not match its checksum; train it again"
+            )
         return Head.from_bytes(blob)
 
     def quantizer(self) -> Quantizer:
@@ -428,14 +470,20 @@ class Catalog:
             return 0
         con = self.con
         with self._transaction(_gone=pa.table({"id": ids})):
-            n_images = con.execute("SELECT count(*) FROM images WHERE id IN (SELECT id FROM _gone)").fetchall()[0][0]
-            n_codes = con.execute("SELECT count(*) FROM codes WHERE id IN (SELECT id FROM _gone)").fetchall()[0][0]
+            n_images = con.execute(
+                "SELECT count(*) FROM images WHERE id IN (SELECT id FROM _gone)"
+            ).fetchall()[0][0]
+            n_codes = con.execute("SELECT count(*) FROM codes WHERE id IN (SELECT id FROM _gone)").fetchall()[
+                0
+            ][0]
             con.execute("DELETE FROM images WHERE id IN (SELECT id FROM _gone)")
             if n_codes:
                 con.execute("DELETE FROM codes WHERE id IN (SELECT id FROM _gone)")
                 # keep positions dense (0..n-1) so that exports and the tail blocks stay simple
-                con.execute("UPDATE codes SET pos = r.new_pos FROM (SELECT id, row_number() OVER (ORDER BY pos) - 1 "
-                            "AS new_pos FROM codes) AS r WHERE codes.id = r.id")
+                con.execute(
+                    "UPDATE codes SET pos = r.new_pos FROM (SELECT id, row_number() OVER (ORDER BY pos) - 1 "
+                    "AS new_pos FROM codes) AS r WHERE codes.id = r.id"
+                )
                 self._drop_index()
         return int(n_images)
 
@@ -444,9 +492,15 @@ class Catalog:
         """The folder beside the catalog file for raw embeddings and thumbnails (``<file>.d``)."""
         return self.path.parent / f"{self.path.name}.d"
 
-    def build_index(self, block_size: int = layout.DEFAULT_BLOCK_SIZE, *, codes: np.ndarray | None = None,
-                    ids: Sequence[int] | np.ndarray | None = None,
-                    index_info: Mapping[str, Any] | None = None, progress: Progress = None) -> dict:
+    def build_index(
+        self,
+        block_size: int = layout.DEFAULT_BLOCK_SIZE,
+        *,
+        codes: np.ndarray | None = None,
+        ids: Sequence[int] | np.ndarray | None = None,
+        index_info: Mapping[str, Any] | None = None,
+        progress: Progress = None,
+    ) -> dict:
         """Sort the codes into k-d block order and write the zone maps.
 
         Idempotent: rows start from id order, so the result does not depend on the current
@@ -477,17 +531,28 @@ class Catalog:
             done = int(codes is None)
             report(done, total)
             t1 = time.perf_counter()
-            perm, starts = layout.kd_order(cols, block_size=block_size, initial=np.argsort(ids, kind="stable"),
-                                           on_level=lambda level: report(done + level, total))
+            perm, starts = layout.kd_order(
+                cols,
+                block_size=block_size,
+                initial=np.argsort(ids, kind="stable"),
+                on_level=lambda level: report(done + level, total),
+            )
             done += layout.n_levels(n, block_size)
             cols = np.ascontiguousarray(cols[:, perm])
             ids = ids[perm]
             blocks = layout.zone_maps(cols, starts)
             t2 = time.perf_counter()
             con = self.con
-            codes_tbl = pa.table({"pos": np.arange(n, dtype=np.int64), "id": ids,
-                                  **{c: cols[d] for d, c in enumerate(CODE_COLUMNS)}})
-            with transaction(con, _sorted=codes_tbl, _blocks=_blocks_table(blocks), _chunk=codes_tbl.slice(0, 0)):
+            codes_tbl = pa.table(
+                {
+                    "pos": np.arange(n, dtype=np.int64),
+                    "id": ids,
+                    **{c: cols[d] for d, c in enumerate(CODE_COLUMNS)},
+                }
+            )
+            with transaction(
+                con, _sorted=codes_tbl, _blocks=_blocks_table(blocks), _chunk=codes_tbl.slice(0, 0)
+            ):
                 if codes is not None:
                     _check_known(con, "_sorted")
                 con.execute("DELETE FROM codes")
@@ -499,10 +564,16 @@ class Catalog:
                     report(done, total)
                 con.execute("DELETE FROM blocks")
                 con.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
-                index = {"block_size": block_size, "n_blocks": blocks.n_blocks, "indexed_rows": n,
-                         "projections": [list(range(N_DIMS))], "split": "max-variance median",
-                         "feature_subsets": [list(f) for f in default_subsets()], "built_at": _now(),
-                         **(index_info or {})}
+                index = {
+                    "block_size": block_size,
+                    "n_blocks": blocks.n_blocks,
+                    "indexed_rows": n,
+                    "projections": [list(range(N_DIMS))],
+                    "split": "max-variance median",
+                    "feature_subsets": [list(f) for f in default_subsets()],
+                    "built_at": _now(),
+                    **(index_info or {}),
+                }
                 self._set_settings({"index": index})
                 self._bump_data_version()
             con.execute("CHECKPOINT")
@@ -510,8 +581,13 @@ class Catalog:
         t3 = time.perf_counter()
         self._index = query.BlockIndex.from_arrays(cols, ids, blocks, block_size)
         self._index_version = int(self.setting("data_version"))
-        return {"rows": n, "blocks": blocks.n_blocks, "time_load_s": t1 - t0,
-                "time_sort_s": t2 - t1, "time_write_s": t3 - t2}
+        return {
+            "rows": n,
+            "blocks": blocks.n_blocks,
+            "time_load_s": t1 - t0,
+            "time_sort_s": t2 - t1,
+            "time_write_s": t3 - t2,
+        }
 
     def compact(self, *, progress: Progress = None) -> dict:
         """Rewrite the file without the space freed by deletes and index rebuilds.
@@ -532,8 +608,11 @@ class Catalog:
         con.execute("CHECKPOINT")
         db = con.execute("SELECT current_database()").fetchall()[0][0]
         # Schema first, then each table's rows in a statement of its own, so progress can count them.
-        tables = con.execute("SELECT schema_name, table_name, estimated_size FROM duckdb_tables() "
-                             "WHERE database_name = ? ORDER BY schema_name, table_name", [db]).fetchall()
+        tables = con.execute(
+            "SELECT schema_name, table_name, estimated_size FROM duckdb_tables() "
+            "WHERE database_name = ? ORDER BY schema_name, table_name",
+            [db],
+        ).fetchall()
         total = int(sum(r[2] for r in tables))
         with progress_mod.reporter("compact", "rows", progress) as report:
             report(0, total)
@@ -590,11 +669,14 @@ class Catalog:
     def _check_tiling(self, blocks: pa.Table, n_rows: int, index: Mapping[str, Any]) -> None:
         """CorruptCatalog unless ``blocks`` (``block_id``, ``row_start``, ``row_end``, in block
         order) tile the first rows of the ``n_rows`` codes as the ``index`` settings record."""
-        problem = tiling_problem(*(blocks.column(c).to_numpy() for c in ("block_id", "row_start", "row_end")),
-                                  n_rows, index)
+        problem = tiling_problem(
+            *(blocks.column(c).to_numpy() for c in ("block_id", "row_start", "row_end")), n_rows, index
+        )
         if problem:
-            raise CorruptCatalog(f"{self.path}: the stored block index does not fit the codes: {problem}; "
-                                 f"{REINDEX.format(path=self.path)}")
+            raise CorruptCatalog(
+                f"{self.path}: the stored block index does not fit the codes: {problem}; "
+                f"{REINDEX.format(path=self.path)}"
+            )
 
     def block_index(self) -> query.BlockIndex:
         """The in-memory scan index, loaded on first use and reloaded after any change.
@@ -634,18 +716,34 @@ class Catalog:
         stale_codes = 0
         with reading(self.path):
             n_rows = len(self)
-            self._check_tiling(self.con.sql("SELECT block_id, row_start, row_end FROM blocks ORDER BY block_id")
-                               .to_arrow_table(), n_rows, index or {})
-            without = int(self.con.execute(
-                "SELECT count(*) FROM images i WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.id = i.id)"
-            ).fetchall()[0][0])
+            self._check_tiling(
+                self.con.sql(
+                    "SELECT block_id, row_start, row_end FROM blocks ORDER BY block_id"
+                ).to_arrow_table(),
+                n_rows,
+                index or {},
+            )
+            without = int(
+                self.con.execute(
+                    "SELECT count(*) FROM images i WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.id = i.id)"
+                ).fetchall()[0][0]
+            )
             if watermark is not None:
-                stale_codes = int(self.con.execute(
-                    "SELECT count(*) FROM images i JOIN codes c USING (id) WHERE i.embedding_part > ?",
-                    [int(watermark)]).fetchall()[0][0])
-        return {"rows": n_rows, "indexed_rows": indexed, "unindexed_rows": n_rows - indexed,
-                "images_without_codes": without, "stale_codes": stale_codes,
-                "stale": n_rows != indexed or without > 0 or stale_codes > 0, "index": index}
+                stale_codes = int(
+                    self.con.execute(
+                        "SELECT count(*) FROM images i JOIN codes c USING (id) WHERE i.embedding_part > ?",
+                        [int(watermark)],
+                    ).fetchall()[0][0]
+                )
+        return {
+            "rows": n_rows,
+            "indexed_rows": indexed,
+            "unindexed_rows": n_rows - indexed,
+            "images_without_codes": without,
+            "stale_codes": stale_codes,
+            "stale": n_rows != indexed or without > 0 or stale_codes > 0,
+            "index": index,
+        }
 
     def select(self, boxes: BoxSet | Mapping | Sequence, min_votes: int = 1) -> SelectResult:
         """Every image inside the box set, with its member votes.
@@ -678,7 +776,10 @@ class Catalog:
 
         if self._subsets is None or self._subsets[0] != self._index_version:
             recorded = (self.setting("index") or {}).get("feature_subsets")
-            self._subsets = (self._index_version, [tuple(s) for s in recorded] if recorded else feature_subsets())
+            self._subsets = (
+                self._index_version,
+                [tuple(s) for s in recorded] if recorded else feature_subsets(),
+            )
         return self._subsets[1]
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
@@ -688,9 +789,18 @@ class Catalog:
             raise UnknownIds(np.asarray(ids)[pos < 0].tolist())
         return pos
 
-    def refine(self, positives, negatives=(), model="ensemble", sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES,
-               negative_weight: float = 1.0, random_state=None, filter_sampled: bool = True,
-               guide: bool = True, suggestions: int = 60) -> Result:
+    def refine(
+        self,
+        positives,
+        negatives=(),
+        model="ensemble",
+        sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES,
+        negative_weight: float = 1.0,
+        random_state=None,
+        filter_sampled: bool = True,
+        guide: bool = True,
+        suggestions: int = 60,
+    ) -> Result:
         """Train ``model`` on the labelled ids plus sampled negatives and return every image of
         the catalog it classifies as positive, ranked by votes, then by distance to the
         positives' mean code, then block position, with up to ``suggestions`` unlabelled ids to
@@ -709,7 +819,9 @@ class Catalog:
         """
         from . import refine as rf
 
-        model, sampled_negatives, negative_weight = rf.check_options(model, sampled_negatives, negative_weight)
+        model, sampled_negatives, negative_weight = rf.check_options(
+            model, sampled_negatives, negative_weight
+        )
         random_state = rf.check_random_state(random_state)
         n_suggest = rf.check_suggestions(suggestions)
         pos, neg = rf.check_labels(positives, negatives)
@@ -729,37 +841,66 @@ class Catalog:
         t4 = time.perf_counter()
         sql = estimator.boxes_.to_sql("codes", min_votes=min_votes, center=center.tolist())
         stats = {
-            "model": rf.model_name(model), "positives": int(len(pos)), "negatives": int(len(neg)),
-            "sampled_negatives": train.n_sampled, "sampled_dropped": train.n_dropped,
-            "negative_weight": negative_weight, "guided": train.guided,
-            "pseudo_positives": train.n_pseudo, "guide_groups": train.n_groups,
+            "model": rf.model_name(model),
+            "positives": int(len(pos)),
+            "negatives": int(len(neg)),
+            "sampled_negatives": train.n_sampled,
+            "sampled_dropped": train.n_dropped,
+            "negative_weight": negative_weight,
+            "guided": train.guided,
+            "pseudo_positives": train.n_pseudo,
+            "guide_groups": train.n_groups,
             "held_guide_positives": train.held_positives,
-            "boxes": len(estimator.boxes_), "members": n_members, "min_votes": min_votes,
-            "time_sample_ms": (t1 - t0) * 1e3, "time_train_ms": (t2 - t1) * 1e3,
-            "time_query_ms": (t3 - t2) * 1e3, "time_suggest_ms": (t4 - t3) * 1e3,
+            "boxes": len(estimator.boxes_),
+            "members": n_members,
+            "min_votes": min_votes,
+            "time_sample_ms": (t1 - t0) * 1e3,
+            "time_train_ms": (t2 - t1) * 1e3,
+            "time_query_ms": (t3 - t2) * 1e3,
+            "time_suggest_ms": (t4 - t3) * 1e3,
             "time_total_ms": (t4 - t0) * 1e3,
-            "rows": index.n_rows, "blocks": sel.stats["blocks"], "blocks_touched": sel.stats["blocks_touched"],
+            "rows": index.n_rows,
+            "blocks": sel.stats["blocks"],
+            "blocks_touched": sel.stats["blocks_touched"],
             "rows_touched": sel.stats["rows_in_touched_blocks"],
             "share_touched": sel.stats["rows_in_touched_blocks"] / max(index.n_rows, 1),
-            "results": n_results, "suggestions": int(len(suggested)),
+            "results": n_results,
+            "suggestions": int(len(suggested)),
         }
-        return rf.Result(sel.ids[:n_results], sel.votes[:n_results].astype(np.int64), sql, stats, estimator,
-                         suggested)
+        return rf.Result(
+            sel.ids[:n_results], sel.votes[:n_results].astype(np.int64), sql, stats, estimator, suggested
+        )
 
-    def training_set(self, positives, negatives=(), sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES,
-                     negative_weight: float = 1.0, filter_sampled: bool = True, guide: bool = False):
+    def training_set(
+        self,
+        positives,
+        negatives=(),
+        sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES,
+        negative_weight: float = 1.0,
+        filter_sampled: bool = True,
+        guide: bool = False,
+    ):
         """The training set a refine round with these labels and options fits its model on
         (:class:`engine.refine.Training`: codes ``X``, labels ``y``, weights ``w``), for
         training other models on exactly what ``refine`` sees. ``guide`` as in :meth:`refine`
         (default off here: the labels and the sample alone)."""
         from . import refine as rf
 
-        _, sampled_negatives, negative_weight = rf.check_options("ensemble", sampled_negatives, negative_weight)
+        _, sampled_negatives, negative_weight = rf.check_options(
+            "ensemble", sampled_negatives, negative_weight
+        )
         pos, neg = rf.check_labels(positives, negatives)
         return self._training_set(pos, neg, sampled_negatives, negative_weight, filter_sampled, bool(guide))
 
-    def _training_set(self, pos: np.ndarray, neg: np.ndarray, sampled_negatives: int, negative_weight: float,
-                      filter_sampled: bool, guide: bool):
+    def _training_set(
+        self,
+        pos: np.ndarray,
+        neg: np.ndarray,
+        sampled_negatives: int,
+        negative_weight: float,
+        filter_sampled: bool,
+        guide: bool,
+    ):
         from . import refine as rf
 
         index = self.block_index()
@@ -767,8 +908,18 @@ class Catalog:
             raise UnknownIds(pos.tolist())
         pos_rows = self._positions(pos)
         pool, pool_codes = self._negative_pool(sampled_negatives)
-        return rf.assemble(index.cols, pos_rows, self._positions(neg), pool, sampled_negatives, negative_weight,
-                           filter_sampled, guide, pool_codes=pool_codes, starts=index.blocks.start)
+        return rf.assemble(
+            index.cols,
+            pos_rows,
+            self._positions(neg),
+            pool,
+            sampled_negatives,
+            negative_weight,
+            filter_sampled,
+            guide,
+            pool_codes=pool_codes,
+            starts=index.blocks.start,
+        )
 
     def _negative_pool(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The fixed sampling pool's row positions and their codes (uint8 (n, 32)), kept for the
@@ -811,11 +962,20 @@ class Catalog:
         t2 = time.perf_counter()
         from .boxes import distance_sql
 
-        sql = f"SELECT id, {distance_sql(code.tolist())} AS dist FROM codes\nORDER BY dist, pos\nLIMIT {int(k)}"
-        stats = {"query": kind, "k": int(k), "rows": index.n_rows, "rows_touched": index.n_rows,
-                 "share_touched": 1.0 if index.n_rows else 0.0, "results": int(len(pos)),
-                 "time_encode_ms": (t1 - t0) * 1e3, "time_query_ms": (t2 - t1) * 1e3,
-                 "time_total_ms": (t2 - t0) * 1e3}
+        sql = (
+            f"SELECT id, {distance_sql(code.tolist())} AS dist FROM codes\nORDER BY dist, pos\nLIMIT {int(k)}"
+        )
+        stats = {
+            "query": kind,
+            "k": int(k),
+            "rows": index.n_rows,
+            "rows_touched": index.n_rows,
+            "share_touched": 1.0 if index.n_rows else 0.0,
+            "results": int(len(pos)),
+            "time_encode_ms": (t1 - t0) * 1e3,
+            "time_query_ms": (t2 - t1) * 1e3,
+            "time_total_ms": (t2 - t0) * 1e3,
+        }
         return rf.Result(index.ids[pos], dist.astype(np.int64), sql, stats)
 
     def _head_and_quantizer(self) -> tuple[Head, Quantizer]:
@@ -865,7 +1025,9 @@ class Catalog:
             if not text:
                 raise InvalidArgument("the text query is empty; type what to look for")
             if len(text) > MAX_QUERY_CHARS:
-                raise InvalidArgument(f"the text query has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+                raise InvalidArgument(
+                    f"the text query has {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
+                )
             emb = enc.encode_texts([text])
         else:
             from PIL import Image
@@ -882,8 +1044,10 @@ class Catalog:
             emb = enc.encode_images([pil])
         emb = np.asarray(emb, dtype=np.float32)
         if emb.shape[1] != head.in_dim:
-            raise StaleIndexError(f"the encoder gives {emb.shape[1]}-d vectors but the head expects {head.in_dim}; "
-                                  f"run `clip-branches train-head {self.path}` again")
+            raise StaleIndexError(
+                f"the encoder gives {emb.shape[1]}-d vectors but the head expects {head.in_dim}; "
+                f"run `clip-branches train-head {self.path}` again"
+            )
         return quant.encode(head.apply(emb))[0]
 
     def codes(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -913,8 +1077,15 @@ class Catalog:
         finally:
             cur.close()
 
-    def query(self, text: str, *, time_limit_s: float = 5.0, max_rows: int = 1000, max_bytes: int = 10_000_000,
-              relations: Mapping[str, pa.Table] | None = None) -> QueryResult:
+    def query(
+        self,
+        text: str,
+        *,
+        time_limit_s: float = 5.0,
+        max_rows: int = 1000,
+        max_bytes: int = 10_000_000,
+        relations: Mapping[str, pa.Table] | None = None,
+    ) -> QueryResult:
         """Run one user query like :meth:`sql`, with limits on time, rows and bytes.
 
         At most ``max_rows`` rows and about ``max_bytes`` bytes come back (``truncated`` and
@@ -932,13 +1103,22 @@ class Catalog:
             cur = self.con.cursor()
         try:
             database = cur.execute("SELECT current_database()").fetchall()[0][0]
-            return run_query(cur, text, database=database, time_limit_s=time_limit_s, max_rows=max_rows,
-                             max_bytes=max_bytes, relations=relations)
+            return run_query(
+                cur,
+                text,
+                database=database,
+                time_limit_s=time_limit_s,
+                max_rows=max_rows,
+                max_bytes=max_bytes,
+                relations=relations,
+            )
         finally:
             cur.close()
 
     # -- Parquet -----------------------------------------------------------------------------
-    def export_parquet(self, directory: str | os.PathLike, *, overwrite: bool = False, progress: Progress = None) -> dict:
+    def export_parquet(
+        self, directory: str | os.PathLike, *, overwrite: bool = False, progress: Progress = None
+    ) -> dict:
         """Write codes, images, blocks and settings as Parquet; see :mod:`engine.parquet`.
         ``progress`` (see :mod:`engine.progress`) counts the rows written, over all files."""
         from .parquet import export_catalog
@@ -947,7 +1127,9 @@ class Catalog:
             return export_catalog(self, Path(directory), overwrite=overwrite, progress=progress)
 
     @classmethod
-    def import_parquet(cls, directory: str | os.PathLike, path: str | os.PathLike, *, progress: Progress = None) -> Catalog:
+    def import_parquet(
+        cls, directory: str | os.PathLike, path: str | os.PathLike, *, progress: Progress = None
+    ) -> Catalog:
         """Create a catalog at ``path`` from a directory written by :meth:`export_parquet`.
         ``progress`` (see :mod:`engine.progress`) counts the rows read, over all files."""
         from .parquet import import_catalog
@@ -971,7 +1153,9 @@ def _check_codes(codes: Any) -> np.ndarray:
 
 def _check_known(con: duckdb.DuckDBPyConnection, relation: str) -> None:
     """UnknownIds (the first ten) when ``relation`` has ids that ``images`` does not."""
-    missing = con.execute(f"SELECT n.id FROM {relation} n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10").fetchall()
+    missing = con.execute(
+        f"SELECT n.id FROM {relation} n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10"
+    ).fetchall()
     if missing:
         raise UnknownIds([r[0] for r in missing])
 
@@ -1029,8 +1213,11 @@ def _check_metadata(metadata: Any, n: int) -> pa.Table | None:
 
 def _blocks_table(blocks: layout.Blocks) -> pa.Table:
     n = blocks.n_blocks
-    data: dict[str, Any] = {"block_id": np.arange(n, dtype=np.int32), "row_start": blocks.start[:-1],
-                            "row_end": blocks.start[1:]}
+    data: dict[str, Any] = {
+        "block_id": np.arange(n, dtype=np.int32),
+        "row_start": blocks.start[:-1],
+        "row_end": blocks.start[1:],
+    }
     for d, c in enumerate(CODE_COLUMNS):
         data[f"min_{c}"] = blocks.lo[:, d]
         data[f"max_{c}"] = blocks.hi[:, d]

@@ -25,7 +25,16 @@ from .errors import IngestError
 from .files import atomic_path, write_bytes
 
 CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 SPLITS = {"train": "train", "test": "t10k"}  # split -> file prefix
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -67,10 +76,12 @@ def read_idx(path: str | os.PathLike, kind: str) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise IngestError(f"{path} is truncated inside its header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if data.size != int(np.prod(shape)):
-        raise IngestError(f"{path} holds {data.size} bytes of data for shape {shape}; it is truncated or corrupt")
+        raise IngestError(
+            f"{path} holds {data.size} bytes of data for shape {shape}; it is truncated or corrupt"
+        )
     return data.reshape(shape)
 
 
@@ -80,7 +91,9 @@ def read_split(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndar
     images = read_idx(Path(root) / names["images"], "images")
     labels = read_idx(Path(root) / names["labels"], "labels")
     if images.ndim != 3 or len(images) != len(labels):
-        raise IngestError(f"Fashion-MNIST {split} files in {root} disagree: {images.shape} images, {labels.shape} labels")
+        raise IngestError(
+            f"Fashion-MNIST {split} files in {root} disagree: {images.shape} images, {labels.shape} labels"
+        )
     if labels.size and labels.max() >= len(CLASSES):
         raise IngestError(f"Fashion-MNIST {split} labels in {root} go up to {labels.max()}; expected 0..9")
     return images, labels
@@ -156,7 +169,7 @@ def write_fashion_mnist(
         for folder in {os.path.dirname(r) for r in rels}:
             (out / folder).mkdir(parents=True, exist_ok=True)
         step = 2000
-        jobs += [(str(out), rels[s: s + step], images[s: s + step]) for s in range(0, len(rels), step)]
+        jobs += [(str(out), rels[s : s + step], images[s : s + step]) for s in range(0, len(rels), step)]
     _run_jobs(jobs, workers)
     manifest = out / MANIFEST
     buf = io.StringIO()

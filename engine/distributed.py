@@ -71,13 +71,25 @@ from .sources import ManifestRows, ScannedFiles, Source, scan_sources
 FORMAT = 1
 JOB = "job.json"
 DEFAULT_MASTER = "local[4]"
-ROWS_SCHEMA = pa.schema([
-    ("entry", pa.int64()), ("id", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
-    ("part", pa.string()), ("reason", pa.string()), ("t_decode", pa.float64()), ("t_preprocess", pa.float64()),
-    ("t_thumb", pa.float64()), ("t_encode", pa.float64()), ("t_write", pa.float64()),
-])
-ROWS_DDL = ("entry long, id long, width int, height int, part string, reason string, t_decode double, "
-            "t_preprocess double, t_thumb double, t_encode double, t_write double")
+ROWS_SCHEMA = pa.schema(
+    [
+        ("entry", pa.int64()),
+        ("id", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("part", pa.string()),
+        ("reason", pa.string()),
+        ("t_decode", pa.float64()),
+        ("t_preprocess", pa.float64()),
+        ("t_thumb", pa.float64()),
+        ("t_encode", pa.float64()),
+        ("t_write", pa.float64()),
+    ]
+)
+ROWS_DDL = (
+    "entry long, id long, width int, height int, part string, reason string, t_decode double, "
+    "t_preprocess double, t_thumb double, t_encode double, t_write double"
+)
 NOT_STAGED = "not in the Spark job's output (the catalog changed since it was planned); ingest again"
 
 
@@ -90,19 +102,26 @@ class _EncoderRecord:
 
 
 # -- the Spark session ------------------------------------------------------------------------
-def spark_session(master: str = DEFAULT_MASTER, *, progress: bool = False, app_name: str = "clip-branches-ingest"):
+def spark_session(
+    master: str = DEFAULT_MASTER, *, progress: bool = False, app_name: str = "clip-branches-ingest"
+):
     """A Spark session whose Python workers run this interpreter (unless ``PYSPARK_PYTHON``
     says otherwise). :class:`IngestError` when PySpark, pandas or Java is missing."""
     SparkSession = _spark_session_class()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
-        session = (SparkSession.builder.master(master).appName(app_name)
-                   .config("spark.ui.enabled", "false")
-                   .config("spark.ui.showConsoleProgress", "true" if progress else "false")
-                   .getOrCreate())
+        session = (
+            SparkSession.builder.master(master)
+            .appName(app_name)
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "true" if progress else "false")
+            .getOrCreate()
+        )
     except Exception as e:
-        raise IngestError(f"Spark could not start with master {master!r} ({_first_line(e)}); it needs a Java 17+ "
-                          "runtime on PATH or in JAVA_HOME") from None
+        raise IngestError(
+            f"Spark could not start with master {master!r} ({_first_line(e)}); it needs a Java 17+ "
+            "runtime on PATH or in JAVA_HOME"
+        ) from None
     session.sparkContext.setLogLevel("ERROR")
     return session
 
@@ -112,8 +131,10 @@ def _spark_session_class():
         import pandas  # noqa: F401  (PySpark's Arrow functions refuse to run without it)
         from pyspark.sql import SparkSession
     except ImportError as e:
-        raise IngestError(f"distributed ingestion needs PySpark with pandas ({e}); install them with "
-                          "pip install 'pyspark[sql]>=4' (Spark also needs a Java 17+ runtime)") from None
+        raise IngestError(
+            f"distributed ingestion needs PySpark with pandas ({e}); install them with "
+            "pip install 'pyspark[sql]>=4' (Spark also needs a Java 17+ runtime)"
+        ) from None
     return SparkSession
 
 
@@ -188,14 +209,21 @@ class EncodeTask:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for chunk in _by_batch(batches):  # an empty partition loads no model
-            yield self.encode(_worker_encoder(self.encoder_id, self.device, self.batch_size, self.threads), chunk)
+            yield self.encode(
+                _worker_encoder(self.encoder_id, self.device, self.batch_size, self.threads), chunk
+            )
 
     def encode(self, encoder, chunk: pa.Table) -> pa.RecordBatch:
         out = Path(self.out_dir)
         entries = chunk.column("entry").to_numpy()
         ids = chunk.column("id").to_numpy()
-        dataset = DecodeDataset(chunk.column("uri").to_pylist(), ids, encoder.preprocess,
-                                out if self.thumbnails else None, self.max_pixels)
+        dataset = DecodeDataset(
+            chunk.column("uri").to_pylist(),
+            ids,
+            encoder.preprocess,
+            out if self.thumbnails else None,
+            self.max_pixels,
+        )
         batch = next(decoded_batches(dataset, len(dataset), 0))
         t0 = time.perf_counter()
         emb = _encode(encoder, batch)
@@ -211,11 +239,22 @@ class EncodeTask:
         def spread(total: float) -> pa.Array:
             return pa.array(np.full(n, total / n), pa.float64())
 
-        return pa.RecordBatch.from_arrays([
-            pa.array(entries, pa.int64()), pa.array(ids, pa.int64()), pa.array(batch.width, pa.int32()),
-            pa.array(batch.height, pa.int32()), pa.array([part if good else None for good in ok], pa.string()),
-            pa.array(batch.reasons, pa.string()), spread(batch.t_decode), spread(batch.t_preprocess),
-            spread(batch.t_thumb), spread(t1 - t0), spread(t2 - t1)], schema=ROWS_SCHEMA)
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(entries, pa.int64()),
+                pa.array(ids, pa.int64()),
+                pa.array(batch.width, pa.int32()),
+                pa.array(batch.height, pa.int32()),
+                pa.array([part if good else None for good in ok], pa.string()),
+                pa.array(batch.reasons, pa.string()),
+                spread(batch.t_decode),
+                spread(batch.t_preprocess),
+                spread(batch.t_thumb),
+                spread(t1 - t0),
+                spread(t2 - t1),
+            ],
+            schema=ROWS_SCHEMA,
+        )
 
 
 def _by_batch(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
@@ -276,38 +315,91 @@ def encode_with_spark(
             plan = _plan(cat, scanned, encoder_id)
         todo, ids, planned_against = plan.todo, plan.todo_ids, str(catalog)
     time_scan = time.perf_counter() - t0
-    return _run_job(scanned, todo, ids, Path(out_dir), encoder_id=encoder_id, spark=spark, master=master,
-                    partitions=partitions, batch_size=batch_size, device=device, max_pixels=max_pixels,
-                    thumbnails=thumbnails, overwrite=overwrite, progress=progress, time_scan=time_scan,
-                    planned_against=planned_against)
+    return _run_job(
+        scanned,
+        todo,
+        ids,
+        Path(out_dir),
+        encoder_id=encoder_id,
+        spark=spark,
+        master=master,
+        partitions=partitions,
+        batch_size=batch_size,
+        device=device,
+        max_pixels=max_pixels,
+        thumbnails=thumbnails,
+        overwrite=overwrite,
+        progress=progress,
+        time_scan=time_scan,
+        planned_against=planned_against,
+    )
 
 
 def _check_job_args(encoder_id: str, partitions: int | None, batch_size: int, max_pixels: int) -> None:
     if not isinstance(encoder_id, str) or ":" not in encoder_id:
-        raise IngestError(f"encoder id {encoder_id!r} is not of the form 'demo:NAME' or 'open_clip:MODEL/PRETRAINED'")
+        raise IngestError(
+            f"encoder id {encoder_id!r} is not of the form 'demo:NAME' or 'open_clip:MODEL/PRETRAINED'"
+        )
     checks = [("batch_size", batch_size), ("max_pixels", max_pixels)]
     for name, value in checks + ([("partitions", partitions)] if partitions is not None else []):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise IngestError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _run_job(scanned: ScannedFiles, todo: np.ndarray, ids: np.ndarray, out_dir: Path, *, encoder_id: str, spark,
-             master: str, partitions: int | None, batch_size: int, device: str | None, max_pixels: int,
-             thumbnails: bool, overwrite: bool, progress: bool, time_scan: float,
-             planned_against: str | None) -> dict:
+def _run_job(
+    scanned: ScannedFiles,
+    todo: np.ndarray,
+    ids: np.ndarray,
+    out_dir: Path,
+    *,
+    encoder_id: str,
+    spark,
+    master: str,
+    partitions: int | None,
+    batch_size: int,
+    device: str | None,
+    max_pixels: int,
+    thumbnails: bool,
+    overwrite: bool,
+    progress: bool,
+    time_scan: float,
+    planned_against: str | None,
+) -> dict:
     out_dir = out_dir.absolute()
     _prepare(out_dir, overwrite)
     save_scan(scanned, out_dir / "scan")
     # Batches are runs of batch_size files in plan order, as in a local run, so each part holds
     # the rows of the local run's part and the encoder sees the same batches.
     seq = np.arange(len(todo), dtype=np.int64)
-    work = pa.table({"seq": seq, "batch": seq // batch_size, "entry": pa.array(todo, pa.int64()),
-                     "id": pa.array(ids, pa.int64()), "uri": pa.array([scanned.uris[e] for e in todo], pa.string())})
+    work = pa.table(
+        {
+            "seq": seq,
+            "batch": seq // batch_size,
+            "entry": pa.array(todo, pa.int64()),
+            "id": pa.array(ids, pa.int64()),
+            "uri": pa.array([scanned.uris[e] for e in todo], pa.string()),
+        }
+    )
     pq.write_table(work, out_dir / "work.parquet")
-    job = {"format": FORMAT, "encoder": encoder_id, "dim": None, "sources": [s.key for s in scanned.sources],
-           "planned_against": planned_against, "files": len(scanned), "todo": len(todo), "batch_size": batch_size,
-           "thumbnails": thumbnails, "max_pixels": max_pixels, "master": None, "parallelism": 0, "partitions": 0,
-           "threads_per_task": 0, "time_scan_s": time_scan, "time_session_s": 0.0, "time_job_s": 0.0}
+    job = {
+        "format": FORMAT,
+        "encoder": encoder_id,
+        "dim": None,
+        "sources": [s.key for s in scanned.sources],
+        "planned_against": planned_against,
+        "files": len(scanned),
+        "todo": len(todo),
+        "batch_size": batch_size,
+        "thumbnails": thumbnails,
+        "max_pixels": max_pixels,
+        "master": None,
+        "parallelism": 0,
+        "partitions": 0,
+        "threads_per_task": 0,
+        "time_scan_s": time_scan,
+        "time_session_s": 0.0,
+        "time_job_s": 0.0,
+    }
     if len(todo) == 0:
         (out_dir / "rows").mkdir()
         pq.write_table(ROWS_SCHEMA.empty_table(), out_dir / "rows" / "part-0.parquet")
@@ -320,11 +412,18 @@ def _run_job(scanned: ScannedFiles, todo: np.ndarray, ids: np.ndarray, out_dir: 
             n_parts = min(partitions or 2 * sc.defaultParallelism, math.ceil(len(todo) / batch_size))
             threads = threads_per_task(session)
             task = EncodeTask(encoder_id, str(out_dir), batch_size, thumbnails, max_pixels, device, threads)
-            job.update(master=sc.master, parallelism=sc.defaultParallelism, partitions=n_parts,
-                       threads_per_task=threads)
-            rows = (session.read.parquet(str(out_dir / "work.parquet"))
-                    .repartitionByRange(n_parts, "batch").sortWithinPartitions("seq")
-                    .mapInArrow(task, ROWS_DDL))
+            job.update(
+                master=sc.master,
+                parallelism=sc.defaultParallelism,
+                partitions=n_parts,
+                threads_per_task=threads,
+            )
+            rows = (
+                session.read.parquet(str(out_dir / "work.parquet"))
+                .repartitionByRange(n_parts, "batch")
+                .sortWithinPartitions("seq")
+                .mapInArrow(task, ROWS_DDL)
+            )
             try:
                 rows.write.mode("overwrite").parquet(str(out_dir / "rows"))
             except Exception as e:
@@ -337,10 +436,16 @@ def _run_job(scanned: ScannedFiles, todo: np.ndarray, ids: np.ndarray, out_dir: 
     parts = sorted(set(rows.column("part").drop_null().to_pylist()))
     if parts:
         job["dim"] = _part_dim(out_dir / "embeddings" / parts[0])
-    job.update(encoded=int(ok.sum()), failed=int((~ok).sum()), parts=len(parts),
-               images_per_second=len(todo) / job["time_job_s"] if job["time_job_s"] > 0 else 0.0,
-               **{f"time_{k}_s": _column_sum(rows, f"t_{k}") for k in ("decode", "preprocess", "thumb", "encode",
-                                                                       "write")})
+    job.update(
+        encoded=int(ok.sum()),
+        failed=int((~ok).sum()),
+        parts=len(parts),
+        images_per_second=len(todo) / job["time_job_s"] if job["time_job_s"] > 0 else 0.0,
+        **{
+            f"time_{k}_s": _column_sum(rows, f"t_{k}")
+            for k in ("decode", "preprocess", "thumb", "encode", "write")
+        },
+    )
     _write_json(out_dir / JOB, job)
     return job
 
@@ -352,7 +457,9 @@ def _column_sum(table: pa.Table, column: str) -> float:
 def _prepare(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise IngestError(f"{out_dir} is not empty; choose a new folder or pass overwrite=True (--overwrite)")
+            raise IngestError(
+                f"{out_dir} is not empty; choose a new folder or pass overwrite=True (--overwrite)"
+            )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -364,8 +471,10 @@ def _write_json(path: Path, obj: dict) -> None:
 def _part_dim(path: Path) -> int:
     field = pq.read_schema(path).field("embedding")
     if not (pa.types.is_fixed_size_list(field.type) and pa.types.is_float16(field.type.value_type)):
-        raise IngestError(f"{path} is not an embedding part (embedding is {field.type}, expected "
-                          "fixed_size_list<halffloat>)")
+        raise IngestError(
+            f"{path} is not an embedding part (embedding is {field.type}, expected "
+            "fixed_size_list<halffloat>)"
+        )
     return int(field.type.list_size)
 
 
@@ -376,17 +485,29 @@ def save_scan(scanned: ScannedFiles, directory: Path) -> None:
     manifest_row = np.full(len(scanned), -1, np.int64)
     for m in scanned.manifests:
         manifest_row[m.entries] = np.arange(len(m.entries))
-    pq.write_table(pa.table({
-        "uri": pa.array(scanned.uris, pa.string()), "file_size": pa.array(scanned.sizes, pa.int64()),
-        "file_mtime_ns": pa.array(scanned.mtimes_ns, pa.int64()),
-        "source_index": pa.array(scanned.source_index, pa.int32()), "manifest_row": manifest_row,
-    }), directory / "files.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "uri": pa.array(scanned.uris, pa.string()),
+                "file_size": pa.array(scanned.sizes, pa.int64()),
+                "file_mtime_ns": pa.array(scanned.mtimes_ns, pa.int64()),
+                "source_index": pa.array(scanned.source_index, pa.int32()),
+                "manifest_row": manifest_row,
+            }
+        ),
+        directory / "files.parquet",
+    )
     for k, m in enumerate(scanned.manifests):
         if m.table.num_columns:
             pq.write_table(m.table, directory / f"manifest-{k:03d}.parquet")
-    _write_json(directory / "sources.json", {
-        "sources": [[s.key, s.kind] for s in scanned.sources], "problems": [list(p) for p in scanned.problems],
-        "unlisted_dirs": scanned.unlisted_dirs})
+    _write_json(
+        directory / "sources.json",
+        {
+            "sources": [[s.key, s.kind] for s in scanned.sources],
+            "problems": [list(p) for p in scanned.problems],
+            "unlisted_dirs": scanned.unlisted_dirs,
+        },
+    )
 
 
 def load_scan(directory: Path) -> ScannedFiles:
@@ -395,12 +516,19 @@ def load_scan(directory: Path) -> ScannedFiles:
         info = json.loads((directory / "sources.json").read_text(encoding="utf-8"))
         files = pq.read_table(directory / "files.parquet")
     except (OSError, ValueError, pa.ArrowException) as e:
-        raise IngestError(f"the scan under {directory} is unreadable ({_first_line(e)}); run the encoding again") from None
+        raise IngestError(
+            f"the scan under {directory} is unreadable ({_first_line(e)}); run the encoding again"
+        ) from None
     sources = [Source(key, kind) for key, kind in info["sources"]]
-    scanned = ScannedFiles(sources, uris=files.column("uri").to_pylist(),
-                           sizes=files.column("file_size").to_numpy(), mtimes_ns=files.column("file_mtime_ns").to_numpy(),
-                           source_index=files.column("source_index").to_numpy(),
-                           problems=[tuple(p) for p in info["problems"]], unlisted_dirs=list(info["unlisted_dirs"]))
+    scanned = ScannedFiles(
+        sources,
+        uris=files.column("uri").to_pylist(),
+        sizes=files.column("file_size").to_numpy(),
+        mtimes_ns=files.column("file_mtime_ns").to_numpy(),
+        source_index=files.column("source_index").to_numpy(),
+        problems=[tuple(p) for p in info["problems"]],
+        unlisted_dirs=list(info["unlisted_dirs"]),
+    )
     manifest_row = files.column("manifest_row").to_numpy()
     for k, src in enumerate(i for i, s in enumerate(sources) if s.kind == "manifest"):
         held = np.flatnonzero((scanned.source_index == src) & (manifest_row >= 0))
@@ -416,8 +544,9 @@ def read_rows(out_dir: Path) -> pa.Table:
     try:
         return pq.read_table(out_dir / "rows", schema=ROWS_SCHEMA)
     except (OSError, pa.ArrowException) as e:
-        raise IngestError(f"the rows under {out_dir / 'rows'} are unreadable ({_first_line(e)}); "
-                          "run the encoding again") from None
+        raise IngestError(
+            f"the rows under {out_dir / 'rows'} are unreadable ({_first_line(e)}); run the encoding again"
+        ) from None
 
 
 def read_job(out_dir: str | os.PathLike) -> dict:
@@ -426,7 +555,9 @@ def read_job(out_dir: str | os.PathLike) -> dict:
     try:
         job = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise IngestError(f"{out_dir} holds no finished encoding job (no {JOB}); run the encoding (again)") from None
+        raise IngestError(
+            f"{out_dir} holds no finished encoding job (no {JOB}); run the encoding (again)"
+        ) from None
     except (OSError, ValueError) as e:
         raise IngestError(f"{path} is unreadable ({_first_line(e)}); run the encoding again") from None
     if job.get("format") != FORMAT:
@@ -450,7 +581,9 @@ def ingest_parts(cat: Catalog, out_dir: str | os.PathLike, *, reembed: bool = Fa
     scanned = load_scan(out_dir / "scan")
     rows = read_rows(out_dir)
     record = _EncoderRecord(job["encoder"], int(job["dim"] or 0))
-    report = IngestReport(encoder=record.id, batch_size=int(job["batch_size"]), workers=int(job["parallelism"]))
+    report = IngestReport(
+        encoder=record.id, batch_size=int(job["batch_size"]), workers=int(job["parallelism"])
+    )
     _check_encoder(cat, record, reembed)
     store = PartStore(cat)
     store.remove_debris()
@@ -481,8 +614,15 @@ def ingest_parts(cat: Catalog, out_dir: str | os.PathLike, *, reembed: bool = Fa
     return report
 
 
-def _take_in(cat: Catalog, store: PartStore, writer: _BatchWriter, plan: Plan, rows: pa.Table, out_dir: Path,
-             thumbnails: bool) -> np.ndarray:
+def _take_in(
+    cat: Catalog,
+    store: PartStore,
+    writer: _BatchWriter,
+    plan: Plan,
+    rows: pa.Table,
+    out_dir: Path,
+    thumbnails: bool,
+) -> np.ndarray:
     """Bring the staged parts and thumbnails of the plan's files in and commit their rows;
     returns the entries the plan wants that the output lacks."""
     entry = rows.column("entry").to_numpy()
@@ -491,7 +631,9 @@ def _take_in(cat: Catalog, store: PartStore, writer: _BatchWriter, plan: Plan, r
     position = np.full(len(writer.scanned), -1, np.int64)
     position[plan.todo] = np.arange(len(plan.todo))
     if len(entry) and (entry.min() < 0 or entry.max() >= len(position)):
-        raise IngestError(f"the rows under {out_dir / 'rows'} do not belong to its scan; run the encoding again")
+        raise IngestError(
+            f"the rows under {out_dir / 'rows'} do not belong to its scan; run the encoding again"
+        )
     keep = position[entry] >= 0
     rows = rows.filter(pa.array(keep))
     index = position[entry[keep]]
@@ -521,7 +663,9 @@ def _take_in(cat: Catalog, store: PartStore, writer: _BatchWriter, plan: Plan, r
     return plan.todo[np.setdiff1d(np.arange(len(plan.todo)), index)]
 
 
-def _bring_part(store: PartStore, src: Path, staged: np.ndarray, planned: np.ndarray) -> tuple[int, str, np.ndarray]:
+def _bring_part(
+    store: PartStore, src: Path, staged: np.ndarray, planned: np.ndarray
+) -> tuple[int, str, np.ndarray]:
     """The staged part ``src`` in the store, for the rows whose staged ids are ``staged`` and
     whose catalog ids are ``planned``: linked as it is when it holds exactly those rows under
     those ids, else rewritten. Returns (part_id, file name, ids in the part)."""
@@ -529,8 +673,9 @@ def _bring_part(store: PartStore, src: Path, staged: np.ndarray, planned: np.nda
         file_ids = pq.read_table(src, columns=["id"]).column("id").to_numpy()
         dim = _part_dim(src)
     except (OSError, pa.ArrowException, KeyError) as e:
-        raise IngestError(f"embedding part {src} is missing or unreadable ({_first_line(e)}); "
-                          "run the encoding again") from None
+        raise IngestError(
+            f"embedding part {src} is missing or unreadable ({_first_line(e)}); run the encoding again"
+        ) from None
     if np.array_equal(np.sort(file_ids), np.sort(staged)) and np.array_equal(staged, planned):
         part_id, name = store.adopt(src)
         return part_id, name, file_ids
@@ -582,10 +727,24 @@ def spark_ingest(
     shutil.rmtree(root, ignore_errors=True)  # an interrupted run's: the catalog's writer is this process
     staging = root / f"spark-{uuid.uuid4().hex[:12]}"
     try:
-        _run_job(scanned, plan.todo, plan.todo_ids, staging, encoder_id=encoder_id, spark=spark, master=master,
-                 partitions=partitions, batch_size=batch_size, device=device, max_pixels=max_pixels,
-                 thumbnails=thumbnails, overwrite=False, progress=progress, time_scan=time_scan,
-                 planned_against=str(cat.path))
+        _run_job(
+            scanned,
+            plan.todo,
+            plan.todo_ids,
+            staging,
+            encoder_id=encoder_id,
+            spark=spark,
+            master=master,
+            partitions=partitions,
+            batch_size=batch_size,
+            device=device,
+            max_pixels=max_pixels,
+            thumbnails=thumbnails,
+            overwrite=False,
+            progress=progress,
+            time_scan=time_scan,
+            planned_against=str(cat.path),
+        )
         report = ingest_parts(cat, staging, reembed=reembed)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -28,8 +28,9 @@ class PartStore:
     def __init__(self, cat: Catalog):
         self.cat = cat
         self.dir = cat.side_dir / "embeddings"
-        self.next_id = int(cat.con.execute("SELECT coalesce(max(part_id), 0) + 1 FROM embedding_parts")
-                           .fetchall()[0][0])
+        self.next_id = int(
+            cat.con.execute("SELECT coalesce(max(part_id), 0) + 1 FROM embedding_parts").fetchall()[0][0]
+        )
 
     def recorded(self) -> set[str]:
         return {r[0] for r in self.cat.con.execute("SELECT file FROM embedding_parts").fetchall()}
@@ -69,10 +70,14 @@ class PartStore:
     def collect_garbage(self) -> int:
         """Delete parts no image points to any more (all rows re-embedded or removed)."""
         with transaction(self.cat.con) as con:
-            dead = con.execute("SELECT part_id, file FROM embedding_parts p WHERE NOT EXISTS "
-                               "(SELECT 1 FROM images i WHERE i.embedding_part = p.part_id)").fetchall()
+            dead = con.execute(
+                "SELECT part_id, file FROM embedding_parts p WHERE NOT EXISTS "
+                "(SELECT 1 FROM images i WHERE i.embedding_part = p.part_id)"
+            ).fetchall()
             if dead:
-                con.execute("DELETE FROM embedding_parts WHERE part_id IN (SELECT unnest(?))", [[d[0] for d in dead]])
+                con.execute(
+                    "DELETE FROM embedding_parts WHERE part_id IN (SELECT unnest(?))", [[d[0] for d in dead]]
+                )
         for _, name in dead:  # after the commit: a crash in between leaves debris, never a dangling row
             (self.dir / name).unlink(missing_ok=True)
         return len(dead)
@@ -85,7 +90,9 @@ def write_part_file(path: str | os.PathLike, ids: np.ndarray, emb: np.ndarray) -
     path.parent.mkdir(parents=True, exist_ok=True)
     n, dim = emb.shape
     values = pa.array(emb.astype(np.float16).ravel(), pa.float16())
-    table = pa.table({"id": pa.array(ids, pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(values, dim)})
+    table = pa.table(
+        {"id": pa.array(ids, pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(values, dim)}
+    )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
 
@@ -95,7 +102,9 @@ def embeddings_dir(cat: Catalog) -> Path:
     return cat.side_dir / "embeddings"
 
 
-def load_embeddings(cat: Catalog, ids: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_embeddings(
+    cat: Catalog, ids: Sequence[int] | np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The current raw embedding of each image: (ids int64 (n,), float32 (n, dim)).
 
     Without ``ids``: every image that has one, by id. With ``ids``: those images in that order;
@@ -105,16 +114,20 @@ def load_embeddings(cat: Catalog, ids: Sequence[int] | np.ndarray | None = None)
     con = cat.con
     want = None if ids is None else np.asarray(ids, dtype=np.int64).ravel()
     if want is None:
-        rows = con.sql("SELECT i.id, p.part_id, p.file, p.encoder, p.dim FROM images i "
-                       "JOIN embedding_parts p ON p.part_id = i.embedding_part ORDER BY i.id").fetchall()
+        rows = con.sql(
+            "SELECT i.id, p.part_id, p.file, p.encoder, p.dim FROM images i "
+            "JOIN embedding_parts p ON p.part_id = i.embedding_part ORDER BY i.id"
+        ).fetchall()
     else:
         rows = _rows_for(cat, want)
     if not rows:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     encoders = sorted({r[3] for r in rows})
     if len(encoders) > 1:
-        raise IngestError(f"{cat.path} holds embeddings from several encoders ({', '.join(encoders)}); re-ingest "
-                          f"every source with the catalog's encoder {cat.setting('encoder')!r} to make them uniform")
+        raise IngestError(
+            f"{cat.path} holds embeddings from several encoders ({', '.join(encoders)}); re-ingest "
+            f"every source with the catalog's encoder {cat.setting('encoder')!r} to make them uniform"
+        )
     dim = int(rows[0][4])
     got_ids = np.array([r[0] for r in rows], np.int64)
     part_of = np.array([r[1] for r in rows], np.int64)
@@ -133,9 +146,11 @@ def _rows_for(cat: Catalog, want: np.ndarray) -> list[tuple]:
     con = cat.con
     con.register("_want", pa.table({"id": np.unique(want)}))
     try:
-        rows = con.sql("SELECT w.id, p.part_id, p.file, p.encoder, p.dim, i.id IS NOT NULL AS known FROM _want w "
-                       "LEFT JOIN images i ON i.id = w.id LEFT JOIN embedding_parts p ON p.part_id = i.embedding_part "
-                       "ORDER BY w.id").fetchall()
+        rows = con.sql(
+            "SELECT w.id, p.part_id, p.file, p.encoder, p.dim, i.id IS NOT NULL AS known FROM _want w "
+            "LEFT JOIN images i ON i.id = w.id LEFT JOIN embedding_parts p ON p.part_id = i.embedding_part "
+            "ORDER BY w.id"
+        ).fetchall()
     finally:
         con.unregister("_want")
     unknown = [r[0] for r in rows if not r[5]]
@@ -143,8 +158,9 @@ def _rows_for(cat: Catalog, want: np.ndarray) -> list[tuple]:
         raise UnknownIds(unknown)
     missing = [r[0] for r in rows if r[1] is None]
     if missing:
-        raise IngestError(f"{len(missing)} image(s) have no raw embedding (e.g. id {missing[0]}); "
-                          "ingest their files first")
+        raise IngestError(
+            f"{len(missing)} image(s) have no raw embedding (e.g. id {missing[0]}); ingest their files first"
+        )
     return [r[:5] for r in rows]
 
 
@@ -153,8 +169,10 @@ def _read_part(path: Path, ids: np.ndarray, dim: int) -> np.ndarray:
     try:
         table = pq.read_table(path, columns=["id", "embedding"])
     except (OSError, pa.ArrowException) as e:
-        raise IngestError(f"embedding part {path} is unreadable ({str(e).splitlines()[0]}); "
-                          "re-embed with `clip-branches ingest` and reembed") from None
+        raise IngestError(
+            f"embedding part {path} is unreadable ({str(e).splitlines()[0]}); "
+            "re-embed with `clip-branches ingest` and reembed"
+        ) from None
     part_ids = table.column("id").to_numpy()
     values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     matrix = values.reshape(len(part_ids), dim)

@@ -55,7 +55,9 @@ class Region:
         """bool (n,): rows within ``scale`` times some ball's radius of its centre."""
         if len(self.radii) == 0 or len(codes) == 0:
             return np.zeros(len(codes), bool)
-        return (self._sq_dists(codes) <= ((scale * self.radii) ** 2 + 1.0).astype(np.float32)[None, :]).any(axis=1)
+        return (self._sq_dists(codes) <= ((scale * self.radii) ** 2 + 1.0).astype(np.float32)[None, :]).any(
+            axis=1
+        )
 
     def nearest(self, codes: np.ndarray) -> np.ndarray:
         """int64 (n,): for each row, the ball it lies deepest in (smallest ``dist^2 - r^2``)."""
@@ -145,7 +147,9 @@ def group_positives(codes: np.ndarray, link: np.ndarray, stones: np.ndarray | No
     d2 = (sq[:, None] - 2.0 * (X @ X.T) + sq[None, :]).astype(np.float64)
     i, j = np.nonzero(np.triu(d2 <= np.minimum(link[:, None], link[None, :]) ** 2, 1))
     n = len(codes)
-    _, comp = connected_components(coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n)), directed=False)
+    _, comp = connected_components(
+        coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n)), directed=False
+    )
     _, group = np.unique(comp[:p], return_inverse=True)
     # number groups by first appearance, as the positives come
     first = np.full(group.max() + 1 if p else 0, p, np.int64)
@@ -154,8 +158,9 @@ def group_positives(codes: np.ndarray, link: np.ndarray, stones: np.ndarray | No
     return rank[group].astype(np.int64)
 
 
-def choose_min_votes(votes: np.ndarray, agree: np.ndarray, n_members: int, default: int,
-                     min_positives: int = 1) -> int:
+def choose_min_votes(
+    votes: np.ndarray, agree: np.ndarray, n_members: int, default: int, min_positives: int = 1
+) -> int:
     """The vote threshold under which the ensemble's positives agree best (F1) with the guide's
     positives ``agree`` (bool) on held-out rows whose member ``votes`` are given; ``default``
     when the guide marks fewer than ``min_positives`` (at least one) of them positive. Ties go to
@@ -192,7 +197,9 @@ def diverse(codes: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.int64)
 
 
-def suggest(codes: np.ndarray, guide: Guide, n: int, pool_factor: int = 4, prefer: np.ndarray | None = None) -> np.ndarray:
+def suggest(
+    codes: np.ndarray, guide: Guide, n: int, pool_factor: int = 4, prefer: np.ndarray | None = None
+) -> np.ndarray:
     """Indices into ``codes`` (the unlabelled candidates) of up to ``n`` suggestions: of the
     ``pool_factor * n`` candidates nearest the guide's boundary (smallest |margin|), ``n`` spread
     out by :func:`diverse`, most uncertain first. ``prefer`` (bool (len(codes),)) marks the

@@ -51,8 +51,11 @@ class Head:
     def __post_init__(self):
         # One memory layout for every copy, so that a head and its round trip through bytes
         # take the same BLAS path and give bit-identical outputs.
-        object.__setattr__(self, "params", {k: np.ascontiguousarray(v, dtype=np.float32)
-                                            for k, v in sorted(self.params.items())})
+        object.__setattr__(
+            self,
+            "params",
+            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(self.params.items())},
+        )
 
     def apply(self, x: np.ndarray, batch_rows: int = APPLY_BATCH_ROWS) -> np.ndarray:
         """float (n, in_dim) -> float32 (n, out_dim), rows L2-normalised."""
@@ -74,10 +77,15 @@ class Head:
     def to_bytes(self) -> bytes:
         """An npz blob holding the parameters and a JSON header; stable for equal heads."""
         buf = io.BytesIO()
-        header = json.dumps({"kind": self.kind, "in_dim": self.in_dim, "out_dim": self.out_dim,
-                             "info": self.info}, sort_keys=True)
-        np.savez(buf, __header__=np.frombuffer(header.encode(), dtype=np.uint8),
-                 **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(self.params.items())})
+        header = json.dumps(
+            {"kind": self.kind, "in_dim": self.in_dim, "out_dim": self.out_dim, "info": self.info},
+            sort_keys=True,
+        )
+        np.savez(
+            buf,
+            __header__=np.frombuffer(header.encode(), dtype=np.uint8),
+            **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(self.params.items())},
+        )
         return buf.getvalue()
 
     @property
@@ -92,7 +100,9 @@ class Head:
                 params = {k: z[k].astype(np.float32) for k in z.files if k != "__header__"}
         except Exception as e:  # zipfile, json and key errors all mean the same thing here
             raise HeadError(f"stored head is unreadable ({type(e).__name__}: {e}); train it again") from None
-        return cls(header["kind"], int(header["in_dim"]), int(header["out_dim"]), params, header.get("info", {}))
+        return cls(
+            header["kind"], int(header["in_dim"]), int(header["out_dim"]), params, header.get("info", {})
+        )
 
 
 def _normalise(y: np.ndarray) -> np.ndarray:
@@ -113,8 +123,13 @@ def fit_pca(x: np.ndarray, out_dim: int = DEFAULT_OUT_DIM) -> Head:
     vals, vecs = np.linalg.eigh(cov)
     comp = vecs[:, np.argsort(vals)[::-1][:out_dim]]
     comp *= np.sign(comp[np.argmax(np.abs(comp), axis=0), np.arange(out_dim)])  # deterministic signs
-    return Head("pca", x.shape[1], out_dim, {"mean": mean.astype(np.float32), "components": comp.astype(np.float32)},
-                {"method": "pca", "rows": int(x.shape[0])})
+    return Head(
+        "pca",
+        x.shape[1],
+        out_dim,
+        {"mean": mean.astype(np.float32), "components": comp.astype(np.float32)},
+        {"method": "pca", "rows": int(x.shape[0])},
+    )
 
 
 def _check_embeddings(x: np.ndarray, out_dim: int, min_rows: int | None = None) -> np.ndarray:
@@ -122,11 +137,17 @@ def _check_embeddings(x: np.ndarray, out_dim: int, min_rows: int | None = None) 
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise HeadError(f"embeddings must be a 2-d array, got shape {x.shape}")
-    if isinstance(out_dim, bool) or not isinstance(out_dim, (int, np.integer)) or not 1 <= out_dim <= x.shape[1]:
+    if (
+        isinstance(out_dim, bool)
+        or not isinstance(out_dim, (int, np.integer))
+        or not 1 <= out_dim <= x.shape[1]
+    ):
         raise HeadError(f"out_dim must be an integer in 1..{x.shape[1]}, got {out_dim!r}")
     min_rows = out_dim + 1 if min_rows is None else min_rows
     if x.shape[0] < min_rows:
-        raise HeadError(f"need more than {min_rows - 1} embeddings to fit a {out_dim}-d head, got {x.shape[0]}")
+        raise HeadError(
+            f"need more than {min_rows - 1} embeddings to fit a {out_dim}-d head, got {x.shape[0]}"
+        )
     if not np.isfinite(x).all():
         raise HeadError("embeddings contain NaN or infinite values")
     return x
@@ -162,8 +183,13 @@ def _mlp(in_dim: int, out_dim: int, hidden: int):
 
 def _export(net, kind_info: dict) -> Head:
     sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
-    params = {"w1": sd["fc1.weight"].T.copy(), "b1": sd["fc1.bias"], "w2": sd["fc2.weight"].T.copy(),
-              "b2": sd["fc2.bias"], "ws": sd["skip.weight"].T.copy()}
+    params = {
+        "w1": sd["fc1.weight"].T.copy(),
+        "b1": sd["fc1.bias"],
+        "w2": sd["fc2.weight"].T.copy(),
+        "b2": sd["fc2.bias"],
+        "ws": sd["skip.weight"].T.copy(),
+    }
     return Head("mlp", params["w1"].shape[0], params["w2"].shape[1], params, kind_info)
 
 
@@ -179,8 +205,16 @@ def train_steps(n_rows: int, epochs: int, batch_size: int) -> int:
     return max(epochs * math.ceil(n_rows / bs), 1, MIN_TRAIN_STEPS)
 
 
-def _train_loop(net, params, step: Callable, n_steps: int, lr: float, seed: int, log: Callable | None,
-                progress: Callable[[int, int], None] | None):
+def _train_loop(
+    net,
+    params,
+    step: Callable,
+    n_steps: int,
+    lr: float,
+    seed: int,
+    log: Callable | None,
+    progress: Callable[[int, int], None] | None,
+):
     import torch
 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -236,15 +270,34 @@ def train_contrastive(
         a, b = net(xi[idx]), net(xt[idx])
         logits = logit_scale.exp().clamp(max=100) * a @ b.T
         target = torch.arange(bs)
-        clip = (torch.nn.functional.cross_entropy(logits, target)
-                + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        clip = (
+            torch.nn.functional.cross_entropy(logits, target)
+            + torch.nn.functional.cross_entropy(logits.T, target)
+        ) / 2
         kl = koleo_loss(a)
         return clip + koleo * kl, {"clip": clip, "koleo": kl}
 
-    _train_loop(net, [*net.parameters(), logit_scale], step, train_steps(n, epochs, batch_size), lr, seed, log,
-                progress)
-    return _export(net, {"method": "contrastive", "koleo": koleo, "epochs": epochs, "seed": seed,
-                         "hidden": hidden, "rows": int(n)})
+    _train_loop(
+        net,
+        [*net.parameters(), logit_scale],
+        step,
+        train_steps(n, epochs, batch_size),
+        lr,
+        seed,
+        log,
+        progress,
+    )
+    return _export(
+        net,
+        {
+            "method": "contrastive",
+            "koleo": koleo,
+            "epochs": epochs,
+            "seed": seed,
+            "hidden": hidden,
+            "rows": int(n),
+        },
+    )
 
 
 def train_distill(
@@ -296,9 +349,12 @@ def train_distill(
     eye_p = torch.eye(len(xp)) * 1e4 if prompt_prompt else None
 
     def kl(full, small):
-        return torch.nn.functional.kl_div(torch.log_softmax(small, dim=1),
-                                          torch.log_softmax(full / temperature, dim=1),
-                                          log_target=True, reduction="batchmean")
+        return torch.nn.functional.kl_div(
+            torch.log_softmax(small, dim=1),
+            torch.log_softmax(full / temperature, dim=1),
+            log_target=True,
+            reduction="batchmean",
+        )
 
     def step(gen):
         nonlocal eye
@@ -326,9 +382,19 @@ def train_distill(
         parts["koleo"] = k
         return loss + koleo * k, parts
 
-    _train_loop(net, [*net.parameters(), scale], step, train_steps(n, epochs, batch_size), lr, seed, log, progress)
-    info = {"method": "distill", "koleo": koleo, "epochs": epochs, "seed": seed, "hidden": hidden, "rows": int(n),
-            "prompts": 0 if xp is None else int(len(xp)), "temperature": temperature}
+    _train_loop(
+        net, [*net.parameters(), scale], step, train_steps(n, epochs, batch_size), lr, seed, log, progress
+    )
+    info = {
+        "method": "distill",
+        "koleo": koleo,
+        "epochs": epochs,
+        "seed": seed,
+        "hidden": hidden,
+        "rows": int(n),
+        "prompts": 0 if xp is None else int(len(xp)),
+        "temperature": temperature,
+    }
     if prompt_prompt:  # recorded only when used, so heads trained without it keep their bytes
         info["prompt_prompt"] = True
     return _export(net, info)

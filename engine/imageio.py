@@ -108,12 +108,17 @@ def decode_query_image(data: str | os.PathLike | bytes, max_pixels: int = QUERY_
     """An image to search with, as RGB: at most ``max_pixels`` pixels, decoded at a reduced
     scale (at most about twice :data:`QUERY_MAX_SIDE` on the longer side), since an encoder
     looks at 224-336 pixels. Raises :class:`UnreadableImage`."""
-    return decode_image(data, max_pixels=max_pixels, max_side=QUERY_MAX_SIDE,
-                        too_large_hint="scale the image down to search with it").image
+    return decode_image(
+        data,
+        max_pixels=max_pixels,
+        max_side=QUERY_MAX_SIDE,
+        too_large_hint="scale the image down to search with it",
+    ).image
 
 
-def _decode(f, max_pixels: int, draft_min_side: int | None, background, max_side: int | None = None,
-            hint: str = "") -> DecodedImage:
+def _decode(
+    f, max_pixels: int, draft_min_side: int | None, background, max_side: int | None = None, hint: str = ""
+) -> DecodedImage:
     with warnings.catch_warnings():
         # Above our limit the warning is an error; a caller who raised the limit past PIL's
         # own is trusted instead.
@@ -345,8 +350,14 @@ class DecodeDataset:
     ``paths[i]``, writes the thumbnail of image ``ids[i]`` under ``side_dir`` (if given) and
     runs ``preprocess``. Unreadable files come back as refusals, never as exceptions."""
 
-    def __init__(self, paths: Sequence[str], ids: np.ndarray, preprocess: Callable, side_dir: Path | None,
-                 max_pixels: int):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        ids: np.ndarray,
+        preprocess: Callable,
+        side_dir: Path | None,
+        max_pixels: int,
+    ):
         self.paths = list(paths)
         self.ids = np.asarray(ids, np.int64)
         self.preprocess = preprocess
@@ -425,8 +436,9 @@ def decoded_batches(dataset: DecodeDataset, batch_size: int, workers: int) -> It
         return
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
+    )
     it = iter(loader)
     try:
         yield from it

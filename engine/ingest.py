@@ -114,8 +114,13 @@ def ingest(
     workers = _default_workers(len(plan.todo), batch_size) if workers is None else workers
     report.workers = workers
     writer = _BatchWriter(cat, store, scanned, plan, meta, encoder, report)
-    dataset = DecodeDataset([scanned.uris[e] for e in plan.todo], plan.todo_ids, encoder.preprocess,
-                            cat.side_dir if thumbnails else None, max_pixels)
+    dataset = DecodeDataset(
+        [scanned.uris[e] for e in plan.todo],
+        plan.todo_ids,
+        encoder.preprocess,
+        cat.side_dir if thumbnails else None,
+        max_pixels,
+    )
     _embed_all(dataset, encoder, writer, batch_size, workers, progress, report)
 
     t1 = time.perf_counter()
@@ -179,8 +184,10 @@ def _refresh_views(cat: Catalog) -> None:
 
 def _start_run(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> int:
     run_id = cat.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchall()[0][0]
-    cat.con.execute("INSERT INTO ingest_runs (run_id, sources, encoder) VALUES (?, ?, ?)",
-                    [run_id, json.dumps([s.key for s in scanned.sources]), encoder_id])
+    cat.con.execute(
+        "INSERT INTO ingest_runs (run_id, sources, encoder) VALUES (?, ?, ?)",
+        [run_id, json.dumps([s.key for s in scanned.sources]), encoder_id],
+    )
     return int(run_id)
 
 
@@ -188,7 +195,8 @@ def _end_run(cat: Catalog, report: IngestReport) -> None:
     cat.con.execute(
         "UPDATE ingest_runs SET finished_at = current_timestamp, added = ?, updated = ?, removed = ?, "
         "skipped = ? WHERE run_id = ?",
-        [report.added, report.updated, report.removed, report.skipped, report.run_id])
+        [report.added, report.updated, report.removed, report.skipped, report.run_id],
+    )
 
 
 # -- metadata columns ------------------------------------------------------------------------
@@ -254,8 +262,10 @@ def _add_columns(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -
             continue
         dtype = "VARCHAR" if types[name] == '"NULL"' else types[name]
         if not _SCALAR_TYPE.match(dtype):
-            raise IngestError(f"manifest {manifest}: column {name!r} has type {dtype}; only plain values "
-                              "(text, numbers, dates, booleans) and lists of them can be stored; flatten or drop it")
+            raise IngestError(
+                f"manifest {manifest}: column {name!r} has type {dtype}; only plain values "
+                "(text, numbers, dates, booleans) and lists of them can be stored; flatten or drop it"
+            )
         con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {dtype}")
         existing[name.lower()] = (name, dtype)
         added = True
@@ -270,15 +280,23 @@ def _cast(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -> pa.Ta
         for name in table.column_names:
             col, dtype = existing[name.lower()]
             if not _SCALAR_TYPE.match(dtype):
-                raise IngestError(f"manifest {manifest}: column {name!r} would go into images.{col}, whose type "
-                                  f"{dtype} takes no manifest values; rename the column")
-            bad = con.execute(f"SELECT count(*) FROM _manifest WHERE {quote_ident(name)} IS NOT NULL "
-                              f"AND TRY_CAST({quote_ident(name)} AS {dtype}) IS NULL").fetchall()[0][0]
+                raise IngestError(
+                    f"manifest {manifest}: column {name!r} would go into images.{col}, whose type "
+                    f"{dtype} takes no manifest values; rename the column"
+                )
+            bad = con.execute(
+                f"SELECT count(*) FROM _manifest WHERE {quote_ident(name)} IS NOT NULL "
+                f"AND TRY_CAST({quote_ident(name)} AS {dtype}) IS NULL"
+            ).fetchall()[0][0]
             if bad:
-                raise IngestError(f"manifest {manifest}: {bad} value(s) of column {name!r} cannot be stored in "
-                                  f"images.{col} ({dtype}); fix them or rename the column")
-        select = ", ".join(f"CAST({quote_ident(n)} AS {existing[n.lower()][1]}) AS {quote_ident(existing[n.lower()][0])}"
-                           for n in table.column_names)
+                raise IngestError(
+                    f"manifest {manifest}: {bad} value(s) of column {name!r} cannot be stored in "
+                    f"images.{col} ({dtype}); fix them or rename the column"
+                )
+        select = ", ".join(
+            f"CAST({quote_ident(n)} AS {existing[n.lower()][1]}) AS {quote_ident(existing[n.lower()][0])}"
+            for n in table.column_names
+        )
         return con.sql(f"SELECT {select} FROM _manifest").to_arrow_table()
     finally:
         con.unregister("_manifest")
@@ -301,11 +319,18 @@ class Plan:
 
 def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
     con = cat.con
-    scan = pa.table({"entry": np.arange(len(scanned), dtype=np.int64), "uri": pa.array(scanned.uris, pa.string()),
-                     "file_size": scanned.sizes, "file_mtime_ns": scanned.mtimes_ns})
+    scan = pa.table(
+        {
+            "entry": np.arange(len(scanned), dtype=np.int64),
+            "uri": pa.array(scanned.uris, pa.string()),
+            "file_size": scanned.sizes,
+            "file_mtime_ns": scanned.mtimes_ns,
+        }
+    )
     con.register("_scan", scan)
     try:
-        rows = con.sql("""
+        rows = con.sql(
+            """
             WITH cur AS (SELECT uri, min(id) AS id FROM images WHERE uri IS NOT NULL GROUP BY uri),
                  bad AS (SELECT uri, file_size, file_mtime_ns, min(reason) AS reason FROM skipped
                          WHERE file_size IS NOT NULL GROUP BY ALL)
@@ -318,9 +343,13 @@ def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
             LEFT JOIN images i ON i.id = c.id
             LEFT JOIN embedding_parts p ON p.part_id = i.embedding_part
             LEFT JOIN bad b ON b.uri = s.uri AND b.file_size = s.file_size AND b.file_mtime_ns = s.file_mtime_ns
-            ORDER BY s.entry""", params={"enc": encoder_id}).to_arrow_table()
-        next_id = con.execute("SELECT greatest(coalesce((SELECT max(id) FROM images), -1), "
-                              "coalesce((SELECT max(id) FROM codes), -1)) + 1").fetchall()[0][0]
+            ORDER BY s.entry""",
+            params={"enc": encoder_id},
+        ).to_arrow_table()
+        next_id = con.execute(
+            "SELECT greatest(coalesce((SELECT max(id) FROM images), -1), "
+            "coalesce((SELECT max(id) FROM codes), -1)) + 1"
+        ).fetchall()[0][0]
     finally:
         con.unregister("_scan")
     entry = rows.column("entry").to_numpy()
@@ -335,15 +364,25 @@ def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
     todo_ids[new] = np.arange(next_id, next_id + int(new.sum()), dtype=np.int64)
     reasons = reason.to_pylist()
     return Plan(
-        todo=entry[todo_mask], todo_ids=todo_ids[todo_mask], todo_new=new[todo_mask],
-        unchanged=entry[current], unchanged_ids=ids[current],
+        todo=entry[todo_mask],
+        todo_ids=todo_ids[todo_mask],
+        todo_new=new[todo_mask],
+        unchanged=entry[current],
+        unchanged_ids=ids[current],
         known_bad=[(scanned.uris[e], reasons[k]) for k, e in enumerate(entry) if bad[k] and not current[k]],
         gone_ids=ids[bad & known & ~current],
     )
 
 
-def _embed_all(dataset: DecodeDataset, encoder: Encoder, writer: _BatchWriter, batch_size: int, workers: int,
-               progress: Progress, report: IngestReport) -> None:
+def _embed_all(
+    dataset: DecodeDataset,
+    encoder: Encoder,
+    writer: _BatchWriter,
+    batch_size: int,
+    workers: int,
+    progress: Progress,
+    report: IngestReport,
+) -> None:
     total = len(dataset)
     if total == 0:
         return
@@ -385,7 +424,9 @@ def _encode(encoder: Encoder, batch: DecodedBatch) -> np.ndarray:
         return np.zeros((0, encoder.dim), np.float32)
     emb = np.asarray(encoder.encode_images(batch.pixels), dtype=np.float32)
     if emb.shape != (n_ok, encoder.dim):
-        raise IngestError(f"encoder {encoder.id} returned shape {emb.shape} for {n_ok} images of dim {encoder.dim}")
+        raise IngestError(
+            f"encoder {encoder.id} returned shape {emb.shape} for {n_ok} images of dim {encoder.dim}"
+        )
     if not np.isfinite(emb).all():
         raise IngestError(f"encoder {encoder.id} returned non-finite embeddings; check the model weights")
     return emb
@@ -398,8 +439,16 @@ _FILE_COLUMNS = ("id", "uri", "source", "file_size", "file_mtime_ns", "width", "
 class _BatchWriter:
     """Commits one decoded and encoded batch: part file, then rows in one transaction."""
 
-    def __init__(self, cat: Catalog, store: PartStore, scanned: ScannedFiles, plan: Plan, meta: Metadata,
-                 encoder: Encoder, report: IngestReport):
+    def __init__(
+        self,
+        cat: Catalog,
+        store: PartStore,
+        scanned: ScannedFiles,
+        plan: Plan,
+        meta: Metadata,
+        encoder: Encoder,
+        report: IngestReport,
+    ):
         self.cat, self.store, self.scanned, self.plan, self.meta = cat, store, scanned, plan, meta
         self.encoder, self.report = encoder, report
         self.source_keys = [s.key for s in scanned.sources]
@@ -413,8 +462,15 @@ class _BatchWriter:
         parts = [] if part is None else [(part[0], part[1], ids[ok])]
         self.commit(batch.index, ok, batch.width, batch.height, batch.reasons, parts)
 
-    def commit(self, index: np.ndarray, ok: np.ndarray, width: np.ndarray, height: np.ndarray,
-               reasons: Sequence[str | None], parts: list[tuple[int, str, np.ndarray]]) -> None:
+    def commit(
+        self,
+        index: np.ndarray,
+        ok: np.ndarray,
+        width: np.ndarray,
+        height: np.ndarray,
+        reasons: Sequence[str | None],
+        parts: list[tuple[int, str, np.ndarray]],
+    ) -> None:
         """Record the files ``plan.todo[index]`` in one transaction: the ``ok`` ones as images
         whose embeddings are in ``parts`` ((part_id, file name, ids) of parts already in the
         store under their final names), the others as skipped with their ``reasons``. The parts
@@ -423,9 +479,14 @@ class _BatchWriter:
         ids = self.plan.todo_ids[index]
         try:
             part_of = _part_of(ids[ok], parts)
-            rows = self._rows(entries[ok], ids[ok], width[ok], height[ok], self.plan.todo_new[index][ok], part_of)
-            failed = [(self.scanned.uris[e], r, int(self.scanned.sizes[e]), int(self.scanned.mtimes_ns[e]))
-                      for e, r, good in zip(entries, reasons, ok, strict=True) if not good]
+            rows = self._rows(
+                entries[ok], ids[ok], width[ok], height[ok], self.plan.todo_new[index][ok], part_of
+            )
+            failed = [
+                (self.scanned.uris[e], r, int(self.scanned.sizes[e]), int(self.scanned.mtimes_ns[e]))
+                for e, r, good in zip(entries, reasons, ok, strict=True)
+                if not good
+            ]
             self._commit(rows, parts, [self.scanned.uris[e] for e in entries], failed)
         except BaseException:
             for _, name, _ in parts:
@@ -437,8 +498,15 @@ class _BatchWriter:
         self.report.skipped_files += [(u, r) for u, r, _, _ in failed]
         self.lost_ids += ids[~ok & ~new].tolist()
 
-    def _rows(self, entries: np.ndarray, ids: np.ndarray, width: np.ndarray, height: np.ndarray,
-              new: np.ndarray, part_of: np.ndarray) -> pa.Table:
+    def _rows(
+        self,
+        entries: np.ndarray,
+        ids: np.ndarray,
+        width: np.ndarray,
+        height: np.ndarray,
+        new: np.ndarray,
+        part_of: np.ndarray,
+    ) -> pa.Table:
         s = self.scanned
         meta, has_meta = self.meta.rows(entries)
         cols = {
@@ -457,20 +525,27 @@ class _BatchWriter:
             cols.update({c: meta.column(c) for c in meta.column_names})
         return pa.table(cols)
 
-    def _commit(self, rows: pa.Table, parts: list[tuple[int, str, np.ndarray]], uris: list[str],
-                failed: list[tuple]) -> None:
+    def _commit(
+        self, rows: pa.Table, parts: list[tuple[int, str, np.ndarray]], uris: list[str], failed: list[tuple]
+    ) -> None:
         meta_cols = self.meta.columns
         with transaction(self.cat.con) as con:
             if rows.num_rows:
                 _upsert_images(con, rows, meta_cols)
             if parts:
-                con.executemany("INSERT INTO embedding_parts (part_id, file, encoder, dim, n_rows) VALUES (?, ?, ?, ?, ?)",
-                                [[part_id, name, self.encoder.id, self.encoder.dim, len(part_ids)]
-                                 for part_id, name, part_ids in parts])
+                con.executemany(
+                    "INSERT INTO embedding_parts (part_id, file, encoder, dim, n_rows) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        [part_id, name, self.encoder.id, self.encoder.dim, len(part_ids)]
+                        for part_id, name, part_ids in parts
+                    ],
+                )
             con.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [uris])
             if failed:
-                con.executemany("INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, ?, ?, ?)",
-                                [list(f) for f in failed])
+                con.executemany(
+                    "INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, ?, ?, ?)",
+                    [list(f) for f in failed],
+                )
             if parts and not self.encoder_recorded:
                 self.cat._set_settings({"encoder": self.encoder.id})
         self.encoder_recorded |= bool(parts)
@@ -497,8 +572,13 @@ def _upsert_images(con: duckdb.DuckDBPyConnection, rows: pa.Table, meta_cols: li
     change for rows that have a manifest row (``_has_meta``)."""
     cols = [*_FILE_COLUMNS, *meta_cols]
     names = ", ".join(quote_ident(c) for c in cols)
-    sets = ", ".join([f"{c} = r.{c}" for c in _FILE_COLUMNS[1:]] + [
-        f"{quote_ident(c)} = CASE WHEN r._has_meta THEN r.{quote_ident(c)} ELSE images.{quote_ident(c)} END" for c in meta_cols])
+    sets = ", ".join(
+        [f"{c} = r.{c}" for c in _FILE_COLUMNS[1:]]
+        + [
+            f"{quote_ident(c)} = CASE WHEN r._has_meta THEN r.{quote_ident(c)} ELSE images.{quote_ident(c)} END"
+            for c in meta_cols
+        ]
+    )
     new = rows.column("_new").to_numpy(zero_copy_only=False)
     con.register("_rows", rows)
     try:
@@ -511,8 +591,15 @@ def _upsert_images(con: duckdb.DuckDBPyConnection, rows: pa.Table, meta_cols: li
 
 
 # -- the end of a run ------------------------------------------------------------------------
-def _finish(cat: Catalog, store: PartStore, scanned: ScannedFiles, plan: Plan, meta: Metadata,
-            lost_ids: list[int], report: IngestReport) -> None:
+def _finish(
+    cat: Catalog,
+    store: PartStore,
+    scanned: ScannedFiles,
+    plan: Plan,
+    meta: Metadata,
+    lost_ids: list[int],
+    report: IngestReport,
+) -> None:
     """Refresh unchanged rows' source and metadata, record unusable rows, forget stale skips,
     remove deleted files' images and drop parts nobody points to."""
     con = cat.con
@@ -521,13 +608,16 @@ def _finish(cat: Catalog, store: PartStore, scanned: ScannedFiles, plan: Plan, m
     seen = pa.table({"uri": pa.array(scanned.uris + present, pa.string())})
     with transaction(con, _seen=seen):
         _refresh_unchanged(cat, scanned, plan, meta)
-        stale_skips = con.execute("SELECT uri FROM skipped k WHERE NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = k.uri)"
-                                  ).fetchall()
+        stale_skips = con.execute(
+            "SELECT uri FROM skipped k WHERE NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = k.uri)"
+        ).fetchall()
         forget = [u for (u,) in stale_skips if _under(u, scanned.folder_prefixes()) or not os.path.exists(u)]
         problems = dict(scanned.problems)  # one row per uri
         con.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [forget + list(problems)])
         if problems:
-            con.executemany("INSERT INTO skipped (uri, reason) VALUES (?, ?)", [list(p) for p in problems.items()])
+            con.executemany(
+                "INSERT INTO skipped (uri, reason) VALUES (?, ?)", [list(p) for p in problems.items()]
+            )
         gone = _deleted_images(cat, scanned)
     remove = np.unique(np.concatenate([gone, plan.gone_ids, np.asarray(lost_ids, np.int64)]).astype(np.int64))
     report.removed = cat.remove(remove) if len(remove) else 0
@@ -541,16 +631,30 @@ def _refresh_unchanged(cat: Catalog, scanned: ScannedFiles, plan: Plan, meta: Me
     if not len(plan.unchanged):
         return
     values, has = meta.rows(plan.unchanged)
-    cols = {"id": pa.array(plan.unchanged_ids, pa.int64()),
-            "source": pa.array([scanned.sources[scanned.source_index[e]].key for e in plan.unchanged], pa.string()),
-            "_has_meta": pa.array(has, pa.bool_())}
+    cols = {
+        "id": pa.array(plan.unchanged_ids, pa.int64()),
+        "source": pa.array(
+            [scanned.sources[scanned.source_index[e]].key for e in plan.unchanged], pa.string()
+        ),
+        "_has_meta": pa.array(has, pa.bool_()),
+    }
     if values is not None:
         cols.update({c: values.column(c) for c in values.column_names})
-    sets = ", ".join(["source = r.source"] + [
-        f"{quote_ident(c)} = CASE WHEN r._has_meta THEN r.{quote_ident(c)} ELSE images.{quote_ident(c)} END" for c in meta.columns])
+    sets = ", ".join(
+        ["source = r.source"]
+        + [
+            f"{quote_ident(c)} = CASE WHEN r._has_meta THEN r.{quote_ident(c)} ELSE images.{quote_ident(c)} END"
+            for c in meta.columns
+        ]
+    )
     # Only rows that differ are written, so a run over an unchanged manifest writes nothing.
-    differs = " OR ".join(["images.source IS DISTINCT FROM r.source"] + [
-        f"(r._has_meta AND images.{quote_ident(c)} IS DISTINCT FROM r.{quote_ident(c)})" for c in meta.columns])
+    differs = " OR ".join(
+        ["images.source IS DISTINCT FROM r.source"]
+        + [
+            f"(r._has_meta AND images.{quote_ident(c)} IS DISTINCT FROM r.{quote_ident(c)})"
+            for c in meta.columns
+        ]
+    )
     con = cat.con
     con.register("_unchanged", pa.table(cols))
     try:
@@ -570,11 +674,18 @@ def _deleted_images(cat: Catalog, scanned: ScannedFiles) -> np.ndarray:
         "SELECT id, uri, source FROM images i WHERE uri IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = i.uri) "
         "AND (source IN (SELECT unnest(?)) OR list_bool_or([starts_with(uri, p) FOR p IN ?]))",
-        [keys, prefixes]).fetchall()
+        [keys, prefixes],
+    ).fetchall()
     unlisted = [p if p.endswith(os.sep) else p + os.sep for p in scanned.unlisted_dirs]
     key_set = set(keys)
-    return np.array([i for i, uri, src in rows
-                     if not _under(uri, unlisted) and (src in key_set or not os.path.exists(uri))], np.int64)
+    return np.array(
+        [
+            i
+            for i, uri, src in rows
+            if not _under(uri, unlisted) and (src in key_set or not os.path.exists(uri))
+        ],
+        np.int64,
+    )
 
 
 def _under(uri: str, prefixes: Sequence[str]) -> bool:

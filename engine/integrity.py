@@ -26,34 +26,51 @@ from .boxes import N_DIMS
 from .errors import CorruptCatalog
 
 # What each kind of damage asks the user to do; ``{path}`` is the catalog.
-RESTORE = "restore it from a backup, or re-import an export of it with `clip-branches import EXPORT_DIR NEW.duckdb`"
+RESTORE = (
+    "restore it from a backup, or re-import an export of it with `clip-branches import EXPORT_DIR NEW.duckdb`"
+)
 REINDEX = "run `clip-branches index {path}` to rebuild the index, which writes it afresh"
-RETRAIN = ("run `clip-branches train-head {path}` to store a head and quantizer afresh, then "
-            "`clip-branches index {path}` (or restore the file from a backup)")
+RETRAIN = (
+    "run `clip-branches train-head {path}` to store a head and quantizer afresh, then "
+    "`clip-branches index {path}` (or restore the file from a backup)"
+)
 # DuckDB errors of the catalog's own queries that mean the file is at fault, not the query: it
 # ends early or cannot be read (I/O), stored metadata does not deserialize, DuckDB's internal
 # state broke on it, or a table or column these fixed queries name is gone. A block that fails
 # its checksum raises the base class, told apart by its message (see :func:`file_damage`).
-_DAMAGE_ERRORS = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
-                  duckdb.FatalException, duckdb.CatalogException, duckdb.BinderException)
-_TABLE_COLUMNS_SQL = ("SELECT c.table_name, c.column_name, c.data_type FROM duckdb_columns() c "
-                      "JOIN duckdb_tables() t USING (database_name, schema_name, table_name) "
-                      "WHERE c.schema_name = 'main' AND c.database_name = current_database()")
+_DAMAGE_ERRORS = (
+    duckdb.IOException,
+    duckdb.SerializationException,
+    duckdb.InternalException,
+    duckdb.FatalException,
+    duckdb.CatalogException,
+    duckdb.BinderException,
+)
+_TABLE_COLUMNS_SQL = (
+    "SELECT c.table_name, c.column_name, c.data_type FROM duckdb_columns() c "
+    "JOIN duckdb_tables() t USING (database_name, schema_name, table_name) "
+    "WHERE c.schema_name = 'main' AND c.database_name = current_database()"
+)
 
 
 def file_damage(e: duckdb.Error, path: Path) -> bool:
     """Whether ``e``, raised by any query (a user's too), says the file ``path`` cannot be read."""
     msg = str(e)
-    return (msg.startswith("Corrupt database file") or isinstance(e, duckdb.SerializationException)
-            or (isinstance(e, duckdb.IOException) and str(path) in msg))
+    return (
+        msg.startswith("Corrupt database file")
+        or isinstance(e, duckdb.SerializationException)
+        or (isinstance(e, duckdb.IOException) and str(path) in msg)
+    )
 
 
 def damage_error(path: Path, e: duckdb.Error) -> CorruptCatalog:
     """The CorruptCatalog for DuckDB's error ``e`` on the catalog file ``path``: what is wrong, what to do."""
     detail = str(e).splitlines()[0] if str(e) else type(e).__name__
     if "not a valid DuckDB database file" in detail:
-        return CorruptCatalog(f"{path} is not a clip-branches catalog: it is not a DuckDB database file at all. "
-                              f"Check the path; if it held a catalog, {RESTORE}")
+        return CorruptCatalog(
+            f"{path} is not a clip-branches catalog: it is not a DuckDB database file at all. "
+            f"Check the path; if it held a catalog, {RESTORE}"
+        )
     if "Could not read enough bytes" in detail:
         what = "is truncated: the file ends before data it records"
     elif detail.startswith("Corrupt database file") or isinstance(e, duckdb.SerializationException):
@@ -104,15 +121,21 @@ def check_tables(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> No
     for table, columns in _schema_tables(version).items():
         have = found.get(table)
         if have is None:
-            raise CorruptCatalog(f"{path} has no {table} table, which every catalog has (it was dropped outside "
-                                 f"clip-branches); {RESTORE}")
+            raise CorruptCatalog(
+                f"{path} has no {table} table, which every catalog has (it was dropped outside "
+                f"clip-branches); {RESTORE}"
+            )
         for column, ctype in columns.items():
             if column not in have:
-                raise CorruptCatalog(f"{path}: the {table} table has no column {column} ({ctype}), which every "
-                                     f"catalog has (it was dropped outside clip-branches); {RESTORE}")
+                raise CorruptCatalog(
+                    f"{path}: the {table} table has no column {column} ({ctype}), which every "
+                    f"catalog has (it was dropped outside clip-branches); {RESTORE}"
+                )
             if have[column] != ctype:
-                raise CorruptCatalog(f"{path}: column {table}.{column} is {have[column]} where every catalog has "
-                                     f"{ctype} (it was changed outside clip-branches); {RESTORE}")
+                raise CorruptCatalog(
+                    f"{path}: column {table}.{column} is {have[column]} where every catalog has "
+                    f"{ctype} (it was changed outside clip-branches); {RESTORE}"
+                )
 
 
 def _shown(value: Any) -> str:
@@ -142,8 +165,10 @@ def _index_problem(index: Any) -> str | None:
         if index.get(key) is not None and not _is_count(index[key], low):
             return f"records {key} = {_shown(index[key])} where an integer >= {low} belongs"
     subsets = index.get("feature_subsets")
-    if subsets is not None and not (isinstance(subsets, list) and all(
-            isinstance(s, list) and s and all(_is_count(d) and d < N_DIMS for d in s) for s in subsets)):
+    if subsets is not None and not (
+        isinstance(subsets, list)
+        and all(isinstance(s, list) and s and all(_is_count(d) and d < N_DIMS for d in s) for s in subsets)
+    ):
         return f"records feature_subsets = {_shown(subsets)} where lists of dims 0..{N_DIMS - 1} belong"
     return None
 
@@ -155,8 +180,13 @@ SETTING_CHECKS = {
     "data_version": (_expect(_is_count, "a version number (an integer >= 0)"), REINDEX),
     "index": (_index_problem, REINDEX),
     "encoder": (_expect(lambda v: v is None or isinstance(v, str), "null or an encoder id"), RESTORE),
-    "head": (_expect(lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("sha256"), str)),
-                     "null or an object with the head's sha256"), RETRAIN),
+    "head": (
+        _expect(
+            lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("sha256"), str)),
+            "null or an object with the head's sha256",
+        ),
+        RETRAIN,
+    ),
     "quantizer": (_expect(lambda v: v is None or isinstance(v, dict), "null or an object"), RETRAIN),
 }
 
@@ -173,12 +203,15 @@ def decode_setting(path: Path, key: str, text: str) -> Any:
         problem = check(value) if check is not None else None
         if problem is None:
             return value
-    raise CorruptCatalog(f"{path}: the setting {key!r} {problem}, which clip-branches never writes (the file was "
-                         f"edited, or imported from a damaged export); {fix.format(path=path)}")
+    raise CorruptCatalog(
+        f"{path}: the setting {key!r} {problem}, which clip-branches never writes (the file was "
+        f"edited, or imported from a damaged export); {fix.format(path=path)}"
+    )
 
 
-def tiling_problem(block_id: np.ndarray, start: np.ndarray, end: np.ndarray, n_rows: int,
-                    index: Mapping[str, Any]) -> str | None:
+def tiling_problem(
+    block_id: np.ndarray, start: np.ndarray, end: np.ndarray, n_rows: int, index: Mapping[str, Any]
+) -> str | None:
     """What is wrong with stored blocks (int arrays in ``block_id`` order), or None: they must be
     numbered 0, 1, ..., each non-empty and starting where the one before ends, from row 0 to at
     most ``n_rows``, in the number and over the rows the ``index`` settings record."""
@@ -194,6 +227,8 @@ def tiling_problem(block_id: np.ndarray, start: np.ndarray, end: np.ndarray, n_r
         return f"the blocks cover {covered} rows but there are {n_rows} codes"
     recorded = (index.get("n_blocks", n), index.get("indexed_rows")) if index else (0, 0)
     if (n, covered) != recorded:
-        return (f"{n} blocks cover rows [0, {covered}) but the index settings record {recorded[0]} blocks over "
-                f"{recorded[1]} rows")
+        return (
+            f"{n} blocks cover rows [0, {covered}) but the index settings record {recorded[0]} blocks over "
+            f"{recorded[1]} rows"
+        )
     return None

@@ -200,7 +200,9 @@ def topk_keys(cols, queries, dims, k, n_tasks, chunk_rows, n_near):
     """
     seq, bounds, offset, pool = _plan(cols, queries, k, n_tasks, chunk_rows, n_near)
     for t in numba.prange(n_tasks):
-        _run_task(cols, queries, dims, seq[bounds[t] : bounds[t + 1]], pool, offset[t], offset[t + 1], chunk_rows)
+        _run_task(
+            cols, queries, dims, seq[bounds[t] : bounds[t + 1]], pool, offset[t], offset[t + 1], chunk_rows
+        )
     return _merge(pool, k)
 
 
@@ -209,7 +211,9 @@ def topk_keys_serial(cols, queries, dims, k, n_tasks, chunk_rows, n_near):
     """:func:`topk_keys` on the calling thread alone (the tasks run one after the other)."""
     seq, bounds, offset, pool = _plan(cols, queries, k, n_tasks, chunk_rows, n_near)
     for t in range(n_tasks):
-        _run_task(cols, queries, dims, seq[bounds[t] : bounds[t + 1]], pool, offset[t], offset[t + 1], chunk_rows)
+        _run_task(
+            cols, queries, dims, seq[bounds[t] : bounds[t + 1]], pool, offset[t], offset[t + 1], chunk_rows
+        )
     return _merge(pool, k)
 
 
@@ -224,20 +228,26 @@ def _prepare(cols: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     cols = np.asarray(cols)
     if cols.ndim != 2 or cols.shape[0] != N_DIMS or cols.dtype != np.uint8 or not cols.flags.c_contiguous:
         # A silent copy would cost more than the scan itself, on every query.
-        raise InvalidArgument(f"codes must be a C-contiguous uint8 array of shape ({N_DIMS}, n_rows), one "
-                              f"row per dim (np.ascontiguousarray(codes.T) once); got {cols.dtype} {cols.shape}")
+        raise InvalidArgument(
+            f"codes must be a C-contiguous uint8 array of shape ({N_DIMS}, n_rows), one "
+            f"row per dim (np.ascontiguousarray(codes.T) once); got {cols.dtype} {cols.shape}"
+        )
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != N_DIMS:
         raise InvalidArgument(f"a query must be a code of {N_DIMS} values, got shape {queries.shape[1:]}")
-    if not (np.issubdtype(queries.dtype, np.integer) and (queries.size == 0 or
-                                                           (queries.min() >= 0 and queries.max() <= 255))):
+    if not (
+        np.issubdtype(queries.dtype, np.integer)
+        and (queries.size == 0 or (queries.min() >= 0 and queries.max() <= 255))
+    ):
         raise InvalidArgument("a query must hold integer code values in 0..255; quantize embeddings first")
     q = queries.astype(np.int32)
     dims = np.argsort(-np.abs(2 * q - 255), axis=1, kind="stable").astype(np.int64)
     return cols, q, dims
 
 
-def _keys(cols: np.ndarray, queries: np.ndarray, dims: np.ndarray, k: int, parallel: bool | None) -> np.ndarray:
+def _keys(
+    cols: np.ndarray, queries: np.ndarray, dims: np.ndarray, k: int, parallel: bool | None
+) -> np.ndarray:
     n_rows = cols.shape[1]
     if parallel is None:
         parallel = n_rows * len(queries) >= PARALLEL_MIN_ROWS
@@ -250,8 +260,14 @@ def _decode(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys & _POS_MASK, keys >> POS_BITS
 
 
-def topk(cols: np.ndarray, query: np.ndarray, k: int, exclude: np.ndarray | None = None, *,
-         parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk(
+    cols: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+    *,
+    parallel: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows nearest to ``query``: ``(pos, dist)``, both int64 of length ``min(k, n)``.
 
     cols : uint8 (32, n_rows), column-major codes (``BlockIndex.cols``)
@@ -279,8 +295,9 @@ def topk(cols: np.ndarray, query: np.ndarray, k: int, exclude: np.ndarray | None
     return pos, dist
 
 
-def topk_many(cols: np.ndarray, queries: np.ndarray, k: int, *,
-              parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_many(
+    cols: np.ndarray, queries: np.ndarray, k: int, *, parallel: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`topk` for a batch: ``(pos, dist)``, int64 (n_queries, min(k, n_rows)).
 
     queries : uint8 (n_queries, 32)

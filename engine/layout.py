@@ -117,9 +117,13 @@ def _kd_level(cols, perm, starts, dims):
         _counting_sort(cols, perm, s, e, d, tmp)
 
 
-def kd_order(cols: np.ndarray, dims: np.ndarray | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
-             initial: np.ndarray | None = None,
-             on_level: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def kd_order(
+    cols: np.ndarray,
+    dims: np.ndarray | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    initial: np.ndarray | None = None,
+    on_level: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Permutation of the rows into k-d block order over ``dims``.
 
     Parameters

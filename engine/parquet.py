@@ -41,8 +41,20 @@ FILES = ("codes.parquet", "images.parquet", "blocks.parquet", "catalog.json")
 # consecutive k-d blocks are still tight, since they form one subtree.
 ROW_GROUP_BLOCKS = 64
 ZONE_COLUMNS = tuple(f"{bound}_{c}" for c in CODE_COLUMNS for bound in ("min", "max"))
-_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
-                            "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"})
+_INTEGER_TYPES = frozenset(
+    {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "UHUGEINT",
+    }
+)
 _CODE_TYPE = "UTINYINT"
 
 
@@ -71,12 +83,18 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress
             done = 0
             for (name, table, key, options), n in zip(copies, rows, strict=True):
                 with track_statement(con, report, done, n, total):
-                    con.execute(f"COPY (SELECT * FROM {table} ORDER BY {key}) TO {literal(tmp / name)} {options}")
+                    con.execute(
+                        f"COPY (SELECT * FROM {table} ORDER BY {key}) TO {literal(tmp / name)} {options}"
+                    )
                 done += n
                 if done < total:  # the last report waits for the export to be in place
                     report(done, total)
-            meta = {"format": FORMAT, "schema_version": schema.latest_version(), "rows": len(cat),
-                    "settings": cat.settings()}
+            meta = {
+                "format": FORMAT,
+                "schema_version": schema.latest_version(),
+                "rows": len(cat),
+                "settings": cat.settings(),
+            }
             (tmp / "catalog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
             for f in tmp.iterdir():
                 fsync_path(f)
@@ -86,8 +104,11 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"rows": meta["rows"], "directory": str(out),
-            "bytes": {f: (out / f).stat().st_size for f in FILES}}
+    return {
+        "rows": meta["rows"],
+        "directory": str(out),
+        "bytes": {f: (out / f).stat().st_size for f in FILES},
+    }
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -145,10 +166,15 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
         _check_columns(con, src / "codes.parquet", ("pos", "id"), CODE_COLUMNS)
         _check_columns(con, src / "blocks.parquet", ("block_id", "row_start", "row_end"), ZONE_COLUMNS)
         img_types = _check_columns(con, src / "images.parquet", ("id",), ())
-        existing = {r[0].lower() for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'").fetchall()}
+        existing = {
+            r[0].lower()
+            for r in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
+            ).fetchall()
+        }
         inserts = [  # (table, parquet file, ORDER BY)
-            ("images", images_sql, ""), ("codes", codes_sql, " ORDER BY pos"),
+            ("images", images_sql, ""),
+            ("codes", codes_sql, " ORDER BY pos"),
             ("blocks", literal(src / "blocks.parquet"), " ORDER BY block_id"),
         ]
         if (src / "artifacts.parquet").is_file():
@@ -161,7 +187,9 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
             for name, ctype in img_types:
                 if name.lower() not in existing:
                     if not is_metadata_name(name):
-                        raise CorruptCatalog(f"images.parquet has a column named {name!r}, which a catalog cannot hold")
+                        raise CorruptCatalog(
+                            f"images.parquet has a column named {name!r}, which a catalog cannot hold"
+                        )
                     con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {ctype}")
             for (table, file, order), n in zip(inserts, rows, strict=True):
                 with track_statement(con, report, done, n, total):
@@ -192,8 +220,9 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
     return cls.open(path)
 
 
-def _check_columns(con: duckdb.DuckDBPyConnection, file: Path, integers: tuple[str, ...],
-                   codes: tuple[str, ...]) -> list[tuple[str, str]]:
+def _check_columns(
+    con: duckdb.DuckDBPyConnection, file: Path, integers: tuple[str, ...], codes: tuple[str, ...]
+) -> list[tuple[str, str]]:
     """The ``(name, type)`` of each column of the Parquet ``file``; :class:`CorruptCatalog` unless
     the columns ``integers`` have integer types and the columns ``codes`` hold integers in 0..255."""
     sql = literal(file)
@@ -202,18 +231,26 @@ def _check_columns(con: duckdb.DuckDBPyConnection, file: Path, integers: tuple[s
     for c in (*integers, *codes):
         expected = f"{_CODE_TYPE} (integers 0..255)" if c in codes else "an integer type"
         if c not in types:
-            raise CorruptCatalog(f"{file} has no column {c}; it must hold one of type {expected}. "
-                                 "Export the catalog again")
+            raise CorruptCatalog(
+                f"{file} has no column {c}; it must hold one of type {expected}. Export the catalog again"
+            )
         if types[c] not in _INTEGER_TYPES:
-            raise CorruptCatalog(f"{file}: column {c} is {types[c]}, expected {expected}. Export the catalog again")
+            raise CorruptCatalog(
+                f"{file}: column {c} is {types[c]}, expected {expected}. Export the catalog again"
+            )
     wide = [c for c in codes if types[c] != _CODE_TYPE]
     if wide:
-        bounds = con.execute("SELECT " + ", ".join(f"min({quote_ident(c)}), max({quote_ident(c)})" for c in wide)
-                             + f" FROM {sql}").fetchall()[0]
+        bounds = con.execute(
+            "SELECT "
+            + ", ".join(f"min({quote_ident(c)}), max({quote_ident(c)})" for c in wide)
+            + f" FROM {sql}"
+        ).fetchall()[0]
         for c, lo, hi in zip(wide, bounds[0::2], bounds[1::2], strict=True):
             if lo is not None and (lo < 0 or hi > 255):
-                raise CorruptCatalog(f"{file}: column {c} ({types[c]}) holds {lo if lo < 0 else hi}, outside 0..255; "
-                                     f"expected {_CODE_TYPE} (integers 0..255). Export the catalog again")
+                raise CorruptCatalog(
+                    f"{file}: column {c} ({types[c]}) holds {lo if lo < 0 else hi}, outside 0..255; "
+                    f"expected {_CODE_TYPE} (integers 0..255). Export the catalog again"
+                )
     return described
 
 
@@ -230,19 +267,27 @@ def _verify(con: duckdb.DuckDBPyConnection, src: Path, rows: object, index: obje
     Each check is one pass over a table, the zone maps one grouped ASOF join of codes on blocks."""
     codes_file = src / "codes.parquet"
     n, n_pos, min_pos, max_pos = con.execute(
-        "SELECT count(*), count(DISTINCT pos), min(pos), max(pos) FROM codes").fetchall()[0]
+        "SELECT count(*), count(DISTINCT pos), min(pos), max(pos) FROM codes"
+    ).fetchall()[0]
     if n != rows or n_pos != n or (n and (min_pos, max_pos) != (0, n - 1)):
-        raise CorruptCatalog(f"{codes_file} holds {n} rows, expected {rows} (catalog.json) with positions 0..n-1")
+        raise CorruptCatalog(
+            f"{codes_file} holds {n} rows, expected {rows} (catalog.json) with positions 0..n-1"
+        )
     for table in ("images", "codes"):
-        dup = con.execute(f"SELECT id, count(*) FROM {table} GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 1"
-                          ).fetchall()
+        dup = con.execute(
+            f"SELECT id, count(*) FROM {table} GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 1"
+        ).fetchall()
         if dup:
-            raise CorruptCatalog(f"{src / (table + '.parquet')} holds id {dup[0][0]} in {dup[0][1]} rows; ids must be "
-                                 "unique. Export the catalog again")
+            raise CorruptCatalog(
+                f"{src / (table + '.parquet')} holds id {dup[0][0]} in {dup[0][1]} rows; ids must be "
+                "unique. Export the catalog again"
+            )
     orphan = con.execute("SELECT id FROM codes ANTI JOIN images USING (id) ORDER BY id LIMIT 1").fetchall()
     if orphan:
-        raise CorruptCatalog(f"{codes_file} holds a code for id {orphan[0][0]}, which {src / 'images.parquet'} "
-                             "does not list; every code needs its image. Export the catalog again")
+        raise CorruptCatalog(
+            f"{codes_file} holds a code for id {orphan[0][0]}, which {src / 'images.parquet'} "
+            "does not list; every code needs its image. Export the catalog again"
+        )
     _verify_blocks(con, src / "blocks.parquet", n, index)
 
 
@@ -253,20 +298,25 @@ def _verify_blocks(con: duckdb.DuckDBPyConnection, file: Path, n_codes: int, ind
         "  SELECT block_id, row_start, row_end, row_number() OVER w - 1 AS expected_id,"
         "    coalesce(lag(row_end) OVER w, 0) AS expected_start FROM blocks WINDOW w AS (ORDER BY block_id))"
         " WHERE block_id <> expected_id OR row_start <> expected_start OR row_end <= row_start"
-        " ORDER BY block_id LIMIT 1").fetchall()
+        " ORDER BY block_id LIMIT 1"
+    ).fetchall()
     if gap:
         b, s, e, want_id, want_start = gap[0]
-        raise CorruptCatalog(f"{file}: block {b} holds rows [{s}, {e}) where block {want_id}, starting at row "
-                             f"{want_start}, was expected; blocks must be numbered 0, 1, ... and cover the rows "
-                             "from 0 on without gaps, overlaps or empty blocks. Export the catalog again")
+        raise CorruptCatalog(
+            f"{file}: block {b} holds rows [{s}, {e}) where block {want_id}, starting at row "
+            f"{want_start}, was expected; blocks must be numbered 0, 1, ... and cover the rows "
+            "from 0 on without gaps, overlaps or empty blocks. Export the catalog again"
+        )
     n_blocks, end = con.execute("SELECT count(*), coalesce(max(row_end), 0) FROM blocks").fetchall()[0]
     if index is not None and not isinstance(index, dict):
         raise CorruptCatalog(f"{file.parent / 'catalog.json'}: the index setting is {index!r}, not an object")
     recorded = (index.get("n_blocks"), index.get("indexed_rows")) if index else (0, 0)
     if (n_blocks, end) != recorded or end > n_codes:
-        raise CorruptCatalog(f"{file} holds {n_blocks} blocks over rows [0, {end}), but catalog.json records an index "
-                             f"of {recorded[0]} blocks over {recorded[1]} of the {n_codes} rows. Export the catalog "
-                             "again")
+        raise CorruptCatalog(
+            f"{file} holds {n_blocks} blocks over rows [0, {end}), but catalog.json records an index "
+            f"of {recorded[0]} blocks over {recorded[1]} of the {n_codes} rows. Export the catalog "
+            "again"
+        )
     if index and "block_size" in index:
         try:
             layout.check_block_size(index["block_size"])
@@ -281,14 +331,19 @@ def _verify_blocks(con: duckdb.DuckDBPyConnection, file: Path, n_codes: int, ind
         f"WITH t AS (SELECT b.block_id, {true} FROM codes c ASOF JOIN blocks b ON c.pos >= b.row_start "
         "  WHERE c.pos < ? GROUP BY b.block_id) "
         f"SELECT b.block_id, {pairs} FROM blocks b JOIN t USING (block_id) WHERE {differs} "
-        "ORDER BY b.block_id LIMIT 1", [end]).fetchall()
+        "ORDER BY b.block_id LIMIT 1",
+        [end],
+    ).fetchall()
     if wrong:
         b, values = wrong[0][0], wrong[0][1:]
-        z, stored, actual = next((z, s, a) for z, s, a in zip(ZONE_COLUMNS, values[0::2], values[1::2], strict=True)
-                                 if s != a)
+        z, stored, actual = next(
+            (z, s, a) for z, s, a in zip(ZONE_COLUMNS, values[0::2], values[1::2], strict=True) if s != a
+        )
         bound, column = z.split("_")
-        raise CorruptCatalog(f"{file}: block {b} records {z} = {stored}, but the {bound} of {column} over its rows is "
-                             f"{actual}; a zone map must hold the exact bounds of its block. Export the catalog again")
+        raise CorruptCatalog(
+            f"{file}: block {b} records {z} = {stored}, but the {bound} of {column} over its rows is "
+            f"{actual}; a zone map must hold the exact bounds of its block. Export the catalog again"
+        )
 
 
 def _remove(path: Path) -> None:

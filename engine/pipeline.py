@@ -45,7 +45,9 @@ def _load_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
 
     ids, emb = load_embeddings(cat)
     if len(ids) == 0:
-        raise CatalogError(f"{cat.path} has no embeddings yet; run `clip-branches ingest {cat.path} SOURCE` first")
+        raise CatalogError(
+            f"{cat.path} has no embeddings yet; run `clip-branches ingest {cat.path} SOURCE` first"
+        )
     return ids, emb
 
 
@@ -85,23 +87,30 @@ def train_head(
         if method == "auto":
             method = "contrastive" if has_captions else "distill"
         if method == "contrastive" and not has_captions:
-            raise CatalogError("contrastive training needs a `caption` column in images (from a manifest); "
-                               "use --method distill instead")
+            raise CatalogError(
+                "contrastive training needs a `caption` column in images (from a manifest); "
+                "use --method distill instead"
+            )
         captions = None
         if method == "contrastive":
-            cap_of = dict(cat.con.execute("SELECT id, caption FROM images WHERE caption IS NOT NULL").fetchall())
+            cap_of = dict(
+                cat.con.execute("SELECT id, caption FROM images WHERE caption IS NOT NULL").fetchall()
+            )
             keep = np.array([i in cap_of for i in ids.tolist()])
             if not keep.any():
-                raise CatalogError("no image has a caption to train on; fill the `caption` column or use "
-                                   "--method distill")
+                raise CatalogError(
+                    "no image has a caption to train on; fill the `caption` column or use --method distill"
+                )
             captions = [str(cap_of[i]) for i in ids[keep].tolist()]
         use_vocab = method == "distill" or small
         vocab = list(prompts) if prompts is not None else vocabulary() if use_vocab else []
         pca_rows = n + (len(vocab) if n <= out_dim else 0)
         if method == "pca" and pca_rows <= out_dim:
-            raise CatalogError(f"a {out_dim}-d PCA head needs more than {out_dim} rows to fit on, and this catalog's "
-                               f"{n} images and {len(vocab)} prompts are {pca_rows}; use the default prompts "
-                               "or --method distill")
+            raise CatalogError(
+                f"a {out_dim}-d PCA head needs more than {out_dim} rows to fit on, and this catalog's "
+                f"{n} images and {len(vocab)} prompts are {pca_rows}; use the default prompts "
+                "or --method distill"
+            )
         if (method != "pca" or use_vocab) and encoder is None:
             encoder = _catalog_encoder(cat)
         # load, encode the texts, each optimiser step (one PCA fit), fit the quantizer and store
@@ -135,9 +144,17 @@ def train_head(
         quant = quantize.fit_affine(outputs, min_range=quantize.sphere_range(head.out_dim) if small else 0.0)
         digest = cat.store_head(head, quant)
         report(total, total)
-    return {"method": method, "rows": n, "in_dim": head.in_dim, "out_dim": head.out_dim,
-            "koleo": koleo if method != "pca" else None, "sha256": digest, "time_train_s": t1 - t0,
-            "small_catalog": small, "quantizer_rows": int(len(outputs))}
+    return {
+        "method": method,
+        "rows": n,
+        "in_dim": head.in_dim,
+        "out_dim": head.out_dim,
+        "koleo": koleo if method != "pca" else None,
+        "sha256": digest,
+        "time_train_s": t1 - t0,
+        "small_catalog": small,
+        "quantizer_rows": int(len(outputs)),
+    }
 
 
 def _encode(encoder, texts: Sequence[str]) -> np.ndarray:
@@ -169,15 +186,21 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None, progress: P
         head = cat.head()
         quant = cat.quantizer()
         if head.info.get("encoder") != cat.setting("encoder"):
-            raise StaleIndexError(f"the head was trained on embeddings of {head.info.get('encoder')!r} but the "
-                                  f"images are now embedded by {cat.setting('encoder')!r}; run `clip-branches "
-                                  f"train-head {cat.path}` again")
+            raise StaleIndexError(
+                f"the head was trained on embeddings of {head.info.get('encoder')!r} but the "
+                f"images are now embedded by {cat.setting('encoder')!r}; run `clip-branches "
+                f"train-head {cat.path}` again"
+            )
         # Images whose part is newer than this were re-embedded after their codes were computed.
-        part_max = int(cat.con.execute("SELECT coalesce(max(part_id), 0) FROM embedding_parts").fetchall()[0][0])
+        part_max = int(
+            cat.con.execute("SELECT coalesce(max(part_id), 0) FROM embedding_parts").fetchall()[0][0]
+        )
         ids, emb = _load_embeddings(cat)
         if emb.shape[1] != head.in_dim:
-            raise StaleIndexError(f"the embeddings are {emb.shape[1]}-d but the head expects {head.in_dim}-d; "
-                                  f"run `clip-branches train-head {cat.path}` again")
+            raise StaleIndexError(
+                f"the embeddings are {emb.shape[1]}-d but the head expects {head.in_dim}-d; "
+                f"run `clip-branches train-head {cat.path}` again"
+            )
         if head.out_dim != 32:
             raise CatalogError(f"the head outputs {head.out_dim} dims; the catalog stores 32")
         n = len(ids)
@@ -192,6 +215,11 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None, progress: P
             report(done, total)
         t1 = time.perf_counter()
         build_progress = (lambda d, t: report(done + d, total)) if report.active else None
-        stats = cat.build_index(block_size, codes=codes, ids=ids, progress=build_progress,
-                                index_info={"head_sha256": head.sha256, "embedding_part_max": part_max})
+        stats = cat.build_index(
+            block_size,
+            codes=codes,
+            ids=ids,
+            progress=build_progress,
+            index_info={"head_sha256": head.sha256, "embedding_part_max": part_max},
+        )
     return {"rows": int(n), "time_encode_s": t1 - t0, **stats}

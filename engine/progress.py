@@ -120,8 +120,14 @@ class _Lines(Reporter):
         self.stream.flush()
 
 
-def reporter(label: str, unit: str, enabled: Progress, *, stream: TextIO | None = None,
-             interval_s: float = LINE_INTERVAL_S) -> Reporter:
+def reporter(
+    label: str,
+    unit: str,
+    enabled: Progress,
+    *,
+    stream: TextIO | None = None,
+    interval_s: float = LINE_INTERVAL_S,
+) -> Reporter:
     """The :class:`Reporter` for a ``progress`` argument ``enabled`` (see the module docstring).
 
     ``label`` names the work ("index"), ``unit`` its units ("rows"); ``stream`` defaults to
@@ -188,7 +194,9 @@ def _duckdb_tracking(con) -> Iterator[bool]:
 
     names = ("enable_progress_bar", "enable_progress_bar_print")
     try:
-        before = con.execute(f"SELECT current_setting('{names[0]}'), current_setting('{names[1]}')").fetchall()[0]
+        before = con.execute(
+            f"SELECT current_setting('{names[0]}'), current_setting('{names[1]}')"
+        ).fetchall()[0]
         con.execute(f"SET {names[0]} = true")
         con.execute(f"SET {names[1]} = false")
     except duckdb.Error:

@@ -55,8 +55,12 @@ class Quantizer:
         return (self.lo + c * self.step).astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "rounding": self.rounding,
-                "lo": [float(v) for v in self.lo], "step": [float(v) for v in self.step]}
+        return {
+            "method": self.method,
+            "rounding": self.rounding,
+            "lo": [float(v) for v in self.lo],
+            "step": [float(v) for v in self.step],
+        }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Quantizer:
@@ -65,8 +69,15 @@ class Quantizer:
             step = np.asarray(obj["step"], dtype=np.float32)
             rounding, method = str(obj.get("rounding", "round")), str(obj.get("method", "affine"))
         except (KeyError, TypeError, ValueError) as e:
-            raise QuantizerError(f"stored quantizer is malformed ({e}); run `clip-branches train-head` again") from None
-        if lo.shape != step.shape or lo.ndim != 1 or not (step > 0).all() or rounding not in ("round", "truncate"):
+            raise QuantizerError(
+                f"stored quantizer is malformed ({e}); run `clip-branches train-head` again"
+            ) from None
+        if (
+            lo.shape != step.shape
+            or lo.ndim != 1
+            or not (step > 0).all()
+            or rounding not in ("round", "truncate")
+        ):
             raise QuantizerError("stored quantizer is malformed; run `clip-branches train-head` again")
         return cls(lo, step, rounding, method)
 
@@ -74,14 +85,17 @@ class Quantizer:
 def _check(x: np.ndarray, min_rows: int = 2) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] < min_rows:
-        raise QuantizerError(f"need a 2-d array of at least {min_rows} rows to fit a quantizer, got shape {x.shape}")
+        raise QuantizerError(
+            f"need a 2-d array of at least {min_rows} rows to fit a quantizer, got shape {x.shape}"
+        )
     if not np.isfinite(x).all():
         raise QuantizerError("values contain NaN or infinite entries")
     return x
 
 
-def fit_affine(x: np.ndarray, quantiles: tuple[float, float] = DEFAULT_QUANTILES, *,
-               min_range: float = 0.0) -> Quantizer:
+def fit_affine(
+    x: np.ndarray, quantiles: tuple[float, float] = DEFAULT_QUANTILES, *, min_range: float = 0.0
+) -> Quantizer:
     """Per-dim map from the [q_lo, q_hi] quantile range onto codes 0..255, rounding to nearest.
 
     Clipping the extreme 0.1 % on each side buys resolution for the other 99.8 %. A dim whose

@@ -42,7 +42,9 @@ class BlockIndex:
         self.tree_lo, self.tree_hi = scan.build_tree(self.blocks.lo, self.blocks.hi, self.n_leaves)
 
     @classmethod
-    def from_arrays(cls, cols: np.ndarray, ids: np.ndarray, blocks: Blocks | None, block_size: int) -> BlockIndex:
+    def from_arrays(
+        cls, cols: np.ndarray, ids: np.ndarray, blocks: Blocks | None, block_size: int
+    ) -> BlockIndex:
         """Assemble an index; rows not covered by ``blocks`` get zone maps in insertion order."""
         n_rows = cols.shape[1]
         if blocks is None:
@@ -131,7 +133,9 @@ def votes(cols: np.ndarray, boxset: BoxSet) -> np.ndarray:
     return scan.row_votes(np.ascontiguousarray(cols), lo, hi, dims, ndims, member)
 
 
-def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1, center: np.ndarray | None = None) -> Selection:
+def select(
+    index: BlockIndex, boxset: BoxSet, min_votes: int = 1, center: np.ndarray | None = None
+) -> Selection:
     """Every row inside at least one box, with at least ``min_votes`` member votes, ranked by
     votes, then (with an integer code ``center``) squared distance to it, then block position."""
     t0 = time.perf_counter()
@@ -143,7 +147,9 @@ def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1, center: np.nda
         pair_block, pair_box, pair_full, visited = prune(
             index.tree_lo, index.tree_hi, index.n_leaves, n_blocks, lo, hi, dims, ndims
         )
-        cand, ptr, boxes, full = scan.group_pairs(n_blocks, pair_block, pair_box, pair_full, member, min_votes)
+        cand, ptr, boxes, full = scan.group_pairs(
+            n_blocks, pair_block, pair_box, pair_full, member, min_votes
+        )
     else:
         visited = 0
         cand = np.zeros(0, dtype=np.int64)
@@ -155,8 +161,20 @@ def select(index: BlockIndex, boxset: BoxSet, min_votes: int = 1, center: np.nda
     work = int((starts[cand + 1] - starts[cand]).sum()) * max(1, len(boxes) // max(1, len(cand)))
     kernel = scan.scan_blocks if work >= PARALLEL_MIN_ROW_TESTS else scan.scan_blocks_serial
     pos, votes, rows_tested, dim_tests = kernel(
-        index.cols, index.blocks.start, index.blocks.lo, index.blocks.hi, cand, ptr, boxes, full,
-        lo, hi, dims, ndims, member, min_votes,
+        index.cols,
+        index.blocks.start,
+        index.blocks.lo,
+        index.blocks.hi,
+        cand,
+        ptr,
+        boxes,
+        full,
+        lo,
+        hi,
+        dims,
+        ndims,
+        member,
+        min_votes,
     )
     t2 = time.perf_counter()
     if center is None:

@@ -116,8 +116,14 @@ class Result:
 
     def to_json(self, limit: int | None = None) -> dict:
         ids = self.ids if limit is None else self.ids[:limit]
-        return {"ids": ids.tolist(), "scores": self.scores[: len(ids)].tolist(), "sql": self.sql,
-                "stats": self.stats, "results": int(len(self.ids)), "suggestions": self.suggestions.tolist()}
+        return {
+            "ids": ids.tolist(),
+            "scores": self.scores[: len(ids)].tolist(),
+            "sql": self.sql,
+            "stats": self.stats,
+            "results": int(len(self.ids)),
+            "suggestions": self.suggestions.tolist(),
+        }
 
 
 def parse_ids(values, what: str) -> np.ndarray:
@@ -128,7 +134,9 @@ def parse_ids(values, what: str) -> np.ndarray:
         try:
             values = values.decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidArgument(f"{what} must be comma-separated image ids, got undecodable bytes") from None
+            raise InvalidArgument(
+                f"{what} must be comma-separated image ids, got undecodable bytes"
+            ) from None
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]
     if isinstance(values, np.ndarray):
@@ -187,12 +195,16 @@ def check_options(model, sampled_negatives, negative_weight) -> tuple[object, in
     from .learn.base import BoxClassifierMixin
 
     if not isinstance(model, BoxClassifierMixin) and (not isinstance(model, str) or model not in MODELS):
-        raise InvalidArgument(f"unknown model {model!r}; choose one of {', '.join(MODELS)} "
-                              "or pass a box classifier of engine.learn")
+        raise InvalidArgument(
+            f"unknown model {model!r}; choose one of {', '.join(MODELS)} "
+            "or pass a box classifier of engine.learn"
+        )
     if isinstance(sampled_negatives, bool) or not isinstance(sampled_negatives, (int, np.integer)):
         raise InvalidArgument(f"sampled_negatives must be an integer, got {sampled_negatives!r}")
     if not 0 <= sampled_negatives <= MAX_SAMPLED_NEGATIVES:
-        raise InvalidArgument(f"sampled_negatives must be in 0..{MAX_SAMPLED_NEGATIVES}, got {sampled_negatives}")
+        raise InvalidArgument(
+            f"sampled_negatives must be in 0..{MAX_SAMPLED_NEGATIVES}, got {sampled_negatives}"
+        )
     try:
         weight = float(negative_weight)
     except (TypeError, ValueError, OverflowError):
@@ -294,8 +306,13 @@ def local_scales(cols: np.ndarray, starts: np.ndarray, pos: np.ndarray, k: int |
     return out
 
 
-def guide_region(pos_codes: np.ndarray, group: np.ndarray, scales: np.ndarray, negative_codes: np.ndarray,
-                 radius_factor: float | None = None) -> Region:
+def guide_region(
+    pos_codes: np.ndarray,
+    group: np.ndarray,
+    scales: np.ndarray,
+    negative_codes: np.ndarray,
+    radius_factor: float | None = None,
+) -> Region:
     """The union of balls the guide's positives must lie in: one ball per ``group`` of positives
     (int64, from :func:`engine.guide.group_positives` with links of :data:`LINK_FACTOR` times
     the local ``scales``), around the group's mean, :data:`GUIDE_RADIUS` times its farthest
@@ -325,10 +342,19 @@ def _evenly(idx: np.ndarray, n: int) -> np.ndarray:
     return idx[np.linspace(0, len(idx) - 1, n).astype(np.int64)] if n > 0 else idx[:0]
 
 
-def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarray, count: int,
-             negative_weight: float, filter_sampled: bool = True, guided: bool = False,
-             pseudo_positives: int | None = None, pool_codes: np.ndarray | None = None,
-             starts: np.ndarray | None = None) -> Training:
+def assemble(
+    cols: np.ndarray,
+    pos: np.ndarray,
+    neg: np.ndarray,
+    pool: np.ndarray,
+    count: int,
+    negative_weight: float,
+    filter_sampled: bool = True,
+    guided: bool = False,
+    pseudo_positives: int | None = None,
+    pool_codes: np.ndarray | None = None,
+    starts: np.ndarray | None = None,
+) -> Training:
     """The training set of a refine round, from row positions into ``cols`` (uint8 (32, n)):
     labelled positives ``pos`` and negatives ``neg``, and up to ``count`` rows of ``pool``
     that are not labelled, less those :func:`reliable_negatives` drops.
@@ -362,8 +388,17 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
     near = near[~np.isin(near, labelled) & ~np.isin(near, sampled)]
     candidates = np.concatenate([free, near])
     if not guided or len(pos_codes) == 0:
-        return Training(X, y, w, pos_codes, n_sampled, n_sampled - len(sampled_codes), guide, candidates,
-                        free[count:][:HELD_OUT])
+        return Training(
+            X,
+            y,
+            w,
+            pos_codes,
+            n_sampled,
+            n_sampled - len(sampled_codes),
+            guide,
+            candidates,
+            free[count:][:HELD_OUT],
+        )
     rest, rest_codes = free[count:], free_codes[count:]
     held, held_codes = rest[1::2][:HELD_OUT], rest_codes[1::2][:HELD_OUT]
     cand, cand_codes = rest[0::2], rest_codes[0::2]
@@ -372,7 +407,11 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
         scales = local_scales(cols, starts, pos)
     else:  # no blocks: the pool's rows stand in for the rows near each positive
         k = min(LINK_NEIGHBOURS, max(len(rest_codes) - 1, 0))
-        scales = np.sqrt(np.partition(_sq_dists(pos_codes, rest_codes), k, axis=1)[:, k]) if k else np.zeros(len(pos))
+        scales = (
+            np.sqrt(np.partition(_sq_dists(pos_codes, rest_codes), k, axis=1)[:, k])
+            if k
+            else np.zeros(len(pos))
+        )
     stones = cand_codes[_evenly(np.flatnonzero(guide.score(cand_codes) > 0), STONES)]
     group = group_positives(pos_codes, LINK_FACTOR * np.asarray(scales, dtype=np.float64), stones)
     region = guide_region(pos_codes, group, scales, X[y == 0])
@@ -388,19 +427,40 @@ def assemble(cols: np.ndarray, pos: np.ndarray, neg: np.ndarray, pool: np.ndarra
     # the positives, evenly spaced, until the budget is spent
     from_pool = np.flatnonzero(guide.positive(cand_codes))[:pseudo_positives]
     near_in = guide.region.contains(near_codes)
-    from_near = _evenly(np.flatnonzero(near_in & (guide.score(near_codes) > 0)), pseudo_positives - len(from_pool))
+    from_near = _evenly(
+        np.flatnonzero(near_in & (guide.score(near_codes) > 0)), pseudo_positives - len(from_pool)
+    )
     pseudo_codes = np.concatenate([cand_codes[from_pool], near_codes[from_near]])
     # rows near the positives but outside the region: the neighbouring classes that random rows
     # of a large catalog almost never hold, and that boxes grown over the whole class reach
     outside = _evenly(np.flatnonzero(~near_in), NEAR_NEGATIVES)
-    X, y, w = training_set(np.concatenate([pos_codes, pseudo_codes]), neg_codes,
-                           np.concatenate([sampled_codes, near_codes[outside]]), negative_weight)
+    X, y, w = training_set(
+        np.concatenate([pos_codes, pseudo_codes]),
+        neg_codes,
+        np.concatenate([sampled_codes, near_codes[outside]]),
+        negative_weight,
+    )
     hull = None
     if rare:
         hull = group_hulls(np.concatenate([pos_codes, pseudo_codes]), region, pool_codes.std(axis=0))
-    return Training(X, y, w, pos_codes, n_sampled, n_dropped, guide, candidates, held, True, len(pseudo_codes),
-                    len(guide.region.radii), int(guide.positive(held_codes).sum()), held_codes,
-                    np.concatenate([cand[from_pool], near[from_near]]), hull)
+    return Training(
+        X,
+        y,
+        w,
+        pos_codes,
+        n_sampled,
+        n_dropped,
+        guide,
+        candidates,
+        held,
+        True,
+        len(pseudo_codes),
+        len(guide.region.radii),
+        int(guide.positive(held_codes).sum()),
+        held_codes,
+        np.concatenate([cand[from_pool], near[from_near]]),
+        hull,
+    )
 
 
 def fit_round(train: Training, cols: np.ndarray, model, subsets: Sequence[Sequence[int]], random_state):
@@ -413,7 +473,9 @@ def fit_round(train: Training, cols: np.ndarray, model, subsets: Sequence[Sequen
     return estimator
 
 
-def group_hulls(codes: np.ndarray, region: Region, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_hulls(
+    codes: np.ndarray, region: Region, spread: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(lo, hi, group)``: for each ball of ``region``, the bounding box (uint8 (g, 32)) of the
     rows ``codes`` (uint8 (n, 32), the positives of a round) that lie deepest in it, widened
     by :data:`HULL_MARGIN` standard deviations per dim, and each row's ball (int64 (n,)).
@@ -433,7 +495,9 @@ def group_hulls(codes: np.ndarray, region: Region, spread: np.ndarray) -> tuple[
     return lo, hi, group
 
 
-def clip_boxes(boxes: BoxSet, positives: np.ndarray, lo: np.ndarray, hi: np.ndarray, group: np.ndarray) -> BoxSet:
+def clip_boxes(
+    boxes: BoxSet, positives: np.ndarray, lo: np.ndarray, hi: np.ndarray, group: np.ndarray
+) -> BoxSet:
     """Every box intersected with the hull (``lo``, ``hi``: uint8 (g, 32)) of the group whose
     ``positives`` (uint8 (n, 32), of groups ``group``) it holds most; a box holding none is
     intersected with the bounding box of all hulls. Boxes left empty go.
@@ -464,13 +528,21 @@ def calibrate(estimator, train: Training, cols: np.ndarray) -> int:
         return int(estimator.min_votes_)
     held = train.held_codes if train.held_codes is not None else np.ascontiguousarray(cols[:, train.held].T)
     votes = query.votes(np.ascontiguousarray(held.T), estimator.boxes_)
-    estimator.min_votes_ = choose_min_votes(votes, train.guide.positive(held), n_members,
-                                            estimator.min_votes_, MIN_HELD_POSITIVES)
+    estimator.min_votes_ = choose_min_votes(
+        votes, train.guide.positive(held), n_members, estimator.min_votes_, MIN_HELD_POSITIVES
+    )
     return int(estimator.min_votes_)
 
 
-def suggest(index: query.BlockIndex, sel: query.Selection, min_votes: int, n_members: int, train: Training,
-            labelled: np.ndarray, n: int) -> np.ndarray:
+def suggest(
+    index: query.BlockIndex,
+    sel: query.Selection,
+    min_votes: int,
+    n_members: int,
+    train: Training,
+    labelled: np.ndarray,
+    n: int,
+) -> np.ndarray:
     """Up to ``n`` unlabelled ids whose labels would teach the next round most.
 
     Candidates are the selected rows whose votes lie within :data:`SUGGEST_VOTE_MARGIN` above
@@ -582,8 +654,9 @@ def model_name(model) -> str:
     return model if isinstance(model, str) else type(model).__name__
 
 
-def training_set(pos_codes: np.ndarray, neg_codes: np.ndarray, sampled_codes: np.ndarray,
-                 negative_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_set(
+    pos_codes: np.ndarray, neg_codes: np.ndarray, sampled_codes: np.ndarray, negative_weight: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """X, y and sample weights: user negatives weigh ``negative_weight`` times a sampled one,
     and the positives together weigh as much as all negatives together.
 
@@ -594,7 +667,9 @@ def training_set(pos_codes: np.ndarray, neg_codes: np.ndarray, sampled_codes: np
     around a single positive, and a box that also takes in another class is not.
     """
     X = np.concatenate([pos_codes, neg_codes, sampled_codes])
-    y = np.concatenate([np.ones(len(pos_codes), np.int64), np.zeros(len(neg_codes) + len(sampled_codes), np.int64)])
+    y = np.concatenate(
+        [np.ones(len(pos_codes), np.int64), np.zeros(len(neg_codes) + len(sampled_codes), np.int64)]
+    )
     w_neg = np.concatenate([np.full(len(neg_codes), negative_weight), np.ones(len(sampled_codes))])
     w_pos = w_neg.sum() / len(pos_codes) if len(pos_codes) and w_neg.sum() > 0 else 1.0
     w = np.concatenate([np.full(len(pos_codes), w_pos), w_neg])

@@ -47,10 +47,27 @@ MAX_QUERY_TEXT = 100_000
 MAX_VALUE_CHARS = 10_000
 # Table functions a console query may call: generators, the console's table macros and the
 # schema listings. Everything else is refused: file readers, settings, pragma_*, query().
-TABLE_FUNCTIONS = frozenset({
-    "range", "generate_series", "unnest", "json_each", "json_tree", "result_images", "added_after",
-    "duckdb_tables", "duckdb_columns", "duckdb_views", "duckdb_functions", "duckdb_types", "duckdb_keywords",
-    "duckdb_constraints", "duckdb_indexes", "duckdb_schemas", "duckdb_macros"})
+TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "generate_series",
+        "unnest",
+        "json_each",
+        "json_tree",
+        "result_images",
+        "added_after",
+        "duckdb_tables",
+        "duckdb_columns",
+        "duckdb_views",
+        "duckdb_functions",
+        "duckdb_types",
+        "duckdb_keywords",
+        "duckdb_constraints",
+        "duckdb_indexes",
+        "duckdb_schemas",
+        "duckdb_macros",
+    }
+)
 # Scalar functions that read the configuration (paths, limits).
 DENIED_FUNCTIONS = frozenset({"current_setting", "getvariable", "getenv"})
 SCHEMAS = frozenset({"", "main", "temp", "information_schema"})
@@ -103,8 +120,10 @@ def check_names(cur: duckdb.DuckDBPyConnection, statement: duckdb.Statement, dat
     except (duckdb.Error, RecursionError, ValueError) as e:
         raise InvalidSql(f"the query cannot be checked: {str(e).splitlines()[0]}") from None
     if tree.get("error"):
-        raise InvalidSql(f"this form of query is not supported here ({tree.get('error_message', '')}); "
-                         "write it as a plain SELECT")
+        raise InvalidSql(
+            f"this form of query is not supported here ({tree.get('error_message', '')}); "
+            "write it as a plain SELECT"
+        )
     stack = [(tree.get("statements", []), False)]
     while stack:
         node, as_table = stack.pop()
@@ -117,8 +136,10 @@ def check_names(cur: duckdb.DuckDBPyConnection, statement: duckdb.Statement, dat
         if isinstance(name, str):
             name = name.lower()
             if as_table and name not in TABLE_FUNCTIONS:
-                raise InvalidSql(f"the table function {name}() is not available in the console; it reads "
-                                 "files or settings. Query the catalog's tables and views")
+                raise InvalidSql(
+                    f"the table function {name}() is not available in the console; it reads "
+                    "files or settings. Query the catalog's tables and views"
+                )
             if name in DENIED_FUNCTIONS:
                 raise InvalidSql(f"{name}() is not available in the console")
         if node.get("type") == "BASE_TABLE":
@@ -126,8 +147,10 @@ def check_names(cur: duckdb.DuckDBPyConnection, statement: duckdb.Statement, dat
             schema = str(node.get("schema_name", "")).lower()
             db = str(node.get("catalog_name", ""))
             if "/" in table or "\\" in table or schema not in SCHEMAS or db not in ("", database, "temp"):
-                raise InvalidSql(f"{'.'.join(p for p in (db, schema, table) if p)!r} is not a table of this "
-                                 "catalog; the console reads only the catalog's own tables and views")
+                raise InvalidSql(
+                    f"{'.'.join(p for p in (db, schema, table) if p)!r} is not a table of this "
+                    "catalog; the console reads only the catalog's own tables and views"
+                )
         for key, value in node.items():
             if isinstance(value, (dict, list)):
                 stack.append((value, key == "function" and node.get("type") == "TABLE_FUNCTION"))
@@ -179,8 +202,10 @@ def _printable(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
         if t.startswith(("DATE", "TIMESTAMP")):
             expr = f"CAST({ref} AS VARCHAR)"
         elif t == "VARCHAR":
-            expr = (f"CASE WHEN length({ref}) > {MAX_VALUE_CHARS} THEN left({ref}, {MAX_VALUE_CHARS}) || '…' "
-                    f"ELSE {ref} END")
+            expr = (
+                f"CASE WHEN length({ref}) > {MAX_VALUE_CHARS} THEN left({ref}, {MAX_VALUE_CHARS}) || '…' "
+                f"ELSE {ref} END"
+            )
         elif t == "BLOB":
             expr = f"CASE WHEN octet_length({ref}) > {MAX_VALUE_CHARS} THEN {ref}[1:{MAX_VALUE_CHARS}] ELSE {ref} END"
         else:
@@ -190,9 +215,16 @@ def _printable(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
     return rel.project(", ".join(exprs)) if changed else rel
 
 
-def run_query(cur: duckdb.DuckDBPyConnection, text: str, *, database: str, time_limit_s: float = 5.0,
-              max_rows: int = 1000, max_bytes: int = 10_000_000,
-              relations: Mapping[str, pa.Table] | None = None) -> QueryResult:
+def run_query(
+    cur: duckdb.DuckDBPyConnection,
+    text: str,
+    *,
+    database: str,
+    time_limit_s: float = 5.0,
+    max_rows: int = 1000,
+    max_bytes: int = 10_000_000,
+    relations: Mapping[str, pa.Table] | None = None,
+) -> QueryResult:
     """Run one user query on ``cur`` (a fresh cursor of a sandboxed connection, closed by the
     caller). ``relations`` are Arrow tables the query may name; the macros of
     ``sql/console_macros.sql`` are defined on the cursor. At most ``max_rows`` rows and about
@@ -203,8 +235,10 @@ def run_query(cur: duckdb.DuckDBPyConnection, text: str, *, database: str, time_
     t0 = time.perf_counter()
     relations = dict(relations or {})
     if "last_result" not in relations:
-        cur.execute("CREATE OR REPLACE TEMP VIEW last_result AS SELECT * FROM (VALUES (0::BIGINT, 0::BIGINT, "
-                    "0::BIGINT)) AS t(" + ", ".join(LAST_RESULT_COLUMNS) + ") WHERE false")
+        cur.execute(
+            "CREATE OR REPLACE TEMP VIEW last_result AS SELECT * FROM (VALUES (0::BIGINT, 0::BIGINT, "
+            "0::BIGINT)) AS t(" + ", ".join(LAST_RESULT_COLUMNS) + ") WHERE false"
+        )
     for name, table in relations.items():
         cur.register(name, table)
     try:
@@ -238,8 +272,10 @@ def run_query(cur: duckdb.DuckDBPyConnection, text: str, *, database: str, time_
     except duckdb.OutOfMemoryException:
         cur.execute("ROLLBACK")
         limit = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-        raise InvalidSql(f"the query needed more than the memory limit of {limit} and was stopped; "
-                         "add a LIMIT, aggregate, or select fewer rows or columns") from None
+        raise InvalidSql(
+            f"the query needed more than the memory limit of {limit} and was stopped; "
+            "add a LIMIT, aggregate, or select fewer rows or columns"
+        ) from None
     except duckdb.Error as e:
         raise InvalidSql(str(e)) from None
     finally:
@@ -270,18 +306,33 @@ def _fitting_rows(batch: pa.RecordBatch, budget: int) -> int:
 def sandbox_config(memory_limit: str, temp_limit: str) -> dict:
     """DuckDB settings of a connection that runs untrusted queries: no files or URLs but the
     catalog, no extensions, bounded memory and temp files, configuration locked."""
-    return {"enable_external_access": False, "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False, "memory_limit": memory_limit,
-            "max_temp_directory_size": temp_limit, "lock_configuration": True}
+    return {
+        "enable_external_access": False,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "memory_limit": memory_limit,
+        "max_temp_directory_size": temp_limit,
+        "lock_configuration": True,
+    }
 
 
 def parse_bytes(text: str) -> int:
     """Bytes of a DuckDB-style size: '1GB', '512 MiB', '200MB', '1000'."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    units = {
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
     s = str(text).strip().lower().replace(" ", "")
     num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     try:
         value = float(num)
     except ValueError:
@@ -306,19 +357,30 @@ class _Worker:
     def __init__(self, path: Path, memory_limit: str, temp_limit: str):
         parent, child = socket.socketpair()
         self.tmp = Path(tempfile.mkdtemp(prefix="cb-console-"))
-        config = {"path": str(path), "memory_limit": memory_limit, "temp_limit": temp_limit, "temp": str(self.tmp)}
+        config = {
+            "path": str(path),
+            "memory_limit": memory_limit,
+            "temp_limit": temp_limit,
+            "temp": str(self.tmp),
+        }
         env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(child.fileno()), json.dumps(config)],
-                                         pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env,
-                                         cwd=str(Path(__file__).resolve().parent.parent))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER, str(child.fileno()), json.dumps(config)],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
         finally:
             child.close()
         self.conn = Connection(parent.detach())
         reply = self._wait(STARTUP_TIMEOUT_S, None)
         if reply is None or "error" in reply:
             self.kill()
-            raise CatalogError(f"the console cannot open {path}: {(reply or {}).get('error', 'the worker did not start')}")
+            raise CatalogError(
+                f"the console cannot open {path}: {(reply or {}).get('error', 'the worker did not start')}"
+            )
         self.vm_limit = reply.get("vm_limit")
 
     def _wait(self, timeout: float, cancel: threading.Event | None):
@@ -367,8 +429,15 @@ class QueryPool:
     replaced.
     """
 
-    def __init__(self, path: str | os.PathLike, *, workers: int = 2, memory_limit: str = "1GB",
-                 temp_limit: str = "256MB", wait_s: float = 1.0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        workers: int = 2,
+        memory_limit: str = "1GB",
+        temp_limit: str = "256MB",
+        wait_s: float = 1.0,
+    ):
         if workers < 1:
             raise CatalogError(f"the console needs at least 1 worker, got {workers}")
         parse_bytes(memory_limit), parse_bytes(temp_limit)
@@ -422,8 +491,10 @@ class QueryPool:
                     break
                 self._freed.wait(left)
             if self._live >= self.size:
-                raise ServerBusy(f"the console is busy: {self.size} of its queries are running, the most it runs "
-                                 "at once; try again when one has finished")
+                raise ServerBusy(
+                    f"the console is busy: {self.size} of its queries are running, the most it runs "
+                    "at once; try again when one has finished"
+                )
             self._live += 1
         try:
             return _Worker(self.path, self.memory_limit, self.temp_limit)
@@ -441,9 +512,17 @@ class QueryPool:
             self._live -= 1
         w.kill()
 
-    def run(self, text: str, *, time_limit_s: float = 5.0, max_rows: int = 1000, max_bytes: int = 10_000_000,
-            relations: Mapping[str, pa.Table] | None = None, cancel: threading.Event | None = None,
-            waited_s: float = 0.0) -> QueryResult:
+    def run(
+        self,
+        text: str,
+        *,
+        time_limit_s: float = 5.0,
+        max_rows: int = 1000,
+        max_bytes: int = 10_000_000,
+        relations: Mapping[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+        waited_s: float = 0.0,
+    ) -> QueryResult:
         """Run one user query as :func:`run_query` does, in a worker. ``waited_s``, the time the
         query already waited for its turn, counts against ``time_limit_s``. Raises InvalidSql
         (bad query, memory), QueryInterrupted (time limit, cancelled) or ServerBusy."""
@@ -452,8 +531,13 @@ class QueryPool:
         blobs = {name: _ipc(table) for name, table in (relations or {}).items()}
         w = self._take()
         left = max(MIN_RUN_S, time_limit_s - max(0.0, waited_s) - (time.monotonic() - entered))
-        request = {"sql": text, "time_limit_s": left, "max_rows": int(max_rows),
-                   "max_bytes": int(max_bytes), "relations": blobs}
+        request = {
+            "sql": text,
+            "time_limit_s": left,
+            "max_rows": int(max_rows),
+            "max_bytes": int(max_bytes),
+            "relations": blobs,
+        }
         t0 = time.perf_counter()
         reply = w.ask(request, left + time_limit_s * KILL_GRACE + KILL_GRACE_MIN_S, cancel)
         if reply is None:
@@ -462,8 +546,10 @@ class QueryPool:
             if cancel is not None and cancel.is_set():
                 raise QueryInterrupted("the query was cancelled")
             if died:
-                raise InvalidSql(f"the query needed more memory than the console allows ({self.memory_limit}) "
-                                 "and was stopped; add a LIMIT, aggregate, or select fewer rows or columns")
+                raise InvalidSql(
+                    f"the query needed more memory than the console allows ({self.memory_limit}) "
+                    "and was stopped; add a LIMIT, aggregate, or select fewer rows or columns"
+                )
             raise QueryInterrupted(_too_long(time_limit_s))
         self._give_back(w, reply.get("healthy", True))
         if "error" in reply:
@@ -497,9 +583,15 @@ def _vm_bytes() -> int:
 def _worker_main(fd: int, config: dict) -> None:
     conn = Connection(fd)
     try:
-        con = duckdb.connect(config["path"], read_only=True,
-                             config={**sandbox_config(config["memory_limit"], config["temp_limit"]),
-                                     "temp_directory": config["temp"], "threads": 2})
+        con = duckdb.connect(
+            config["path"],
+            read_only=True,
+            config={
+                **sandbox_config(config["memory_limit"], config["temp_limit"]),
+                "temp_directory": config["temp"],
+                "threads": 2,
+            },
+        )
         database = con.execute("SELECT current_database()").fetchall()[0][0]
         run_query(con.cursor(), "SELECT 1", database=database)  # allocate what a query needs once
         vm_limit = None
@@ -527,8 +619,15 @@ def _answer(con: duckdb.DuckDBPyConnection, database: str, request: dict) -> dic
         relations = {name: pa.ipc.open_stream(blob).read_all() for name, blob in request["relations"].items()}
         cur = con.cursor()
         try:
-            res = run_query(cur, request["sql"], database=database, time_limit_s=request["time_limit_s"],
-                            max_rows=request["max_rows"], max_bytes=request["max_bytes"], relations=relations)
+            res = run_query(
+                cur,
+                request["sql"],
+                database=database,
+                time_limit_s=request["time_limit_s"],
+                max_rows=request["max_rows"],
+                max_bytes=request["max_bytes"],
+                relations=relations,
+            )
         finally:
             cur.close()
         return {"table": _ipc(res.table), "truncated": res.truncated, "cut": res.cut, "time_ms": res.time_ms}
@@ -539,7 +638,8 @@ def _answer(con: duckdb.DuckDBPyConnection, database: str, request: dict) -> dic
 
 
 def _memory_error() -> dict:
-    return {"error": "the query needed more memory than the console allows and was stopped; add a LIMIT, "
-                     "aggregate, or select fewer rows or columns", "kind": "InvalidSql"}
-
-
+    return {
+        "error": "the query needed more memory than the console allows and was stopped; add a LIMIT, "
+        "aggregate, or select fewer rows or columns",
+        "kind": "InvalidSql",
+    }

@@ -65,8 +65,21 @@ def _relation(t_lo, t_hi, k, box_lo, box_hi, dims, nd, b):
 
 
 @numba.njit(cache=True)
-def _prune_box(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims, b,
-               out_block, out_full, at, count_only):
+def _prune_box(
+    t_lo,
+    t_hi,
+    n_leaves,
+    n_blocks,
+    box_lo,
+    box_hi,
+    box_dims,
+    box_ndims,
+    b,
+    out_block,
+    out_full,
+    at,
+    count_only,
+):
     """Walk the tree for box b; write its candidate blocks from ``at`` on unless count_only.
     Returns ``(n_candidates, n_nodes_visited)``."""
     nd = box_ndims[b]
@@ -115,16 +128,30 @@ def _prune(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims):
     dummy_b = np.empty(0, dtype=np.int64)
     dummy_f = np.empty(0, dtype=np.bool_)
     for b in numba.prange(n_boxes):
-        counts[b + 1], visits[b] = _prune_box(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims,
-                                              box_ndims, b, dummy_b, dummy_f, 0, True)
+        counts[b + 1], visits[b] = _prune_box(
+            t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims, b, dummy_b, dummy_f, 0, True
+        )
     for b in range(n_boxes):
         counts[b + 1] += counts[b]
     out_block = np.empty(counts[n_boxes], dtype=np.int64)
     out_box = np.empty(counts[n_boxes], dtype=np.int64)
     out_full = np.empty(counts[n_boxes], dtype=np.bool_)
     for b in numba.prange(n_boxes):
-        _prune_box(t_lo, t_hi, n_leaves, n_blocks, box_lo, box_hi, box_dims, box_ndims, b,
-                   out_block, out_full, counts[b], False)
+        _prune_box(
+            t_lo,
+            t_hi,
+            n_leaves,
+            n_blocks,
+            box_lo,
+            box_hi,
+            box_dims,
+            box_ndims,
+            b,
+            out_block,
+            out_full,
+            counts[b],
+            False,
+        )
         out_box[counts[b] : counts[b + 1]] = b
     return out_block, out_box, out_full, visits.sum()
 
@@ -300,8 +327,22 @@ def _test_box(cols, s, n, b, box_lo, box_hi, box_dims, box_ndims, blk_lo, blk_hi
     return m
 
 
-def _scan_blocks(cols, start, blk_lo, blk_hi, cand, ptr, boxes, full, box_lo, box_hi, box_dims, box_ndims,
-                 box_member, min_votes):
+def _scan_blocks(
+    cols,
+    start,
+    blk_lo,
+    blk_hi,
+    cand,
+    ptr,
+    boxes,
+    full,
+    box_lo,
+    box_hi,
+    box_dims,
+    box_ndims,
+    box_member,
+    min_votes,
+):
     """Test the candidate blocks' rows against their boxes; count one vote per member.
 
     Returns ``(pos, votes, rows_tested, row_dim_tests)``: row positions (int64, ascending within
@@ -352,8 +393,21 @@ def _scan_blocks(cols, start, blk_lo, blk_hi, cand, ptr, boxes, full, box_lo, bo
             hit[:] = 0
             rows_tested[i] = n
             for jj in range(j, j_end):
-                tested[i] += n * _test_box(cols, s, n, boxes[jj], box_lo, box_hi, box_dims, box_ndims,
-                                           blk_lo[blk], blk_hi[blk], inbox, dims_buf, frac_buf)
+                tested[i] += n * _test_box(
+                    cols,
+                    s,
+                    n,
+                    boxes[jj],
+                    box_lo,
+                    box_hi,
+                    box_dims,
+                    box_ndims,
+                    blk_lo[blk],
+                    blk_hi[blk],
+                    inbox,
+                    dims_buf,
+                    frac_buf,
+                )
                 for r in range(n):
                     hit[r] |= inbox[r]
             best = 0

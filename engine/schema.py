@@ -81,7 +81,9 @@ def check_version(con: duckdb.DuckDBPyConnection, path: str, read_only: bool) ->
     """Validate the schema version of an opened database; migrate it if writable and older."""
     version = current_version(con)
     if version is None:
-        raise CorruptCatalog(f"{path} is a DuckDB file but not a clip-branches catalog (it has no schema_version table)")
+        raise CorruptCatalog(
+            f"{path} is a DuckDB file but not a clip-branches catalog (it has no schema_version table)"
+        )
     latest = latest_version()
     if version == 0:
         has_tables = con.execute(

@@ -26,11 +26,26 @@ from .sqlnames import IDENT
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 # Folders that operating systems and NAS boxes create for their own bookkeeping (compared
 # case-insensitively); dot-folders are skipped anyway.
-SYSTEM_FOLDERS = frozenset(name.lower() for name in (
-    "__MACOSX", "@eaDir", "$RECYCLE.BIN", "RECYCLER", "System Volume Information", "lost+found",
-    ".Trashes", ".Spotlight-V100", ".fseventsd", ".TemporaryItems", "#recycle", "#snapshot",
-    ".snapshot", "@Recycle", ".@__thumb",
-))
+SYSTEM_FOLDERS = frozenset(
+    name.lower()
+    for name in (
+        "__MACOSX",
+        "@eaDir",
+        "$RECYCLE.BIN",
+        "RECYCLER",
+        "System Volume Information",
+        "lost+found",
+        ".Trashes",
+        ".Spotlight-V100",
+        ".fseventsd",
+        ".TemporaryItems",
+        "#recycle",
+        "#snapshot",
+        ".snapshot",
+        "@Recycle",
+        ".@__thumb",
+    )
+)
 SYSTEM_FILES = frozenset(name.lower() for name in ("Thumbs.db", "ehthumbs.db", "desktop.ini", ".DS_Store"))
 MANIFEST_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 URI_COLUMN = "uri"
@@ -43,8 +58,19 @@ NOT_UTF8_FOLDER = "a folder name in the path is not valid UTF-8; rename the fold
 # Columns ingestion fills itself; a manifest column of the same name is ignored, since the
 # measured value (file size, decoded width, ...) is the authoritative one.
 RESERVED_COLUMNS = frozenset(
-    {"id", "pos", "added_at", "uri", "source", "file_size", "file_mtime_ns", "width", "height",
-     "embedding_part", *(f"f{d:02d}" for d in range(32))}
+    {
+        "id",
+        "pos",
+        "added_at",
+        "uri",
+        "source",
+        "file_size",
+        "file_mtime_ns",
+        "width",
+        "height",
+        "embedding_part",
+        *(f"f{d:02d}" for d in range(32)),
+    }
 )
 
 
@@ -98,12 +124,16 @@ def resolve_source(path: str | os.PathLike) -> Source:
     """A folder or manifest path as a :class:`Source`; :class:`IngestError` when it is neither."""
     key = os.path.abspath(os.fspath(path))
     if utf8_problem(key) is not None:
-        raise IngestError(f"source {printable_path(key)} is not valid UTF-8 text, so the paths of its images "
-                          "cannot be stored; rename the file or folder whose name is not")
+        raise IngestError(
+            f"source {printable_path(key)} is not valid UTF-8 text, so the paths of its images "
+            "cannot be stored; rename the file or folder whose name is not"
+        )
     if os.path.isdir(key):
         return Source(key, "folder")
     if not os.path.exists(key):
-        raise IngestError(f"source {os.fspath(path)!r} does not exist; give an image folder or a CSV/Parquet manifest")
+        raise IngestError(
+            f"source {os.fspath(path)!r} does not exist; give an image folder or a CSV/Parquet manifest"
+        )
     if Path(key).suffix.lower() in MANIFEST_FORMATS and os.path.isfile(key):
         return Source(key, "manifest")
     raise IngestError(
@@ -140,7 +170,8 @@ def scan_sources(paths: Sequence[str | os.PathLike]) -> ScannedFiles:
         return seen[uri]
 
     order = [i for i, s in enumerate(sources) if s.kind == "manifest"] + [
-        i for i, s in enumerate(sources) if s.kind == "folder"]
+        i for i, s in enumerate(sources) if s.kind == "folder"
+    ]
     for src in order:
         source = sources[src]
         if source.kind == "manifest":
@@ -221,8 +252,10 @@ def walk_folder(
             if entry.is_dir(follow_symlinks=False):
                 if not is_skipped_name(entry.name, True):
                     yield from walk_folder(entry.path, problems, unlisted)
-            elif (not is_skipped_name(entry.name, False)
-                  and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS):
+            elif (
+                not is_skipped_name(entry.name, False)
+                and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            ):
                 st = entry.stat()
                 if stat.S_ISREG(st.st_mode):
                     path = os.path.normpath(entry.path)
@@ -233,7 +266,9 @@ def walk_folder(
                         problems.append((printable_path(path), problem))
         except OSError as e:  # vanished or unreadable between listing and stat
             if problems is not None:
-                problems.append((printable_path(os.path.normpath(entry.path)), f"cannot stat: {e.strerror or e}"))
+                problems.append(
+                    (printable_path(os.path.normpath(entry.path)), f"cannot stat: {e.strerror or e}")
+                )
 
 
 # -- manifests -------------------------------------------------------------------------------
@@ -257,25 +292,38 @@ def read_manifest(path: str | os.PathLike) -> pa.Table:
         raise IngestError(f"manifest {path} could not be read: {str(e).splitlines()[0]}") from None
     if URI_COLUMN not in table.column_names:
         near = [c for c in table.column_names if c.lower() == URI_COLUMN]
-        hint = f"rename column {near[0]!r} to {URI_COLUMN!r}" if near else f"add a {URI_COLUMN!r} column with the image paths"
-        raise IngestError(f"manifest {path} has no {URI_COLUMN!r} column (columns: {', '.join(table.column_names)}); {hint}")
+        hint = (
+            f"rename column {near[0]!r} to {URI_COLUMN!r}"
+            if near
+            else f"add a {URI_COLUMN!r} column with the image paths"
+        )
+        raise IngestError(
+            f"manifest {path} has no {URI_COLUMN!r} column (columns: {', '.join(table.column_names)}); {hint}"
+        )
     col = table.column(URI_COLUMN)
     if not pa.types.is_string(col.type):
         try:
             col = pc.cast(col, pa.string())
         except pa.ArrowException:
-            raise IngestError(f"manifest {path}: the {URI_COLUMN!r} column must hold text, not {col.type}") from None
+            raise IngestError(
+                f"manifest {path}: the {URI_COLUMN!r} column must hold text, not {col.type}"
+            ) from None
         table = table.set_column(table.column_names.index(URI_COLUMN), URI_COLUMN, col)
     return table
 
 
 def _read_csv(path: str) -> pa.Table:
     with duckdb.connect(":memory:") as con:
-        names = [r[0] for r in con.sql("DESCRIBE SELECT * FROM read_csv(?, header = true)", params=[path]).fetchall()]
+        names = [
+            r[0]
+            for r in con.sql("DESCRIBE SELECT * FROM read_csv(?, header = true)", params=[path]).fetchall()
+        ]
         if URI_COLUMN not in names:
             return con.sql("SELECT * FROM read_csv(?, header = true) LIMIT 0", params=[path]).to_arrow_table()
-        return con.sql("SELECT * FROM read_csv(?, header = true, sample_size = -1, types = {'uri': 'VARCHAR'})",
-                       params=[path]).to_arrow_table()
+        return con.sql(
+            "SELECT * FROM read_csv(?, header = true, sample_size = -1, types = {'uri': 'VARCHAR'})",
+            params=[path],
+        ).to_arrow_table()
 
 
 def _decode_dictionaries(table: pa.Table) -> pa.Table:
@@ -286,7 +334,9 @@ def _decode_dictionaries(table: pa.Table) -> pa.Table:
     return table
 
 
-def _manifest_files(table: pa.Table, manifest: str) -> Iterable[tuple[str, os.stat_result | None, str | None]]:
+def _manifest_files(
+    table: pa.Table, manifest: str
+) -> Iterable[tuple[str, os.stat_result | None, str | None]]:
     """(uri, stat, None) for each usable row of ``table``, (label, None, reason) for the others.
     The label of a row whose path is not valid UTF-8 is the row's text."""
     base = os.path.dirname(manifest)
@@ -330,7 +380,9 @@ def manifest_path(raw: str | None, base_dir: str) -> tuple[str | None, str | Non
         if parsed.scheme != "file":
             return None, f"{parsed.scheme}:// uris are not fetched; download the files and list local paths"
         text = unquote(parsed.path, errors="surrogateescape")
-    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(text) if text.startswith("~") else text)), None
+    return os.path.normpath(
+        os.path.join(base_dir, os.path.expanduser(text) if text.startswith("~") else text)
+    ), None
 
 
 def check_metadata_columns(names: Sequence[str], manifest: str) -> tuple[list[str], list[str]]:
@@ -348,7 +400,9 @@ def check_metadata_columns(names: Sequence[str], manifest: str) -> tuple[list[st
     lowered = [n.lower() for n in names]
     dupes = sorted({n for n in names if lowered.count(n.lower()) > 1})
     if dupes:
-        raise IngestError(f"manifest {manifest}: columns {', '.join(dupes)} differ only in case; rename one of them")
+        raise IngestError(
+            f"manifest {manifest}: columns {', '.join(dupes)} differ only in case; rename one of them"
+        )
     kept = [n for n in names if n.lower() not in RESERVED_COLUMNS]
     ignored = [n for n in names if n.lower() in RESERVED_COLUMNS]
     return kept, ignored

@@ -44,8 +44,9 @@ def default_clusters(n_rows: int) -> int:
     return int(min(1000, max(4, round(n_rows / 10_000))))
 
 
-def cluster_model(rng: np.random.Generator, n_clusters: int, n_dims: int = N_DIMS,
-                  elongation: float = 40.0) -> ClusterModel:
+def cluster_model(
+    rng: np.random.Generator, n_clusters: int, n_dims: int = N_DIMS, elongation: float = 40.0
+) -> ClusterModel:
     centres = np.clip(rng.normal(128, 40, (n_clusters, n_dims)), 20, 235).astype(np.float32)
     spread = rng.uniform(3, 20, (n_clusters, n_dims)).astype(np.float32)
     direction = rng.standard_normal((n_clusters, n_dims)).astype(np.float32)
@@ -55,8 +56,14 @@ def cluster_model(rng: np.random.Generator, n_clusters: int, n_dims: int = N_DIM
     return ClusterModel(centres, spread, direction, length, weight / weight.sum())
 
 
-def clustered_codes(n_rows: int, seed: int, n_clusters: int | None = None, *, elongation: float = 40.0,
-                    chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def clustered_codes(
+    n_rows: int,
+    seed: int,
+    n_clusters: int | None = None,
+    *,
+    elongation: float = 40.0,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(codes uint8 (m, 32), labels int64 (m,))`` chunks totalling ``n_rows`` rows."""
     rng = np.random.default_rng(seed)
     k = n_clusters or default_clusters(n_rows)
@@ -76,7 +83,9 @@ def _orthonormal(rng: np.random.Generator, d: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def curved_bands(rows: int, n_classes: int, seed: int, n_dims: int = N_DIMS) -> tuple[np.ndarray, np.ndarray, dict]:
+def curved_bands(
+    rows: int, n_classes: int, seed: int, n_dims: int = N_DIMS
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Curved bands: ``(codes uint8 (rows, d), labels int64 (rows,), params)``.
 
     A class is ``centre + L t u1 + B (t^2 - 1/3) u2 [+ W s u3] + noise`` with ``t, s`` uniform
@@ -110,9 +119,17 @@ def curved_bands(rows: int, n_classes: int, seed: int, n_dims: int = N_DIMS) -> 
     return codes, y, {"rows": rows, "classes": n_classes, "seed": seed, "class_sizes": sizes.tolist()}
 
 
-def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_clusters: int | None = None, *,
-                  elongation: float = 40.0, block_size: int | None = None, build_index: bool = True,
-                  progress=None) -> dict:
+def synth_catalog(
+    path: str | os.PathLike,
+    n_rows: int,
+    seed: int = 0,
+    n_clusters: int | None = None,
+    *,
+    elongation: float = 40.0,
+    block_size: int | None = None,
+    build_index: bool = True,
+    progress=None,
+) -> dict:
     """Write a new catalog of ``n_rows`` clustered codes with a ``label`` column; returns stats.
     ``progress`` reports the index build (see :mod:`engine.progress`)."""
     from .catalog import Catalog
@@ -132,8 +149,13 @@ def synth_catalog(path: str | os.PathLike, n_rows: int, seed: int = 0, n_cluster
         if build_index:
             built = cat.build_index(block_size or DEFAULT_BLOCK_SIZE, progress=progress)
             cat.compact()
-    return {"rows": n_rows, "clusters": k, "time_write_s": t1 - t0,
-            "index": built, "bytes": os.path.getsize(path)}
+    return {
+        "rows": n_rows,
+        "clusters": k,
+        "time_write_s": t1 - t0,
+        "index": built,
+        "bytes": os.path.getsize(path),
+    }
 
 
 def bands_catalog(path: str | os.PathLike, rows: int, n_classes: int, seed: int = 0) -> np.ndarray:

@@ -115,8 +115,18 @@ SECRET = b"ATTACK-WEB-SECRET-7c41e0: private notes nobody may read\n"
 SMALL_NAME = "sm#all&"
 CRAFTED_NAME = "crafted"
 HX = {"HX-Request": "true"}
-WEB_GROUPS = ("console_limits", "byte_caps", "upload_bomb", "concurrency", "file_read", "console_files",
-              "cross_site", "repeated_columns", "messages", "disk_spill")
+WEB_GROUPS = (
+    "console_limits",
+    "byte_caps",
+    "upload_bomb",
+    "concurrency",
+    "file_read",
+    "console_files",
+    "cross_site",
+    "repeated_columns",
+    "messages",
+    "disk_spill",
+)
 CLI_GROUPS = ("import_verification", "non_utf8_names", "corrupt_catalog")
 GROUPS = WEB_GROUPS + CLI_GROUPS
 
@@ -199,9 +209,13 @@ def start_server(catalogs: list[Path], port: int, log: Path, tmp: Path) -> subpr
     """``python -m engine serve CATALOG... --port PORT`` (default settings, ``TMPDIR=tmp``), once
     ``/api/health`` answers."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", *map(str, catalogs), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp)})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", *map(str, catalogs), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp)},
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -299,8 +313,13 @@ def run_cli(args: list[str], cwd: Path, timeout_s: float = CLI_TIMEOUT_S) -> dic
     out, err = cwd / "cli.stdout", cwd / "cli.stderr"
     t0 = time.perf_counter()
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=fo, stderr=fe, cwd=ROOT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *args],
+            stdout=fo,
+            stderr=fe,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        )
         peak_kb, deadline = 0, time.monotonic() + timeout_s
         try:
             while proc.poll() is None:
@@ -312,9 +331,13 @@ def run_cli(args: list[str], cwd: Path, timeout_s: float = CLI_TIMEOUT_S) -> dic
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return {"code": proc.returncode, "stdout": out.read_text(errors="replace"),
-            "stderr": err.read_text(errors="replace"), "seconds": round(time.perf_counter() - t0, 2),
-            "peak_mb": round(peak_kb / 1024, 1)}
+    return {
+        "code": proc.returncode,
+        "stdout": out.read_text(errors="replace"),
+        "stderr": err.read_text(errors="replace"),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "peak_mb": round(peak_kb / 1024, 1),
+    }
 
 
 # -- HTTP ------------------------------------------------------------------------------------
@@ -349,8 +372,14 @@ class Reply:
             return None
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 120) -> Reply:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 120,
+) -> Reply:
     """One request on its own connection; ``path`` is sent as given (no normalisation)."""
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -361,8 +390,13 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
         conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         data = r.read()
-        return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, data, time.perf_counter() - t0,
-                     connect_s=connect_s)
+        return Reply(
+            r.status,
+            {k.lower(): v for k, v in r.getheaders()},
+            data,
+            time.perf_counter() - t0,
+            connect_s=connect_s,
+        )
     except (OSError, http.client.HTTPException) as e:
         return Reply(None, {}, b"", time.perf_counter() - t0, f"{type(e).__name__}: {e}", connect_s)
     finally:
@@ -380,10 +414,17 @@ def form_body(fields: dict) -> tuple[bytes, dict]:
 def multipart_body(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict]:
     """A ``multipart/form-data`` body of text ``fields`` and ``files`` (name: (file name, bytes))."""
     boundary = "attack" + secrets.token_hex(12)
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
-              f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for k, (name, data) in files.items()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts += [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for k, (name, data) in files.items()
+    ]
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
@@ -431,14 +472,22 @@ class Run:
     flood: dict | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def http(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-             timeout: float = 120) -> Reply:
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        timeout: float = 120,
+    ) -> Reply:
         """A request to the server; its answer is searched for foreign bytes and a 5xx is noted."""
         r = request(self.port, method, path, body, headers, timeout)
         with self._lock:
             for marker in self.foreign:
                 if marker in r.body:
-                    self.leaks.append({"request": f"{method} {path[:160]}", "marker": marker[:40].decode("latin-1")})
+                    self.leaks.append(
+                        {"request": f"{method} {path[:160]}", "marker": marker[:40].decode("latin-1")}
+                    )
             if r.status is not None and r.status >= 500:
                 if r.status == 503 and "retry-after" in r.headers:
                     self.busy_503 += 1
@@ -465,8 +514,18 @@ class Run:
             self.ratios.append((name, ratio))
         return ratio
 
-    def add(self, group: str, name: str, expect: str, held: bool, *, replies: list[Reply] | None = None,
-            peaks: Peaks | None = None, seconds: float | None = None, **detail) -> dict:
+    def add(
+        self,
+        group: str,
+        name: str,
+        expect: str,
+        held: bool,
+        *,
+        replies: list[Reply] | None = None,
+        peaks: Peaks | None = None,
+        seconds: float | None = None,
+        **detail,
+    ) -> dict:
         """Record one attack: its statuses, time, peak RSS and bytes from ``replies`` and ``peaks``
         (by default the peaks since the previous record)."""
         sampling = self.sampler is not None and self.sampler.is_alive()
@@ -488,7 +547,9 @@ class Run:
         errors = [r.error for r in replies if r.error]
         if errors:
             detail["errors"] = errors[:5]
-        refusals = list(dict.fromkeys(r.detail()[:200] for r in replies if r.status is not None and r.status >= 400))
+        refusals = list(
+            dict.fromkeys(r.detail()[:200] for r in replies if r.status is not None and r.status >= 400)
+        )
         if refusals:
             detail["detail"] = refusals[0] if len(replies) == 1 else refusals[:3]
         record.update(detail)
@@ -506,9 +567,11 @@ def _stopped_in_time(run: Run, name: str, r: Reply) -> tuple[bool, float]:
 
 # -- 1. console memory and time --------------------------------------------------------------
 def attack_console_limits(run: Run) -> None:
-    queries = {"damerau_25000": "SELECT damerau_levenshtein(repeat('a', 25000), repeat('b', 25000))",
-               "damerau_40000": "SELECT damerau_levenshtein(repeat('a', 40000), repeat('b', 40000))",
-               "range_300M_list": "SELECT range(0, 300000000)"}
+    queries = {
+        "damerau_25000": "SELECT damerau_levenshtein(repeat('a', 25000), repeat('b', 25000))",
+        "damerau_40000": "SELECT damerau_levenshtein(repeat('a', 40000), repeat('b', 40000))",
+        "range_300M_list": "SELECT range(0, 300000000)",
+    }
     if run.quick:
         del queries["damerau_40000"]
     limit = run.limits["sql_time_limit_s"]
@@ -516,9 +579,16 @@ def attack_console_limits(run: Run) -> None:
         with run.window() as peaks:
             r = run.sql(text)
         stopped, ratio = _stopped_in_time(run, name, r)
-        run.add("console_limits", name, f"400 (memory) or 408 (time) within {TIME_LIMIT_SLACK}x {limit:g} s, "
-                f"server RSS < {RSS_LIMIT_MB} MB", stopped and run.rss_ok(peaks), replies=[r], peaks=peaks,
-                limit_ratio=ratio)
+        run.add(
+            "console_limits",
+            name,
+            f"400 (memory) or 408 (time) within {TIME_LIMIT_SLACK}x {limit:g} s, "
+            f"server RSS < {RSS_LIMIT_MB} MB",
+            stopped and run.rss_ok(peaks),
+            replies=[r],
+            peaks=peaks,
+            limit_ratio=ratio,
+        )
 
 
 # -- 2. byte caps ----------------------------------------------------------------------------
@@ -528,19 +598,38 @@ def attack_byte_caps(run: Run) -> None:
         r = run.sql(wide)
     body = r.json() if r.status == 200 else None
     cut = isinstance(body, dict) and body.get("truncated") and body.get("cut") == "bytes"
-    run.add("byte_caps", "wide_values_api", f"200 under {RESPONSE_CAP_BYTES:,} bytes, cut: bytes",
-            r.status == 200 and len(r.body) < RESPONSE_CAP_BYTES and bool(cut), replies=[r], peaks=peaks,
-            rows=len(body["rows"]) if cut else None, cut=body.get("cut") if isinstance(body, dict) else None)
+    run.add(
+        "byte_caps",
+        "wide_values_api",
+        f"200 under {RESPONSE_CAP_BYTES:,} bytes, cut: bytes",
+        r.status == 200 and len(r.body) < RESPONSE_CAP_BYTES and bool(cut),
+        replies=[r],
+        peaks=peaks,
+        rows=len(body["rows"]) if cut else None,
+        cut=body.get("cut") if isinstance(body, dict) else None,
+    )
     with run.window() as peaks:
         r = run.sql(wide, console=True)
     noted = "cut at about" in r.text
-    run.add("byte_caps", "wide_values_console_page", f"200 under {RESPONSE_CAP_BYTES:,} bytes, saying it was cut",
-            r.status == 200 and len(r.body) < RESPONSE_CAP_BYTES and noted, replies=[r], peaks=peaks,
-            says_cut=noted)
+    run.add(
+        "byte_caps",
+        "wide_values_console_page",
+        f"200 under {RESPONSE_CAP_BYTES:,} bytes, saying it was cut",
+        r.status == 200 and len(r.body) < RESPONSE_CAP_BYTES and noted,
+        replies=[r],
+        peaks=peaks,
+        says_cut=noted,
+    )
     with run.window() as peaks:
         r = run.sql("SELECT repeat('x', 20000000) FROM range(120)")
-    run.add("byte_caps", "huge_values_api", "no 5xx", r.status is not None and r.status < 500,
-            replies=[r], peaks=peaks)
+    run.add(
+        "byte_caps",
+        "huge_values_api",
+        "no 5xx",
+        r.status is not None and r.status < 500,
+        replies=[r],
+        peaks=peaks,
+    )
 
 
 # -- 3. upload amplification -----------------------------------------------------------------
@@ -579,28 +668,60 @@ def attack_upload_bomb(run: Run) -> None:
 
     with run.window() as peaks:
         r = _image_search(run, bomb)
-    run.add("upload_bomb", "png_bomb_search_image", expect, refused(r) and run.rss_ok(peaks), replies=[r],
-            peaks=peaks, upload_bytes=len(bomb))
+    run.add(
+        "upload_bomb",
+        "png_bomb_search_image",
+        expect,
+        refused(r) and run.rss_ok(peaks),
+        replies=[r],
+        peaks=peaks,
+        upload_bytes=len(bomb),
+    )
     with run.window() as peaks:
         replies = _at_once(n, lambda: _image_search(run, bomb))
     held = all(refused(r) or r.status == 503 for r in replies) and any(refused(r) for r in replies)
-    run.add("upload_bomb", f"png_bomb_search_image_x{n}", expect + " (503 when busy)", held and run.rss_ok(peaks),
-            replies=replies, peaks=peaks)
+    run.add(
+        "upload_bomb",
+        f"png_bomb_search_image_x{n}",
+        expect + " (503 when busy)",
+        held and run.rss_ok(peaks),
+        replies=replies,
+        peaks=peaks,
+    )
     body, headers = json_body({"image_base64": base64.b64encode(bomb).decode()})
     with run.window() as peaks:
         r = run.http("POST", "/api/search", body, headers)
-    run.add("upload_bomb", "png_bomb_api_search_base64", expect, refused(r) and run.rss_ok(peaks), replies=[r],
-            peaks=peaks)
+    run.add(
+        "upload_bomb",
+        "png_bomb_api_search_base64",
+        expect,
+        refused(r) and run.rss_ok(peaks),
+        replies=[r],
+        peaks=peaks,
+    )
     legit = flat_png(5000, 5000, depth=8, colour_type=2)
     with run.window() as peaks:
         r = _image_search(run, legit)
-    run.add("upload_bomb", "png_25_megapixels", "200", r.status == 200, replies=[r], peaks=peaks,
-            upload_bytes=len(legit))
+    run.add(
+        "upload_bomb",
+        "png_25_megapixels",
+        "200",
+        r.status == 200,
+        replies=[r],
+        peaks=peaks,
+        upload_bytes=len(legit),
+    )
     with run.window() as peaks:
         replies = _at_once(n, lambda: _image_search(run, legit))
-    run.add("upload_bomb", f"png_25_megapixels_x{n}", "200, or 503 when busy",
-            all(r.status in (200, 503) for r in replies) and 200 in [r.status for r in replies],
-            replies=replies, peaks=peaks, times_s=[round(r.seconds, 2) for r in replies])
+    run.add(
+        "upload_bomb",
+        f"png_25_megapixels_x{n}",
+        "200, or 503 when busy",
+        all(r.status in (200, 503) for r in replies) and 200 in [r.status for r in replies],
+        replies=replies,
+        peaks=peaks,
+        times_s=[round(r.seconds, 2) for r in replies],
+    )
 
 
 # -- 4. concurrency --------------------------------------------------------------------------
@@ -608,11 +729,17 @@ def _latencies(timed: list[tuple[float, Reply]]) -> dict:
     """Count, median and max latency of ``(start, reply)`` pairs, and the slow ones as ``[start,
     seconds, seconds to connect]`` (start in seconds since the flood began)."""
     times = [r.seconds for _, r in timed]
-    return {"n": len(times), "median_s": round(statistics.median(times), 3) if times else None,
-            "max_s": round(max(times), 3) if times else None,
-            "statuses": dict(Counter(str(r.status) for _, r in timed)),
-            "slow": [[round(t, 2), round(r.seconds, 3), round(r.connect_s, 3)] for t, r in timed
-                     if r.seconds >= LATENCY_LIMIT_S][:20]}
+    return {
+        "n": len(times),
+        "median_s": round(statistics.median(times), 3) if times else None,
+        "max_s": round(max(times), 3) if times else None,
+        "statuses": dict(Counter(str(r.status) for _, r in timed)),
+        "slow": [
+            [round(t, 2), round(r.seconds, 3), round(r.connect_s, 3)]
+            for t, r in timed
+            if r.seconds >= LATENCY_LIMIT_S
+        ][:20],
+    }
 
 
 def attack_concurrency(run: Run) -> None:
@@ -638,8 +765,10 @@ def attack_concurrency(run: Run) -> None:
 
     workers = [threading.Thread(target=console, args=(k,), daemon=True) for k in range(n)]
     searches = [("/search?q=bag", HX), ("/api/search?q=bag", {})]
-    watchers = [threading.Thread(target=probe, args=("health", [("/api/health", {})]), daemon=True),
-                threading.Thread(target=probe, args=("search", searches), daemon=True)]
+    watchers = [
+        threading.Thread(target=probe, args=("health", [("/api/health", {})]), daemon=True),
+        threading.Thread(target=probe, args=("search", searches), daemon=True),
+    ]
     with run.window() as peaks:
         for t in workers:
             t.start()
@@ -655,14 +784,30 @@ def attack_concurrency(run: Run) -> None:
             t.join()
     ratios = [run.time_ratio(f"flood_{k}", r.seconds) for k, r in enumerate(flood)]
     held = all(r.status in (503, 408) for r in flood) and max(ratios) <= TIME_LIMIT_SLACK
-    run.add("concurrency", f"console_flood_x{n}", f"each a 503 or a 408 within {TIME_LIMIT_SLACK}x {limit:g} s",
-            held, replies=flood, peaks=peaks, seconds=wall, statuses=dict(Counter(str(r.status) for r in flood)),
-            worst_ratio=max(ratios), times_s=sorted([round(r.seconds, 2), r.status] for r in flood))
+    run.add(
+        "concurrency",
+        f"console_flood_x{n}",
+        f"each a 503 or a 408 within {TIME_LIMIT_SLACK}x {limit:g} s",
+        held,
+        replies=flood,
+        peaks=peaks,
+        seconds=wall,
+        statuses=dict(Counter(str(r.status) for r in flood)),
+        worst_ratio=max(ratios),
+        times_s=sorted([round(r.seconds, 2), r.status] for r in flood),
+    )
     health, search = _latencies(probes["health"]), _latencies(probes["search"])
     for name, stats, replies in (("health", health, probes["health"]), ("search", search, probes["search"])):
         ok = bool(replies) and all(r.status == 200 for _, r in replies) and stats["max_s"] < LATENCY_LIMIT_S
-        run.add("concurrency", f"{name}_during_flood", f"every answer a 200 within {LATENCY_LIMIT_S:g} s", ok,
-                peaks=peaks, seconds=wall, latency=stats)
+        run.add(
+            "concurrency",
+            f"{name}_during_flood",
+            f"every answer a 200 within {LATENCY_LIMIT_S:g} s",
+            ok,
+            peaks=peaks,
+            seconds=wall,
+            latency=stats,
+        )
     run.flood = {"health": health, "search": search}
 
     rng = np.random.default_rng(0)
@@ -672,18 +817,39 @@ def attack_concurrency(run: Run) -> None:
     cap = run.limits["max_labels"]
     with run.window() as peaks:
         r = run.http("POST", "/api/refine", body, headers)
-    run.add("concurrency", "refine_70000_labels", f"400 naming the cap of {cap} labels",
-            r.status == 400 and str(cap) in r.detail(), replies=[r], peaks=peaks, request_bytes=len(body))
+    run.add(
+        "concurrency",
+        "refine_70000_labels",
+        f"400 naming the cap of {cap} labels",
+        r.status == 400 and str(cap) in r.detail(),
+        replies=[r],
+        peaks=peaks,
+        request_bytes=len(body),
+    )
     half = min(cap // 2, len(ids) // 2)
     chosen = rng.choice(ids, 2 * half, replace=False).tolist()
-    body, headers = json_body({"positives": chosen[:half], "negatives": chosen[half:], "model": "ensemble",
-                               "sampled_negatives": 2000})
+    body, headers = json_body(
+        {
+            "positives": chosen[:half],
+            "negatives": chosen[half:],
+            "model": "ensemble",
+            "sampled_negatives": 2000,
+        }
+    )
     with run.window() as peaks:
         r = run.http("POST", "/api/refine?limit=10", body, headers)
     answer = (r.json() or {}) if r.status == 200 else {}
     engine_ms = answer.get("stats", {}).get("time_total_ms")
-    run.add("concurrency", f"refine_{2 * half}_labels", "200", r.status == 200, replies=[r], peaks=peaks,
-            engine_ms=None if engine_ms is None else round(engine_ms, 1), results=answer.get("results"))
+    run.add(
+        "concurrency",
+        f"refine_{2 * half}_labels",
+        "200",
+        r.status == 200,
+        replies=[r],
+        peaks=peaks,
+        engine_ms=None if engine_ms is None else round(engine_ms, 1),
+        results=answer.get("results"),
+    )
     _disconnect(run)
 
 
@@ -698,8 +864,10 @@ def _console_queries(run: Run) -> int | None:
 def _disconnect(run: Run) -> None:
     """An endless console query whose client closes the connection after 0.5 s."""
     body = json.dumps({"sql": ENDLESS_SQL}).encode()
-    head = (f"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with run.window() as peaks:
         workers_before = _worker_pids(run.server_pid)
         s = socket.create_connection(("127.0.0.1", run.port))
@@ -715,10 +883,17 @@ def _disconnect(run: Run) -> None:
                 break
             time.sleep(SAMPLE_EVERY_S)
         killed = len(workers_before - _worker_pids(run.server_pid))
-    run.add("concurrency", "console_client_gone", f"console_queries back to 0 within {DISCONNECT_STOP_S:g} s of "
-            "the disconnect", bool(running) and stopped_after is not None and stopped_after <= DISCONNECT_STOP_S,
-            peaks=peaks, seconds=stopped_after, running_before_close=running, workers_killed=killed,
-            stopped_after_s=None if stopped_after is None else round(stopped_after, 3))
+    run.add(
+        "concurrency",
+        "console_client_gone",
+        f"console_queries back to 0 within {DISCONNECT_STOP_S:g} s of the disconnect",
+        bool(running) and stopped_after is not None and stopped_after <= DISCONNECT_STOP_S,
+        peaks=peaks,
+        seconds=stopped_after,
+        running_before_close=running,
+        workers_killed=killed,
+        stopped_after_s=None if stopped_after is None else round(stopped_after, 3),
+    )
 
 
 # -- 5. file read ----------------------------------------------------------------------------
@@ -729,8 +904,14 @@ def attack_file_read(run: Run) -> None:
             for kind in ("image", "thumb"):
                 with run.window() as peaks:
                     r = run.http("GET", f"/{kind}/{CRAFTED_NAME}/{crafted[row]}")
-                run.add("file_read", f"{kind}_{row}", "403 or 404, no byte of /etc/passwd",
-                        r.status in (403, 404) and not _leaked(run, r), replies=[r], peaks=peaks)
+                run.add(
+                    "file_read",
+                    f"{kind}_{row}",
+                    "403 or 404, no byte of /etc/passwd",
+                    r.status in (403, 404) and not _leaked(run, r),
+                    replies=[r],
+                    peaks=peaks,
+                )
     small = run.catalogs.get("small")
     if small:
         target, secret = small["swap"], small["secret"]
@@ -742,20 +923,40 @@ def attack_file_read(run: Run) -> None:
         for kind in ("image", "thumb"):
             with run.window() as peaks:
                 r = run.http("GET", base.format(kind))
-            run.add("file_read", f"{kind}_swapped_for_link", "403, no byte of the secret file",
-                    r.status == 403 and SECRET not in r.body, replies=[r], peaks=peaks,
-                    status_before_swap=before)
+            run.add(
+                "file_read",
+                f"{kind}_swapped_for_link",
+                "403, no byte of the secret file",
+                r.status == 403 and SECRET not in r.body,
+                replies=[r],
+                peaks=peaks,
+                status_before_swap=before,
+            )
     name = _quoted(run.demo_name)
-    paths = ["/image/..%2F..%2F..%2Fetc%2Fpasswd/0", "/thumb/..%2F..%2F..%2Fetc%2Fpasswd/0",
-             "/image/../../../etc/passwd", "/image/%2e%2e/0", f"/image/{name}/..%2F..%2Fetc%2Fpasswd",
-             f"/thumb/{name}/0%2F..%2F..%2F..%2Fetc%2Fpasswd", f"/image/{name}/-1",
-             f"/image/{name}/99999999999999999999999", "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
-             "/static/../../../../etc/passwd", "/image/%2Fetc%2Fpasswd/0"]
+    paths = [
+        "/image/..%2F..%2F..%2Fetc%2Fpasswd/0",
+        "/thumb/..%2F..%2F..%2Fetc%2Fpasswd/0",
+        "/image/../../../etc/passwd",
+        "/image/%2e%2e/0",
+        f"/image/{name}/..%2F..%2Fetc%2Fpasswd",
+        f"/thumb/{name}/0%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        f"/image/{name}/-1",
+        f"/image/{name}/99999999999999999999999",
+        "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/static/../../../../etc/passwd",
+        "/image/%2Fetc%2Fpasswd/0",
+    ]
     with run.window() as peaks:
         replies = [run.http("GET", p) for p in paths]
-    run.add("file_read", "path_traversal", "a 4xx each, no byte of /etc/passwd",
-            all(r.status is not None and 400 <= r.status < 500 and not _leaked(run, r) for r in replies),
-            replies=replies, peaks=peaks, paths=paths)
+    run.add(
+        "file_read",
+        "path_traversal",
+        "a 4xx each, no byte of /etc/passwd",
+        all(r.status is not None and 400 <= r.status < 500 and not _leaked(run, r) for r in replies),
+        replies=replies,
+        peaks=peaks,
+        paths=paths,
+    )
 
 
 def _leaked(run: Run, r: Reply) -> bool:
@@ -766,25 +967,33 @@ def _leaked(run: Run, r: Reply) -> bool:
 def attack_console_files(run: Run) -> None:
     demo = run.catalogs["demo"]
     folder = str(run.work)
-    queries = {"read_blob_catalog": f"SELECT * FROM read_blob('{demo}')",
-               "duckdb_settings": "SELECT * FROM duckdb_settings()",
-               "current_setting_memory_limit": "SELECT current_setting('memory_limit')",
-               "pragma_database_list": "SELECT * FROM pragma_database_list()",
-               "duckdb_databases": "SELECT * FROM duckdb_databases()",
-               "read_csv_passwd": "SELECT * FROM read_csv('/etc/passwd')",
-               "read_text_passwd": "SELECT * FROM read_text('/etc/passwd')",
-               "from_path_passwd": "SELECT * FROM '/etc/passwd'",
-               "getenv_home": "SELECT getenv('HOME')",
-               "attach_catalog": f"ATTACH '{demo}' AS other"}
+    queries = {
+        "read_blob_catalog": f"SELECT * FROM read_blob('{demo}')",
+        "duckdb_settings": "SELECT * FROM duckdb_settings()",
+        "current_setting_memory_limit": "SELECT current_setting('memory_limit')",
+        "pragma_database_list": "SELECT * FROM pragma_database_list()",
+        "duckdb_databases": "SELECT * FROM duckdb_databases()",
+        "read_csv_passwd": "SELECT * FROM read_csv('/etc/passwd')",
+        "read_text_passwd": "SELECT * FROM read_text('/etc/passwd')",
+        "from_path_passwd": "SELECT * FROM '/etc/passwd'",
+        "getenv_home": "SELECT getenv('HOME')",
+        "attach_catalog": f"ATTACH '{demo}' AS other",
+    }
     for name, text in queries.items():
         with run.window() as peaks:
             r = run.sql(text)
         answer = r.body.replace(text.encode(), b"")  # an error may quote the query
         clean = folder.encode() not in answer and not _leaked(run, r)
         allowed_if_clean = name == "duckdb_databases" and r.status == 200
-        run.add("console_files", name, "400 (duckdb_databases: or 200) with no path or file content",
-                (r.status == 400 or allowed_if_clean) and clean, replies=[r], peaks=peaks,
-                path_in_answer=folder.encode() in answer)
+        run.add(
+            "console_files",
+            name,
+            "400 (duckdb_databases: or 200) with no path or file content",
+            (r.status == 400 or allowed_if_clean) and clean,
+            replies=[r],
+            peaks=peaks,
+            path_in_answer=folder.encode() in answer,
+        )
 
 
 # -- 7. cross-site ---------------------------------------------------------------------------
@@ -798,10 +1007,16 @@ def attack_cross_site(run: Run) -> None:
     run.add("cross_site", "json_as_text_plain", "415", r.status == 415, replies=[r])
     r = run.http("GET", "/")
     csp, sniff = r.headers.get("content-security-policy", ""), r.headers.get("x-content-type-options", "")
-    run.add("cross_site", "security_headers", "200 with Content-Security-Policy and X-Content-Type-Options: nosniff",
-            r.status == 200 and "default-src 'self'" in csp and sniff == "nosniff", replies=[r],
-            content_security_policy=csp, x_content_type_options=sniff,
-            x_frame_options=r.headers.get("x-frame-options"))
+    run.add(
+        "cross_site",
+        "security_headers",
+        "200 with Content-Security-Policy and X-Content-Type-Options: nosniff",
+        r.status == 200 and "default-src 'self'" in csp and sniff == "nosniff",
+        replies=[r],
+        content_security_policy=csp,
+        x_content_type_options=sniff,
+        x_frame_options=r.headers.get("x-frame-options"),
+    )
 
 
 # -- 10. repeated column names ---------------------------------------------------------------
@@ -810,26 +1025,50 @@ def attack_repeated_columns(run: Run) -> None:
     body = r.json() or {}
     columns, rows = body.get("columns", []), body.get("rows", [])
     kept = r.status == 200 and len(set(columns)) == 2 and rows and sorted(rows[0].values()) == [1, 2]
-    run.add("repeated_columns", "two_a", "200, the values 1 and 2 in distinct columns", kept, replies=[r],
-            columns=columns, rows=rows)
+    run.add(
+        "repeated_columns",
+        "two_a",
+        "200, the values 1 and 2 in distinct columns",
+        kept,
+        replies=[r],
+        columns=columns,
+        rows=rows,
+    )
     r = run.sql("SELECT a.id, b.id FROM images a JOIN images b ON b.id = a.id + 1 LIMIT 3")
     body = r.json() or {}
     columns, rows = body.get("columns", []), body.get("rows", [])
     pairs = [[row[c] for c in columns] for row in rows] if len(set(columns)) == 2 else []
     kept = r.status == 200 and len(pairs) == 3 and all(b == a + 1 for a, b in pairs)
-    run.add("repeated_columns", "self_join_ids", "200, both ids of each row in distinct columns", kept, replies=[r],
-            columns=columns, rows=rows)
+    run.add(
+        "repeated_columns",
+        "self_join_ids",
+        "200, both ids of each row in distinct columns",
+        kept,
+        replies=[r],
+        columns=columns,
+        rows=rows,
+    )
 
 
 # -- 12. messages ----------------------------------------------------------------------------
 def attack_messages(run: Run) -> None:
     body, headers = multipart_body({"k": "60"}, {})
     r = run.http("POST", "/search/image", body, {**HX, **headers})
-    run.add("messages", "image_search_without_file", "400 saying to choose an image file",
-            r.status == 400 and "choose an image file" in r.text, replies=[r])
+    run.add(
+        "messages",
+        "image_search_without_file",
+        "400 saying to choose an image file",
+        r.status == 400 and "choose an image file" in r.text,
+        replies=[r],
+    )
     r = run.http("GET", "/api/search?q=bag&catalog=" + _quoted("no#such&name"))
-    run.add("messages", "unknown_catalog_with_hash_and_ampersand", "404 naming the catalog as given",
-            r.status == 404 and "no#such&name" in r.detail(), replies=[r])
+    run.add(
+        "messages",
+        "unknown_catalog_with_hash_and_ampersand",
+        "404 naming the catalog as given",
+        r.status == 404 and "no#such&name" in r.detail(),
+        replies=[r],
+    )
     if "small" not in run.catalogs:
         return
     page = run.http("GET", "/search?q=bag&catalog=" + _quoted(SMALL_NAME), headers=HX)
@@ -838,9 +1077,14 @@ def attack_messages(run: Run) -> None:
     unswapped = [i for i in small["ids"] if i != small["swap_id"]]  # file_read may have swapped that file
     links = [f"{prefix}{i}" for i in unswapped if f'"{prefix}{i}"' in page.text]
     thumbs = [run.http("GET", link) for link in links[:2]]
-    run.add("messages", "catalog_named_with_hash_and_ampersand", "200 search with thumbnail links that work",
-            page.status == 200 and bool(thumbs) and all(t.status == 200 for t in thumbs), replies=[page, *thumbs],
-            links=links)
+    run.add(
+        "messages",
+        "catalog_named_with_hash_and_ampersand",
+        "200 search with thumbnail links that work",
+        page.status == 200 and bool(thumbs) and all(t.status == 200 for t in thumbs),
+        replies=[page, *thumbs],
+        links=links,
+    )
 
 
 # -- 13. disk spill --------------------------------------------------------------------------
@@ -849,21 +1093,44 @@ def attack_disk_spill(run: Run) -> None:
 
     temp_limit = inspect.signature(QueryPool).parameters["temp_limit"].default
     limit_mb = parse_bytes(temp_limit) / 1e6
-    for name, text in (("order_by_200M", "SELECT * FROM range(200000000) t(x) ORDER BY x DESC"),
-                       ("order_by_codes_cross_join", "SELECT a.id, b.id AS other, a.f01::INTEGER + b.f00::INTEGER "
-                                                     "AS s FROM codes a, codes b ORDER BY s DESC, a.id, b.id")):
+    for name, text in (
+        ("order_by_200M", "SELECT * FROM range(200000000) t(x) ORDER BY x DESC"),
+        (
+            "order_by_codes_cross_join",
+            "SELECT a.id, b.id AS other, a.f01::INTEGER + b.f00::INTEGER "
+            "AS s FROM codes a, codes b ORDER BY s DESC, a.id, b.id",
+        ),
+    ):
         with run.window() as peaks:
             r = run.sql(text)
         stopped, ratio = _stopped_in_time(run, name, r)
-        run.add("disk_spill", name, f"400 or 408 within {TIME_LIMIT_SLACK}x the time limit, temp folders at most "
-                f"{temp_limit}", stopped and peaks.temp_mb <= limit_mb, replies=[r], peaks=peaks,
-                temp_peak_mb=peaks.temp_mb, temp_limit_mb=limit_mb, limit_ratio=ratio)
+        run.add(
+            "disk_spill",
+            name,
+            f"400 or 408 within {TIME_LIMIT_SLACK}x the time limit, temp folders at most {temp_limit}",
+            stopped and peaks.temp_mb <= limit_mb,
+            replies=[r],
+            peaks=peaks,
+            temp_peak_mb=peaks.temp_mb,
+            temp_limit_mb=limit_mb,
+            limit_ratio=ratio,
+        )
 
 
 # -- 8, 9, 11. the CLI -----------------------------------------------------------------------
 def _cli_record(run: Run, group: str, name: str, expect: str, held: bool, res: dict, **detail) -> None:
-    run.add(group, name, expect, held, seconds=res["seconds"], exit_code=res["code"], cli_peak_rss_mb=res["peak_mb"],
-            stderr=res["stderr"].strip()[:300], traceback="Traceback" in res["stderr"], **detail)
+    run.add(
+        group,
+        name,
+        expect,
+        held,
+        seconds=res["seconds"],
+        exit_code=res["code"],
+        cli_peak_rss_mb=res["peak_mb"],
+        stderr=res["stderr"].strip()[:300],
+        traceback="Traceback" in res["stderr"],
+        **detail,
+    )
 
 
 def _failed_cleanly(res: dict) -> bool:
@@ -883,8 +1150,15 @@ def attack_import_verification(run: Run) -> None:
         target = run.work / f"tamper-{name}.duckdb"
         res = run_cli(["import", str(folder), str(target), "--quiet"], run.work)
         left = [p.name for p in (target, Path(f"{target}.wal")) if p.exists()]
-        _cli_record(run, "import_verification", name, "exit 1 with a message, no traceback, no catalog file left",
-                    _failed_cleanly(res) and not left, res, files_left=left)
+        _cli_record(
+            run,
+            "import_verification",
+            name,
+            "exit 1 with a message, no traceback, no catalog file left",
+            _failed_cleanly(res) and not left,
+            res,
+            files_left=left,
+        )
 
     def zone_map(folder: Path) -> None:
         table = pq.read_table(folder / "blocks.parquet")
@@ -920,8 +1194,16 @@ def attack_non_utf8_names(run: Run) -> None:
         report = {}
     skipped = report.get("skipped_files", [])
     held = res["code"] == 0 and report.get("added") == 2 and len(skipped) == 1 and "caf" in skipped[0][0]
-    _cli_record(run, "non_utf8_names", "add_folder_with_latin1_name", "exit 0, 2 images added, caf\\xe9.png skipped",
-                held, res, added=report.get("added"), skipped_files=skipped)
+    _cli_record(
+        run,
+        "non_utf8_names",
+        "add_folder_with_latin1_name",
+        "exit 0, 2 images added, caf\\xe9.png skipped",
+        held,
+        res,
+        added=report.get("added"),
+        skipped_files=skipped,
+    )
 
 
 def attack_corrupt_catalog(run: Run) -> None:
@@ -935,16 +1217,31 @@ def attack_corrupt_catalog(run: Run) -> None:
         Path(f"{cut}.d").symlink_to(side.resolve())
     for name, args in (("info", ["info", str(cut)]), ("search", ["search", str(cut), "bag"])):
         res = run_cli(args, run.work)
-        _cli_record(run, "corrupt_catalog", f"{name}_half_file", "exit 1 with a message, no traceback",
-                    _failed_cleanly(res), res)
+        _cli_record(
+            run,
+            "corrupt_catalog",
+            f"{name}_half_file",
+            "exit 1 with a message, no traceback",
+            _failed_cleanly(res),
+            res,
+        )
 
 
-ATTACKS = {"console_limits": attack_console_limits, "byte_caps": attack_byte_caps,
-           "upload_bomb": attack_upload_bomb, "concurrency": attack_concurrency, "file_read": attack_file_read,
-           "console_files": attack_console_files, "cross_site": attack_cross_site,
-           "repeated_columns": attack_repeated_columns, "messages": attack_messages, "disk_spill": attack_disk_spill,
-           "import_verification": attack_import_verification, "non_utf8_names": attack_non_utf8_names,
-           "corrupt_catalog": attack_corrupt_catalog}
+ATTACKS = {
+    "console_limits": attack_console_limits,
+    "byte_caps": attack_byte_caps,
+    "upload_bomb": attack_upload_bomb,
+    "concurrency": attack_concurrency,
+    "file_read": attack_file_read,
+    "console_files": attack_console_files,
+    "cross_site": attack_cross_site,
+    "repeated_columns": attack_repeated_columns,
+    "messages": attack_messages,
+    "disk_spill": attack_disk_spill,
+    "import_verification": attack_import_verification,
+    "non_utf8_names": attack_non_utf8_names,
+    "corrupt_catalog": attack_corrupt_catalog,
+}
 
 
 # -- set-up ----------------------------------------------------------------------------------
@@ -964,7 +1261,9 @@ def _noise_pngs(folder: Path, n: int) -> list[Path]:
 def _cli_or_fail(args: list[str], cwd: Path) -> dict:
     res = run_cli(args, cwd)
     if res["code"] != 0:
-        raise RuntimeError(f"python -m engine {' '.join(args)} failed ({res['code']}):\n{res['stderr'][-2000:]}")
+        raise RuntimeError(
+            f"python -m engine {' '.join(args)} failed ({res['code']}):\n{res['stderr'][-2000:]}"
+        )
     return res
 
 
@@ -1006,8 +1305,11 @@ def prepare(run: Run, demo: Path, groups: list[str]) -> dict:
         crafted = run.work / "crafted" / f"{CRAFTED_NAME}.duckdb"
         crafted.parent.mkdir()
         _cli_or_fail(["import", str(folder), str(crafted), "--quiet"], run.work)
-        run.catalogs["crafted"] = {"path": crafted, "passwd_recorded_stat": rows[0]["id"],
-                                   "passwd_true_stat": rows[1]["id"]}
+        run.catalogs["crafted"] = {
+            "path": crafted,
+            "passwd_recorded_stat": rows[0]["id"],
+            "passwd_true_stat": rows[1]["id"],
+        }
         times["crafted_s"] = round(time.perf_counter() - t0, 1)
     if {"file_read", "messages"} & set(groups):
         t0 = time.perf_counter()
@@ -1021,8 +1323,13 @@ def prepare(run: Run, demo: Path, groups: list[str]) -> dict:
         with engine.Catalog.open(small, read_only=True) as cat:
             rows = cat.sql("SELECT id, uri FROM images ORDER BY id").to_pylist()
         swap = next(r for r in rows if r["uri"].endswith("p1.png"))
-        run.catalogs["small"] = {"path": small, "ids": [r["id"] for r in rows], "swap": Path(swap["uri"]),
-                                 "swap_id": swap["id"], "secret": secret}
+        run.catalogs["small"] = {
+            "path": small,
+            "ids": [r["id"] for r in rows],
+            "swap": Path(swap["uri"]),
+            "swap_id": swap["id"],
+            "secret": secret,
+        }
         times["small_s"] = round(time.perf_counter() - t0, 1)
     return times
 
@@ -1034,21 +1341,34 @@ def targets(run: Run) -> dict:
     worst = max(ratios, key=lambda x: x[1]) if ratios else None
     flood = run.flood
     return {
-        "no_5xx": not run.errors_5xx if run.port is not None else None, "responses_5xx": run.errors_5xx[:20],
+        "no_5xx": not run.errors_5xx if run.port is not None else None,
+        "responses_5xx": run.errors_5xx[:20],
         "busy_503": run.busy_503,
-        "server_peak_rss_mb": None if peaks is None else {
-            "server": peaks.server_mb, "with_children": peaks.tree_mb, "limit_mb": RSS_LIMIT_MB,
+        "server_peak_rss_mb": None
+        if peaks is None
+        else {
+            "server": peaks.server_mb,
+            "with_children": peaks.tree_mb,
+            "limit_mb": RSS_LIMIT_MB,
             "server_under_limit": peaks.server_mb < RSS_LIMIT_MB,
-            "with_children_under_limit": peaks.tree_mb < RSS_LIMIT_MB},
+            "with_children_under_limit": peaks.tree_mb < RSS_LIMIT_MB,
+        },
         "console_queries_within_1_5x_limit": None if worst is None else worst[1] <= TIME_LIMIT_SLACK,
-        "console_worst_ratio": None if worst is None else {"query": worst[0], "ratio": worst[1],
-                                                           "queries": len(ratios)},
-        "health_and_search_under_1s_during_flood": None if flood is None else (
-            flood["health"]["max_s"] is not None and flood["search"]["max_s"] is not None
-            and max(flood["health"]["max_s"], flood["search"]["max_s"]) < LATENCY_LIMIT_S),
-        "flood_max_latency_s": None if flood is None else {"health": flood["health"]["max_s"],
-                                                           "search": flood["search"]["max_s"]},
-        "nothing_foreign_served": not run.leaks if run.port is not None else None, "foreign_served": run.leaks[:20],
+        "console_worst_ratio": None
+        if worst is None
+        else {"query": worst[0], "ratio": worst[1], "queries": len(ratios)},
+        "health_and_search_under_1s_during_flood": None
+        if flood is None
+        else (
+            flood["health"]["max_s"] is not None
+            and flood["search"]["max_s"] is not None
+            and max(flood["health"]["max_s"], flood["search"]["max_s"]) < LATENCY_LIMIT_S
+        ),
+        "flood_max_latency_s": None
+        if flood is None
+        else {"health": flood["health"]["max_s"], "search": flood["search"]["max_s"]},
+        "nothing_foreign_served": not run.leaks if run.port is not None else None,
+        "foreign_served": run.leaks[:20],
     }
 
 
@@ -1066,8 +1386,14 @@ def attack(demo: Path, work_parent: Path | None, groups: list[str], quick: bool,
     run = Run(work=work, quick=quick, limits=limits, demo_name=demo.stem, ids=np.zeros(0, np.int64))
     with open("/etc/passwd", "rb") as f:
         run.foreign = (f.readline().rstrip(b"\n"), SECRET.rstrip(b"\n"))
-    report = {"script": "attack_web", "demo": str(demo), "quick": quick, "groups": groups, "work": str(work),
-              "settings": limits}
+    report = {
+        "script": "attack_web",
+        "demo": str(demo),
+        "quick": quick,
+        "groups": groups,
+        "work": str(work),
+        "settings": limits,
+    }
     t_start = time.perf_counter()
     try:
         report["setup"] = prepare(run, demo, groups)
@@ -1090,7 +1416,9 @@ def attack(demo: Path, work_parent: Path | None, groups: list[str], quick: bool,
 def serve_and_attack(run: Run, groups: list[str]) -> dict:
     """Serve the catalogs prepared, run the web attacks ``groups`` while sampling, stop the server;
     returns the server's start-up time, idle RSS and, when it logged a traceback, its log's end."""
-    served = [run.catalogs["demo"]] + [run.catalogs[k]["path"] for k in ("crafted", "small") if k in run.catalogs]
+    served = [run.catalogs["demo"]] + [
+        run.catalogs[k]["path"] for k in ("crafted", "small") if k in run.catalogs
+    ]
     tmp = run.work / "tmp"
     tmp.mkdir()
     log = run.work / "serve.log"
@@ -1102,8 +1430,10 @@ def serve_and_attack(run: Run, groups: list[str]) -> dict:
         run.server_pid = proc.pid
         run.sampler = Sampler(proc.pid, tmp)
         run.sampler.sample()
-        info.update(idle_rss_mb=run.sampler.run_peaks.server_mb,
-                    idle_with_children_rss_mb=run.sampler.run_peaks.tree_mb)
+        info.update(
+            idle_rss_mb=run.sampler.run_peaks.server_mb,
+            idle_with_children_rss_mb=run.sampler.run_peaks.tree_mb,
+        )
         run.sampler.start()
         for group in groups:
             run.sampler.take()
@@ -1125,13 +1455,26 @@ def _terminate(signum, frame):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--demo", type=Path, default=ROOT / "demo" / "fashion.duckdb",
-                    help="the demo catalog (built when missing)")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="folder to work in (a new subfolder of it, removed at the end; default: a temp folder)")
-    ap.add_argument("--quick", action="store_true",
-                    help="no 40,000-character damerau_levenshtein, 12 flood queries, one image bomb at a time")
-    ap.add_argument("--only", default=None, metavar="NAME[,NAME]", help=f"attacks to run, of: {', '.join(GROUPS)}")
+    ap.add_argument(
+        "--demo",
+        type=Path,
+        default=ROOT / "demo" / "fashion.duckdb",
+        help="the demo catalog (built when missing)",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder to work in (a new subfolder of it, removed at the end; default: a temp folder)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="no 40,000-character damerau_levenshtein, 12 flood queries, one image bomb at a time",
+    )
+    ap.add_argument(
+        "--only", default=None, metavar="NAME[,NAME]", help=f"attacks to run, of: {', '.join(GROUPS)}"
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (for debugging)")
     args = ap.parse_args(argv)

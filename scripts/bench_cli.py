@@ -26,33 +26,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_web import _free_port, start_server  # noqa: E402
 
 CLI = [sys.executable, "-m", "engine"]
-PROBE = ("import sys; sys.argv = ['clip-branches'] + sys.argv[1:]; "
-         "from engine.cli import main; rc = main(); "
-         "print('#modules', int('torch' in sys.modules), int('transformers' in sys.modules), file=sys.stderr); "
-         "raise SystemExit(rc)")
+PROBE = (
+    "import sys; sys.argv = ['clip-branches'] + sys.argv[1:]; "
+    "from engine.cli import main; rc = main(); "
+    "print('#modules', int('torch' in sys.modules), int('transformers' in sys.modules), file=sys.stderr); "
+    "raise SystemExit(rc)"
+)
 
 
 def time_cli(catalog: str, query: str, runs: int) -> dict:
     walls, ids = [], None
     for _ in range(runs):
         t0 = time.perf_counter()
-        out = subprocess.run([*CLI, "search", catalog, query, "-k", "60"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [*CLI, "search", catalog, query, "-k", "60"], capture_output=True, text=True, check=True
+        )
         walls.append(time.perf_counter() - t0)
-        got = [int(line.split("\t")[0]) for line in out.stdout.splitlines() if line and not line.startswith("id")]
+        got = [
+            int(line.split("\t")[0]) for line in out.stdout.splitlines() if line and not line.startswith("id")
+        ]
         if ids is not None and got != ids:
             raise SystemExit("two CLI runs of the same search returned different ids")
         ids = got
-    probe = subprocess.run([sys.executable, "-c", PROBE, "search", catalog, query], capture_output=True, text=True,
-                           check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, "search", catalog, query], capture_output=True, text=True, check=True
+    )
     flags = next(line.split()[1:] for line in probe.stderr.splitlines() if line.startswith("#modules"))
     imp = []
     for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import engine.cli"], check=True)
         imp.append(time.perf_counter() - t0)
-    return {"wall_s_median": statistics.median(walls), "wall_s": walls, "results": len(ids or []),
-            "import_engine_cli_s_median": statistics.median(imp),
-            "imports_torch": flags[0] == "1", "imports_transformers": flags[1] == "1", "ids": ids}
+    return {
+        "wall_s_median": statistics.median(walls),
+        "wall_s": walls,
+        "results": len(ids or []),
+        "import_engine_cli_s_median": statistics.median(imp),
+        "imports_torch": flags[0] == "1",
+        "imports_transformers": flags[1] == "1",
+        "ids": ids,
+    }
 
 
 def time_server(catalog: str, query: str, runs: int) -> dict:
@@ -68,7 +81,11 @@ def time_server(catalog: str, query: str, runs: int) -> dict:
             with urllib.request.urlopen(url, timeout=60) as r:
                 body = json.load(r)
             walls.append(time.perf_counter() - t0)
-        return {"wall_s_median": statistics.median(walls), "wall_s": walls, "ids": [int(i) for i in body["ids"]]}
+        return {
+            "wall_s_median": statistics.median(walls),
+            "wall_s": walls,
+            "ids": [int(i) for i in body["ids"]],
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -82,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-server", action="store_true", help="time the CLI only")
     args = ap.parse_args(argv)
     if not Path(args.catalog).exists():
-        raise SystemExit(f"{args.catalog} not found; build it with `clip-branches demo {args.catalog} --no-serve`")
+        raise SystemExit(
+            f"{args.catalog} not found; build it with `clip-branches demo {args.catalog} --no-serve`"
+        )
     cli = time_cli(args.catalog, args.query, args.runs)
     out = {"catalog": args.catalog, "query": args.query, "runs": args.runs, "cli": cli}
     if not args.no_server:

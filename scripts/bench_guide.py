@@ -44,8 +44,10 @@ def training_sets(cat: engine.Catalog, labels: np.ndarray, ids: np.ndarray) -> d
     is_pos = np.isin(grid, ids[labels == cls])
     rng = np.random.default_rng(0)
     others = rng.choice(ids[labels != cls], 60, replace=False)
-    return {"round 1: one cluster's grid": cat.training_set(grid[is_pos], grid[~is_pos]),
-            "round 2: and 60 other rows": cat.training_set(grid[is_pos], np.union1d(grid[~is_pos], others))}
+    return {
+        "round 1: one cluster's grid": cat.training_set(grid[is_pos], grid[~is_pos]),
+        "round 2: and 60 other rows": cat.training_set(grid[is_pos], np.union1d(grid[~is_pos], others)),
+    }
 
 
 def fit_sklearn(solver: str, X: np.ndarray, y: np.ndarray, w: np.ndarray):
@@ -54,7 +56,8 @@ def fit_sklearn(solver: str, X: np.ndarray, y: np.ndarray, w: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return LogisticRegression(C=guide.GUIDE_C, solver=solver, tol=1e-8, max_iter=10_000).fit(
-            X / 255.0, y, sample_weight=w)
+            X / 255.0, y, sample_weight=w
+        )
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -80,12 +83,20 @@ def main(argv=None) -> int:
     path = directory / f"guide_{args.rows}_k{k}.duckdb"
     if not path.exists():
         synth.synth_catalog(path, args.rows, 0, k)
-    report = {"benchmark": "guide fit", "rows": args.rows, "clusters": k, "C": guide.GUIDE_C,
-              "repeats": args.repeats, "sets": {}}
+    report = {
+        "benchmark": "guide fit",
+        "rows": args.rows,
+        "clusters": k,
+        "C": guide.GUIDE_C,
+        "repeats": args.repeats,
+        "sets": {},
+    }
     with engine.Catalog.open(path, read_only=True) as cat:
         cat.con.execute("SET enable_progress_bar = false")
         tbl = cat.sql("SELECT id, label FROM images")
-        sets = training_sets(cat, tbl.column("label").to_numpy().astype(np.int64), tbl.column("id").to_numpy())
+        sets = training_sets(
+            cat, tbl.column("label").to_numpy().astype(np.int64), tbl.column("id").to_numpy()
+        )
     for name, train in sets.items():
         X, y, w = train.X, train.y, train.w
         ref = guide.fit_guide(X, y, w)
@@ -95,8 +106,11 @@ def main(argv=None) -> int:
             model = fit_sklearn(solver, X, y, w)
             ms = median_ms(lambda s=solver, X=X, y=y, w=w: fit_sklearn(s, X, y, w), args.repeats)
             diff = np.abs(model.decision_function(X / 255.0) - ref.score(X)).max()
-            entry["solvers"][solver] = {"median_ms": round(ms, 3), "vs_newton": round(ms / base, 1),
-                                        "max_margin_difference": float(f"{diff:.2g}")}
+            entry["solvers"][solver] = {
+                "median_ms": round(ms, 3),
+                "vs_newton": round(ms / base, 1),
+                "max_margin_difference": float(f"{diff:.2g}"),
+            }
         report["sets"][name] = entry
     json.dump(report, sys.stdout, indent=1)
     print()

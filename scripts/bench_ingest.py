@@ -51,10 +51,12 @@ def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> l
         shape = Image.fromarray(sources[i % len(sources)]).resize((min(w, h),) * 2, Image.Resampling.BICUBIC)
         mask = np.zeros((h, w), np.float32)
         x0 = (w - min(w, h)) // 2
-        mask[:, x0:x0 + min(w, h)] = np.asarray(shape, np.float32)[:h] / 255.0
+        mask[:, x0 : x0 + min(w, h)] = np.asarray(shape, np.float32)[:h] / 255.0
         tint = rng.uniform(40, 255, 3)
-        back = rng.uniform(150, 255, 3) * (0.8 + 0.2 * np.sin(xx / rng.uniform(20, 80)) [..., None]
-                                          * np.cos(yy / rng.uniform(20, 80))[..., None])
+        back = rng.uniform(150, 255, 3) * (
+            0.8
+            + 0.2 * np.sin(xx / rng.uniform(20, 80))[..., None] * np.cos(yy / rng.uniform(20, 80))[..., None]
+        )
         pixels = back * (1 - mask[..., None]) + tint * mask[..., None] + rng.normal(0, 6, (h, w, 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
     return paths
@@ -93,14 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=256, help="number of JPEG files (default 256)")
     ap.add_argument("--size", default="500x400", help="image size WxH (default 500x400)")
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                    help="decoding processes for the pooled runs (default: one per core); workers=0 runs too")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="decoding processes for the pooled runs (default: one per core); workers=0 runs too",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--encoders", nargs="+", default=list(DEFAULT_ENCODERS))
-    ap.add_argument("--image-dir", default=None, help="where the generated JPEGs are kept (default: a temp folder)")
+    ap.add_argument(
+        "--image-dir", default=None, help="where the generated JPEGs are kept (default: a temp folder)"
+    )
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
-    image_dir = Path(args.image_dir or Path(tempfile.gettempdir()) / f"clip-branches-bench-{w}x{h}") / str(args.images)
+    image_dir = Path(args.image_dir or Path(tempfile.gettempdir()) / f"clip-branches-bench-{w}x{h}") / str(
+        args.images
+    )
     t0 = time.perf_counter()
     paths = make_images(image_dir, args.images, (w, h))
     sizes = [p.stat().st_size for p in paths]

@@ -82,8 +82,10 @@ def duckdb_table(cols: np.ndarray) -> duckdb.DuckDBPyConnection:
 
 def duckdb_sql(query: np.ndarray, k: int) -> str:
     """The top-k query for one code; the query's values are integers baked into the SQL."""
-    terms = " + ".join(f"(CAST({c} AS INTEGER) - {int(v)}) * (CAST({c} AS INTEGER) - {int(v)})"
-                       for c, v in zip(CODE_COLUMNS, query, strict=True))
+    terms = " + ".join(
+        f"(CAST({c} AS INTEGER) - {int(v)}) * (CAST({c} AS INTEGER) - {int(v)})"
+        for c, v in zip(CODE_COLUMNS, query, strict=True)
+    )
     return f"SELECT pos, {terms} AS dist FROM codes ORDER BY dist, pos LIMIT {int(k)}"
 
 
@@ -153,7 +155,9 @@ def run_size(rows: int, args, duckdb_ms_per_row: float | None, scratch: Path) ->
         batch = np.array([cols[:, p] for p in rng.integers(0, rows, BATCH)])
         want_batch = [numpy_topk(q, args.k) for q in batch]
         got_batch = knn.topk_many(cols, batch, args.k)
-        assert all(np.array_equal(got_batch[0][i], want_batch[i][0]) for i in range(BATCH)), "topk_many != numpy"
+        assert all(np.array_equal(got_batch[0][i], want_batch[i][0]) for i in range(BATCH)), (
+            "topk_many != numpy"
+        )
         res = {
             "engine_ms": timed(lambda q, c=cols: knn.topk(c, q, args.k), queries),
             "engine_after_idle_ms": timed(lambda q, c=cols: knn.topk(c, q, args.k), queries, IDLE_S),
@@ -162,7 +166,9 @@ def run_size(rows: int, args, duckdb_ms_per_row: float | None, scratch: Path) ->
         t = time.perf_counter()
         for _ in range(max(1, args.repeats // 2)):
             knn.topk_many(cols, batch, args.k)
-        res["engine_batch_per_query_ms"] = (time.perf_counter() - t) * 1e3 / (max(1, args.repeats // 2) * BATCH)
+        res["engine_batch_per_query_ms"] = (
+            (time.perf_counter() - t) * 1e3 / (max(1, args.repeats // 2) * BATCH)
+        )
         res["batch_size"] = BATCH
         res["numpy_over_engine"] = res["numpy_ms"]["median"] / res["engine_ms"]["median"]
         out[name] = res
@@ -176,14 +182,19 @@ def run_size(rows: int, args, duckdb_ms_per_row: float | None, scratch: Path) ->
         for q in queries:
             got = con.execute(duckdb_sql(q, args.k)).fetchnumpy()
             want = numpy_topk(q, args.k)
-            assert np.array_equal(got["pos"], want[0]) and np.array_equal(got["dist"], want[1]), "duckdb != numpy"
+            assert np.array_equal(got["pos"], want[0]) and np.array_equal(got["dist"], want[1]), (
+                "duckdb != numpy"
+            )
         res = out["random_order"]
         res["duckdb_ms"] = timed(lambda q: con.execute(duckdb_sql(q, args.k)).fetchnumpy(), queries)
         res["duckdb_over_engine"] = res["duckdb_ms"]["median"] / res["engine_ms"]["median"]
         con.close()
     else:
-        out["random_order"]["duckdb_ms"] = {"skipped": f"projected {projected_s:.0f} s over --budget-s"
-                                            if projected_s else "over --duckdb-max-rows"}
+        out["random_order"]["duckdb_ms"] = {
+            "skipped": f"projected {projected_s:.0f} s over --budget-s"
+            if projected_s
+            else "over --duckdb-max-rows"
+        }
 
     path = scratch / "block_cols.npy"
     np.save(path, block_cols)
@@ -199,14 +210,26 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--duckdb-max-rows", type=int, default=1_000_000)
-    ap.add_argument("--budget-s", type=float, default=60.0,
-                    help="run DuckDB past --duckdb-max-rows when its projected time fits in this")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=60.0,
+        help="run DuckDB past --duckdb-max-rows when its projected time fits in this",
+    )
     args = ap.parse_args(argv)
 
-    report = {"benchmark": "knn", "k": args.k, "repeats": args.repeats, "seed": args.seed,
-              "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
-              "numba": numba.__version__, "numpy": np.__version__, "duckdb": duckdb.__version__,
-              "sizes": []}
+    report = {
+        "benchmark": "knn",
+        "k": args.k,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+        "duckdb": duckdb.__version__,
+        "sizes": [],
+    }
     duckdb_ms_per_row = None
     with tempfile.TemporaryDirectory() as scratch:
         for rows in sorted(args.rows):

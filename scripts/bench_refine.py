@@ -62,7 +62,11 @@ from engine.learn.trees import ForestBoxes
 from engine.synth import synth_catalog
 
 PHASES = ("time_sample_ms", "time_train_ms", "time_query_ms", "time_suggest_ms", "time_total_ms")
-TARGETS = {"ensemble_median_total_ms": 150.0, "branch_median_total_ms": 100.0, "speedup_vs_forest_predict": 20.0}
+TARGETS = {
+    "ensemble_median_total_ms": 150.0,
+    "branch_median_total_ms": 100.0,
+    "speedup_vs_forest_predict": 20.0,
+}
 N_POSITIVES, N_NEGATIVES = 40, 20
 
 
@@ -113,8 +117,14 @@ def labelled(cat, seed: int) -> dict:
     near_ids = index.ids[near]
     near_labels = labels[np.searchsorted(ids, near_ids)]
     neg = near_ids[near_labels != target][:N_NEGATIVES]
-    return {"positives": pos, "negatives": neg, "target": target, "target_size": int(sizes[target]),
-            "ids": ids, "labels": labels}
+    return {
+        "positives": pos,
+        "negatives": neg,
+        "target": target,
+        "target_size": int(sizes[target]),
+        "ids": ids,
+        "labels": labels,
+    }
 
 
 def precision_recall(result_ids: np.ndarray, lab: dict) -> tuple[float, float]:
@@ -132,9 +142,12 @@ class LoadProbe:
     def stop(self) -> dict:
         wall = time.perf_counter() - self.t
         busy, own = _busy_s() - self.busy, _own_cpu_s() - self.own
-        return {"wall_s": wall, "machine_busy_cores": busy / wall if wall else 0.0,
-                "other_processes_busy_cores": max(0.0, busy - own) / wall if wall else 0.0,
-                "loadavg_1min": os.getloadavg()[0]}
+        return {
+            "wall_s": wall,
+            "machine_busy_cores": busy / wall if wall else 0.0,
+            "other_processes_busy_cores": max(0.0, busy - own) / wall if wall else 0.0,
+            "loadavg_1min": os.getloadavg()[0],
+        }
 
 
 def _busy_s() -> float:
@@ -164,10 +177,22 @@ def summarize_runs(stats: list[dict]) -> dict:
     out = {}
     for k in PHASES:
         values = [s[k] for s in stats]
-        out[k.replace("time_", "").replace("_ms", "") + "_ms"] = {"median": statistics.median(values),
-                                                                 "min": min(values), "max": max(values)}
-    for k in ("results", "boxes", "min_votes", "pseudo_positives", "suggestions", "share_touched", "blocks_touched",
-              "precision", "recall"):
+        out[k.replace("time_", "").replace("_ms", "") + "_ms"] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+        }
+    for k in (
+        "results",
+        "boxes",
+        "min_votes",
+        "pseudo_positives",
+        "suggestions",
+        "share_touched",
+        "blocks_touched",
+        "precision",
+        "recall",
+    ):
         values = [s[k] for s in stats]
         out[k] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     return out
@@ -203,8 +228,13 @@ def forest_baseline(cat, lab: dict, args) -> dict:
     t = time.perf_counter()
     sel = query.select(index, est.boxes_, est.min_votes_)
     select_ms = (time.perf_counter() - t) * 1e3
-    out = {"trees": len(est.estimator_.estimators_), "boxes": len(est.boxes_), "chunk_rows": args.chunk_rows,
-           "select_of_same_forest_ms": select_ms, "select_results": int(len(sel.ids))}
+    out = {
+        "trees": len(est.estimator_.estimators_),
+        "boxes": len(est.boxes_),
+        "chunk_rows": args.chunk_rows,
+        "select_of_same_forest_ms": select_ms,
+        "select_results": int(len(sel.ids)),
+    }
     for label, n_jobs in (("one_thread", est.estimator_.n_jobs), ("all_cores", -1)):
         est.estimator_.n_jobs = n_jobs
         times, positive = [], None
@@ -220,8 +250,12 @@ def forest_baseline(cat, lab: dict, args) -> dict:
             positive = np.concatenate(hits)
             if sum(times) / 1e3 > args.budget_s:
                 break
-        out[label] = {"n_jobs": n_jobs, "median_ms": statistics.median(times), "min_ms": min(times),
-                      "repeats": len(times)}
+        out[label] = {
+            "n_jobs": n_jobs,
+            "median_ms": statistics.median(times),
+            "min_ms": min(times),
+            "repeats": len(times),
+        }
     predicted_ids = index.ids[positive]
     inter = len(np.intersect1d(sel.ids, predicted_ids, assume_unique=True))
     union = len(sel.ids) + len(predicted_ids) - inter
@@ -243,16 +277,30 @@ def sql_check(cat, res, args) -> dict:
             break
     duck = statistics.median(times)
     eng = res.stats["time_query_ms"]
-    return {"sql_chars": len(res.sql), "boxes": res.stats["boxes"], "results": res.stats["results"],
-            "duckdb_ms": duck, "duckdb_repeats": len(times), "engine_query_ms": eng,
-            "duckdb_over_engine_query": duck / eng if eng else None, "same_ids_in_order": same}
+    return {
+        "sql_chars": len(res.sql),
+        "boxes": res.stats["boxes"],
+        "results": res.stats["results"],
+        "duckdb_ms": duck,
+        "duckdb_repeats": len(times),
+        "engine_query_ms": eng,
+        "duckdb_over_engine_query": duck / eng if eng else None,
+        "same_ids_in_order": same,
+    }
 
 
 def cold_start(path: Path, lab: dict, model: str) -> dict:
     """First refine in a fresh process: catalog open, index load, first and second round."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--cold-child", str(path), "--cold-model", model,
-           "--cold-labels", json.dumps({"positives": lab["positives"].tolist(),
-                                        "negatives": lab["negatives"].tolist()})]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--cold-child",
+        str(path),
+        "--cold-model",
+        model,
+        "--cold-labels",
+        json.dumps({"positives": lab["positives"].tolist(), "negatives": lab["negatives"].tolist()}),
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
@@ -277,11 +325,18 @@ def cold_child(args) -> int:
     t3 = time.perf_counter()
     cat.close()
     pick = ("time_sample_ms", "time_train_ms", "time_query_ms", "time_total_ms")
-    json.dump({"model": args.cold_model, "open_s": t1 - t0, "load_index_s": t2 - t1,
-               "first_refine": {k: first.stats[k] for k in pick},
-               "second_refine": {k: second.stats[k] for k in pick},
-               "open_load_first_refine_s": (t1 - t0) + (t2 - t1) + first.stats["time_total_ms"] / 1e3,
-               "child_s": t3 - t0}, sys.stdout)
+    json.dump(
+        {
+            "model": args.cold_model,
+            "open_s": t1 - t0,
+            "load_index_s": t2 - t1,
+            "first_refine": {k: first.stats[k] for k in pick},
+            "second_refine": {k: second.stats[k] for k in pick},
+            "open_load_first_refine_s": (t1 - t0) + (t2 - t1) + first.stats["time_total_ms"] / 1e3,
+            "child_s": t3 - t0,
+        },
+        sys.stdout,
+    )
     return 0
 
 
@@ -295,10 +350,20 @@ def run_size(rows: int, args, data: Path) -> dict:
     index = cat.block_index()
     load_s = time.perf_counter() - t
     lab = labelled(cat, args.seed)
-    out = {"rows": rows, "catalog": prep, "catalog_bytes": path.stat().st_size,
-           "index_memory_bytes": index.memory_bytes, "blocks": index.blocks.n_blocks, "load_index_s": load_s,
-           "labels": {"positives": N_POSITIVES, "negatives": N_NEGATIVES, "sampled_negatives": args.sampled_negatives,
-                      "target_cluster_size": lab["target_size"]}}
+    out = {
+        "rows": rows,
+        "catalog": prep,
+        "catalog_bytes": path.stat().st_size,
+        "index_memory_bytes": index.memory_bytes,
+        "blocks": index.blocks.n_blocks,
+        "load_index_s": load_s,
+        "labels": {
+            "positives": N_POSITIVES,
+            "negatives": N_NEGATIVES,
+            "sampled_negatives": args.sampled_negatives,
+            "target_cluster_size": lab["target_size"],
+        },
+    }
     probe = LoadProbe()
     probe.start()
     out["models"], keep = bench_models(cat, lab, args)
@@ -312,9 +377,12 @@ def run_size(rows: int, args, data: Path) -> dict:
         ratios = {}
         for m in ("ensemble", "forest", "branch", "tree"):
             if m in out["models"]:
-                ratios[f"forest_predict_one_thread_over_{m}_round"] = one / out["models"][m]["total_ms"]["median"]
+                ratios[f"forest_predict_one_thread_over_{m}_round"] = (
+                    one / out["models"][m]["total_ms"]["median"]
+                )
                 ratios[f"forest_predict_all_cores_over_{m}_round"] = (
-                    base["all_cores"]["median_ms"] / out["models"][m]["total_ms"]["median"])
+                    base["all_cores"]["median_ms"] / out["models"][m]["total_ms"]["median"]
+                )
         out["speedups"] = ratios
         print(f"#   forest predict: {one:.0f} ms (1 thread)", file=sys.stderr, flush=True)
     if "ensemble" in keep and args.sql_repeats:
@@ -333,8 +401,12 @@ def projection(sizes: list[dict], target_rows: int, data: Path) -> dict | None:
     big = [s for s in sizes if s["rows"] >= 10_000_000]
     fit_on = big if len(big) >= 2 else sizes
     rows = np.array([s["rows"] for s in fit_on], dtype=np.float64)
-    out = {"rows": target_rows, "fitted_on_rows": [int(r) for r in rows], "method": "least-squares line per phase",
-           "models": {}}
+    out = {
+        "rows": target_rows,
+        "fitted_on_rows": [int(r) for r in rows],
+        "method": "least-squares line per phase",
+        "models": {},
+    }
     for m in fit_on[0]["models"]:
         out["models"][m] = {}
         for phase in ("sample_ms", "train_ms", "query_ms", "total_ms"):
@@ -348,8 +420,10 @@ def projection(sizes: list[dict], target_rows: int, data: Path) -> dict | None:
     per_row_mem = last["index_memory_bytes"] / last["rows"]
     disk, mem = shutil.disk_usage(data), meminfo()
     out["storage"] = {
-        "catalog_bytes": per_row_disk * target_rows, "index_memory_bytes": per_row_mem * target_rows,
-        "disk_free_bytes": disk.free, "mem_total_bytes": mem.get("MemTotal"),
+        "catalog_bytes": per_row_disk * target_rows,
+        "index_memory_bytes": per_row_mem * target_rows,
+        "disk_free_bytes": disk.free,
+        "mem_total_bytes": mem.get("MemTotal"),
         "mem_available_bytes": mem.get("MemAvailable"),
         "fits_on_disk": per_row_disk * target_rows < disk.free,
         "index_fits_in_available_memory": per_row_mem * target_rows < mem.get("MemAvailable", 0),
@@ -362,8 +436,11 @@ def _extrapolate(rows: np.ndarray, t: np.ndarray, target_rows: int) -> dict:
     does not grow with the rows (slope <= 0, i.e. noise) is projected flat at its largest value."""
     slope, icpt = np.polyfit(rows, t, 1)
     grows = bool(slope > 0)
-    return {"ms": float(icpt + slope * target_rows) if grows else float(t.max()),
-            "ms_per_million_rows": float(slope * 1e6), "grows_with_rows": grows}
+    return {
+        "ms": float(icpt + slope * target_rows) if grows else float(t.max()),
+        "ms_per_million_rows": float(slope * 1e6),
+        "grows_with_rows": grows,
+    }
 
 
 def targets(sizes: list[dict]) -> dict:
@@ -380,10 +457,14 @@ def targets(sizes: list[dict]) -> dict:
         sp = s.get("speedups", {})
         if "forest_predict_one_thread_over_ensemble_round" in sp:
             t["speedup_ensemble_vs_forest_predict"] = sp["forest_predict_one_thread_over_ensemble_round"]
-            t["speedup_ensemble_met"] = t["speedup_ensemble_vs_forest_predict"] >= TARGETS["speedup_vs_forest_predict"]
+            t["speedup_ensemble_met"] = (
+                t["speedup_ensemble_vs_forest_predict"] >= TARGETS["speedup_vs_forest_predict"]
+            )
         if "forest_predict_one_thread_over_forest_round" in sp:
             t["speedup_forest_vs_forest_predict"] = sp["forest_predict_one_thread_over_forest_round"]
-            t["speedup_forest_met"] = t["speedup_forest_vs_forest_predict"] >= TARGETS["speedup_vs_forest_predict"]
+            t["speedup_forest_met"] = (
+                t["speedup_forest_vs_forest_predict"] >= TARGETS["speedup_vs_forest_predict"]
+            )
         out[str(s["rows"])] = t
     return out
 
@@ -395,14 +476,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--models", nargs="+", default=list(rf.MODELS), choices=rf.MODELS)
     ap.add_argument("--sampled-negatives", type=int, default=rf.DEFAULT_SAMPLED_NEGATIVES)
-    ap.add_argument("--unguided", action="store_true",
-                    help="also time every model with guide=False (the labels and the sample alone)")
+    ap.add_argument(
+        "--unguided",
+        action="store_true",
+        help="also time every model with guide=False (the labels and the sample alone)",
+    )
     ap.add_argument("--dir", default="bench-data", help="where catalogs are built and kept for reuse")
     ap.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per sklearn predict call")
     ap.add_argument("--baseline-repeats", type=int, default=3)
     ap.add_argument("--sql-repeats", type=int, default=3)
-    ap.add_argument("--budget-s", type=float, default=60.0,
-                    help="stop repeating a slow baseline once it has used this many seconds")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=60.0,
+        help="stop repeating a slow baseline once it has used this many seconds",
+    )
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--cold-models", nargs="*", default=["ensemble", "branch"], choices=rf.MODELS)
     ap.add_argument("--project-rows", type=lambda s: int(float(s)), default=100_000_000)
@@ -417,9 +505,16 @@ def main(argv=None) -> int:
     import numba
 
     t0 = time.perf_counter()
-    report = {"benchmark": "refine", "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
-              "numba_threading_layer": None, "duckdb": duckdb.__version__, "repeats": args.repeats,
-              "machine": {"disk_free_bytes": shutil.disk_usage(data).free, **meminfo()}, "sizes": []}
+    report = {
+        "benchmark": "refine",
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": None,
+        "duckdb": duckdb.__version__,
+        "repeats": args.repeats,
+        "machine": {"disk_free_bytes": shutil.disk_usage(data).free, **meminfo()},
+        "sizes": [],
+    }
     for rows in sorted(set(args.rows)):
         print(f"# {rows} rows", file=sys.stderr, flush=True)
         report["sizes"].append(run_size(rows, args, data))

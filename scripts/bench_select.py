@@ -116,8 +116,12 @@ def workloads(cat, labels, seed, groups):
         los.append(lo), his.append(hi), members.extend([m] * 30)
     ensemble = BoxSet.from_arrays(np.vstack(los), np.vstack(his), members)
     # (box set, min_votes): an ensemble returns the rows that more than half its members vote for.
-    return {"one_box": (one, 1), "branch_30": (branch, 1), "ensemble_750": (ensemble, 1),
-            "ensemble_750_majority": (ensemble, 13)}, target
+    return {
+        "one_box": (one, 1),
+        "branch_30": (branch, 1),
+        "ensemble_750": (ensemble, 1),
+        "ensemble_750_majority": (ensemble, 13),
+    }, target
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -170,8 +174,11 @@ def storage_bytes(src: Path, scratch: Path) -> dict:
     con.close()
     size = scratch.stat().st_size
     scratch.unlink()
-    return {"codes_plus_index_bytes_per_image": size / n, "blocks_table_bytes_per_image_raw": blocks_bytes / n,
-            "catalog_file_bytes_per_image": src.stat().st_size / n}
+    return {
+        "codes_plus_index_bytes_per_image": size / n,
+        "blocks_table_bytes_per_image_raw": blocks_bytes / n,
+        "catalog_file_bytes_per_image": src.stat().st_size / n,
+    }
 
 
 def run_size(rows: int, args, data: Path) -> dict:
@@ -189,43 +196,67 @@ def run_size(rows: int, args, data: Path) -> dict:
     sorted_con = cat.con
     unsorted_con = duckdb.connect(str(unsorted), read_only=True)
     class_size = int((labels_by_id == target).sum())
-    out = {"rows": rows, "blocks": index.blocks.n_blocks, "prep_s": prep_s, "target_class_size": class_size,
-           "workloads": {}}
+    out = {
+        "rows": rows,
+        "blocks": index.blocks.n_blocks,
+        "prep_s": prep_s,
+        "target_class_size": class_size,
+        "workloads": {},
+    }
     for name, (bs, min_votes) in boxsets.items():
         cat.select(bs, min_votes)  # warm: compile or load cached kernels
         eng_ms, n_eng, res = median_ms(lambda bs=bs, mv=min_votes: cat.select(bs, mv), args.repeats)
         where = bs.predicate()
         sql = f"SELECT id FROM codes WHERE {where}"
         duck_ms, n_duck, duck_ids = median_ms(
-            lambda sql=sql: unsorted_con.execute(sql).fetchnumpy()["id"], args.repeats, budget_s=args.budget_s)
+            lambda sql=sql: unsorted_con.execute(sql).fetchnumpy()["id"], args.repeats, budget_s=args.budget_s
+        )
         duck_sorted_ms, n_duck_sorted, _ = median_ms(
-            lambda sql=sql: sorted_con.execute(sql).fetchnumpy()["id"], args.repeats, budget_s=args.budget_s)
+            lambda sql=sql: sorted_con.execute(sql).fetchnumpy()["id"], args.repeats, budget_s=args.budget_s
+        )
         lo, hi, dims, ndims, member = query.prepare_boxes(bs)
         scan.full_scan(index.cols[:, :1], lo, hi, dims, ndims, member, bs.n_members, 1)
         full_ms, n_full, full = median_ms(
             lambda a=(index.cols, lo, hi, dims, ndims, member, bs.n_members, min_votes): scan.full_scan(*a),
-            args.repeats, budget_s=args.budget_s)
+            args.repeats,
+            budget_s=args.budget_s,
+        )
         # The DuckDB baselines compute the plain union (cheaper than a vote count), so for the
         # majority query their ids are a superset; the full scan applies the same threshold.
-        union_ok = (np.isin(res.ids, duck_ids).all() if min_votes > 1
-                    else np.array_equal(np.sort(res.ids), np.sort(duck_ids)))
+        union_ok = (
+            np.isin(res.ids, duck_ids).all()
+            if min_votes > 1
+            else np.array_equal(np.sort(res.ids), np.sort(duck_ids))
+        )
         same = bool(union_ok and np.array_equal(np.sort(res.ids), np.sort(index.ids[full[0]])))
         hits = labels_by_id[res.ids] == target
         st = res.stats
         out["workloads"][name] = {
-            "boxes": len(bs), "members": bs.n_members, "min_votes": min_votes, "results": int(len(res.ids)),
+            "boxes": len(bs),
+            "members": bs.n_members,
+            "min_votes": min_votes,
+            "results": int(len(res.ids)),
             "precision": float(hits.mean()) if len(hits) else 0.0,
             "recall": float(hits.sum() / class_size),
             "results_agree": bool(same),
-            "engine_ms": eng_ms, "duckdb_or_unsorted_ms": duck_ms, "duckdb_or_sorted_ms": duck_sorted_ms,
+            "engine_ms": eng_ms,
+            "duckdb_or_unsorted_ms": duck_ms,
+            "duckdb_or_sorted_ms": duck_sorted_ms,
             "numba_full_scan_ms": full_ms,
             "speedup_vs_duckdb_or_unsorted": duck_ms / eng_ms,
             "speedup_vs_duckdb_or_sorted": duck_sorted_ms / eng_ms,
             "speedup_vs_numba_full_scan": full_ms / eng_ms,
-            "repeats": {"engine": n_eng, "duckdb_unsorted": n_duck, "duckdb_sorted": n_duck_sorted,
-                        "numba_full": n_full},
-            "blocks_touched": st["blocks_touched"], "blocks_touched_fraction": st["blocks_touched"] / st["blocks"],
-            "rows_tested": st["rows_tested"], "row_dim_tests": st["row_dim_tests"], "rows_in_touched_blocks": st["rows_in_touched_blocks"],
+            "repeats": {
+                "engine": n_eng,
+                "duckdb_unsorted": n_duck,
+                "duckdb_sorted": n_duck_sorted,
+                "numba_full": n_full,
+            },
+            "blocks_touched": st["blocks_touched"],
+            "blocks_touched_fraction": st["blocks_touched"] / st["blocks"],
+            "rows_tested": st["rows_tested"],
+            "row_dim_tests": st["row_dim_tests"],
+            "rows_in_touched_blocks": st["rows_in_touched_blocks"],
             "engine_phase_ms": {k: st[k] for k in ("time_prune_ms", "time_scan_ms", "time_rank_ms")},
         }
     unsorted_con.close()
@@ -245,7 +276,9 @@ def layout_experiment(path: Path, args) -> dict:
         base = cat.block_index()
         order = np.argsort(base.ids)
         cols, ids = np.ascontiguousarray(base.cols[:, order]), base.ids[order]
-        single_bytes = storage_bytes(path, path.with_name("storage_probe.duckdb"))["codes_plus_index_bytes_per_image"]
+        single_bytes = storage_bytes(path, path.with_name("storage_probe.duckdb"))[
+            "codes_plus_index_bytes_per_image"
+        ]
         result = {"block_size": {}, "projections": {}}
         ens, _ = workloads(cat, labels, args.seed, [np.arange(32)])
         ens = ens["ensemble_750"][0]
@@ -254,16 +287,21 @@ def layout_experiment(path: Path, args) -> dict:
             query.select(idx, ens)
             ms, _, sel = median_ms(lambda idx=idx: query.select(idx, ens), args.repeats)
             ms13, _, _ = median_ms(lambda idx=idx: query.select(idx, ens, 13), args.repeats)
-            result["block_size"][bsz] = {"ensemble_750_ms": ms, "ensemble_750_majority_ms": ms13,
-                                         "blocks": idx.blocks.n_blocks,
-                                         "blocks_touched": sel.stats["blocks_touched"],
-                                         "row_dim_tests": sel.stats["row_dim_tests"]}
+            result["block_size"][bsz] = {
+                "ensemble_750_ms": ms,
+                "ensemble_750_majority_ms": ms13,
+                "blocks": idx.blocks.n_blocks,
+                "blocks_touched": sel.stats["blocks_touched"],
+                "row_dim_tests": sel.stats["row_dim_tests"],
+            }
         for p in (1, 2, 4, 8):
             groups = np.array_split(np.arange(32), p)
             boxsets, _ = workloads(cat, labels, args.seed, groups)
             idxs = [_index_for(cols, ids, g, layout.DEFAULT_BLOCK_SIZE) for g in groups]
-            entry = {"groups": [g.tolist() for g in groups],
-                     "est_codes_plus_index_bytes_per_image": single_bytes * p}
+            entry = {
+                "groups": [g.tolist() for g in groups],
+                "est_codes_plus_index_bytes_per_image": single_bytes * p,
+            }
             for name, (bs, _) in boxsets.items():
                 if name == "ensemble_750_majority":
                     continue  # votes of one member can come from several projections: not split here
@@ -276,10 +314,14 @@ def layout_experiment(path: Path, args) -> dict:
                     return sels, np.unique(np.concatenate([s.ids for s in sels]))
 
                 ms, _, (sels, union) = median_ms(run, args.repeats)
-                entry[name] = {"ms": ms, "results": int(len(union)),
-                               "row_dim_tests": int(sum(s.stats["row_dim_tests"] for s in sels)),
-                               "blocks_touched_fraction": float(np.mean(
-                                   [s.stats["blocks_touched"] / s.stats["blocks"] for s in sels]))}
+                entry[name] = {
+                    "ms": ms,
+                    "results": int(len(union)),
+                    "row_dim_tests": int(sum(s.stats["row_dim_tests"] for s in sels)),
+                    "blocks_touched_fraction": float(
+                        np.mean([s.stats["blocks_touched"] / s.stats["blocks"] for s in sels])
+                    ),
+                }
             result["projections"][p] = entry
     return result
 
@@ -296,8 +338,11 @@ def _route(bs: BoxSet, groups):
     for g, dims in enumerate(groups):
         group_of[dims] = g
     owner = np.array([group_of[bs.constrained(i)[0]] if bs.constrained(i) else 0 for i in range(len(bs))])
-    return [(g, BoxSet.from_arrays(bs.lo[owner == g], bs.hi[owner == g], bs.members[owner == g]))
-            for g in range(len(groups)) if (owner == g).any()]
+    return [
+        (g, BoxSet.from_arrays(bs.lo[owner == g], bs.hi[owner == g], bs.members[owner == g]))
+        for g in range(len(groups))
+        if (owner == g).any()
+    ]
 
 
 def main(argv=None) -> int:
@@ -305,8 +350,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--budget-s", type=float, default=60.0,
-                    help="stop repeating a slow baseline once it has used this many seconds")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=60.0,
+        help="stop repeating a slow baseline once it has used this many seconds",
+    )
     ap.add_argument("--data", default="bench-data", help="where catalogs are built and kept for reuse")
     ap.add_argument("--no-layout-experiment", dest="layout_experiment", action="store_false")
     ap.add_argument("--layout-max-rows", type=int, default=10_000_000)
@@ -315,8 +364,13 @@ def main(argv=None) -> int:
     data.mkdir(parents=True, exist_ok=True)
     import numba
 
-    report = {"benchmark": "select", "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
-              "duckdb": duckdb.__version__, "sizes": []}
+    report = {
+        "benchmark": "select",
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "duckdb": duckdb.__version__,
+        "sizes": [],
+    }
     for rows in args.rows:
         report["sizes"].append(run_size(rows, args, data))
         print(f"# done {rows} rows", file=sys.stderr)

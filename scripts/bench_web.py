@@ -36,8 +36,22 @@ from collections import defaultdict
 import httpx
 import numpy as np
 
-QUERIES = ["sneaker", "ankle boot", "a bag to carry things", "summer dress", "warm winter coat", "trousers",
-           "t-shirt", "shirt with buttons", "pullover", "sandals", "running shoes", "handbag", "jeans", "blouse"]
+QUERIES = [
+    "sneaker",
+    "ankle boot",
+    "a bag to carry things",
+    "summer dress",
+    "warm winter coat",
+    "trousers",
+    "t-shirt",
+    "shirt with buttons",
+    "pullover",
+    "sandals",
+    "running shoes",
+    "handbag",
+    "jeans",
+    "blouse",
+]
 MODELS = ["ensemble", "branch", "tree", "forest"]
 
 
@@ -48,9 +62,13 @@ def _free_port() -> int:
 
 
 def start_server(catalog: str, port: int, timeout_s: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", catalog, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", catalog, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -117,18 +135,35 @@ def client_loop(base: str, client_no: int, rounds: int, stop_at: float, rec: Rec
                 _call(rec, "thumb", c.get, f"/thumb/{catalog_name}/{image_id}")
             pos, neg = ids[:8], ids[-2:]
             model = MODELS[(client_no + i) % len(MODELS)]
-            r = _call(rec, "refine", c.post, "/refine", data={
-                "positives": ",".join(map(str, pos)), "negatives": ",".join(map(str, neg)), "model": model,
-                "sampled_negatives": "500", "negative_weight": "1"})
+            r = _call(
+                rec,
+                "refine",
+                c.post,
+                "/refine",
+                data={
+                    "positives": ",".join(map(str, pos)),
+                    "negatives": ",".join(map(str, neg)),
+                    "model": model,
+                    "sampled_negatives": "500",
+                    "negative_weight": "1",
+                },
+            )
             if r is None or r.status_code != 200:
                 continue
             token = re.search(r'data-token="([^"]+)"', r.text)
             if token and 'id="load-more"' in r.text:
                 _call(rec, "results", c.get, f"/results/{token.group(1)}", params={"offset": 60})
             if token:
-                _call(rec, "console", c.post, "/console", data={
-                    "sql": "SELECT label, count(*) AS n FROM last_result JOIN images USING (id) GROUP BY label",
-                    "result": token.group(1)})
+                _call(
+                    rec,
+                    "console",
+                    c.post,
+                    "/console",
+                    data={
+                        "sql": "SELECT label, count(*) AS n FROM last_result JOIN images USING (id) GROUP BY label",
+                        "result": token.group(1),
+                    },
+                )
             done += 1
     return done
 
@@ -140,8 +175,12 @@ def _summary(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     a = np.asarray(values)
-    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "max_ms": float(a.max())}
+    return {
+        "n": len(a),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+    }
 
 
 def main(argv=None) -> int:
@@ -168,8 +207,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     stop_at = time.time() + args.seconds
     rounds = [0] * args.clients
-    threads = [threading.Thread(target=lambda k=k: rounds.__setitem__(k, client_loop(base, k, args.rounds, stop_at, rec)))
-               for k in range(args.clients)]
+    threads = [
+        threading.Thread(
+            target=lambda k=k: rounds.__setitem__(k, client_loop(base, k, args.rounds, stop_at, rec))
+        )
+        for k in range(args.clients)
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -180,13 +223,25 @@ def main(argv=None) -> int:
         proc.wait(timeout=30)
     endpoints = {}
     for name in ("search", "thumb", "refine", "results", "console"):
-        endpoints[name] = {"client": _summary(rec.latency[name]), "server": _summary(rec.server[name]),
-                           "engine": _summary(rec.engine[name]), "errors": rec.errors[name]}
+        endpoints[name] = {
+            "client": _summary(rec.latency[name]),
+            "server": _summary(rec.server[name]),
+            "engine": _summary(rec.engine[name]),
+            "errors": rec.errors[name],
+        }
     report = {
-        "benchmark": "web", "catalog": args.catalog, "clients": args.clients, "rounds_per_client": args.rounds,
-        "rounds_done": sum(rounds), "wall_s": wall, "server_startup_s": startup_s, "cores": os.cpu_count(),
-        "requests": sum(len(v) for v in rec.latency.values()), "errors": sum(rec.errors.values()),
-        "error_samples": rec.error_samples, "endpoints": endpoints,
+        "benchmark": "web",
+        "catalog": args.catalog,
+        "clients": args.clients,
+        "rounds_per_client": args.rounds,
+        "rounds_done": sum(rounds),
+        "wall_s": wall,
+        "server_startup_s": startup_s,
+        "cores": os.cpu_count(),
+        "requests": sum(len(v) for v in rec.latency.values()),
+        "errors": sum(rec.errors.values()),
+        "error_samples": rec.error_samples,
+        "endpoints": endpoints,
         "requests_per_s": sum(len(v) for v in rec.latency.values()) / wall,
     }
     print(json.dumps(report, indent=1))

@@ -134,11 +134,31 @@ class Config:
     def command(self, op: str) -> list[str]:
         cat = str(self.work / CATALOG)
         if op == "ingest":
-            return ["ingest", cat, str(self.data / "extra"), str(self.data / "labels.csv"), "--batch-size",
-                    str(self.batch_size), "--workers", str(self.workers), "--quiet", "--json"]
+            return [
+                "ingest",
+                cat,
+                str(self.data / "extra"),
+                str(self.data / "labels.csv"),
+                "--batch-size",
+                str(self.batch_size),
+                "--workers",
+                str(self.workers),
+                "--quiet",
+                "--json",
+            ]
         if op == "train-head":
-            return ["train-head", cat, "--method", self.head_method, "--epochs", str(self.epochs), "--seed", "2",
-                    "--quiet", "--json"]
+            return [
+                "train-head",
+                cat,
+                "--method",
+                self.head_method,
+                "--epochs",
+                str(self.epochs),
+                "--seed",
+                "2",
+                "--quiet",
+                "--json",
+            ]
         if op == "index":
             return ["index", cat, "--block-size", str(self.block_size), "--json"]
         if op == "export":
@@ -153,8 +173,14 @@ def build_data(cfg: Config) -> None:
     extra = cfg.data / "extra"
     extra.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    good = {"a_photo.jpg": (320, 240), "c_photo.png": (300, 300), "e_photo.webp": (64, 48),
-            "g_photo.jpg": (400, 200), "i_photo.bmp": (40, 30), "j_photo.png": (20, 20)}
+    good = {
+        "a_photo.jpg": (320, 240),
+        "c_photo.png": (300, 300),
+        "e_photo.webp": (64, 48),
+        "g_photo.jpg": (400, 200),
+        "i_photo.bmp": (40, 30),
+        "j_photo.png": (20, 20),
+    }
     for name, (w, h) in good.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(extra / name)
     (extra / "b_empty.jpg").write_bytes(b"")
@@ -180,8 +206,14 @@ def run_cli(cfg: Config, args: list[str], kill_after: float | None = None) -> Ru
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=cfg.root, env=env, stdout=out,
-                                stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *args],
+            cwd=cfg.root,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout=cfg.timeout_s if kill_after is None else kill_after)
         except subprocess.TimeoutExpired:
@@ -205,7 +237,7 @@ def _group_members(pgid: int) -> list[int]:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
@@ -283,8 +315,14 @@ class ExportState:
         return all(f in self.files for f in EXPORT_FILES)
 
     def same_as(self, other: ExportState | None) -> bool:
-        return (other is not None and self.error is None and other.error is None and self.files == other.files
-                and self.meta == other.meta and all(self.tables[k].equals(other.tables[k]) for k in self.tables))
+        return (
+            other is not None
+            and self.error is None
+            and other.error is None
+            and self.files == other.files
+            and self.meta == other.meta
+            and all(self.tables[k].equals(other.tables[k]) for k in self.tables)
+        )
 
 
 @dataclass
@@ -371,13 +409,27 @@ def read_catalog(path: Path, queries: dict | None) -> CatalogState:
         except (CatalogError, duckdb.Error) as e:
             status_error = str(e).splitlines()[0]
         state = CatalogState(
-            images={u: r for u, r in zip(uris, rows, strict=True)}, image_ids=ids, uris=uris, no_embedding=no_emb,
-            embeddings=embeddings, embedding_error=emb_error, parts_recorded=recorded, parts_on_disk=on_disk,
-            codes_pos=tbl.column("pos").to_numpy(), codes_ids=tbl.column("id").to_numpy(), codes=codes,
-            blocks=con.sql("SELECT * FROM blocks ORDER BY block_id").fetchall(), settings=cat.settings(),
-            head_sha=head_sha, head_error=head_error,
+            images={u: r for u, r in zip(uris, rows, strict=True)},
+            image_ids=ids,
+            uris=uris,
+            no_embedding=no_emb,
+            embeddings=embeddings,
+            embedding_error=emb_error,
+            parts_recorded=recorded,
+            parts_on_disk=on_disk,
+            codes_pos=tbl.column("pos").to_numpy(),
+            codes_ids=tbl.column("id").to_numpy(),
+            codes=codes,
+            blocks=con.sql("SELECT * FROM blocks ORDER BY block_id").fetchall(),
+            settings=cat.settings(),
+            head_sha=head_sha,
+            head_error=head_error,
             skipped=sorted(con.execute("SELECT uri, reason FROM skipped").fetchall()),
-            thumbs=thumbs, thumb_debris=thumb_debris, views_error=views_error, status_error=status_error)
+            thumbs=thumbs,
+            thumb_debris=thumb_debris,
+            views_error=views_error,
+            status_error=status_error,
+        )
         if queries and tbl.num_rows:
             state.results = query_results(cat, queries)
     return state
@@ -415,8 +467,10 @@ def query_results(cat: engine.Catalog, queries: dict) -> dict:
     if cat.setting("head") is not None:
         for text in TEXT_QUERIES:
             record(f"text {text}", lambda text=text: cat.search(text, k=20))
-    record("refine", lambda: cat.refine(queries["positives"], queries["negatives"], model="ensemble",
-                                        random_state=0))
+    record(
+        "refine",
+        lambda: cat.refine(queries["positives"], queries["negatives"], model="ensemble", random_state=0),
+    )
     try:
         out["select"] = sorted(cat.select(BOXES).ids.tolist())
     except CatalogError as e:
@@ -455,8 +509,12 @@ def duckdb_integrity(path: Path, scratch: Path) -> list[str]:
         con = duckdb.connect(str(copy_path))
         try:
             failures += _block_counts(con, "before checkpoint")
-            tables = [r[0] for r in con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY 1").fetchall()]
+            tables = [
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY 1"
+                ).fetchall()
+            ]
             scans = {t: _scan(con, t) for t in tables}
             con.execute("FORCE CHECKPOINT")
             failures += _block_counts(con, "after checkpoint")
@@ -465,14 +523,23 @@ def duckdb_integrity(path: Path, scratch: Path) -> list[str]:
                 # Segments still hold deleted rows, so each column stores at least the table's rows,
                 # and every column (and its validity mask) exactly as many as the others.
                 n = scans[t][0]
-                stored = dict(con.execute("SELECT column_path, sum(count) FROM pragma_storage_info(?) GROUP BY 1",
-                                          [t]).fetchall())
+                stored = dict(
+                    con.execute(
+                        "SELECT column_path, sum(count) FROM pragma_storage_info(?) GROUP BY 1", [t]
+                    ).fetchall()
+                )
                 if len(set(stored.values())) > 1 or any(rows < n for rows in stored.values()):
-                    failures.append(f"storage_info: {t} has {n} rows but its columns store {sorted(set(stored.values()))}")
-                bad = con.execute("SELECT count(*) FROM pragma_storage_info(?) WHERE persistent AND block_id >= ?",
-                                  [t, total]).fetchall()[0][0]
+                    failures.append(
+                        f"storage_info: {t} has {n} rows but its columns store {sorted(set(stored.values()))}"
+                    )
+                bad = con.execute(
+                    "SELECT count(*) FROM pragma_storage_info(?) WHERE persistent AND block_id >= ?",
+                    [t, total],
+                ).fetchall()[0][0]
                 if bad:
-                    failures.append(f"storage_info: {t} has {bad} segment(s) in blocks beyond the file's {total}")
+                    failures.append(
+                        f"storage_info: {t} has {bad} segment(s) in blocks beyond the file's {total}"
+                    )
             for (key,) in con.execute("SELECT key FROM settings").fetchall():
                 if con.execute("SELECT count(*) FROM settings WHERE key = ?", [key]).fetchall()[0][0] != 1:
                     failures.append(f"settings key {key!r} is not found exactly once through its primary key")
@@ -505,8 +572,10 @@ def _database_size(con: duckdb.DuckDBPyConnection) -> dict:
 def _block_counts(con: duckdb.DuckDBPyConnection, when: str) -> list[str]:
     size = _database_size(con)
     if size["used_blocks"] + size["free_blocks"] != size["total_blocks"]:
-        return [f"database_size {when}: {size['used_blocks']} used + {size['free_blocks']} free blocks "
-                f"!= {size['total_blocks']} total"]
+        return [
+            f"database_size {when}: {size['used_blocks']} used + {size['free_blocks']} free blocks "
+            f"!= {size['total_blocks']} total"
+        ]
     return []
 
 
@@ -596,14 +665,23 @@ def _check_blocks(c: CatalogState, f: Findings, where: str) -> None:
     if start[0] != 0 or not np.array_equal(start[1:], end[:-1]) or (end <= start).any():
         f.fail(f"{where}: blocks do not cover the codes contiguously from 0")
         return
-    if end[-1] != index.get("indexed_rows") or end[-1] > len(c.codes) or len(c.blocks) != index.get("n_blocks"):
-        f.fail(f"{where}: blocks end at row {end[-1]} in {len(c.blocks)} blocks; the index settings say "
-               f"{index.get('indexed_rows')} rows in {index.get('n_blocks')} blocks; {len(c.codes)} codes")
+    if (
+        end[-1] != index.get("indexed_rows")
+        or end[-1] > len(c.codes)
+        or len(c.blocks) != index.get("n_blocks")
+    ):
+        f.fail(
+            f"{where}: blocks end at row {end[-1]} in {len(c.blocks)} blocks; the index settings say "
+            f"{index.get('indexed_rows')} rows in {index.get('n_blocks')} blocks; {len(c.codes)} codes"
+        )
         return
     zone = np.array([b[3:] for b in c.blocks], dtype=np.int64).reshape(len(c.blocks), -1, 2)
     for k, (s, e) in enumerate(zip(start, end, strict=True)):
         rows = c.codes[s:e]
-        if not (np.array_equal(zone[k, :, 0], rows.min(axis=0)) and np.array_equal(zone[k, :, 1], rows.max(axis=0))):
+        if not (
+            np.array_equal(zone[k, :, 0], rows.min(axis=0))
+            and np.array_equal(zone[k, :, 1], rows.max(axis=0))
+        ):
             f.fail(f"{where}: the zone map of block {k} does not match its codes")
             return
 
@@ -631,13 +709,22 @@ def _diff(a: CatalogState, b: CatalogState, parts: tuple) -> list[str]:
     return out
 
 
-ALL_PARTS = ("images", "embeddings", "skipped", "thumbnails", "settings", "head", "codes", "blocks", "results")
+ALL_PARTS = (
+    "images",
+    "embeddings",
+    "skipped",
+    "thumbnails",
+    "settings",
+    "head",
+    "codes",
+    "blocks",
+    "results",
+)
 
 
 def _lost(base: CatalogState, c: CatalogState) -> int:
     """Images and codes of ``base`` that ``c`` no longer has."""
-    return (len(set(base.uris) - set(c.uris))
-            + len(set(base.codes_ids.tolist()) - set(c.codes_ids.tolist())))
+    return len(set(base.uris) - set(c.uris)) + len(set(base.codes_ids.tolist()) - set(c.codes_ids.tolist()))
 
 
 @dataclass
@@ -663,7 +750,9 @@ def check_after_kill(op: Operation, snap: Snapshot, f: Findings) -> None:
         if c is None:
             return
         _check_ingest_subset(c, ref, f, where)
-        f.outcome = "no images" if not c.uris else ("partial" if len(c.uris) < len(ref.uris) else "all images")
+        f.outcome = (
+            "no images" if not c.uris else ("partial" if len(c.uris) < len(ref.uris) else "all images")
+        )
         return
     if c is None:
         if snap.open_error is None:
@@ -678,7 +767,9 @@ def check_after_kill(op: Operation, snap: Snapshot, f: Findings) -> None:
         changed = _diff(c, base, ("images", "embeddings", "skipped", "thumbnails", "codes", "blocks"))
         if changed:
             f.fail(f"{where}: train-head changed {', '.join(changed)}")
-        if stable_settings(c.settings, ("head", "quantizer")) != stable_settings(base.settings, ("head", "quantizer")):
+        if stable_settings(c.settings, ("head", "quantizer")) != stable_settings(
+            base.settings, ("head", "quantizer")
+        ):
             f.fail(f"{where}: train-head changed settings other than the head and quantizer")
         for name, state in (("old head", base), ("new head", ref)):
             if not _diff(c, state, ("head",)):
@@ -697,9 +788,11 @@ def check_after_kill(op: Operation, snap: Snapshot, f: Findings) -> None:
         elif not _diff(c, ref, parts):
             f.outcome = "new index"
         else:
-            f.fail(f"{where}: the catalog is neither in its previous state nor in the new one (differs from "
-                   f"the previous in {', '.join(_diff(c, base, parts))}; from the new in "
-                   f"{', '.join(_diff(c, ref, parts))})")
+            f.fail(
+                f"{where}: the catalog is neither in its previous state nor in the new one (differs from "
+                f"the previous in {', '.join(_diff(c, base, parts))}; from the new in "
+                f"{', '.join(_diff(c, ref, parts))})"
+            )
     elif op.name == "export":
         if snap.file_sha != op.base.file_sha or snap.wal:
             f.fail(f"{where}: the export changed the catalog file")
@@ -711,8 +804,10 @@ def check_after_kill(op: Operation, snap: Snapshot, f: Findings) -> None:
         elif exp.same_as(op.reference.export):
             f.outcome = "new export"
         else:
-            f.fail(f"{where}: {EXPORT}/ holds neither the old nor the new export "
-                   f"({'looks complete' if exp.looks_complete else 'incomplete'}: {', '.join(exp.files)})")
+            f.fail(
+                f"{where}: {EXPORT}/ holds neither the old nor the new export "
+                f"({'looks complete' if exp.looks_complete else 'incomplete'}: {', '.join(exp.files)})"
+            )
 
 
 def _check_ingest_subset(c: CatalogState, ref: CatalogState, f: Findings, where: str) -> None:
@@ -725,14 +820,20 @@ def _check_ingest_subset(c: CatalogState, ref: CatalogState, f: Findings, where:
         if wrong:
             f.fail(f"{where}: {len(wrong)} embedding(s) differ from the reference run, e.g. id {wrong[0]}")
     if not set(c.skipped) <= set(ref.skipped):
-        f.fail(f"{where}: skipped files not in the reference run: {sorted(set(c.skipped) - set(ref.skipped))[:3]}")
+        f.fail(
+            f"{where}: skipped files not in the reference run: {sorted(set(c.skipped) - set(ref.skipped))[:3]}"
+        )
     missing_thumbs = [i for i in c.image_ids if i in ref.thumbs and c.thumbs.get(i) != ref.thumbs[i]]
     if missing_thumbs:
         f.losses += len(missing_thumbs)
-        f.fail(f"{where}: {len(missing_thumbs)} committed image(s) lack their thumbnail, e.g. id {missing_thumbs[0]}")
+        f.fail(
+            f"{where}: {len(missing_thumbs)} committed image(s) lack their thumbnail, e.g. id {missing_thumbs[0]}"
+        )
 
 
-def check_final(cfg: Config, op: Operation, snap: Snapshot, f: Findings, where: str = "after the re-run") -> None:
+def check_final(
+    cfg: Config, op: Operation, snap: Snapshot, f: Findings, where: str = "after the re-run"
+) -> None:
     """The re-run (or an unkilled run) must give the reference's result."""
     c = check_catalog(snap, f, where)
     ref = op.reference.catalog
@@ -745,8 +846,10 @@ def check_final(cfg: Config, op: Operation, snap: Snapshot, f: Findings, where: 
         f.losses += lost
     changed = _diff(c, ref, ALL_PARTS)
     if changed:
-        f.fail(f"{where}: differs from the reference run in {', '.join(changed)}"
-               + (f" ({lost} image(s) missing)" if lost else ""))
+        f.fail(
+            f"{where}: differs from the reference run in {', '.join(changed)}"
+            + (f" ({lost} image(s) missing)" if lost else "")
+        )
     if op.name == "ingest" and snap.debris["embedding parts"]:
         f.fail(f"{where}: {snap.debris['embedding parts']} unrecorded embedding part(s) left")
     if op.name == "export":
@@ -761,7 +864,9 @@ def check_final(cfg: Config, op: Operation, snap: Snapshot, f: Findings, where: 
                 f.fail(f"{where}: {name} repeats ids")
         if exp.tables["codes.parquet"].num_rows != len(ref.codes_ids):
             f.losses += abs(len(ref.codes_ids) - exp.tables["codes.parquet"].num_rows)
-            f.fail(f"{where}: codes.parquet has {exp.tables['codes.parquet'].num_rows} rows for {len(ref.codes_ids)}")
+            f.fail(
+                f"{where}: codes.parquet has {exp.tables['codes.parquet'].num_rows} rows for {len(ref.codes_ids)}"
+            )
         imported = cfg.scratch / "imported.duckdb"
         shutil.rmtree(cfg.scratch, ignore_errors=True)
         cfg.scratch.mkdir(parents=True)
@@ -805,11 +910,18 @@ def _choose_queries(path: Path) -> dict:
         ids = [r[0] for r in cat.con.execute("SELECT id FROM images ORDER BY id").fetchall()]
 
         def labelled(label, n):
-            return [r[0] for r in cat.con.execute("SELECT id FROM images WHERE label = ? ORDER BY id LIMIT ?",
-                                                  [label, n]).fetchall()]
+            return [
+                r[0]
+                for r in cat.con.execute(
+                    "SELECT id FROM images WHERE label = ? ORDER BY id LIMIT ?", [label, n]
+                ).fetchall()
+            ]
 
-        return {"ids": [ids[0], ids[len(ids) // 2], ids[-1]], "positives": labelled("Ankle boot", 8),
-                "negatives": labelled("Sneaker", 2)}
+        return {
+            "ids": [ids[0], ids[len(ids) // 2], ids[-1]],
+            "positives": labelled("Ankle boot", 8),
+            "negatives": labelled("Sneaker", 2),
+        }
 
 
 def prepare(cfg: Config, operations: list[str], references: int = 2) -> dict[str, Operation]:
@@ -829,8 +941,20 @@ def prepare(cfg: Config, operations: list[str], references: int = 2) -> dict[str
     if last >= 1:
         restore_state(cfg, "ref-ingest")
         cat = str(cfg.work / CATALOG)
-        for args in (["train-head", cat, "--method", cfg.head_method, "--epochs", str(cfg.epochs), "--seed", "1",
-                      "--quiet"], ["index", cat, "--block-size", str(cfg.block_size)]):
+        for args in (
+            [
+                "train-head",
+                cat,
+                "--method",
+                cfg.head_method,
+                "--epochs",
+                str(cfg.epochs),
+                "--seed",
+                "1",
+                "--quiet",
+            ],
+            ["index", cat, "--block-size", str(cfg.block_size)],
+        ):
             r = run_cli(cfg, args)
             if r.returncode != 0:
                 raise RuntimeError(f"{args[0]} failed: {r.stderr}")
@@ -907,8 +1031,17 @@ def trial(cfg: Config, op: Operation, delay: float, tally: Tally) -> None:
         tally.failures += [f"{label}: {m}" for m in f.failures][: max(0, MAX_DETAILS - len(tally.failures))]
 
 
-def run_chaos(root: Path, *, kills: int, seed: int, operations: list[str], images: int,
-              head_method: str = "pca", epochs: int = 1, references: int = 2) -> dict:
+def run_chaos(
+    root: Path,
+    *,
+    kills: int,
+    seed: int,
+    operations: list[str],
+    images: int,
+    head_method: str = "pca",
+    epochs: int = 1,
+    references: int = 2,
+) -> dict:
     """Prepare, run the trials and return the report (a JSON-able dict)."""
     t0 = time.perf_counter()
     cfg = Config(Path(root), images=images, head_method=head_method, epochs=epochs)
@@ -929,40 +1062,86 @@ def run_chaos(root: Path, *, kills: int, seed: int, operations: list[str], image
         fr = np.array(tally.kill_fractions)
         report[name] = {
             "command": " ".join(["clip-branches", *cfg.command(name)]).replace(str(cfg.root) + os.sep, ""),
-            "duration_s": round(duration, 3), "reference_runs_s": [round(d, 3) for d in op.durations],
-            "kills": tally.kills, "missed": tally.missed, "survived": tally.survived, "losses": tally.losses,
-            "duplicates": tally.duplicates, "reruns_completed": tally.reruns_completed,
-            "invariant_failures": tally.invariant_failures, "orphans": tally.orphans,
-            "outcomes": dict(tally.outcomes), "debris_after_kills": dict(tally.debris),
-            "kill_at_share_of_duration": ({"min": round(float(fr.min()), 3), "median": round(float(np.median(fr)), 3),
-                                           "max": round(float(fr.max()), 3)} if len(fr) else None),
-            "failures": tally.failures, "time_s": round(time.perf_counter() - t1, 1),
+            "duration_s": round(duration, 3),
+            "reference_runs_s": [round(d, 3) for d in op.durations],
+            "kills": tally.kills,
+            "missed": tally.missed,
+            "survived": tally.survived,
+            "losses": tally.losses,
+            "duplicates": tally.duplicates,
+            "reruns_completed": tally.reruns_completed,
+            "invariant_failures": tally.invariant_failures,
+            "orphans": tally.orphans,
+            "outcomes": dict(tally.outcomes),
+            "debris_after_kills": dict(tally.debris),
+            "kill_at_share_of_duration": (
+                {
+                    "min": round(float(fr.min()), 3),
+                    "median": round(float(np.median(fr)), 3),
+                    "max": round(float(fr.max()), 3),
+                }
+                if len(fr)
+                else None
+            ),
+            "failures": tally.failures,
+            "time_s": round(time.perf_counter() - t1, 1),
         }
-    totals = {k: sum(r[k] for r in report.values()) for k in
-              ("kills", "missed", "survived", "losses", "duplicates", "reruns_completed", "invariant_failures",
-               "orphans")}
-    return {"seed": seed, "images": images, "head_method": head_method, "epochs": epochs,
-            "operations": report, "totals": totals, "time_prepare_s": round(t_prepare, 1),
-            "time_total_s": round(time.perf_counter() - t0, 1)}
+    totals = {
+        k: sum(r[k] for r in report.values())
+        for k in (
+            "kills",
+            "missed",
+            "survived",
+            "losses",
+            "duplicates",
+            "reruns_completed",
+            "invariant_failures",
+            "orphans",
+        )
+    }
+    return {
+        "seed": seed,
+        "images": images,
+        "head_method": head_method,
+        "epochs": epochs,
+        "operations": report,
+        "totals": totals,
+        "time_prepare_s": round(t_prepare, 1),
+        "time_total_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--kills", type=int, default=100, help="kills in all, shared evenly by the operations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
     p.add_argument("--images", type=int, default=1000, help="Fashion-MNIST images (half from each split)")
-    p.add_argument("--head-method", default="pca", choices=["pca", "distill"],
-                   help="how train-head fits the head (distill: the CLI's default, about 10 s a run)")
+    p.add_argument(
+        "--head-method",
+        default="pca",
+        choices=["pca", "distill"],
+        help="how train-head fits the head (distill: the CLI's default, about 10 s a run)",
+    )
     p.add_argument("--epochs", type=int, default=1, help="head training epochs")
-    p.add_argument("--dir", type=Path, default=None, help="work here and keep the files (default: a temp dir)")
+    p.add_argument(
+        "--dir", type=Path, default=None, help="work here and keep the files (default: a temp dir)"
+    )
     args = p.parse_args(argv)
     root = args.dir or Path(tempfile.mkdtemp(prefix="chaos-kill-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        report = run_chaos(root, kills=args.kills, seed=args.seed, operations=args.operations, images=args.images,
-                           head_method=args.head_method, epochs=args.epochs)
+        report = run_chaos(
+            root,
+            kills=args.kills,
+            seed=args.seed,
+            operations=args.operations,
+            images=args.images,
+            head_method=args.head_method,
+            epochs=args.epochs,
+        )
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

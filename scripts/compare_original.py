@@ -84,8 +84,14 @@ def ours(kind: str, growth: str, subsets, seed: int):
 
         return rf.make_model(kind, subsets, seed)
     if kind == "ensemble":
-        return DecisionBranchEnsemble(growth=growth, min_pts="auto", bootstrap=True, subset_fraction=0.5,
-                                      subsets=subsets, random_state=seed)
+        return DecisionBranchEnsemble(
+            growth=growth,
+            min_pts="auto",
+            bootstrap=True,
+            subset_fraction=0.5,
+            subsets=subsets,
+            random_state=seed,
+        )
     return DecisionBranchClassifier(growth=growth, min_pts="auto", subsets=subsets, random_state=seed)
 
 
@@ -96,16 +102,38 @@ def _original_fit_predict(path: str, kind: str, subsets, X, y, X_all, seed: int)
     from decisionbranches.models.boxSearch.boxClassifier import BoxClassifier
     from decisionbranches.models.boxSearch.ensemble import Ensemble
 
-    cfg = {"max_nbox": 30, "top_down": False, "stop_infinite": False,
-           "min_pts": min(50, int(int(y.sum()) * 1.5)), "max_evals": 0.5 if kind == "ensemble" else "all"}
+    cfg = {
+        "max_nbox": 30,
+        "top_down": False,
+        "stop_infinite": False,
+        "min_pts": min(50, int(int(y.sum()) * 1.5)),
+        "max_evals": 0.5 if kind == "ensemble" else "all",
+    }
     indices = [list(s) for s in subsets]
     X = X.astype(np.float64)
     if kind == "ensemble":
-        model = Ensemble(n_estimators=25, tot_feat=X.shape[1], indices=indices, cfg=cfg, postTree=False,
-                         n_jobs=os.cpu_count(), seed=seed, verbose=False, dtype="float64")
+        model = Ensemble(
+            n_estimators=25,
+            tot_feat=X.shape[1],
+            indices=indices,
+            cfg=cfg,
+            postTree=False,
+            n_jobs=os.cpu_count(),
+            seed=seed,
+            verbose=False,
+            dtype="float64",
+        )
     else:
-        model = BoxClassifier(tot_feat=X.shape[1], indices=indices, cfg=cfg, postTree=False, n_jobs=1,
-                              seed=seed, verbose=False, dtype="float64")
+        model = BoxClassifier(
+            tot_feat=X.shape[1],
+            indices=indices,
+            cfg=cfg,
+            postTree=False,
+            n_jobs=1,
+            seed=seed,
+            verbose=False,
+            dtype="float64",
+        )
     model.fit(X, y.astype(np.int32))
     return model.predict(X_all.astype(np.float64)).astype(bool)
 
@@ -160,8 +188,10 @@ def run(name: str, args, original: Original | None, tmp: Path) -> dict:
                     for growth in GROWTHS:
                         t = time.perf_counter()
                         est = ours(kind, growth, subsets, model_seed).fit(X, y)
-                        row[f"{kind}/ours-{growth}"] = (*prf(est.predict(X_all).astype(bool), truth),
-                                                        time.perf_counter() - t)
+                        row[f"{kind}/ours-{growth}"] = (
+                            *prf(est.predict(X_all).astype(bool), truth),
+                            time.perf_counter() - t,
+                        )
                     if original is not None:
                         t = time.perf_counter()
                         pred = original.fit_predict(kind, subsets, X, y, X_all, model_seed)
@@ -173,12 +203,15 @@ def run(name: str, args, original: Original | None, tmp: Path) -> dict:
     out = {"rows": int(len(ids)), "runs": len(rows), "models": {}, "pairs": {}}
     for k in keys:
         v = np.array([r[k] for r in rows])
-        out["models"][k] = {"mean_precision": round(float(v[:, 0].mean()), 4),
-                            "mean_recall": round(float(v[:, 1].mean()), 4),
-                            "mean_f1": round(float(v[:, 2].mean()), 4),
-                            "mean_f1_by_p": {p: round(float(np.mean([r[k][2] for r in rows if r["p"] == p])), 4)
-                                             for p in args.positives},
-                            "median_fit_predict_s": round(float(np.median(v[:, 3])), 4)}
+        out["models"][k] = {
+            "mean_precision": round(float(v[:, 0].mean()), 4),
+            "mean_recall": round(float(v[:, 1].mean()), 4),
+            "mean_f1": round(float(v[:, 2].mean()), 4),
+            "mean_f1_by_p": {
+                p: round(float(np.mean([r[k][2] for r in rows if r["p"] == p])), 4) for p in args.positives
+            },
+            "median_fit_predict_s": round(float(np.median(v[:, 3])), 4),
+        }
     for kind in args.kinds:
         base = f"{kind}/original" if original is not None else f"{kind}/ours-top-down"
         for mine in (f"{kind}/ours-{g}" for g in GROWTHS):
@@ -187,9 +220,13 @@ def run(name: str, args, original: Original | None, tmp: Path) -> dict:
             d = np.array([r[mine][2] - r[base][2] for r in rows])
             wins, losses = int((d > 1e-9).sum()), int((d < -1e-9).sum())
             out["pairs"][f"{mine} vs {base}"] = {
-                "mean_f1_difference": round(float(d.mean()), 4), "median_f1_difference": round(float(np.median(d)), 4),
-                "higher": wins, "lower": losses, "equal": len(d) - wins - losses,
-                "sign_test_p": round(sign_test(wins, losses), 4)}
+                "mean_f1_difference": round(float(d.mean()), 4),
+                "median_f1_difference": round(float(np.median(d)), 4),
+                "higher": wins,
+                "lower": losses,
+                "equal": len(d) - wins - losses,
+                "sign_test_p": round(sign_test(wins, losses), 4),
+            }
     out["runs_detail"] = rows if args.details else None
     return out
 
@@ -198,8 +235,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--original", default=None, help="folder holding the built decisionbranches package")
     ap.add_argument("--catalog", default="demo/fashion.duckdb")
-    ap.add_argument("--catalogs", nargs="+", default=["demo", "synthetic", "clusters"],
-                    choices=["demo", "synthetic", "clusters"])
+    ap.add_argument(
+        "--catalogs",
+        nargs="+",
+        default=["demo", "synthetic", "clusters"],
+        choices=["demo", "synthetic", "clusters"],
+    )
     ap.add_argument("--clusters-rows", type=int, default=200_000)
     ap.add_argument("--guided", action="store_true", help="training rows of a guided refine round")
     ap.add_argument("--kinds", nargs="+", default=["ensemble", "branch"], choices=["ensemble", "branch"])
@@ -215,12 +256,19 @@ def main(argv=None) -> int:
         args.clusters_rows = 20_000
     original = Original(args.original) if args.original else None
     t0 = time.perf_counter()
-    report = {"benchmark": "compare_original", "protocol": {
-        "training": "p random class members + Catalog.training_set's sampled negatives, unit weights"
-                    + (", guided (pseudo-positives, relabelled sample)" if args.guided else ""),
-        "settings": "25 members, subset_fraction/max_evals 0.5 (ensemble) or all (single), bootstrap, "
-                    "min_pts min(50, 1.5 p), at most 30 boxes",
-        "seeds": args.seeds, "positives": args.positives, "original": bool(original)}, "catalogs": {}}
+    report = {
+        "benchmark": "compare_original",
+        "protocol": {
+            "training": "p random class members + Catalog.training_set's sampled negatives, unit weights"
+            + (", guided (pseudo-positives, relabelled sample)" if args.guided else ""),
+            "settings": "25 members, subset_fraction/max_evals 0.5 (ensemble) or all (single), bootstrap, "
+            "min_pts min(50, 1.5 p), at most 30 boxes",
+            "seeds": args.seeds,
+            "positives": args.positives,
+            "original": bool(original),
+        },
+        "catalogs": {},
+    }
     with tempfile.TemporaryDirectory(prefix="compare-original-") as tmp:
         for name in args.catalogs:
             report["catalogs"][name] = run(name, args, original, Path(tmp))

@@ -107,7 +107,9 @@ def synthetic_dataset(rows: int, n_classes: int, seed: int, block_size: int) -> 
 
 
 # -- one run ----------------------------------------------------------------------------------
-def f1_score(selected_pos: np.ndarray, labels: np.ndarray, cls: int, class_size: int) -> tuple[float, float, float]:
+def f1_score(
+    selected_pos: np.ndarray, labels: np.ndarray, cls: int, class_size: int
+) -> tuple[float, float, float]:
     """F1, precision and recall of the selected row positions for class ``cls``."""
     tp = int((labels[selected_pos] == cls).sum())
     n = len(selected_pos)
@@ -134,10 +136,20 @@ def run_class(ds: Dataset, cls: int, seed: int, args, X_all: np.ndarray | None, 
     else:
         pool = rng.choice(n_rows, size=min(n_rows, max(args.negatives, rf.POOL_SIZE)), replace=False)
     for p in args.positives:
-        train = rf.assemble(cols, order[:p], np.zeros(0, np.int64), pool, args.negatives, args.negative_weight,
-                            filter_sampled=not args.no_filter, guided=not args.no_guide)
+        train = rf.assemble(
+            cols,
+            order[:p],
+            np.zeros(0, np.int64),
+            pool,
+            args.negatives,
+            args.negative_weight,
+            filter_sampled=not args.no_filter,
+            guided=not args.no_guide,
+        )
         pos_codes = train.pos_codes
-        row = acc["runs"].setdefault(p, {"class": [], "knn": [], "knn_paper": [], **{m: [] for m in args.models}})
+        row = acc["runs"].setdefault(
+            p, {"class": [], "knn": [], "knn_paper": [], **{m: [] for m in args.models}}
+        )
         row["class"].append(cls)
         t = time.perf_counter()
         center = rf.center_code(pos_codes).astype(np.uint8)
@@ -162,8 +174,16 @@ def run_class(ds: Dataset, cls: int, seed: int, args, X_all: np.ndarray | None, 
                 pred = np.flatnonzero(est.predict(X_all))
                 acc["verified"][m] += 1
                 if not np.array_equal(np.sort(sel_pos), pred):
-                    acc["mismatches"].append({"model": m, "class": cls, "seed": seed, "p": p,
-                                              "select": int(len(sel_pos)), "predict": int(len(pred))})
+                    acc["mismatches"].append(
+                        {
+                            "model": m,
+                            "class": cls,
+                            "seed": seed,
+                            "p": p,
+                            "select": int(len(sel_pos)),
+                            "predict": int(len(pred)),
+                        }
+                    )
 
 
 # -- summary ----------------------------------------------------------------------------------
@@ -192,21 +212,27 @@ def summarize(ds: Dataset, acc: dict, args, wall_s: float) -> dict:
     n_runs = f1["knn"].shape[1]
     knn_mean = f1["knn"].mean(axis=1)
     out = {
-        "rows": ds.index.n_rows, "classes": len(ds.class_names), "runs_per_p": n_runs, **ds.info,
+        "rows": ds.index.n_rows,
+        "classes": len(ds.class_names),
+        "runs_per_p": n_runs,
+        **ds.info,
         "models": {},
     }
     for b in ("knn", "knn_paper"):
-        out[b] = {"mean_f1": dict(zip(ps, f1[b].mean(axis=1).round(4).tolist(), strict=True)),
-                  "mean_precision": dict(zip(ps, prec[b].mean(axis=1).round(4).tolist(), strict=True)),
-                  "mean_recall": dict(zip(ps, rec[b].mean(axis=1).round(4).tolist(), strict=True))}
+        out[b] = {
+            "mean_f1": dict(zip(ps, f1[b].mean(axis=1).round(4).tolist(), strict=True)),
+            "mean_precision": dict(zip(ps, prec[b].mean(axis=1).round(4).tolist(), strict=True)),
+            "mean_recall": dict(zip(ps, rec[b].mean(axis=1).round(4).tolist(), strict=True)),
+        }
 
     def classes_won(m: str, base: str) -> dict:
         """Per p: classes whose mean F1 over the seeds is above the baseline's."""
         won = {}
         for i, p in enumerate(ps):
             cls = np.unique(run_class[i])
-            won[p] = int(sum(f1[m][i][run_class[i] == c].mean() > f1[base][i][run_class[i] == c].mean()
-                             for c in cls))
+            won[p] = int(
+                sum(f1[m][i][run_class[i] == c].mean() > f1[base][i][run_class[i] == c].mean() for c in cls)
+            )
         return won
 
     for m in args.models:
@@ -241,17 +267,28 @@ def summarize(ds: Dataset, acc: dict, args, wall_s: float) -> dict:
 
 def evaluate(ds: Dataset, args) -> dict:
     t0 = time.perf_counter()
-    acc = {"runs": {}, "time_ms": {m: 0.0 for m in ["knn", *args.models]},
-           "fit_ms": {m: 0.0 for m in args.models}, "boxes": {m: [] for m in args.models},
-           "verified": {m: 0 for m in args.models}, "mismatches": []}
-    classes = range(len(ds.class_names)) if args.classes is None else range(min(args.classes, len(ds.class_names)))
+    acc = {
+        "runs": {},
+        "time_ms": {m: 0.0 for m in ["knn", *args.models]},
+        "fit_ms": {m: 0.0 for m in args.models},
+        "boxes": {m: [] for m in args.models},
+        "verified": {m: 0 for m in args.models},
+        "mismatches": [],
+    }
+    classes = (
+        range(len(ds.class_names)) if args.classes is None else range(min(args.classes, len(ds.class_names)))
+    )
     X_all = np.ascontiguousarray(ds.index.cols.T) if args.verify_seeds else None
     for seed in range(args.seeds):
         for cls in classes:
             t = time.perf_counter()
             run_class(ds, cls, seed, args, X_all if seed < args.verify_seeds else None, acc)
-            print(f"# {ds.name} seed {seed} class {ds.class_names[cls]}: {time.perf_counter() - t:.1f} s "
-                  f"(total {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"# {ds.name} seed {seed} class {ds.class_names[cls]}: {time.perf_counter() - t:.1f} s "
+                f"(total {time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return summarize(ds, acc, args, time.perf_counter() - t0)
 
 
@@ -263,27 +300,47 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=list(rf.MODELS), choices=rf.MODELS)
     ap.add_argument("--negatives", type=int, default=rf.DEFAULT_SAMPLED_NEGATIVES, help="sampled negatives")
     ap.add_argument("--negative-weight", type=float, default=1.0)
-    ap.add_argument("--no-guide", action="store_true",
-                    help="train on the positives and the sample alone, without the linear guide")
-    ap.add_argument("--no-filter", action="store_true",
-                    help="keep every sampled row as a negative (no Rocchio filter), as the original did")
-    ap.add_argument("--pool", choices=("per-seed", "product"), default="per-seed",
-                    help="sample negatives from a fresh random pool per (class, seed), or from the "
-                         "product's fixed pool (the same rows for every run)")
+    ap.add_argument(
+        "--no-guide",
+        action="store_true",
+        help="train on the positives and the sample alone, without the linear guide",
+    )
+    ap.add_argument(
+        "--no-filter",
+        action="store_true",
+        help="keep every sampled row as a negative (no Rocchio filter), as the original did",
+    )
+    ap.add_argument(
+        "--pool",
+        choices=("per-seed", "product"),
+        default="per-seed",
+        help="sample negatives from a fresh random pool per (class, seed), or from the "
+        "product's fixed pool (the same rows for every run)",
+    )
     ap.add_argument("--classes", type=int, default=None, help="only the first N classes")
-    ap.add_argument("--verify-seeds", type=int, default=1,
-                    help="for this many seeds, also check model.predict over all codes against select")
+    ap.add_argument(
+        "--verify-seeds",
+        type=int,
+        default=1,
+        help="for this many seeds, also check model.predict over all codes against select",
+    )
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--synthetic-rows", type=int, default=100_000)
     ap.add_argument("--synthetic-classes", type=int, default=10)
     ap.add_argument("--synthetic-seed", type=int, default=0)
     ap.add_argument("--block-size", type=int, default=layout.DEFAULT_BLOCK_SIZE)
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 3 classes, 1 seed, p in 1 4 16, 20k synthetic rows")
-    ap.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
-                    help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_FLOOR=0 "
-                         "(repeatable), as scripts/eval_session.py does")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke test: 3 classes, 1 seed, p in 1 4 16, 20k synthetic rows"
+    )
+    ap.add_argument(
+        "--constant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_FLOOR=0 "
+        "(repeatable), as scripts/eval_session.py does",
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from eval_session import set_constants
@@ -300,20 +357,34 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     import numba
 
-    report = {"benchmark": "feedback_f1", "constants": constants, "protocol": {
-        "seeds": args.seeds, "positives": args.positives, "models": args.models, "negatives": args.negatives,
-        "negative_weight": args.negative_weight, "filter_sampled": not args.no_filter, "guide": not args.no_guide,
-        "pool": args.pool,
-        "verify_seeds": args.verify_seeds,
-        "knn": "k nearest to the positives' rounded mean code, squared L2 on uint8 codes, k = class size",
-        "knn_paper": "the paper's baseline: the k nearest codes of each positive, united, k = class size",
-        "f1": "over the whole catalog, against the class labels"},
-        "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(), "catalogs": {}}
+    report = {
+        "benchmark": "feedback_f1",
+        "constants": constants,
+        "protocol": {
+            "seeds": args.seeds,
+            "positives": args.positives,
+            "models": args.models,
+            "negatives": args.negatives,
+            "negative_weight": args.negative_weight,
+            "filter_sampled": not args.no_filter,
+            "guide": not args.no_guide,
+            "pool": args.pool,
+            "verify_seeds": args.verify_seeds,
+            "knn": "k nearest to the positives' rounded mean code, squared L2 on uint8 codes, k = class size",
+            "knn_paper": "the paper's baseline: the k nearest codes of each positive, united, k = class size",
+            "f1": "over the whole catalog, against the class labels",
+        },
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "catalogs": {},
+    }
     if not args.skip_demo:
         report["catalogs"]["demo"] = evaluate(demo_dataset(args.catalog), args)
     if not args.skip_synthetic:
         t = time.perf_counter()
-        ds = synthetic_dataset(args.synthetic_rows, args.synthetic_classes, args.synthetic_seed, args.block_size)
+        ds = synthetic_dataset(
+            args.synthetic_rows, args.synthetic_classes, args.synthetic_seed, args.block_size
+        )
         gen_s = time.perf_counter() - t
         report["catalogs"]["synthetic"] = {"time_generate_s": gen_s, **evaluate(ds, args)}
     report["wall_s"] = time.perf_counter() - t0

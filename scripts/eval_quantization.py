@@ -51,8 +51,11 @@ def knn(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def recall_at(ref: np.ndarray, got: np.ndarray, k: int) -> float:
     """Mean fraction of the reference top-k found in the top-k of ``got``."""
-    return float(np.mean([len(np.intersect1d(r[:k], g[:k], assume_unique=True)) / k
-                          for r, g in zip(ref, got, strict=True)]))
+    return float(
+        np.mean(
+            [len(np.intersect1d(r[:k], g[:k], assume_unique=True)) / k for r, g in zip(ref, got, strict=True)]
+        )
+    )
 
 
 def zero_shot(img: np.ndarray, cls: np.ndarray, labels: np.ndarray) -> float:
@@ -73,7 +76,10 @@ def evaluate_reduction(name, head, train, test, labels, cls_full, queries, rng) 
     cls = head.apply(cls_full)
     ref = knn(feats, queries, max(KS))
     out = {"reduction": name, "zero_shot_unquantized": zero_shot(feats, cls, labels), "quantizers": {}}
-    for qname, fit in (("affine_quantile_round", quantize.fit_affine), ("global_truncate", quantize.fit_global)):
+    for qname, fit in (
+        ("affine_quantile_round", quantize.fit_affine),
+        ("global_truncate", quantize.fit_global),
+    ):
         q = fit(feats_train)
         codes = q.encode(feats)
         dec = q.decode(codes)
@@ -111,28 +117,46 @@ def evaluate_encoder(enc_id: str, n_train: int | None, n_test: int | None, args,
     cls_full = class_embeddings(enc)
     prompts = enc.encode_texts(vocabulary())
     queries = np.sort(rng.choice(len(test), min(args.queries, len(test)), replace=False))
-    result = {"encoder": enc_id, "train_images": len(train), "test_images": len(test),
-              "dim": int(train.shape[1]), "time_embed_s": t1 - t0,
-              "zero_shot_full_dim": zero_shot(test, cls_full, yte), "reductions": []}
+    result = {
+        "encoder": enc_id,
+        "train_images": len(train),
+        "test_images": len(test),
+        "dim": int(train.shape[1]),
+        "time_embed_s": t1 - t0,
+        "zero_shot_full_dim": zero_shot(test, cls_full, yte),
+        "reductions": [],
+    }
     heads = [("pca", lambda: head_mod.fit_pca(train))]
     for name, lam in (("head", 0.0), ("head+koleo", args.koleo)):
-        heads.append((name, lambda lam=lam: head_mod.train_distill(
-            train, prompts, koleo=lam, epochs=args.epochs, seed=args.seed)))
+        heads.append(
+            (
+                name,
+                lambda lam=lam: head_mod.train_distill(
+                    train, prompts, koleo=lam, epochs=args.epochs, seed=args.seed
+                ),
+            )
+        )
     for name, make in heads:
         t = time.perf_counter()
         h = make()
         r = evaluate_reduction(name, h, train, test, yte, cls_full, queries, rng)
         r["time_fit_s"] = time.perf_counter() - t
         result["reductions"].append(r)
-        print(json.dumps({"progress": enc_id, "reduction": name, **r["quantizers"]["affine_quantile_round"]}),
-              file=sys.stderr)
+        print(
+            json.dumps({"progress": enc_id, "reduction": name, **r["quantizers"]["affine_quantile_round"]}),
+            file=sys.stderr,
+        )
     return result
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vit-images", type=int, default=5000,
-                    help="train and test images each for ViT-B-32 on CPU (0 skips it; its cost is real)")
+    ap.add_argument(
+        "--vit-images",
+        type=int,
+        default=5000,
+        help="train and test images each for ViT-B-32 on CPU (0 skips it; its cost is real)",
+    )
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--koleo", type=float, default=head_mod.DEFAULT_KOLEO)
     ap.add_argument("--queries", type=int, default=2000)
@@ -140,12 +164,17 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    out = {"paper_head_koleo": {"recall@1": 0.953, "recall@10": 0.970, "recall@100": 0.985, "zero_shot": 0.404},
-           "paper_pca": {"recall@1": 0.683, "recall@10": 0.757, "recall@100": 0.802, "zero_shot": 0.144},
-           "encoders": [evaluate_encoder("demo:fashion-v1", None, None, args, rng)]}
+    out = {
+        "paper_head_koleo": {"recall@1": 0.953, "recall@10": 0.970, "recall@100": 0.985, "zero_shot": 0.404},
+        "paper_pca": {"recall@1": 0.683, "recall@10": 0.757, "recall@100": 0.802, "zero_shot": 0.144},
+        "encoders": [evaluate_encoder("demo:fashion-v1", None, None, args, rng)],
+    }
     if args.vit_images:
-        out["encoders"].append(evaluate_encoder("open_clip:ViT-B-32/none", args.vit_images,
-                                                min(args.vit_images, 10000), args, rng))
+        out["encoders"].append(
+            evaluate_encoder(
+                "open_clip:ViT-B-32/none", args.vit_images, min(args.vit_images, 10000), args, rng
+            )
+        )
     print(json.dumps(out, indent=2))
 
 

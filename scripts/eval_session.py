@@ -168,7 +168,9 @@ def model_spec(text: str) -> tuple[object, dict]:
     name, _, rest = text.partition("[")
     extra = original_models() if name.endswith("-original") else {}
     if name not in rf.MODELS and name not in extra:
-        raise ValueError(f"unknown model {name!r}; choose from {[*rf.MODELS, 'ensemble-original', 'branch-original']}")
+        raise ValueError(
+            f"unknown model {name!r}; choose from {[*rf.MODELS, 'ensemble-original', 'branch-original']}"
+        )
     options = {"guide": False} if name in extra else {}
     params = {}
     for item in filter(None, rest.rstrip("]").split(",")):
@@ -178,7 +180,9 @@ def model_spec(text: str) -> tuple[object, dict]:
         (options if key in REFINE_OPTIONS else params)[key] = value
     model = extra.get(name, name)
     if params:
-        model = (model if not isinstance(model, str) else rf.make_model(model, None, None)).set_params(**params)
+        model = (model if not isinstance(model, str) else rf.make_model(model, None, None)).set_params(
+            **params
+        )
     return model, options
 
 
@@ -235,12 +239,16 @@ def demo_bench(path: str, classes: int | None) -> tuple[Bench, list[Session]]:
 def demo_concepts(bench: Bench) -> list[Session]:
     """One session per concept of :data:`DEMO_CONCEPTS` whose classes the catalog holds."""
     code = {n: i for i, n in enumerate(bench.class_names)}
-    return [Session(name, np.array([code[c] for c in classes], np.int64), {"text": query})
-            for name, (classes, query) in DEMO_CONCEPTS.items() if all(c in code for c in classes)]
+    return [
+        Session(name, np.array([code[c] for c in classes], np.int64), {"text": query})
+        for name, (classes, query) in DEMO_CONCEPTS.items()
+        if all(c in code for c in classes)
+    ]
 
 
-def synthetic_bench(directory: Path, rows: int, n_classes: int, seed: int, starts: int,
-                    classes: int | None) -> tuple[Bench, list[Session]]:
+def synthetic_bench(
+    directory: Path, rows: int, n_classes: int, seed: int, starts: int, classes: int | None
+) -> tuple[Bench, list[Session]]:
     path = directory / "bands.duckdb"
     labels = synth.bands_catalog(path, rows, n_classes, seed)
     cat = engine.Catalog.open(path, read_only=True)
@@ -250,7 +258,9 @@ def synthetic_bench(directory: Path, rows: int, n_classes: int, seed: int, start
     sessions = []
     for c in range(min(classes or n_classes, n_classes)):
         members = ids[labels == c]
-        sessions += [one_class(bench, c, {"id": int(i)}) for i in rng.choice(members, size=starts, replace=False)]
+        sessions += [
+            one_class(bench, c, {"id": int(i)}) for i in rng.choice(members, size=starts, replace=False)
+        ]
     return bench, sessions
 
 
@@ -271,8 +281,10 @@ def median_ranking(bench: Bench) -> np.ndarray:
 def tight_sessions(bench: Bench, n: int, seed: int) -> list[Session]:
     """The ``n`` clusters nearest the median size, each started from an image query by one random member."""
     rng = np.random.default_rng([seed, 0xC105])
-    return [one_class(bench, int(c), {"id": int(rng.choice(bench.ids[bench.labels == c]))})
-            for c in sorted(median_ranking(bench)[:n])]
+    return [
+        one_class(bench, int(c), {"id": int(rng.choice(bench.ids[bench.labels == c]))})
+        for c in sorted(median_ranking(bench)[:n])
+    ]
 
 
 def cluster_centres(bench: Bench) -> np.ndarray:
@@ -308,8 +320,9 @@ def loose_sessions(bench: Bench, n: int, seed: int, skip: int) -> list[Session]:
     return sessions
 
 
-def rare_bench(directory: Path, rows: int, n_clusters: int, seed: int, sessions_wanted: int,
-               classes: int | None) -> tuple[Bench, list[Session]]:
+def rare_bench(
+    directory: Path, rows: int, n_clusters: int, seed: int, sessions_wanted: int, classes: int | None
+) -> tuple[Bench, list[Session]]:
     """Many small classes: ``n_clusters`` elongated Gaussian clusters (:func:`engine.synth.clustered_codes`,
     the catalogs of ``bench_refine.py``), so that each class is a fraction of a percent of the catalog,
     as a query's class is in a large real catalog. Sessions: the clusters nearest the median size, each
@@ -382,8 +395,11 @@ def knn_baselines(bench: Bench, concept: np.ndarray, pos: np.ndarray, neg: np.nd
     f1 = 2 * tp / (np.arange(1, len(order) + 1) + len(pos))
     radius = d_lab[order][int(np.argmax(f1))]
     radius_ids = index.ids[d_all <= radius]
-    return {"knn_oracle": oracle, "knn_radius": prf(radius_ids, bench, concept),
-            "knn_radius_k": int(len(radius_ids))}
+    return {
+        "knn_oracle": oracle,
+        "knn_radius": prf(radius_ids, bench, concept),
+        "knn_radius_k": int(len(radius_ids)),
+    }
 
 
 def linear_baseline(bench: Bench, concept: np.ndarray, train: rf.Training) -> tuple[float, float, float]:
@@ -398,7 +414,17 @@ def linear_baseline(bench: Bench, concept: np.ndarray, train: rf.Training) -> tu
 
 # -- one session ------------------------------------------------------------------------------
 # Per round of a session, as kept in the report (``per_session``).
-SESSION_FIELDS = ("p", "r", "f1", "time_ms", "results", "share_touched", "pseudo_positives", "min_votes", "guided")
+SESSION_FIELDS = (
+    "p",
+    "r",
+    "f1",
+    "time_ms",
+    "results",
+    "share_touched",
+    "pseudo_positives",
+    "min_votes",
+    "guided",
+)
 
 
 def run_session(bench: Bench, session: Session, spec: tuple[object, dict], args) -> list[dict]:
@@ -413,23 +439,49 @@ def run_session(bench: Bench, session: Session, spec: tuple[object, dict], args)
         is_pos = bench.in_concept(grid, concept)
         pos = np.union1d(pos, grid[is_pos])
         neg = np.union1d(neg, grid[~is_pos])
-        row = {"round": r, "labels": int(len(pos) + len(neg)), "positives": int(len(pos)),
-               "negatives": int(len(neg))}
+        row = {
+            "round": r,
+            "labels": int(len(pos) + len(neg)),
+            "positives": int(len(pos)),
+            "negatives": int(len(neg)),
+        }
         if len(pos) == 0:  # nothing of the concept to fine-tune on: the search failed
-            row.update(p=0.0, r=0.0, f1=0.0, time_ms=None, results=0, results_over_size=0.0, share_touched=None,
-                       pseudo_positives=None, min_votes=None, guided=None, next="none",
-                       baselines={"knn_oracle": (0.0, 0.0, 0.0), "knn_radius": (0.0, 0.0, 0.0),
-                                  "linear": (0.0, 0.0, 0.0)})
+            row.update(
+                p=0.0,
+                r=0.0,
+                f1=0.0,
+                time_ms=None,
+                results=0,
+                results_over_size=0.0,
+                share_touched=None,
+                pseudo_positives=None,
+                min_votes=None,
+                guided=None,
+                next="none",
+                baselines={
+                    "knn_oracle": (0.0, 0.0, 0.0),
+                    "knn_radius": (0.0, 0.0, 0.0),
+                    "linear": (0.0, 0.0, 0.0),
+                },
+            )
             rounds.append(row)
             grid = grid[:0]
             continue
         result = cat.refine(pos, neg, model=model, random_state=0, suggestions=args.grid, **options)
         stats = result.stats
         p, rec, f1 = prf(result.ids, bench, concept)
-        row.update(p=p, r=rec, f1=f1, time_ms=stats["time_total_ms"], results=int(len(result.ids)),
-                   results_over_size=len(result.ids) / size, share_touched=float(stats["share_touched"]),
-                   pseudo_positives=int(stats["pseudo_positives"]), min_votes=int(stats["min_votes"]),
-                   guided=bool(stats["guided"]))
+        row.update(
+            p=p,
+            r=rec,
+            f1=f1,
+            time_ms=stats["time_total_ms"],
+            results=int(len(result.ids)),
+            results_over_size=len(result.ids) / size,
+            share_touched=float(stats["share_touched"]),
+            pseudo_positives=int(stats["pseudo_positives"]),
+            min_votes=int(stats["min_votes"]),
+            guided=bool(stats["guided"]),
+        )
         base = knn_baselines(bench, concept, pos, neg)
         base["linear"] = linear_baseline(bench, concept, cat.training_set(pos, neg, guide=False))
         row["baselines"] = base
@@ -475,42 +527,53 @@ def summarize_model(bench: Bench, sessions: list[Session], runs: list[list[dict]
                 vals.setdefault(n, []).append(get(row))
             return {k: [round(float(x), 4) for x in np.mean(v, axis=0)] for k, v in vals.items()}
 
-        entry = {"round": r + 1,
-                 "labels_mean": float(np.mean([x["labels"] for x in rows])),
-                 "positives_mean": float(np.mean([x["positives"] for x in rows])),
-                 **{f"mean_{m}": round(float(np.mean([x[m] for x in rows])), 4) for m in METRICS},
-                 "min_class_f1": None,
-                 "min_p": round(float(min(x["p"] for x in rows)), 4),
-                 "per_class_p_r_f1": per_class(lambda x: (x["p"], x["r"], x["f1"])),
-                 "median_time_ms": (float(np.median([x["time_ms"] for x in rows if x["time_ms"] is not None]))
-                                    if any(x["time_ms"] is not None for x in rows) else None),
-                 "mean_results": float(np.mean([x["results"] for x in rows])),
-                 "median_results": float(np.median([x["results"] for x in rows])),
-                 "median_results_over_size": _over(rows, "results_over_size", np.median),
-                 "mean_results_over_size": _over(rows, "results_over_size", np.mean),
-                 "max_results_over_size": _over(rows, "results_over_size", np.max),
-                 "median_share_touched": _over(rows, "share_touched", np.median, 5),
-                 "mean_share_touched": _over(rows, "share_touched", np.mean, 5),
-                 "median_pseudo_positives": _over(rows, "pseudo_positives", np.median, 1),
-                 "mean_pseudo_positives": _over(rows, "pseudo_positives", np.mean, 1),
-                 "median_min_votes": _over(rows, "min_votes", np.median, 1),
-                 "mean_min_votes": _over(rows, "min_votes", np.mean, 2),
-                 "guided": sorted({x["guided"] for x in rows if x["guided"] is not None}),
-                 "next_grid_from": sorted({x["next"] for x in rows}),
-                 "baselines": {}}
+        entry = {
+            "round": r + 1,
+            "labels_mean": float(np.mean([x["labels"] for x in rows])),
+            "positives_mean": float(np.mean([x["positives"] for x in rows])),
+            **{f"mean_{m}": round(float(np.mean([x[m] for x in rows])), 4) for m in METRICS},
+            "min_class_f1": None,
+            "min_p": round(float(min(x["p"] for x in rows)), 4),
+            "per_class_p_r_f1": per_class(lambda x: (x["p"], x["r"], x["f1"])),
+            "median_time_ms": (
+                float(np.median([x["time_ms"] for x in rows if x["time_ms"] is not None]))
+                if any(x["time_ms"] is not None for x in rows)
+                else None
+            ),
+            "mean_results": float(np.mean([x["results"] for x in rows])),
+            "median_results": float(np.median([x["results"] for x in rows])),
+            "median_results_over_size": _over(rows, "results_over_size", np.median),
+            "mean_results_over_size": _over(rows, "results_over_size", np.mean),
+            "max_results_over_size": _over(rows, "results_over_size", np.max),
+            "median_share_touched": _over(rows, "share_touched", np.median, 5),
+            "mean_share_touched": _over(rows, "share_touched", np.mean, 5),
+            "median_pseudo_positives": _over(rows, "pseudo_positives", np.median, 1),
+            "mean_pseudo_positives": _over(rows, "pseudo_positives", np.mean, 1),
+            "median_min_votes": _over(rows, "min_votes", np.median, 1),
+            "mean_min_votes": _over(rows, "min_votes", np.mean, 2),
+            "guided": sorted({x["guided"] for x in rows if x["guided"] is not None}),
+            "next_grid_from": sorted({x["next"] for x in rows}),
+            "baselines": {},
+        }
         entry["min_class_f1"] = min(v[2] for v in entry["per_class_p_r_f1"].values())
         for b in ("knn_oracle", "knn_radius", "linear"):
             vals = np.array([x["baselines"][b] for x in rows])
-            entry["baselines"][b] = {f"mean_{m}": round(float(vals[:, i].mean()), 4) for i, m in enumerate(METRICS)}
-            entry["baselines"][b]["sessions_model_f1_above"] = int(sum(x["f1"] > x["baselines"][b][2] for x in rows))
-        entry["baselines"]["knn_radius"]["mean_k"] = float(np.mean([x["baselines"].get("knn_radius_k", 0)
-                                                                    for x in rows]))
+            entry["baselines"][b] = {
+                f"mean_{m}": round(float(vals[:, i].mean()), 4) for i, m in enumerate(METRICS)
+            }
+            entry["baselines"][b]["sessions_model_f1_above"] = int(
+                sum(x["f1"] > x["baselines"][b][2] for x in rows)
+            )
+        entry["baselines"]["knn_radius"]["mean_k"] = float(
+            np.mean([x["baselines"].get("knn_radius_k", 0) for x in rows])
+        )
         out.append(entry)
     return {"sessions": len(runs), "rounds": out, "per_session": [[_compact(x) for x in run] for run in runs]}
 
 
-def ceiling(bench: Bench, trees: int, sample: int | None, seed: int = 0,
-            concepts: list[Session] | None = None) -> dict:
+def ceiling(
+    bench: Bench, trees: int, sample: int | None, seed: int = 0, concepts: list[Session] | None = None
+) -> dict:
     """Per-class F1 of a random forest trained on every label, by 3-fold cross-validation; with
     ``concepts``, the F1 of its predictions for each session's concept instead."""
     from sklearn.ensemble import RandomForestClassifier
@@ -526,35 +589,61 @@ def ceiling(bench: Bench, trees: int, sample: int | None, seed: int = 0,
     forest = RandomForestClassifier(n_estimators=trees, n_jobs=-1, random_state=seed)
     pred = cross_val_predict(forest, X, y, cv=3)
     f1 = f1_score(y, pred, average=None, labels=np.arange(len(bench.class_names)), zero_division=0)
-    out = {"model": f"random forest, {trees} trees, every label, 3-fold cross-validation",
-           "rows": int(len(y)), "mean_f1": round(float(f1.mean()), 4)}
+    out = {
+        "model": f"random forest, {trees} trees, every label, 3-fold cross-validation",
+        "rows": int(len(y)),
+        "mean_f1": round(float(f1.mean()), 4),
+    }
     if concepts is None:
         out["per_class_f1"] = {n: round(float(v), 4) for n, v in zip(bench.class_names, f1, strict=True)}
     else:
-        out["per_concept_f1"] = {s.name: round(float(f1_score(np.isin(y, s.concept), np.isin(pred, s.concept),
-                                                              zero_division=0)), 4) for s in concepts}
+        out["per_concept_f1"] = {
+            s.name: round(
+                float(f1_score(np.isin(y, s.concept), np.isin(pred, s.concept), zero_division=0)), 4
+            )
+            for s in concepts
+        }
     out["time_s"] = time.perf_counter() - t
     return out
 
 
-def evaluate(bench: Bench, sessions: list[Session], models: dict[str, object], args, *,
-             with_ceiling: bool = True, label: str | None = None) -> dict:
-    out = {"rows": int(len(bench.ids)), "classes": len(bench.class_names), "sessions": len(sessions),
-           "starts": {s.name: s.start for s in sessions},
-           "concepts": [{"name": s.name, "classes": s.concept.tolist(), "size": bench.size(s.concept)}
-                        for s in sessions],
-           "session_fields": list(SESSION_FIELDS), "models": {}}
+def evaluate(
+    bench: Bench,
+    sessions: list[Session],
+    models: dict[str, object],
+    args,
+    *,
+    with_ceiling: bool = True,
+    label: str | None = None,
+) -> dict:
+    out = {
+        "rows": int(len(bench.ids)),
+        "classes": len(bench.class_names),
+        "sessions": len(sessions),
+        "starts": {s.name: s.start for s in sessions},
+        "concepts": [
+            {"name": s.name, "classes": s.concept.tolist(), "size": bench.size(s.concept)} for s in sessions
+        ],
+        "session_fields": list(SESSION_FIELDS),
+        "models": {},
+    }
     if with_ceiling and args.ceiling_trees:
         out["ceiling"] = ceiling(bench, args.ceiling_trees, args.ceiling_sample)
     for name, model in models.items() if sessions else ():
         t = time.perf_counter()
         runs = [run_session(bench, s, model, args) for s in sessions]
-        out["models"][name] = {**summarize_model(bench, sessions, runs, args), "wall_s": time.perf_counter() - t}
+        out["models"][name] = {
+            **summarize_model(bench, sessions, runs, args),
+            "wall_s": time.perf_counter() - t,
+        }
         last = out["models"][name]["rounds"][-1]
-        print(f"# {label or bench.name} {name}: F1 by round "
-              f"{[x['mean_f1'] for x in out['models'][name]['rounds']]}, oracle k-NN "
-              f"{last['baselines']['knn_oracle']['mean_f1']} ({time.perf_counter() - t:.0f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"# {label or bench.name} {name}: F1 by round "
+            f"{[x['mean_f1'] for x in out['models'][name]['rounds']]}, oracle k-NN "
+            f"{last['baselines']['knn_oracle']['mean_f1']} ({time.perf_counter() - t:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 
@@ -567,10 +656,16 @@ def evaluate_scale(directory: Path, rows: int, models: dict[str, object], args) 
     with bench.cat:
         tight = tight_sessions(bench, args.scale_sessions, args.synthetic_seed)
         loose = loose_sessions(bench, args.loose_sessions, args.synthetic_seed, skip=args.scale_sessions)
-        out = {"rows": rows, "clusters": n_clusters, "rows_per_cluster": args.rows_per_cluster,
-               "catalog": {"path": str(path), **built}}
+        out = {
+            "rows": rows,
+            "clusters": n_clusters,
+            "rows_per_cluster": args.rows_per_cluster,
+            "catalog": {"path": str(path), **built},
+        }
         if args.scale_ceiling_sample and args.ceiling_trees:
-            out["ceiling"] = ceiling(bench, args.ceiling_trees, args.scale_ceiling_sample, concepts=tight + loose)
+            out["ceiling"] = ceiling(
+                bench, args.ceiling_trees, args.scale_ceiling_sample, concepts=tight + loose
+            )
         out["tight"] = evaluate(bench, tight, models, args, with_ceiling=False, label=f"{key} tight")
         out["loose"] = evaluate(bench, loose, models, args, with_ceiling=False, label=f"{key} loose")
     return out
@@ -582,13 +677,18 @@ def targets(report: dict, default: str) -> dict:
         return {}
     rounds = demo["models"][default]["rounds"]
     first, last = rounds[0], rounds[-1]
-    return {"model": default,
-            "round1_mean_f1": first["mean_f1"], "round1_target": 0.88,
-            "last_round_mean_f1": last["mean_f1"], "last_round_target": 0.92,
-            "last_round_min_class_f1": last["min_class_f1"], "min_class_target": 0.78,
-            "last_round_knn_oracle_mean_f1": last["baselines"]["knn_oracle"]["mean_f1"],
-            "beats_knn_oracle": last["mean_f1"] > last["baselines"]["knn_oracle"]["mean_f1"],
-            "ceiling_mean_f1": demo.get("ceiling", {}).get("mean_f1")}
+    return {
+        "model": default,
+        "round1_mean_f1": first["mean_f1"],
+        "round1_target": 0.88,
+        "last_round_mean_f1": last["mean_f1"],
+        "last_round_target": 0.92,
+        "last_round_min_class_f1": last["min_class_f1"],
+        "min_class_target": 0.78,
+        "last_round_knn_oracle_mean_f1": last["baselines"]["knn_oracle"]["mean_f1"],
+        "beats_knn_oracle": last["mean_f1"] > last["baselines"]["knn_oracle"]["mean_f1"],
+        "ceiling_mean_f1": demo.get("ceiling", {}).get("mean_f1"),
+    }
 
 
 # -- guided against unguided ------------------------------------------------------------------
@@ -602,8 +702,13 @@ _F = {f: i for i, f in enumerate(SESSION_FIELDS)}
 
 def _target(value: float, target: float, at_least: bool, rule: str, **beside) -> dict:
     ok = bool(np.isfinite(value) and (value >= target if at_least else value <= target))
-    return {"value": round(float(value), 4) if np.isfinite(value) else None, "target": target, "pass": ok,
-            "rule": rule, **beside}
+    return {
+        "value": round(float(value), 4) if np.isfinite(value) else None,
+        "target": target,
+        "pass": ok,
+        "rule": rule,
+        **beside,
+    }
 
 
 def _paired(section: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -620,10 +725,16 @@ def _times(pairs: list[tuple], rounds: slice, name: str) -> dict:
     g = np.concatenate([p[0][:, rounds].reshape(-1, len(_F)) for p in pairs])
     u = np.concatenate([p[1][:, rounds].reshape(-1, len(_F)) for p in pairs])
     gt, ut = np.nanmedian(g[:, _F["time_ms"]]), np.nanmedian(u[:, _F["time_ms"]])
-    return _target(gt / ut, TIME_RATIO, False, f"guided median round time / unguided, {name}",
-                   guided_ms=round(float(gt), 1), unguided_ms=round(float(ut), 1),
-                   guided_share_touched=round(float(np.nanmedian(g[:, _F["share_touched"]])), 5),
-                   unguided_share_touched=round(float(np.nanmedian(u[:, _F["share_touched"]])), 5))
+    return _target(
+        gt / ut,
+        TIME_RATIO,
+        False,
+        f"guided median round time / unguided, {name}",
+        guided_ms=round(float(gt), 1),
+        unguided_ms=round(float(ut), 1),
+        guided_share_touched=round(float(np.nanmedian(g[:, _F["share_touched"]])), 5),
+        unguided_share_touched=round(float(np.nanmedian(u[:, _F["share_touched"]])), 5),
+    )
 
 
 def compare_guided(tight: dict | None, loose: dict | None, rows: int | None) -> dict:
@@ -633,28 +744,48 @@ def compare_guided(tight: dict | None, loose: dict | None, rows: int | None) -> 
     if t is not None:
         g, u, _ = t
         f1, p = _F["f1"], _F["p"]
-        out["tight_f1_vs_unguided"] = _target(np.min(g[..., f1] - u[..., f1]), -TIGHT_F1_SLACK, True,
-                                              "worst guided F1 - unguided F1 over sessions and rounds")
-        out["tight_last_round_mean_f1"] = _target(np.mean(g[:, -1, f1]), TIGHT_LAST_F1, True,
-                                                  "guided mean F1 after the last round")
-        out["tight_min_precision"] = _target(np.min(g[..., p]), TIGHT_MIN_P, True,
-                                             "guided precision, lowest over sessions and rounds")
+        out["tight_f1_vs_unguided"] = _target(
+            np.min(g[..., f1] - u[..., f1]),
+            -TIGHT_F1_SLACK,
+            True,
+            "worst guided F1 - unguided F1 over sessions and rounds",
+        )
+        out["tight_last_round_mean_f1"] = _target(
+            np.mean(g[:, -1, f1]), TIGHT_LAST_F1, True, "guided mean F1 after the last round"
+        )
+        out["tight_min_precision"] = _target(
+            np.min(g[..., p]), TIGHT_MIN_P, True, "guided precision, lowest over sessions and rounds"
+        )
         if rows in TIGHT_TIME_MS:
             out["tight_median_time_ms"] = _target(
-                np.nanmedian(g[..., _F["time_ms"]]), TIGHT_TIME_MS[rows], False,
+                np.nanmedian(g[..., _F["time_ms"]]),
+                TIGHT_TIME_MS[rows],
+                False,
                 f"guided median round time of the tight sessions at {rows} rows",
-                share_touched=round(float(np.nanmedian(g[..., _F["share_touched"]])), 5))
+                share_touched=round(float(np.nanmedian(g[..., _F["share_touched"]])), 5),
+            )
     if lo is not None:
         g, u, sizes = lo
         f1, p = _F["f1"], _F["p"]
-        out["loose_last_round_mean_f1"] = _target(np.mean(g[:, -1, f1]), LOOSE_LAST_F1, True,
-                                                  "guided mean F1 after the last round",
-                                                  min=round(float(np.min(g[:, -1, f1])), 4))
+        out["loose_last_round_mean_f1"] = _target(
+            np.mean(g[:, -1, f1]),
+            LOOSE_LAST_F1,
+            True,
+            "guided mean F1 after the last round",
+            min=round(float(np.min(g[:, -1, f1])), 4),
+        )
         out["loose_max_results_over_size"] = _target(
-            np.max(g[..., _F["results"]] / sizes[:, None]), LOOSE_MAX_RESULTS_OVER_SIZE, False,
-            "guided results / concept size, highest over sessions and rounds")
-        out["loose_precision_vs_unguided"] = _target(np.min(g[..., p] - u[..., p]), 0.0, True,
-                                                     "worst guided precision - unguided over sessions and rounds")
+            np.max(g[..., _F["results"]] / sizes[:, None]),
+            LOOSE_MAX_RESULTS_OVER_SIZE,
+            False,
+            "guided results / concept size, highest over sessions and rounds",
+        )
+        out["loose_precision_vs_unguided"] = _target(
+            np.min(g[..., p] - u[..., p]),
+            0.0,
+            True,
+            "worst guided precision - unguided over sessions and rounds",
+        )
     pairs = [x for x in (t, lo) if x is not None]
     if pairs:
         out["time_ratio_round1"] = _times(pairs, slice(0, 1), "round 1 (same labels)")
@@ -685,7 +816,9 @@ def set_constants(assignments: list[str]) -> dict:
         name, sep, raw = (part.strip() for part in text.partition("="))
         modules = [m for m in (rf, guide_module) if name.isupper() and hasattr(m, name)]
         if not sep or len(modules) != 1:
-            raise ValueError(f"--constant takes NAME=VALUE, NAME a constant of engine.refine or engine.guide; got {text!r}")
+            raise ValueError(
+                f"--constant takes NAME=VALUE, NAME a constant of engine.refine or engine.guide; got {text!r}"
+            )
         old = getattr(modules[0], name)
         if isinstance(old, bool) or not isinstance(old, (int, float)):
             raise ValueError(f"--constant {name}: only numeric constants can be set")
@@ -703,12 +836,20 @@ def main(argv=None) -> int:
     ap.add_argument("--catalog", default="demo/fashion.duckdb", help="the demo catalog (images.label)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--grid", type=int, default=60, help="images the user labels per round")
-    ap.add_argument("--models", nargs="+", default=None,
-                    help="menu names, 'ensemble-original', 'branch-original', optionally with parameters: "
-                         "'ensemble[growth=top-down,guide=False]' (default: the menu and both originals; "
-                         f"with --rows, {GUIDED!r} and {UNGUIDED!r})")
-    ap.add_argument("--next", choices=("auto", "results"), default="auto",
-                    help="label the suggestions when a result has them (auto) or always the next results")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="menu names, 'ensemble-original', 'branch-original', optionally with parameters: "
+        "'ensemble[growth=top-down,guide=False]' (default: the menu and both originals; "
+        f"with --rows, {GUIDED!r} and {UNGUIDED!r})",
+    )
+    ap.add_argument(
+        "--next",
+        choices=("auto", "results"),
+        default="auto",
+        help="label the suggestions when a result has them (auto) or always the next results",
+    )
     ap.add_argument("--classes", type=int, default=None, help="only the first N classes")
     ap.add_argument("--starts", type=int, default=2, help="synthetic: sessions per class")
     ap.add_argument("--synthetic-rows", type=int, default=100_000)
@@ -717,30 +858,58 @@ def main(argv=None) -> int:
     ap.add_argument("--clusters-rows", type=int, default=200_000)
     ap.add_argument("--clusters", type=int, default=500, help="classes of the many-small-classes catalog")
     ap.add_argument("--clusters-sessions", type=int, default=10, help="sessions (one per class) on it")
-    ap.add_argument("--rows", type=lambda s: int(float(s)), nargs="+", default=None,
-                    help="scale catalogs of these many clustered rows (cached under --dir)")
-    ap.add_argument("--rows-per-cluster", type=int, default=None,
-                    help=f"scale catalogs: rows per cluster ({ROWS_PER_CLUSTER}; "
-                         f"{QUICK_ROWS_PER_CLUSTER} with --quick)")
+    ap.add_argument(
+        "--rows",
+        type=lambda s: int(float(s)),
+        nargs="+",
+        default=None,
+        help="scale catalogs of these many clustered rows (cached under --dir)",
+    )
+    ap.add_argument(
+        "--rows-per-cluster",
+        type=int,
+        default=None,
+        help=f"scale catalogs: rows per cluster ({ROWS_PER_CLUSTER}; {QUICK_ROWS_PER_CLUSTER} with --quick)",
+    )
     ap.add_argument("--dir", default="bench-data", help="where scale catalogs are built and kept for reuse")
-    ap.add_argument("--scale-sessions", type=int, default=None,
-                    help=f"tight sessions per scale catalog ({SCALE_SESSIONS}; {QUICK_SCALE_SESSIONS} with --quick)")
-    ap.add_argument("--loose-sessions", type=int, default=None,
-                    help=f"loose concepts per scale catalog ({LOOSE_SESSIONS}; {QUICK_LOOSE_SESSIONS} with --quick)")
-    ap.add_argument("--scale-ceiling-sample", type=int, default=None,
-                    help="fit a ceiling on this many rows of each scale catalog (default: no ceiling there)")
+    ap.add_argument(
+        "--scale-sessions",
+        type=int,
+        default=None,
+        help=f"tight sessions per scale catalog ({SCALE_SESSIONS}; {QUICK_SCALE_SESSIONS} with --quick)",
+    )
+    ap.add_argument(
+        "--loose-sessions",
+        type=int,
+        default=None,
+        help=f"loose concepts per scale catalog ({LOOSE_SESSIONS}; {QUICK_LOOSE_SESSIONS} with --quick)",
+    )
+    ap.add_argument(
+        "--scale-ceiling-sample",
+        type=int,
+        default=None,
+        help="fit a ceiling on this many rows of each scale catalog (default: no ceiling there)",
+    )
     ap.add_argument("--ceiling-trees", type=int, default=100, help="0 skips the ceiling")
     ap.add_argument("--ceiling-sample", type=int, default=None, help="fit the ceiling on this many rows")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-concepts", action="store_true", help="no demo-concepts sessions")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-clusters", action="store_true")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 3 classes, 2 rounds, grid 30, 1 start, 20k synthetic rows, small ceiling; "
-                         "with --rows, 500 rows per cluster, 2 tight and 1 loose session")
-    ap.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
-                    help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_RADIUS=1.5 "
-                         "(repeatable): how the figures their comments cite are reproduced")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 3 classes, 2 rounds, grid 30, 1 start, 20k synthetic rows, small ceiling; "
+        "with --rows, 500 rows per cluster, 2 tight and 1 loose session",
+    )
+    ap.add_argument(
+        "--constant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_RADIUS=1.5 "
+        "(repeatable): how the figures their comments cite are reproduced",
+    )
     args = ap.parse_args(argv)
     try:
         constants = set_constants(args.constant)
@@ -749,15 +918,22 @@ def main(argv=None) -> int:
     if args.quick:
         args.classes, args.rounds, args.grid, args.starts = 3, 2, 30, 1
         args.ceiling_trees, args.ceiling_sample, args.clusters = 10, 3000, 50
-        args.synthetic_rows, args.clusters_rows = min(args.synthetic_rows, 20_000), min(args.clusters_rows, 20_000)
+        args.synthetic_rows, args.clusters_rows = (
+            min(args.synthetic_rows, 20_000),
+            min(args.clusters_rows, 20_000),
+        )
     quick = bool(args.quick and args.rows)
-    for name, full, small in (("rows_per_cluster", ROWS_PER_CLUSTER, QUICK_ROWS_PER_CLUSTER),
-                              ("scale_sessions", SCALE_SESSIONS, QUICK_SCALE_SESSIONS),
-                              ("loose_sessions", LOOSE_SESSIONS, QUICK_LOOSE_SESSIONS)):
+    for name, full, small in (
+        ("rows_per_cluster", ROWS_PER_CLUSTER, QUICK_ROWS_PER_CLUSTER),
+        ("scale_sessions", SCALE_SESSIONS, QUICK_SCALE_SESSIONS),
+        ("loose_sessions", LOOSE_SESSIONS, QUICK_LOOSE_SESSIONS),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
     if args.models is None:
-        args.models = [GUIDED, UNGUIDED] if args.rows else [*rf.MODELS, "ensemble-original", "branch-original"]
+        args.models = (
+            [GUIDED, UNGUIDED] if args.rows else [*rf.MODELS, "ensemble-original", "branch-original"]
+        )
     try:
         models = {m: model_spec(m) for m in args.models}
     except ValueError as e:
@@ -765,39 +941,76 @@ def main(argv=None) -> int:
     import numba
 
     t0 = time.perf_counter()
-    report = {"benchmark": "session", "constants": constants, "protocol": {
-        "rounds": args.rounds, "grid": args.grid, "next": args.next, "models": args.models,
-        "refine": "Catalog.refine with the product defaults and random_state=0",
-        "f1": "over the whole catalog, against the concept's class labels",
-        "demo_queries": DEMO_QUERIES,
-        "demo_concepts": {k: {"classes": list(c), "query": q} for k, (c, q) in DEMO_CONCEPTS.items()}},
-        "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(), "catalogs": {}}
+    report = {
+        "benchmark": "session",
+        "constants": constants,
+        "protocol": {
+            "rounds": args.rounds,
+            "grid": args.grid,
+            "next": args.next,
+            "models": args.models,
+            "refine": "Catalog.refine with the product defaults and random_state=0",
+            "f1": "over the whole catalog, against the concept's class labels",
+            "demo_queries": DEMO_QUERIES,
+            "demo_concepts": {k: {"classes": list(c), "query": q} for k, (c, q) in DEMO_CONCEPTS.items()},
+        },
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "catalogs": {},
+    }
     if args.rows:
         report["protocol"]["scale"] = {
-            "rows": sorted(set(args.rows)), "rows_per_cluster": args.rows_per_cluster, "seed": args.synthetic_seed,
-            "tight_sessions": args.scale_sessions, "loose_sessions": args.loose_sessions,
-            "loose_neighbours": LOOSE_NEIGHBOURS, "ceiling_sample": args.scale_ceiling_sample}
+            "rows": sorted(set(args.rows)),
+            "rows_per_cluster": args.rows_per_cluster,
+            "seed": args.synthetic_seed,
+            "tight_sessions": args.scale_sessions,
+            "loose_sessions": args.loose_sessions,
+            "loose_neighbours": LOOSE_NEIGHBOURS,
+            "ceiling_sample": args.scale_ceiling_sample,
+        }
     with tempfile.TemporaryDirectory(prefix="eval-session-") as tmp:
         if not args.skip_demo:
             try:
                 bench, sessions = demo_bench(args.catalog, args.classes)
             except CatalogNotFound:
-                print(f"# no demo catalog at {args.catalog} (build it with `clip-branches demo {args.catalog}`); "
-                      "skipping demo and demo-concepts", file=sys.stderr, flush=True)
+                print(
+                    f"# no demo catalog at {args.catalog} (build it with `clip-branches demo {args.catalog}`); "
+                    "skipping demo and demo-concepts",
+                    file=sys.stderr,
+                    flush=True,
+                )
             else:
                 with bench.cat:
                     report["catalogs"]["demo"] = evaluate(bench, sessions, models, args)
                     if not args.skip_concepts:
-                        report["catalogs"]["demo-concepts"] = evaluate(bench, demo_concepts(bench), models, args,
-                                                                       with_ceiling=False, label="demo-concepts")
+                        report["catalogs"]["demo-concepts"] = evaluate(
+                            bench,
+                            demo_concepts(bench),
+                            models,
+                            args,
+                            with_ceiling=False,
+                            label="demo-concepts",
+                        )
         if not args.skip_synthetic:
-            bench, sessions = synthetic_bench(Path(tmp), args.synthetic_rows, args.synthetic_classes,
-                                              args.synthetic_seed, args.starts, args.classes)
+            bench, sessions = synthetic_bench(
+                Path(tmp),
+                args.synthetic_rows,
+                args.synthetic_classes,
+                args.synthetic_seed,
+                args.starts,
+                args.classes,
+            )
             with bench.cat:
                 report["catalogs"]["synthetic"] = evaluate(bench, sessions, models, args)
         if not args.skip_clusters:
-            bench, sessions = rare_bench(Path(tmp), args.clusters_rows, args.clusters, args.synthetic_seed,
-                                         args.clusters_sessions, args.classes)
+            bench, sessions = rare_bench(
+                Path(tmp),
+                args.clusters_rows,
+                args.clusters,
+                args.synthetic_seed,
+                args.clusters_sessions,
+                args.classes,
+            )
             with bench.cat:
                 report["catalogs"]["clusters"] = evaluate(bench, sessions, models, args)
     if args.rows:

@@ -157,8 +157,11 @@ def main(argv=None) -> int:
                 hx, hv = head.apply(x), head.apply(vocab)
                 floor = quantize.sphere_range(head.out_dim)
                 both = np.concatenate([hx, hv])
-                quants = {"vocab": quantize.fit_affine(both), "vocab_floor": quantize.fit_affine(both, min_range=floor),
-                          "img_floor": quantize.fit_affine(hx, min_range=floor)}
+                quants = {
+                    "vocab": quantize.fit_affine(both),
+                    "vocab_floor": quantize.fit_affine(both, min_range=floor),
+                    "img_floor": quantize.fit_affine(hx, min_range=floor),
+                }
                 if n >= 2:
                     quants["img"] = quantize.fit_affine(hx)
                 quants = {k: v for k, v in quants.items() if k in args.quantizers}
@@ -168,13 +171,23 @@ def main(argv=None) -> int:
                     top1, top1_full = _text_scores(qcodes, qfull, qlabels, codes, full[sub], lab, 1)
                     hcodes = quant.encode(head.apply(emb[held]))
                     p10, p10_full = _text_scores(qcodes, qfull, qlabels, hcodes, full[held], labels[held], 10)
-                    rows.append({
-                        "n": n, "seed": seed, "head": kind, "quantizer": qname, "time_train_s": t_train,
-                        "nn_recall": _nn_recall(full[sub], codes, min(10, (n - 1) // 3)) if n >= 4 else None,
-                        "text_top1": float(np.mean(top1)), "text_top1_full": float(np.mean(top1_full)),
-                        "heldout_nn_recall10": _nn_recall(full[held[:1000]], hcodes[:1000], 10),
-                        "heldout_text_p10": float(np.mean(p10)), "heldout_text_p10_full": float(np.mean(p10_full)),
-                    })
+                    rows.append(
+                        {
+                            "n": n,
+                            "seed": seed,
+                            "head": kind,
+                            "quantizer": qname,
+                            "time_train_s": t_train,
+                            "nn_recall": _nn_recall(full[sub], codes, min(10, (n - 1) // 3))
+                            if n >= 4
+                            else None,
+                            "text_top1": float(np.mean(top1)),
+                            "text_top1_full": float(np.mean(top1_full)),
+                            "heldout_nn_recall10": _nn_recall(full[held[:1000]], hcodes[:1000], 10),
+                            "heldout_text_p10": float(np.mean(p10)),
+                            "heldout_text_p10_full": float(np.mean(p10_full)),
+                        }
+                    )
             print(f"n={n} seed={seed} done", file=sys.stderr, flush=True)
 
     summary = {}
@@ -183,13 +196,27 @@ def main(argv=None) -> int:
         summary.setdefault(key, []).append(r)
     table = {}
     for key, rs in summary.items():
-        table[key] = {m: (None if rs[0][m] is None else round(float(np.mean([r[m] for r in rs])), 3))
-                      for m in ("nn_recall", "text_top1", "text_top1_full", "heldout_nn_recall10",
-                                "heldout_text_p10", "heldout_text_p10_full", "time_train_s")}
-    scale = {"reference_median_range": round(float(np.median(ranges)), 3),
-             "sphere_range": round(quantize.sphere_range(reference.out_dim), 3)}
-    json.dump({"args": vars(args), "quantizer_ranges": scale, "mean_over_seeds": table, "runs": rows}, sys.stdout,
-              indent=1)
+        table[key] = {
+            m: (None if rs[0][m] is None else round(float(np.mean([r[m] for r in rs])), 3))
+            for m in (
+                "nn_recall",
+                "text_top1",
+                "text_top1_full",
+                "heldout_nn_recall10",
+                "heldout_text_p10",
+                "heldout_text_p10_full",
+                "time_train_s",
+            )
+        }
+    scale = {
+        "reference_median_range": round(float(np.median(ranges)), 3),
+        "sphere_range": round(quantize.sphere_range(reference.out_dim), 3),
+    }
+    json.dump(
+        {"args": vars(args), "quantizer_ranges": scale, "mean_over_seeds": table, "runs": rows},
+        sys.stdout,
+        indent=1,
+    )
     print()
     return 0
 

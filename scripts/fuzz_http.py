@@ -80,11 +80,28 @@ ID_LISTS = ("positives", "negatives")
 MISSING = object()
 # One value of each awkward kind of SQL result: wide and unsigned integers, decimals, NaN and
 # infinities, intervals, times, dates outside Python's range, binary, nested and union types.
-SQL_VALUES = ("170141183460469231731687303715884105727::HUGEINT", "18446744073709551615::UBIGINT",
-              "1.5::DECIMAL(10, 2)", "'nan'::DOUBLE", "'-inf'::DOUBLE", "INTERVAL 1 DAY", "TIME '12:00'",
-              "TIMESTAMPTZ '2020-01-01 00:00:00+00'", "DATE 'infinity'", "TIMESTAMP '-infinity'",
-              "DATE '0044-03-15 (BC)'", "'ab'::BLOB", "'101'::BITSTRING", "uuid()", "MAP {'a': 1}",
-              "{'a': [1, NULL]}", "union_value(k := 1)", "NULL", "'<b>x</b>'", "-1")
+SQL_VALUES = (
+    "170141183460469231731687303715884105727::HUGEINT",
+    "18446744073709551615::UBIGINT",
+    "1.5::DECIMAL(10, 2)",
+    "'nan'::DOUBLE",
+    "'-inf'::DOUBLE",
+    "INTERVAL 1 DAY",
+    "TIME '12:00'",
+    "TIMESTAMPTZ '2020-01-01 00:00:00+00'",
+    "DATE 'infinity'",
+    "TIMESTAMP '-infinity'",
+    "DATE '0044-03-15 (BC)'",
+    "'ab'::BLOB",
+    "'101'::BITSTRING",
+    "uuid()",
+    "MAP {'a': 1}",
+    "{'a': [1, NULL]}",
+    "union_value(k := 1)",
+    "NULL",
+    "'<b>x</b>'",
+    "-1",
+)
 # Headers of a hinted case: none (an API client), or those of HTMX or a browser, which get errors
 # as an HTML fragment instead of JSON.
 CLIENT_HEADERS = ({}, {"HX-Request": "true"}, {"Accept": "text/html"})
@@ -129,8 +146,10 @@ def collect_hints(schema: Any, catalog: str) -> dict[str, list]:
     over the catalog, and one per value in ``SQL_VALUES``, named ``v`` and ``id`` (the console
     links id columns to images). ``token`` and ``result`` come from :func:`fresh_token`."""
     sql = schema["/api/sql"]["POST"]
-    query = ("(SELECT id, uri FROM images ORDER BY id LIMIT 3) UNION ALL "
-             "(SELECT id, uri FROM images ORDER BY id DESC LIMIT 1)")
+    query = (
+        "(SELECT id, uri FROM images ORDER BY id LIMIT 3) UNION ALL "
+        "(SELECT id, uri FROM images ORDER BY id DESC LIMIT 1)"
+    )
     r = sql.Case(body={"sql": query}, media_type="application/json").call(timeout=REQUEST_TIMEOUT_S)
     if r.status_code != 200:
         raise SystemExit(f"cannot read image ids through /api/sql: {r.status_code} {r.text[:300]}")
@@ -142,25 +161,35 @@ def collect_hints(schema: Any, catalog: str) -> dict[str, list]:
     image = next((f.read_bytes() for f in files if f.is_file()), None)
     return {
         "catalog": [catalog],
-        "id": ids, "image_id": ids,
+        "id": ids,
+        "image_id": ids,
         "positives": [str(ids[0]), ",".join(map(str, ids[:3])), f" {ids[-1]} , {ids[1 % len(ids)]}"],
         "negatives": ["", str(ids[-1])],
         "model": list(MODELS),
         "q": ["sneaker", "a bag to carry things"],
-        "sql": ["SELECT * FROM last_result LIMIT 5", "SELECT id, uri FROM images ORDER BY id LIMIT 3",
-                "SELECT count(*) AS n FROM codes", *(f"SELECT {v} AS {name}" for v in SQL_VALUES
-                                                     for name in ("v", "id"))],
+        "sql": [
+            "SELECT * FROM last_result LIMIT 5",
+            "SELECT id, uri FROM images ORDER BY id LIMIT 3",
+            "SELECT count(*) AS n FROM codes",
+            *(f"SELECT {v} AS {name}" for v in SQL_VALUES for name in ("v", "id")),
+        ],
         "file": [image, image[: len(image) // 2]] if image else [],
-        "k": [1, 60, 1000], "sampled_negatives": [0, 50, 2000], "negative_weight": [1, 2.5, 100],
-        "offset": [0, 60], "limit": [0, 5, 1_000_000],
+        "k": [1, 60, 1000],
+        "sampled_negatives": [0, 50, 2000],
+        "negative_weight": [1, 2.5, 100],
+        "offset": [0, 60],
+        "limit": [0, 5, 1_000_000],
     }
 
 
 def fresh_token(schema: Any, image_id: int) -> str:
     """A result token the app holds now: from a "more like this" search, which needs no text
     encoder. Taken again before each operation, since fuzzing evicts results from the app's LRU."""
-    r = schema["/similar"]["GET"].Case(query={"id": image_id}, headers={"HX-Request": "true"}).call(
-        timeout=REQUEST_TIMEOUT_S)
+    r = (
+        schema["/similar"]["GET"]
+        .Case(query={"id": image_id}, headers={"HX-Request": "true"})
+        .call(timeout=REQUEST_TIMEOUT_S)
+    )
     m = re.search(r'data-token="([^"]+)"', r.text)
     if r.status_code != 200 or m is None:
         raise SystemExit(f"cannot get a result token from /similar: {r.status_code} {r.text[:300]}")
@@ -177,8 +206,10 @@ def _unbounded_integer(schema: dict) -> bool:
 def _fields(op: Any) -> dict[str, dict[str, dict]]:
     """The schemas of ``op``'s fields by location (``query``, ``path_parameters``, or the body's
     media type) and name."""
-    fields = {"query": {p.name: p.definition.get("schema", {}) for p in op.query},
-              "path_parameters": {p.name: p.definition.get("schema", {}) for p in op.path_parameters}}
+    fields = {
+        "query": {p.name: p.definition.get("schema", {}) for p in op.query},
+        "path_parameters": {p.name: p.definition.get("schema", {}) for p in op.path_parameters},
+    }
     for body in op.body:
         fields[body.media_type] = dict((body.resolved_schema or {}).get("properties", {}))
     return fields
@@ -235,9 +266,11 @@ def strategy(op: Any, hints: dict[str, list]) -> st.SearchStrategy:
             case.body = body
         return case
 
-    return st.one_of(positive.map(lambda c: ("positive", c)),
-                     op.as_strategy(GenerationMode.NEGATIVE).map(lambda c: ("negative", c)),
-                     hinted().map(lambda c: ("hinted", c)))
+    return st.one_of(
+        positive.map(lambda c: ("positive", c)),
+        op.as_strategy(GenerationMode.NEGATIVE).map(lambda c: ("negative", c)),
+        hinted().map(lambda c: ("hinted", c)),
+    )
 
 
 def _failures(case: Any, response: Any, checks: list) -> list[tuple[str, Any]]:
@@ -261,8 +294,14 @@ def _curl(case: Any) -> str:
 
 def _replace(case: Any, attr: str, value: Any) -> Any:
     """A copy of ``case`` with ``attr`` (``query``, ``headers`` or ``body``) set to ``value``."""
-    parts = {"path_parameters": case.path_parameters, "headers": case.headers, "cookies": case.cookies,
-             "query": case.query, "body": case.body, "media_type": case.media_type}
+    parts = {
+        "path_parameters": case.path_parameters,
+        "headers": case.headers,
+        "cookies": case.cookies,
+        "query": case.query,
+        "body": case.body,
+        "media_type": case.media_type,
+    }
     return case.operation.Case(**{**parts, attr: value})
 
 
@@ -280,14 +319,28 @@ def minimize(case: Any, still_fails: Any) -> Any:
     return case
 
 
-def fuzz_operation(op: Any, hints: dict[str, list], log: ExceptionLog, *, max_examples: int, seed: int,
-                   checks: list, other: dict[tuple, dict]) -> tuple[dict, list[dict]]:
+def fuzz_operation(
+    op: Any,
+    hints: dict[str, list],
+    log: ExceptionLog,
+    *,
+    max_examples: int,
+    seed: int,
+    checks: list,
+    other: dict[tuple, dict],
+) -> tuple[dict, list[dict]]:
     """Run ``max_examples`` Hypothesis examples against ``op``. Returns the operation's counts and
     its groups of server failures (5xx answers and unanswered requests); failures of ``checks``
     are added to the groups in ``other``."""
     gate = schemathesis.checks.not_a_server_error
-    counts: dict[str, Any] = {"cases": 0, "modes": Counter(), "status": Counter(), "server_errors": 0,
-                              "unanswered": 0, "other_failures": Counter()}
+    counts: dict[str, Any] = {
+        "cases": 0,
+        "modes": Counter(),
+        "status": Counter(),
+        "server_errors": 0,
+        "unanswered": 0,
+        "other_failures": Counter(),
+    }
     groups: dict[tuple, dict] = {}
     first_cases: dict[tuple, Any] = {}
 
@@ -308,8 +361,14 @@ def fuzz_operation(op: Any, hints: dict[str, list], log: ExceptionLog, *, max_ex
         return response, (response.status_code, info["exception"], info["at"]), info
 
     @hypothesis.seed(seed)
-    @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate],
-                         suppress_health_check=list(HealthCheck), verbosity=hypothesis.Verbosity.quiet)
+    @hypothesis.settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        verbosity=hypothesis.Verbosity.quiet,
+    )
     @given(strategy(op, hints))
     def run(drawn: tuple[str, Any]) -> None:
         mode, case = drawn
@@ -326,8 +385,10 @@ def fuzz_operation(op: Any, hints: dict[str, list], log: ExceptionLog, *, max_ex
         for name, failure in _failures(case, response, checks):
             counts["other_failures"][name] += 1
             first_line = failure.message.strip().split("\n", 1)[0][:200]
-            kind = other.setdefault((name, failure.title, first_line), {
-                "check": name, "title": failure.title, "message": first_line, "count": 0, "operations": []})
+            kind = other.setdefault(
+                (name, failure.title, first_line),
+                {"check": name, "title": failure.title, "message": first_line, "count": 0, "operations": []},
+            )
             kind["count"] += 1
             if op.label not in kind["operations"]:
                 kind["operations"].append(op.label)
@@ -342,8 +403,15 @@ def fuzz_operation(op: Any, hints: dict[str, list], log: ExceptionLog, *, max_ex
     return counts, list(groups.values())
 
 
-def fuzz(app: Litestar, catalog: str, *, max_examples: int, seed: int,
-         checks: tuple[str, ...] = DEFAULT_CHECKS, progress: bool = False) -> dict:
+def fuzz(
+    app: Litestar,
+    catalog: str,
+    *,
+    max_examples: int,
+    seed: int,
+    checks: tuple[str, ...] = DEFAULT_CHECKS,
+    progress: bool = False,
+) -> dict:
     """Fuzz every operation of ``app``'s OpenAPI schema; ``catalog`` is the name of a catalog it
     serves. Returns the report: counts per operation and in total, the groups of server failures
     and the kinds of other failures, most frequent first."""
@@ -362,17 +430,25 @@ def fuzz(app: Litestar, catalog: str, *, max_examples: int, seed: int,
     for result in schema.get_all_operations():
         op = result.ok()
         hints["token"] = hints["result"] = [fresh_token(schema, hints["id"][0])]
-        counts, groups = fuzz_operation(op, hints, log, max_examples=max_examples, seed=seed,
-                                        checks=check_fns, other=other)
+        counts, groups = fuzz_operation(
+            op, hints, log, max_examples=max_examples, seed=seed, checks=check_fns, other=other
+        )
         operations[op.label] = counts
         failures += groups
         if progress:
-            print(f"{op.label}: {counts['cases']} cases, {counts['server_errors']} 5xx, "
-                  f"{counts['unanswered']} unanswered, {counts['seconds']} s", file=sys.stderr, flush=True)
+            print(
+                f"{op.label}: {counts['cases']} cases, {counts['server_errors']} 5xx, "
+                f"{counts['unanswered']} unanswered, {counts['seconds']} s",
+                file=sys.stderr,
+                flush=True,
+            )
     return {
         "tool": f"schemathesis {schemathesis.__version__}, hypothesis {hypothesis.__version__}",
-        "transport": "asgi (in-process)", "max_examples_per_operation": max_examples, "seed": seed,
-        "gate_check": "not_a_server_error", "other_checks": list(checks),
+        "transport": "asgi (in-process)",
+        "max_examples_per_operation": max_examples,
+        "seed": seed,
+        "gate_check": "not_a_server_error",
+        "other_checks": list(checks),
         "operations_tested": len(operations),
         "total_cases": sum(c["cases"] for c in operations.values()),
         "server_errors": sum(c["server_errors"] for c in operations.values()),
@@ -390,13 +466,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--catalog", default="demo/fashion.duckdb")
     ap.add_argument("--max-examples", type=int, default=800, help="Hypothesis examples per operation")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--checks", default=",".join(DEFAULT_CHECKS),
-                    help="comma-separated schemathesis checks counted as other failures ('' for none)")
+    ap.add_argument(
+        "--checks",
+        default=",".join(DEFAULT_CHECKS),
+        help="comma-separated schemathesis checks counted as other failures ('' for none)",
+    )
     args = ap.parse_args(argv)
     path = Path(args.catalog)
     app = create_app([path], Settings())
-    report = fuzz(app, path.stem, max_examples=args.max_examples, seed=args.seed,
-                  checks=tuple(c for c in args.checks.split(",") if c), progress=True)
+    report = fuzz(
+        app,
+        path.stem,
+        max_examples=args.max_examples,
+        seed=args.seed,
+        checks=tuple(c for c in args.checks.split(",") if c),
+        progress=True,
+    )
     report = {"catalog": str(path), **report}
     print(json.dumps(report, indent=1))
     return 1 if report["server_errors"] or report["unanswered"] else 0

@@ -112,8 +112,11 @@ def engine_frame(exc: BaseException) -> str:
 
 def engine_trace(exc: BaseException) -> list[str]:
     """The engine frames ``exc`` passed through, outermost first: ``file:line function: code``."""
-    return [f"{Path(f.filename).resolve().relative_to(ENGINE_DIR.parent)}:{f.lineno} {f.name}: {f.line}"
-            for f in traceback.extract_tb(exc.__traceback__) if _in_engine(f.filename)]
+    return [
+        f"{Path(f.filename).resolve().relative_to(ENGINE_DIR.parent)}:{f.lineno} {f.name}: {f.line}"
+        for f in traceback.extract_tb(exc.__traceback__)
+        if _in_engine(f.filename)
+    ]
 
 
 def _in_engine(filename: str) -> bool:
@@ -158,8 +161,16 @@ class Tally:
     timings: dict = field(default_factory=dict)
 
     def crash(self, sig: str, sample: str, error: str, trace: list | None = None, case: Any = None) -> None:
-        entry = self.crashes.setdefault(sig, {"count": 0, "first_case": self.cases, "samples": [],
-                                              "error": error[:300], "engine_trace": trace or []})
+        entry = self.crashes.setdefault(
+            sig,
+            {
+                "count": 0,
+                "first_case": self.cases,
+                "samples": [],
+                "error": error[:300],
+                "engine_trace": trace or [],
+            },
+        )
         entry["count"] += 1
         entry["samples"] = sorted({*entry["samples"], sample}, key=len)[:3]
         if case is not None and ("_case" not in entry or len(sample) < len(short_repr(entry["_case"]))):
@@ -177,13 +188,19 @@ class Tally:
     def report(self) -> dict:
         n_crash = sum(c["count"] for c in self.crashes.values())
         return {
-            "cases": self.cases, "crashes": n_crash, "time_s": round(self.seconds, 2),
+            "cases": self.cases,
+            "crashes": n_crash,
+            "time_s": round(self.seconds, 2),
             "cases_per_s": round(self.cases / self.seconds, 1) if self.seconds else None,
             "slowest_case": {"ms": round(self.slowest[0] * 1e3, 1), "input": self.slowest[1]},
-            "outcomes": dict(self.outcomes.most_common()), "checks": dict(self.checks),
-            "notes": self.notes, **({"timings_s": self.timings} if self.timings else {}),
-            "crash_kinds": [{"signature": s, **{k: v for k, v in c.items() if k != "_case"}} for s, c in
-                            sorted(self.crashes.items(), key=lambda kv: -kv[1]["count"])],
+            "outcomes": dict(self.outcomes.most_common()),
+            "checks": dict(self.checks),
+            "notes": self.notes,
+            **({"timings_s": self.timings} if self.timings else {}),
+            "crash_kinds": [
+                {"signature": s, **{k: v for k, v in c.items() if k != "_case"}}
+                for s, c in sorted(self.crashes.items(), key=lambda kv: -kv[1]["count"])
+            ],
         }
 
 
@@ -221,12 +238,20 @@ def run_hypothesis(strategy: st.SearchStrategy, body: Callable[[Any], None], n: 
         done += _hypothesis_round(strategy, body, n - done, rng_seed * 1000 + round_no)
 
 
-def _hypothesis_round(strategy: st.SearchStrategy, body: Callable[[Any], None], n: int, round_seed: int) -> int:
+def _hypothesis_round(
+    strategy: st.SearchStrategy, body: Callable[[Any], None], n: int, round_seed: int
+) -> int:
     calls = [0]
 
     @seed(round_seed)
-    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck), derandomize=False)
+    @settings(
+        max_examples=n,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        derandomize=False,
+    )
     @given(strategy)
     def driver(value):
         if calls[0] < n:
@@ -249,17 +274,17 @@ def simpler(value: Any) -> Iterable[Any]:
     elif isinstance(value, (list, tuple)):
         items = list(value)
         for i in range(len(items)):
-            yield type(value)(items[:i] + items[i + 1:])
+            yield type(value)(items[:i] + items[i + 1 :])
         for i, v in enumerate(items):
             for smaller in simpler(v):
-                yield type(value)(items[:i] + [smaller] + items[i + 1:])
+                yield type(value)(items[:i] + [smaller] + items[i + 1 :])
     elif isinstance(value, np.ndarray) and value.ndim == 1 and len(value) > 1:
         yield value[:1]
         yield value[1:]
     elif isinstance(value, (str, bytes)) and value:
         yield type(value)()
         yield value[: len(value) // 2]
-        yield value[len(value) // 2:]
+        yield value[len(value) // 2 :]
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1):
         yield type(value)(0)
         yield type(value)(1)
@@ -273,8 +298,12 @@ def shrink(case: tuple, sig_of: Callable[[tuple], str | None], budget_s: float) 
     improved = True
     while improved and time.perf_counter() < deadline:
         improved = False
-        variants = (case[:i] + (smaller,) + case[i + 1:] for i, part in enumerate(case)
-                    if not isinstance(part, str) for smaller in simpler(part))
+        variants = (
+            case[:i] + (smaller,) + case[i + 1 :]
+            for i, part in enumerate(case)
+            if not isinstance(part, str)
+            for smaller in simpler(part)
+        )
         for smaller_case in variants:
             if time.perf_counter() > deadline:
                 break
@@ -321,7 +350,9 @@ class CatalogView:
     def open(cls, path: Path) -> CatalogView:
         cat = engine.Catalog.open(path, read_only=True)
         table = cat.sql("SELECT * FROM codes ORDER BY pos")
-        codes = np.stack([table.column(f"f{d:02d}").to_numpy() for d in range(N_DIMS)], axis=1).astype(np.uint8)
+        codes = np.stack([table.column(f"f{d:02d}").to_numpy() for d in range(N_DIMS)], axis=1).astype(
+            np.uint8
+        )
         ids = table.column("id").to_numpy().astype(np.int64)
         return cls(cat, codes, ids, {int(i): p for p, i in enumerate(ids)})
 
@@ -355,28 +386,87 @@ def ranked(votes: np.ndarray, min_votes: int, dist: np.ndarray | None = None) ->
 
 # -- surface 1: box-set JSON ---------------------------------------------------------------------
 
-DIM_STRINGS = ["3", " 3 ", "\t7\n", "f07", "f00", "f31", "f32", "f99", "F07", "f7", "f007", "f-1", "-0", "007",
-               "+3", "3.0", "--3", "\u00b3", "\u0663", "f\u0660\u0667", "f07\n", "\nf07", " f07", "31", "32", "-1",
-               "999999999", "9999999999", "0x3", "1e1", "", " ", "boxes", "members"]
-INTERESTING_INTS = [0, 1, 31, 32, 255, 256, -1, 2**31, 2**32, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64,
-                    10**30, -(10**30)]
+DIM_STRINGS = [
+    "3",
+    " 3 ",
+    "\t7\n",
+    "f07",
+    "f00",
+    "f31",
+    "f32",
+    "f99",
+    "F07",
+    "f7",
+    "f007",
+    "f-1",
+    "-0",
+    "007",
+    "+3",
+    "3.0",
+    "--3",
+    "\u00b3",
+    "\u0663",
+    "f\u0660\u0667",
+    "f07\n",
+    "\nf07",
+    " f07",
+    "31",
+    "32",
+    "-1",
+    "999999999",
+    "9999999999",
+    "0x3",
+    "1e1",
+    "",
+    " ",
+    "boxes",
+    "members",
+]
+INTERESTING_INTS = [
+    0,
+    1,
+    31,
+    32,
+    255,
+    256,
+    -1,
+    2**31,
+    2**32,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    -(2**63) - 1,
+    2**64,
+    10**30,
+    -(10**30),
+]
 ODD_FLOATS = [0.0, -0.0, 3.0, 255.0, 255.5, 1e300, -1e-300, math.nan, math.inf, -math.inf]
 
 
 @functools.cache
 def scalars() -> st.SearchStrategy:
-    return st.one_of(st.none(), st.booleans(), st.integers(-300, 300), st.integers(),
-                     st.sampled_from(INTERESTING_INTS), st.floats(), st.sampled_from(ODD_FLOATS),
-                     st.text(max_size=8), st.sampled_from(DIM_STRINGS))
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-300, 300),
+        st.integers(),
+        st.sampled_from(INTERESTING_INTS),
+        st.floats(),
+        st.sampled_from(ODD_FLOATS),
+        st.text(max_size=8),
+        st.sampled_from(DIM_STRINGS),
+    )
 
 
 @functools.cache
 def json_like() -> st.SearchStrategy:
     """Arbitrary JSON values (string keys only)."""
     keys = st.one_of(st.text(max_size=6), st.sampled_from(DIM_STRINGS))
-    return st.recursive(scalars(), lambda inner: st.one_of(st.lists(inner, max_size=5),
-                                                           st.dictionaries(keys, inner, max_size=5)),
-                        max_leaves=25)
+    return st.recursive(
+        scalars(),
+        lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(keys, inner, max_size=5)),
+        max_leaves=25,
+    )
 
 
 @functools.cache
@@ -384,14 +474,21 @@ def odd_values() -> st.SearchStrategy:
     """What a Python caller might put anywhere: JSON values plus tuples, numpy scalars and arrays,
     sets, non-string dict keys."""
     return st.one_of(
-        scalars(), json_like(),
-        st.builds(np.int64, st.integers(-(2**63), 2**63 - 1)), st.builds(np.uint64, st.integers(0, 2**64 - 1)),
-        st.builds(np.uint8, st.integers(0, 255)), st.builds(np.float64, st.floats()), st.just(np.bool_(True)),
-        st.tuples(st.integers(-3, 300), st.integers(-3, 300)), st.just(np.array(5)),
+        scalars(),
+        json_like(),
+        st.builds(np.int64, st.integers(-(2**63), 2**63 - 1)),
+        st.builds(np.uint64, st.integers(0, 2**64 - 1)),
+        st.builds(np.uint8, st.integers(0, 255)),
+        st.builds(np.float64, st.floats()),
+        st.just(np.bool_(True)),
+        st.tuples(st.integers(-3, 300), st.integers(-3, 300)),
+        st.just(np.array(5)),
         st.builds(np.array, st.lists(st.integers(0, 300), max_size=3)),
-        st.just(np.array([[1, 2], [3, 4]])), st.frozensets(st.integers(0, 3), max_size=3),
-        st.dictionaries(st.one_of(st.integers(-3, 40), st.none(), st.booleans(), st.just(2.0)), scalars(),
-                        max_size=3),
+        st.just(np.array([[1, 2], [3, 4]])),
+        st.frozensets(st.integers(0, 3), max_size=3),
+        st.dictionaries(
+            st.one_of(st.integers(-3, 40), st.none(), st.booleans(), st.just(2.0)), scalars(), max_size=3
+        ),
         st.sampled_from([b"f07", b"3", Decimal("3"), Fraction(3, 1), 3 + 0j]),
     )
 
@@ -403,16 +500,23 @@ def deep_text(depth: int, wrapped: bool) -> str:
 
 def big_number_text(digits: int, where: int) -> str:
     number = "1" + "0" * digits
-    return ['{"boxes": [{"3": [' + number + ", 200]}]}", '{"boxes": [{}], "members": [' + number + "]}",
-            "[" + number + "]", '[{"' + number + '": [1, 2]}]'][where]
+    return [
+        '{"boxes": [{"3": [' + number + ", 200]}]}",
+        '{"boxes": [{}], "members": [' + number + "]}",
+        "[" + number + "]",
+        '[{"' + number + '": [1, 2]}]',
+    ][where]
 
 
 @functools.cache
 def box_texts() -> st.SearchStrategy:
     """JSON text (str or bytes): well-formed, broken, deeply nested, with huge numbers."""
     return st.one_of(
-        json_like().map(json.dumps), json_like().map(lambda v: json.dumps(v).encode()),
-        json_like().map(lambda v: json.dumps(v).encode("utf-16")), st.text(max_size=40), st.binary(max_size=40),
+        json_like().map(json.dumps),
+        json_like().map(lambda v: json.dumps(v).encode()),
+        json_like().map(lambda v: json.dumps(v).encode("utf-16")),
+        st.text(max_size=40),
+        st.binary(max_size=40),
         st.builds(deep_text, st.one_of(st.integers(1, 3000), st.integers(1, 200_000)), st.booleans()),
         st.builds(big_number_text, st.integers(1, 20_000), st.integers(0, 3)),
     )
@@ -434,24 +538,52 @@ def valid_box_set(draw) -> Any:
         box = {}
         for d in draw(_BOX_DIMS):
             spelling = draw(_SPELLINGS)
-            key = {"int": d, "str": str(d), "name": f"f{d:02d}", "padded": f" {d} ", "np": np.int64(d),
-                   "zeros": f"{d:03d}"}[spelling]
+            key = {
+                "int": d,
+                "str": str(d),
+                "name": f"f{d:02d}",
+                "padded": f" {d} ",
+                "np": np.int64(d),
+                "zeros": f"{d:03d}",
+            }[spelling]
             lo, hi = sorted(draw(_PAIR))
             form = draw(_FORMS)
-            box[key] = {"list": [lo, hi], "tuple": (lo, hi), "float": [float(lo), float(hi)],
-                        "np": np.array([lo, hi], dtype=np.uint8)}[form]
+            box[key] = {
+                "list": [lo, hi],
+                "tuple": (lo, hi),
+                "float": [float(lo), float(hi)],
+                "np": np.array([lo, hi], dtype=np.uint8),
+            }[form]
         boxes.append(box)
     n = len(boxes)
-    members = draw(st.one_of(st.none(), st.lists(st.integers(0, 3), min_size=n, max_size=n),
-                             st.lists(st.sampled_from([-(2**63), 2**63 - 1, 0, 7]), min_size=n, max_size=n)))
+    members = draw(
+        st.one_of(
+            st.none(),
+            st.lists(st.integers(0, 3), min_size=n, max_size=n),
+            st.lists(st.sampled_from([-(2**63), 2**63 - 1, 0, 7]), min_size=n, max_size=n),
+        )
+    )
     shape = draw(_SHAPES)
     if shape == "bare" or (shape == "no_members" and members is None):
         return boxes if shape == "bare" else {"boxes": boxes}
     return {"boxes": boxes, "members": members}
 
 
-MUTATIONS = ("bound", "bounds", "swap", "key", "respell", "alias", "box", "boxes", "members_len", "member", "members",
-             "extra_key", "drop_boxes")
+MUTATIONS = (
+    "bound",
+    "bounds",
+    "swap",
+    "key",
+    "respell",
+    "alias",
+    "box",
+    "boxes",
+    "members_len",
+    "member",
+    "members",
+    "extra_key",
+    "drop_boxes",
+)
 _MUTATION_OPS = st.sampled_from(MUTATIONS)
 _N_MUTATIONS = st.integers(0, 3)
 _ONE_IN_FIVE = st.integers(0, 4)
@@ -488,12 +620,33 @@ def _mutate_box_set(draw, data: Any, op: str) -> Any:
         elif op == "swap" and isinstance(bounds, (list, tuple)) and len(bounds) == 2:
             box[key] = [bounds[1], bounds[0]]
         elif op == "key":
-            box[draw(st.one_of(st.sampled_from(DIM_STRINGS), st.integers(-5, 40), st.sampled_from(
-                [None, True, 2.0, (1, 2), np.uint8(3), np.bool_(False), b"3"])))] = box.pop(key)
+            box[
+                draw(
+                    st.one_of(
+                        st.sampled_from(DIM_STRINGS),
+                        st.integers(-5, 40),
+                        st.sampled_from([None, True, 2.0, (1, 2), np.uint8(3), np.bool_(False), b"3"]),
+                    )
+                )
+            ] = box.pop(key)
         elif op == "respell" and _dim_of(key) is not None:
             d = _dim_of(key)
-            odd = draw(st.sampled_from([f"f{d:02d}\n", f" f{d:02d}", f"f{d:02d} ", f"F{d:02d}", f"f{d}", f"{d}\n",
-                                        f"+{d}", f"{d}.0", f"0{d:09d}", f"-{d}" if d else "-0"]))
+            odd = draw(
+                st.sampled_from(
+                    [
+                        f"f{d:02d}\n",
+                        f" f{d:02d}",
+                        f"f{d:02d} ",
+                        f"F{d:02d}",
+                        f"f{d}",
+                        f"{d}\n",
+                        f"+{d}",
+                        f"{d}.0",
+                        f"0{d:09d}",
+                        f"-{d}" if d else "-0",
+                    ]
+                )
+            )
             box[odd] = box.pop(key)
         elif op == "alias":
             d = _dim_of(key)
@@ -521,7 +674,9 @@ def _mutate_box_set(draw, data: Any, op: str) -> Any:
         elif op == "members":
             top["members"] = draw(odd_values())
     elif op == "extra_key":
-        extra = draw(st.one_of(st.sampled_from(["Members", "min_votes", "box", ""]), st.integers(0, 3), st.none()))
+        extra = draw(
+            st.one_of(st.sampled_from(["Members", "min_votes", "box", ""]), st.integers(0, 3), st.none())
+        )
         data = {"boxes": data} if top is None else data
         data[extra] = draw(scalars())
     elif op == "drop_boxes" and top is not None:
@@ -615,8 +770,11 @@ def reference_box_set(data: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             raise Rejected("box not a mapping")
         for key, bounds in box.items():
             d = _ref_dim(key)
-            if not isinstance(bounds, (list, tuple, np.ndarray)) or getattr(bounds, "ndim", 1) != 1 \
-                    or len(bounds) != 2:
+            if (
+                not isinstance(bounds, (list, tuple, np.ndarray))
+                or getattr(bounds, "ndim", 1) != 1
+                or len(bounds) != 2
+            ):
                 raise Rejected("bounds not a pair")
             a, b = _ref_bound(bounds[0]), _ref_bound(bounds[1])
             if a > b:
@@ -655,8 +813,11 @@ def check_box_case(view: CatalogView, tally: Tally, case: tuple) -> str:
         ref = (boxset.lo.astype(np.int64), boxset.hi.astype(np.int64), boxset.members)
     else:
         tally.checks["parse_compared"] += 1
-        if not (np.array_equal(boxset.lo, ref[0]) and np.array_equal(boxset.hi, ref[1])
-                and np.array_equal(boxset.members, ref[2])):
+        if not (
+            np.array_equal(boxset.lo, ref[0])
+            and np.array_equal(boxset.hi, ref[1])
+            and np.array_equal(boxset.members, ref[2])
+        ):
             raise WrongAnswer("parsed boxes differ from the input")
     if BoxSet.from_json(json.dumps(boxset.to_json())) != boxset:
         raise WrongAnswer("to_json/from_json round trip changes the box set")
@@ -676,21 +837,54 @@ def check_box_case(view: CatalogView, tally: Tally, case: tuple) -> str:
 
 # -- surface 2: refine and search arguments ------------------------------------------------------
 
-ID_STRINGS = ["1", " 3 ", "-5", "--5", "\u00b2", "\u0661\u0662", "\uff13", "1,2", "", " ", "abc", "9" * 19, "9" * 20,
-              "-", "+3", "0x10", "1_0", "3.0", "1e3", "\u00a07", "-0"]
+ID_STRINGS = [
+    "1",
+    " 3 ",
+    "-5",
+    "--5",
+    "\u00b2",
+    "\u0661\u0662",
+    "\uff13",
+    "1,2",
+    "",
+    " ",
+    "abc",
+    "9" * 19,
+    "9" * 20,
+    "-",
+    "+3",
+    "0x10",
+    "1_0",
+    "3.0",
+    "1e3",
+    "\u00a07",
+    "-0",
+]
 
 
 @functools.cache
 def id_scalars() -> st.SearchStrategy:
     return st.one_of(
-        st.integers(0, N_ROWS - 1), st.integers(0, N_ROWS - 1), st.integers(-5, N_ROWS + 100),
-        st.sampled_from(INTERESTING_INTS), st.integers(),
-        st.builds(np.int64, st.integers(-5, N_ROWS + 5)), st.builds(np.uint64, st.integers(0, 2**64 - 1)),
-        st.builds(np.int8, st.integers(-128, 127)), st.builds(float, st.integers(0, N_ROWS - 1)),
-        st.floats(), st.sampled_from(ODD_FLOATS),
-        st.builds(str, st.integers(-5, N_ROWS + 5)), st.sampled_from(ID_STRINGS), st.text(max_size=5),
-        st.booleans(), st.none(), st.just(b"3"), st.lists(st.integers(0, 5), max_size=2),
-        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1), st.just(np.array([3])),
+        st.integers(0, N_ROWS - 1),
+        st.integers(0, N_ROWS - 1),
+        st.integers(-5, N_ROWS + 100),
+        st.sampled_from(INTERESTING_INTS),
+        st.integers(),
+        st.builds(np.int64, st.integers(-5, N_ROWS + 5)),
+        st.builds(np.uint64, st.integers(0, 2**64 - 1)),
+        st.builds(np.int8, st.integers(-128, 127)),
+        st.builds(float, st.integers(0, N_ROWS - 1)),
+        st.floats(),
+        st.sampled_from(ODD_FLOATS),
+        st.builds(str, st.integers(-5, N_ROWS + 5)),
+        st.sampled_from(ID_STRINGS),
+        st.text(max_size=5),
+        st.booleans(),
+        st.none(),
+        st.just(b"3"),
+        st.lists(st.integers(0, 5), max_size=2),
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+        st.just(np.array([3])),
     )
 
 
@@ -723,60 +917,109 @@ def id_lists() -> st.SearchStrategy:
     """Values for ``positives=`` and ``negatives=``."""
     valid = st.lists(st.integers(0, N_ROWS - 1), min_size=1, max_size=8)
     return st.one_of(
-        valid, valid, valid, st.lists(id_scalars(), max_size=6), st.tuples(id_scalars(), id_scalars()),
-        numpy_ids(), valid.map(lambda v: ",".join(map(str, v))),
-        valid.map(lambda v: " , ".join(map(str, v)) + ","), st.lists(st.sampled_from(ID_STRINGS)).map(",".join),
-        valid.map(lambda v: ",".join(map(str, v)).encode()), st.binary(max_size=6),
-        st.frozensets(st.integers(0, N_ROWS - 1), max_size=4), st.none(), st.integers(), st.floats(),
-        st.dictionaries(st.integers(0, N_ROWS - 1), st.integers(), max_size=3), st.just(()),
+        valid,
+        valid,
+        valid,
+        st.lists(id_scalars(), max_size=6),
+        st.tuples(id_scalars(), id_scalars()),
+        numpy_ids(),
+        valid.map(lambda v: ",".join(map(str, v))),
+        valid.map(lambda v: " , ".join(map(str, v)) + ","),
+        st.lists(st.sampled_from(ID_STRINGS)).map(",".join),
+        valid.map(lambda v: ",".join(map(str, v)).encode()),
+        st.binary(max_size=6),
+        st.frozensets(st.integers(0, N_ROWS - 1), max_size=4),
+        st.none(),
+        st.integers(),
+        st.floats(),
+        st.dictionaries(st.integers(0, N_ROWS - 1), st.integers(), max_size=3),
+        st.just(()),
     )
 
 
 @functools.cache
 def models() -> st.SearchStrategy:
     return st.one_of(
-        st.sampled_from(MODELS), st.sampled_from(MODELS), st.sampled_from(MODELS),
+        st.sampled_from(MODELS),
+        st.sampled_from(MODELS),
+        st.sampled_from(MODELS),
         st.sampled_from(["ENSEMBLE", "", "tree ", "forest\n", "knn", "branches"]),
-        st.builds(np.str_, st.sampled_from(MODELS)), st.just(np.array(["tree"])), st.just(np.array([1, 2])),
-        st.none(), st.integers(), st.lists(st.sampled_from(MODELS), max_size=2), st.just(b"tree"),
+        st.builds(np.str_, st.sampled_from(MODELS)),
+        st.just(np.array(["tree"])),
+        st.just(np.array([1, 2])),
+        st.none(),
+        st.integers(),
+        st.lists(st.sampled_from(MODELS), max_size=2),
+        st.just(b"tree"),
     )
 
 
 @functools.cache
 def sampled_counts() -> st.SearchStrategy:
     return st.one_of(
-        st.integers(0, 600), st.integers(0, 600), st.integers(-10, 100_010),
+        st.integers(0, 600),
+        st.integers(0, 600),
+        st.integers(-10, 100_010),
         st.sampled_from([0, 100_000, 100_001, -1, 2**63, 2**64, -(2**70)]),
-        st.builds(np.int64, st.integers(0, 700)), st.builds(np.uint64, st.integers(0, 2**64 - 1)),
-        st.floats(), st.just(500.0), st.booleans(), st.sampled_from(["500", None, [500]]),
+        st.builds(np.int64, st.integers(0, 700)),
+        st.builds(np.uint64, st.integers(0, 2**64 - 1)),
+        st.floats(),
+        st.just(500.0),
+        st.booleans(),
+        st.sampled_from(["500", None, [500]]),
     )
 
 
 @functools.cache
 def weights() -> st.SearchStrategy:
     return st.one_of(
-        st.floats(0.01, 100), st.floats(0.01, 100), st.floats(), st.sampled_from(ODD_FLOATS),
-        st.integers(-5, 10**7), st.sampled_from([10**400, -(10**400), 2**1024, 1e6, 1e6 + 1]),
+        st.floats(0.01, 100),
+        st.floats(0.01, 100),
+        st.floats(),
+        st.sampled_from(ODD_FLOATS),
+        st.integers(-5, 10**7),
+        st.sampled_from([10**400, -(10**400), 2**1024, 1e6, 1e6 + 1]),
         st.sampled_from(["1.0", "nan", "inf", "1e309", "abc", "", None, True, False, [1.0], {}]),
-        st.builds(np.float32, st.floats(width=32)), st.builds(np.float16, st.floats(width=16)),
-        st.sampled_from([Decimal("0.5"), Decimal("NaN"), Fraction(1, 3), 1 + 1j, np.array([0.5]),
-                         np.array([0.5, 2.0]), np.array(2.0)]),
+        st.builds(np.float32, st.floats(width=32)),
+        st.builds(np.float16, st.floats(width=16)),
+        st.sampled_from(
+            [
+                Decimal("0.5"),
+                Decimal("NaN"),
+                Fraction(1, 3),
+                1 + 1j,
+                np.array([0.5]),
+                np.array([0.5, 2.0]),
+                np.array(2.0),
+            ]
+        ),
     )
 
 
 @functools.cache
 def random_states() -> st.SearchStrategy:
     return st.one_of(
-        st.none(), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(),
+        st.none(),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(),
         st.sampled_from([-1, 2**32, 2**40, 2**63, 2**100, -(2**63)]),
-        st.builds(np.int64, st.integers(0, 2**63 - 1)), st.builds(np.uint64, st.integers(0, 2**64 - 1)),
-        st.builds(np.random.default_rng, st.integers(0, 99)), st.builds(np.random.RandomState, st.integers(0, 99)),
-        st.booleans(), st.floats(), st.sampled_from(["0", "abc", b"1", [1, 2], (1,), {"seed": 1}]),
+        st.builds(np.int64, st.integers(0, 2**63 - 1)),
+        st.builds(np.uint64, st.integers(0, 2**64 - 1)),
+        st.builds(np.random.default_rng, st.integers(0, 99)),
+        st.builds(np.random.RandomState, st.integers(0, 99)),
+        st.booleans(),
+        st.floats(),
+        st.sampled_from(["0", "abc", b"1", [1, 2], (1,), {"seed": 1}]),
     )
 
 
-VALID_OPTIONS = {"model": st.sampled_from(MODELS), "sampled_negatives": st.integers(0, 600),
-                 "negative_weight": st.floats(0.01, 100), "random_state": st.one_of(st.none(), st.integers(0, 2**32 - 1))}
+VALID_OPTIONS = {
+    "model": st.sampled_from(MODELS),
+    "sampled_negatives": st.integers(0, 600),
+    "negative_weight": st.floats(0.01, 100),
+    "random_state": st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+}
 _PERCENT = st.integers(0, 99)
 
 
@@ -790,8 +1033,12 @@ def refine_kwargs(draw) -> dict:
     roll = draw(_PERCENT)
     if roll >= 30:
         kwargs["negatives"] = draw(valid_ids if roll < 65 else id_lists())
-    for name, odd in (("model", models()), ("sampled_negatives", sampled_counts()),
-                      ("negative_weight", weights()), ("random_state", random_states())):
+    for name, odd in (
+        ("model", models()),
+        ("sampled_negatives", sampled_counts()),
+        ("negative_weight", weights()),
+        ("random_state", random_states()),
+    ):
         roll = draw(_PERCENT)
         if roll >= 25:
             kwargs[name] = draw(VALID_OPTIONS[name] if roll < 70 else odd)
@@ -801,10 +1048,16 @@ def refine_kwargs(draw) -> dict:
 @functools.cache
 def ks() -> st.SearchStrategy:
     return st.one_of(
-        st.integers(1, 200), st.integers(1, 200), st.integers(-5, 2**20),
+        st.integers(1, 200),
+        st.integers(1, 200),
+        st.integers(-5, 2**20),
         st.sampled_from([0, 1, N_ROWS, N_ROWS + 1, MAX_K, MAX_K + 1, 2**63, 2**64, -1]),
-        st.builds(np.int64, st.integers(-5, 3000)), st.builds(np.uint64, st.integers(0, 2**64 - 1)),
-        st.builds(np.uint8, st.integers(0, 255)), st.floats(), st.just(5.0), st.booleans(),
+        st.builds(np.int64, st.integers(-5, 3000)),
+        st.builds(np.uint64, st.integers(0, 2**64 - 1)),
+        st.builds(np.uint8, st.integers(0, 255)),
+        st.floats(),
+        st.just(5.0),
+        st.booleans(),
         st.sampled_from(["5", None, [5], np.array([5])]),
     )
 
@@ -815,9 +1068,13 @@ def search_kwargs(draw) -> dict:
     kwargs: dict = {}
     if shape in ("id", "two"):
         roll = draw(_PERCENT)
-        kwargs["id"] = draw(st.integers(0, N_ROWS - 1) if roll < 40 else id_scalars() if roll < 85 else id_lists())
+        kwargs["id"] = draw(
+            st.integers(0, N_ROWS - 1) if roll < 40 else id_scalars() if roll < 85 else id_lists()
+        )
     if shape in ("text", "two"):
-        kwargs["text"] = draw(st.one_of(st.text(max_size=20), st.sampled_from(["", " ", "x" * 2000]), odd_values()))
+        kwargs["text"] = draw(
+            st.one_of(st.text(max_size=20), st.sampled_from(["", " ", "x" * 2000]), odd_values())
+        )
     if shape == "image":
         kwargs["image"] = draw(st.one_of(st.binary(max_size=20), st.text(max_size=10), odd_values()))
     roll = draw(_PERCENT)
@@ -829,8 +1086,11 @@ def search_kwargs(draw) -> dict:
 @functools.cache
 def refine_cases() -> st.SearchStrategy:
     """``("refine", kwargs)`` or ``("search", kwargs)``, refine twice as often."""
-    return st.one_of(refine_kwargs().map(lambda kw: ("refine", kw)), refine_kwargs().map(lambda kw: ("refine", kw)),
-                     search_kwargs().map(lambda kw: ("search", kw)))
+    return st.one_of(
+        refine_kwargs().map(lambda kw: ("refine", kw)),
+        refine_kwargs().map(lambda kw: ("refine", kw)),
+        search_kwargs().map(lambda kw: ("search", kw)),
+    )
 
 
 def reference_ids(values: Any) -> list[int]:
@@ -906,8 +1166,9 @@ def _check_refine_result(view: CatalogView, tally: Tally, kwargs: dict, result: 
         dist = ((view.codes.astype(np.int64) - center) ** 2).sum(axis=1)
         want = ranked(votes, int(model.min_votes_), dist)
         if result.ids.tolist() != view.ids[want].tolist() or result.scores.tolist() != votes[want].tolist():
-            raise WrongAnswer("refine result differs from its boxes' numpy oracle",
-                              f"{len(result.ids)} vs {len(want)} rows")
+            raise WrongAnswer(
+                "refine result differs from its boxes' numpy oracle", f"{len(result.ids)} vs {len(want)} rows"
+            )
         tally.checks["refine_oracle_compared"] += 1
 
 
@@ -983,9 +1244,16 @@ def _scaled(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return _grey(np.clip(np.rint((a.astype(np.float64) - lo) * 255.0 / (hi - lo)), 0, 255))
 
 
-ORIENT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-          5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, -1)[::-1],
-          8: lambda a: np.rot90(a, 1)}
+ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, -1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def make_bases() -> list[Base]:
@@ -1012,7 +1280,9 @@ def make_bases() -> list[Base]:
     g16 = rng.integers(0, 65536, (h, w)).astype(np.uint16)
     i32 = rng.integers(-100_000, 100_000, (h, w)).astype(np.int32)
     f32 = rng.normal(size=(h, w)).astype(np.float32)
-    smooth = np.clip(np.add.outer(np.arange(h) * 6, np.arange(w) * 5)[..., None] + np.array([0, 40, 80]), 0, 255)
+    smooth = np.clip(
+        np.add.outer(np.arange(h) * 6, np.arange(w) * 5)[..., None] + np.array([0, 40, 80]), 0, 255
+    )
     smooth = smooth.astype(np.uint8)
     rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     la = Image.fromarray(np.dstack([grey, alpha]), "LA")
@@ -1029,8 +1299,14 @@ def make_bases() -> list[Base]:
         ex = Image.Exif()
         ex[0x0112] = o
         shown = np.ascontiguousarray(ORIENT[o](rgb))
-        add(f"png-exif-{o}", Image.fromarray(rgb), "PNG", shown, size=(shown.shape[1], shown.shape[0]),
-            exif=ex.tobytes())
+        add(
+            f"png-exif-{o}",
+            Image.fromarray(rgb),
+            "PNG",
+            shown,
+            size=(shown.shape[1], shown.shape[0]),
+            exif=ex.tobytes(),
+        )
     add("jpeg-rgb", Image.fromarray(smooth), "JPEG", smooth, lossy=True, quality=95)
     add("jpeg-l", Image.fromarray(smooth[..., 0]), "JPEG", _grey(smooth[..., 0]), lossy=True, quality=95)
     add("jpeg-progressive", Image.fromarray(smooth), "JPEG", smooth, lossy=True, quality=95, progressive=True)
@@ -1038,10 +1314,19 @@ def make_bases() -> list[Base]:
     ex = Image.Exif()
     ex[0x0112] = 6
     shown = np.ascontiguousarray(ORIENT[6](smooth))
-    add("jpeg-exif-6", Image.fromarray(smooth), "JPEG", shown, lossy=True, size=(h, w), quality=95,
-        exif=ex.tobytes())
-    big = np.clip(np.add.outer(np.arange(1030) // 5, np.arange(1100) // 5)[..., None] + np.array([0, 30, 60]),
-                  0, 255).astype(np.uint8)
+    add(
+        "jpeg-exif-6",
+        Image.fromarray(smooth),
+        "JPEG",
+        shown,
+        lossy=True,
+        size=(h, w),
+        quality=95,
+        exif=ex.tobytes(),
+    )
+    big = np.clip(
+        np.add.outer(np.arange(1030) // 5, np.arange(1100) // 5)[..., None] + np.array([0, 30, 60]), 0, 255
+    ).astype(np.uint8)
     add("jpeg-draft-1100x1030", Image.fromarray(big), "JPEG", None, quality=80)
     add("gif-p", pimg, "GIF", pal[idx])
     add("gif-p-transparency", pimg, "GIF", ptrans, transparency=3)
@@ -1051,8 +1336,15 @@ def make_bases() -> list[Base]:
     add("webp-lossless-rgb", Image.fromarray(rgb), "WEBP", rgb, lossless=True)
     add("webp-lossless-rgba", rgba, "WEBP", _composite(rgb, alpha), lossless=True)
     add("webp-lossy", Image.fromarray(smooth), "WEBP", smooth, lossy=True, quality=95)
-    add("webp-animated", Image.fromarray(rgb), "WEBP", rgb, lossless=True, save_all=True,
-        append_images=[Image.fromarray(rgb[::-1].copy())])
+    add(
+        "webp-animated",
+        Image.fromarray(rgb),
+        "WEBP",
+        rgb,
+        lossless=True,
+        save_all=True,
+        append_images=[Image.fromarray(rgb[::-1].copy())],
+    )
     add("bmp-rgb", Image.fromarray(rgb), "BMP", rgb)
     add("bmp-rgba", rgba, "BMP", rgb)
     add("bmp-p", pimg, "BMP", pal[idx])
@@ -1068,8 +1360,14 @@ def make_bases() -> list[Base]:
     add("tiff-f", Image.fromarray(f32), "TIFF", _scaled(f32, float(f32.min()), float(f32.max())))
     add("tiff-cmyk", Image.fromarray(rgb).convert("CMYK"), "TIFF", None)
     add("tiff-1-group4", Image.fromarray(bits), "TIFF", _grey(bits * 255), compression="group4")
-    add("tiff-multipage", Image.fromarray(rgb), "TIFF", rgb, save_all=True,
-        append_images=[Image.fromarray(grey)])
+    add(
+        "tiff-multipage",
+        Image.fromarray(rgb),
+        "TIFF",
+        rgb,
+        save_all=True,
+        append_images=[Image.fromarray(grey)],
+    )
     return out
 
 
@@ -1077,8 +1375,15 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def png_file(width: int, height: int, depth: int = 8, colour: int = 2, interlace: int = 0,
-             chunks: Iterable[tuple[bytes, bytes]] = (), end: bool = True) -> bytes:
+def png_file(
+    width: int,
+    height: int,
+    depth: int = 8,
+    colour: int = 2,
+    interlace: int = 0,
+    chunks: Iterable[tuple[bytes, bytes]] = (),
+    end: bool = True,
+) -> bytes:
     """A PNG from an IHDR with any fields (unsigned 32-bit sizes) and the given chunks, all
     with correct CRCs."""
     ihdr = struct.pack(">IIBBBBB", width & 0xFFFFFFFF, height & 0xFFFFFFFF, depth, colour, 0, 0, interlace)
@@ -1090,11 +1395,11 @@ def fix_png_crcs(data: bytearray) -> bytearray:
     """Recompute the CRC of every complete chunk, so mutations reach past the CRC checks."""
     pos = 8
     while pos + 12 <= len(data):
-        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
         end = pos + 8 + length
         if end + 4 > len(data):
             break
-        data[end:end + 4] = struct.pack(">I", zlib.crc32(bytes(data[pos + 4:end])))
+        data[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(data[pos + 4 : end])))
         pos = end + 4
     return data
 
@@ -1107,8 +1412,16 @@ def zero_stream(row_bytes: int, rows: int, level: int = 6) -> bytes:
     return b"".join(parts) + z.flush()
 
 
-LARGE_MODES = {"grey16": (16, 0, 2), "grey16-alpha": (16, 4, 4), "rgb8": (8, 2, 3), "rgba8": (8, 6, 4),
-               "rgb16": (16, 2, 6), "rgba16": (16, 6, 8), "grey8": (8, 0, 1), "palette8": (8, 3, 1)}
+LARGE_MODES = {
+    "grey16": (16, 0, 2),
+    "grey16-alpha": (16, 4, 4),
+    "rgb8": (8, 2, 3),
+    "rgba8": (8, 6, 4),
+    "rgb16": (16, 2, 6),
+    "rgba16": (16, 6, 8),
+    "grey8": (8, 0, 1),
+    "palette8": (8, 3, 1),
+}
 
 
 def large_png(mode: str, width: int, height: int) -> bytes:
@@ -1120,10 +1433,44 @@ def large_png(mode: str, width: int, height: int) -> bytes:
     return png_file(width, height, depth, colour, chunks=chunks)
 
 
-INTERESTING_SIZES = [0, 1, 2, 3, 7, 255, 256, 4096, 16383, 16384, 32767, 32768, 65535, 65536, 100_000,
-                     2**31 - 1, 2**31, 2**32 - 1]
-INTERESTING_WORDS = [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
-                     0xFFFFFFFF, 100_000, 65_535, 16_384]
+INTERESTING_SIZES = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    255,
+    256,
+    4096,
+    16383,
+    16384,
+    32767,
+    32768,
+    65535,
+    65536,
+    100_000,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+]
+INTERESTING_WORDS = [
+    0,
+    1,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x10000,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+    100_000,
+    65_535,
+    16_384,
+]
 
 
 def special_cases(bases: list[Base]) -> list[DecoderCase]:
@@ -1134,21 +1481,47 @@ def special_cases(bases: list[Base]) -> list[DecoderCase]:
     png = next(b for b in bases if b.name == "png-rgb")
     w, h = png.size
     cases = [DecoderCase(f"base {b.name}", b.data, base=b.name, intact=True) for b in bases]
-    cases += [DecoderCase(f"base {b.name} max_pixels=w*h", b.data, b.size[0] * b.size[1], base=b.name, intact=True)
-              for b in bases]
-    cases += [DecoderCase(f"base {b.name} max_pixels=w*h-1", b.data, b.size[0] * b.size[1] - 1,
-                          must_refuse="more pixels than max_pixels") for b in bases]
+    cases += [
+        DecoderCase(f"base {b.name} max_pixels=w*h", b.data, b.size[0] * b.size[1], base=b.name, intact=True)
+        for b in bases
+    ]
+    cases += [
+        DecoderCase(
+            f"base {b.name} max_pixels=w*h-1",
+            b.data,
+            b.size[0] * b.size[1] - 1,
+            must_refuse="more pixels than max_pixels",
+        )
+        for b in bases
+    ]
     idat = zlib.compress(bytes(1000))
-    for width, height in [(100_000, 100_000), (65_535, 65_535), (0, 0), (2**31 - 1, 1), (1, 2**32 - 1),
-                          (9000, 9000), (20_000, 4000), (1, 89_000_000), (1, 1000)]:
-        cases.append(DecoderCase(f"png IHDR {width}x{height}, IDAT of 1000 zero bytes",
-                                 png_file(width, height, chunks=[(b"IDAT", idat)]),
-                                 must_refuse=png_shortfall(width, height, 8, 2, 0, 1000)))
+    for width, height in [
+        (100_000, 100_000),
+        (65_535, 65_535),
+        (0, 0),
+        (2**31 - 1, 1),
+        (1, 2**32 - 1),
+        (9000, 9000),
+        (20_000, 4000),
+        (1, 89_000_000),
+        (1, 1000),
+    ]:
+        cases.append(
+            DecoderCase(
+                f"png IHDR {width}x{height}, IDAT of 1000 zero bytes",
+                png_file(width, height, chunks=[(b"IDAT", idat)]),
+                must_refuse=png_shortfall(width, height, 8, 2, 0, 1000),
+            )
+        )
     bomb = zlib.compress(bytes(100_000_000), 9)
     full = [(b"IDAT", zlib.compress(bytes((w * 3 + 1) * h)))]
     cases += [
-        DecoderCase("png zTXt of 100 MB zeros", png_file(w, h, chunks=[(b"zTXt", b"k\x00\x00" + bomb), *full])),
-        DecoderCase("png iCCP of 100 MB zeros", png_file(w, h, chunks=[(b"iCCP", b"p\x00\x00" + bomb), *full])),
+        DecoderCase(
+            "png zTXt of 100 MB zeros", png_file(w, h, chunks=[(b"zTXt", b"k\x00\x00" + bomb), *full])
+        ),
+        DecoderCase(
+            "png iCCP of 100 MB zeros", png_file(w, h, chunks=[(b"iCCP", b"p\x00\x00" + bomb), *full])
+        ),
         DecoderCase("empty bytes", b""),
         DecoderCase("bytearray png", bytearray(png.data), base=png.name, intact=True),
         DecoderCase("memoryview png", memoryview(png.data), base=png.name, intact=True),
@@ -1156,8 +1529,12 @@ def special_cases(bases: list[Base]) -> list[DecoderCase]:
         DecoderCase("path is a directory", tempfile.gettempdir()),
         DecoderCase("path with a NUL byte", "image\x00.png"),
     ]
-    for mode, (width, height) in [("rgb8", (9000, 9000)), ("rgba8", (9000, 9000)), ("grey16", (9000, 9000)),
-                                  ("grey16", (4000, 3000))]:
+    for mode, (width, height) in [
+        ("rgb8", (9000, 9000)),
+        ("rgba8", (9000, 9000)),
+        ("grey16", (9000, 9000)),
+        ("grey16", (4000, 3000)),
+    ]:
         cases.append(DecoderCase(f"large valid png {mode} {width}x{height}", ("large", mode, width, height)))
     for base in bases:
         kind = base.name.split("-")[0]
@@ -1173,7 +1550,9 @@ PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
-def png_shortfall(width: int, height: int, depth: int, colour: int, interlace: int, available: int) -> str | None:
+def png_shortfall(
+    width: int, height: int, depth: int, colour: int, interlace: int, available: int
+) -> str | None:
     """Why a PNG whose image data decompresses to ``available`` bytes must be refused because
     it lacks scanlines; None when the data suffice or the header is invalid anyway."""
     if colour not in PNG_CHANNELS or depth not in PNG_DEPTHS[colour] or interlace not in (0, 1):
@@ -1203,7 +1582,7 @@ def set_dimensions(kind: str, data: bytes, width: int, height: int) -> bytes | N
         b[6:10] = struct.pack("<HH", width & 0xFFFF, height & 0xFFFF)
         at = b.find(b"\x2c", 13)
         if at > 0 and at + 9 <= len(b):
-            b[at + 5:at + 9] = struct.pack("<HH", width & 0xFFFF, height & 0xFFFF)
+            b[at + 5 : at + 9] = struct.pack("<HH", width & 0xFFFF, height & 0xFFFF)
         return bytes(b)
     if kind == "bmp":
         b[18:26] = struct.pack("<ii", _s32(width), _s32(height))
@@ -1212,11 +1591,13 @@ def set_dimensions(kind: str, data: bytes, width: int, height: int) -> bytes | N
         for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
             at = b.find(marker)
             if at > 0:
-                b[at + 5:at + 9] = struct.pack(">HH", height & 0xFFFF, width & 0xFFFF)
+                b[at + 5 : at + 9] = struct.pack(">HH", height & 0xFFFF, width & 0xFFFF)
                 return bytes(b)
         return None
     if kind == "webp" and b[12:16] == b"VP8X":
-        b[24:30] = ((width - 1) & 0xFFFFFF).to_bytes(3, "little") + ((height - 1) & 0xFFFFFF).to_bytes(3, "little")
+        b[24:30] = ((width - 1) & 0xFFFFFF).to_bytes(3, "little") + ((height - 1) & 0xFFFFFF).to_bytes(
+            3, "little"
+        )
         return bytes(b)
     if kind == "tiff":
         return _tiff_set(b, {256: width, 257: height})
@@ -1235,17 +1616,17 @@ def _tiff_set(b: bytearray, values: dict[int, int]) -> bytes | None:
     ifd = struct.unpack("<I", b[4:8])[0]
     if ifd + 2 > len(b):
         return None
-    n = struct.unpack("<H", b[ifd:ifd + 2])[0]
+    n = struct.unpack("<H", b[ifd : ifd + 2])[0]
     for e in range(n):
         at = ifd + 2 + 12 * e
         if at + 12 > len(b):
             break
-        tag, typ, count = struct.unpack("<HHI", b[at:at + 8])
+        tag, typ, count = struct.unpack("<HHI", b[at : at + 8])
         if tag in values and count == 1:
             if typ == 3:
-                b[at + 8:at + 12] = struct.pack("<HH", values[tag] & 0xFFFF, 0)
+                b[at + 8 : at + 12] = struct.pack("<HH", values[tag] & 0xFFFF, 0)
             elif typ == 4:
-                b[at + 8:at + 12] = struct.pack("<I", values[tag] & 0xFFFFFFFF)
+                b[at + 8 : at + 12] = struct.pack("<I", values[tag] & 0xFFFFFFFF)
     return bytes(b)
 
 
@@ -1256,7 +1637,7 @@ def _tiff_fields(b: bytes) -> list[int]:
     ifd = struct.unpack("<I", b[4:8])[0]
     if ifd + 2 > len(b):
         return []
-    n = struct.unpack("<H", b[ifd:ifd + 2])[0]
+    n = struct.unpack("<H", b[ifd : ifd + 2])[0]
     return [ifd + 2 + 12 * e + 8 for e in range(n) if ifd + 2 + 12 * e + 12 <= len(b)]
 
 
@@ -1279,14 +1660,14 @@ def mutate(data: bytes, rng: np.random.Generator, n_ops: int) -> tuple[bytearray
         elif op == "word":
             width, order = int(rng.choice([2, 4])), str(rng.choice(["<", ">"]))
             value = int(rng.choice(INTERESTING_WORDS)) & ((1 << (8 * width)) - 1)
-            b[at:at + width] = value.to_bytes(width, "little" if order == "<" else "big")
+            b[at : at + width] = value.to_bytes(width, "little" if order == "<" else "big")
         elif op == "insert":
             b[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
         elif op == "delete":
-            del b[at:at + int(rng.integers(1, 64))]
+            del b[at : at + int(rng.integers(1, 64))]
         elif op == "dup":
             size = int(rng.integers(1, 256))
-            b[at:at] = b[at:at + size]
+            b[at:at] = b[at : at + size]
         else:
             b.extend(rng.integers(0, 256, int(rng.integers(1, 256)), dtype=np.uint8).tobytes())
         ops.append(f"{op}@{at}")
@@ -1305,18 +1686,22 @@ def field_mutate(base: Base, rng: np.random.Generator) -> tuple[bytes, str]:
             return out, f"size {value}"
     if kind == "png":
         at = int(rng.integers(24, 29))
-        b[at] = int(rng.integers(0, 256)) if rng.random() < 0.5 else int(rng.choice([0, 1, 2, 3, 4, 6, 8, 16]))
+        b[at] = (
+            int(rng.integers(0, 256)) if rng.random() < 0.5 else int(rng.choice([0, 1, 2, 3, 4, 6, 8, 16]))
+        )
         return bytes(fix_png_crcs(b)), f"IHDR byte {at}={b[at]}"
     if kind == "tiff":
         fields = _tiff_fields(base.data)
         if fields:
             at = int(rng.choice(fields))
-            b[at:at + 4] = struct.pack("<I", int(rng.choice(INTERESTING_WORDS)))
+            b[at : at + 4] = struct.pack("<I", int(rng.choice(INTERESTING_WORDS)))
             return bytes(b), f"TIFF field @{at}"
     if kind == "bmp":
         at = int(rng.choice([10, 14, 26, 28, 30, 34, 46]))
         width = 2 if at in (26, 28) else 4
-        b[at:at + width] = (int(rng.choice(INTERESTING_WORDS)) & ((1 << 8 * width) - 1)).to_bytes(width, "little")
+        b[at : at + width] = (int(rng.choice(INTERESTING_WORDS)) & ((1 << 8 * width) - 1)).to_bytes(
+            width, "little"
+        )
         return bytes(b), f"BMP field @{at}"
     if kind == "gif":
         at = b.find(b"\x2c", 13)
@@ -1346,12 +1731,18 @@ def crafted_png(rng: np.random.Generator) -> tuple[bytes, str, str | None]:
     interlace = int(rng.choice([0, 0, 1, 2]))
     chunks = []
     if rng.random() < 0.5:
-        chunks.append((b"PLTE", rng.integers(0, 256, int(rng.choice([0, 3, 48, 768, 771, 800])),
-                                             dtype=np.uint8).tobytes()))
+        chunks.append(
+            (
+                b"PLTE",
+                rng.integers(0, 256, int(rng.choice([0, 3, 48, 768, 771, 800])), dtype=np.uint8).tobytes(),
+            )
+        )
     if rng.random() < 0.3:
         chunks.append((b"tRNS", rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()))
     if rng.random() < 0.2:
-        kind = bytes(rng.choice([b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"iCCP", b"gAMA", b"pHYs", b"acTL", b"fcTL"]))
+        kind = bytes(
+            rng.choice([b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"iCCP", b"gAMA", b"pHYs", b"acTL", b"fcTL"])
+        )
         chunks.append((kind, rng.integers(0, 256, int(rng.integers(0, 64)), dtype=np.uint8).tobytes()))
     raw_len = int(min(rng.integers(0, 200_000), max(1, w * h * 2)))
     if rng.random() < 0.3 and colour in PNG_CHANNELS and w < 100_000:
@@ -1371,11 +1762,25 @@ def crafted_png(rng: np.random.Generator) -> tuple[bytes, str, str | None]:
     data = png_file(w, h, depth, colour, interlace, chunks, end=rng.random() < 0.9)
     available = len(zlib.decompressobj().decompress(idat)) if idat else 0
     short = png_shortfall(w, h, depth, colour, interlace, available)
-    return data, f"IHDR {w}x{h} depth {depth} colour {colour} interlace {interlace}, {available} raw bytes", short
+    return (
+        data,
+        f"IHDR {w}x{h} depth {depth} colour {colour} interlace {interlace}, {available} raw bytes",
+        short,
+    )
 
 
-MAGICS = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"GIF87a", b"BM", b"II*\x00", b"MM\x00*",
-          b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"RIFF\x00\x00\x00\x00WEBPVP8L", b"RIFF\x00\x00\x00\x00WEBPVP8X"]
+MAGICS = [
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"GIF89a",
+    b"GIF87a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"RIFF\x00\x00\x00\x00WEBPVP8L",
+    b"RIFF\x00\x00\x00\x00WEBPVP8X",
+]
 
 
 def make_case(rng_seed: int, i: int, bases: list[Base], specials: list[DecoderCase]) -> DecoderCase:
@@ -1410,7 +1815,10 @@ def make_case(rng_seed: int, i: int, bases: list[Base], specials: list[DecoderCa
     elif kind == "splice":
         other = bases[int(rng.integers(0, len(bases)))]
         cut = int(rng.integers(0, len(base.data)))
-        case.desc, case.value = f"{base.name}[:{cut}] + {other.name}[{cut}:]", base.data[:cut] + other.data[cut:]
+        case.desc, case.value = (
+            f"{base.name}[:{cut}] + {other.name}[{cut}:]",
+            base.data[:cut] + other.data[cut:],
+        )
     elif kind == "png":
         case.value, desc, case.must_refuse = crafted_png(rng)
         case.desc = f"crafted png {desc}"
@@ -1459,8 +1867,10 @@ def check_decoded(out: Any, max_pixels: int, base: Base | None) -> None:
         raise WrongAnswer("decoder returned something other than an RGB DecodedImage")
     iw, ih = out.image.size
     if not (0 < iw <= out.width and 0 < ih <= out.height) or out.width * out.height > max_pixels:
-        raise WrongAnswer("decoded size is inconsistent or above max_pixels",
-                          f"{iw}x{ih} of {out.width}x{out.height}, limit {max_pixels}")
+        raise WrongAnswer(
+            "decoded size is inconsistent or above max_pixels",
+            f"{iw}x{ih} of {out.width}x{out.height}, limit {max_pixels}",
+        )
     if len(out.image.tobytes()) != iw * ih * 3:
         raise WrongAnswer("decoded image holds the wrong number of bytes")
     if base is None:
@@ -1517,8 +1927,16 @@ def decoder_worker(conn, rng_seed: int, start: int, stop: int, slow_s: float, sa
             status, label, dt, detail = run_decoder_case(case, arg, by_name)
             if save_dir and (status == "crash" or dt > slow_s) and isinstance(arg, (bytes, bytearray)):
                 (Path(save_dir) / f"decoder-case-{i}.bin").write_bytes(bytes(arg))
-            conn.send((i, status, label, dt, f"{case.desc} [{_arg_kind(arg)}, max_pixels={case.max_pixels}]",
-                       detail))
+            conn.send(
+                (
+                    i,
+                    status,
+                    label,
+                    dt,
+                    f"{case.desc} [{_arg_kind(arg)}, max_pixels={case.max_pixels}]",
+                    detail,
+                )
+            )
     conn.close()
 
 
@@ -1527,8 +1945,9 @@ def _arg_kind(arg: Any) -> str:
     return type(arg).__name__ + size
 
 
-def run_decoder(n: int, rng_seed: int, slow_s: float, hang_s: float, save_dir: str | None,
-                slow_per_mp: float = 0.1) -> Tally:
+def run_decoder(
+    n: int, rng_seed: int, slow_s: float, hang_s: float, save_dir: str | None, slow_per_mp: float = 0.1
+) -> Tally:
     """Cases 0..n-1 in a worker process; a case silent for ``hang_s`` is a hang, and a worker
     that dies (a segfault in a codec) a crash; either way a fresh worker goes on after it."""
     tally = Tally()
@@ -1568,9 +1987,11 @@ def run_decoder(n: int, rng_seed: int, slow_s: float, hang_s: float, save_dir: s
                     tally.checks["pixels_compared"] += 1
                 limit = slow_s + _megapixels(detail) * slow_per_mp
                 if dt > limit:
-                    tally.crash(f"slow: over {slow_s:g} s + {slow_per_mp:g} s per decoded megapixel",
-                                f"{desc} took {dt:.2f} s, limit {limit:.2f} s ({label} {detail})",
-                                f"took {dt:.2f} s")
+                    tally.crash(
+                        f"slow: over {slow_s:g} s + {slow_per_mp:g} s per decoded megapixel",
+                        f"{desc} took {dt:.2f} s, limit {limit:.2f} s ({label} {detail})",
+                        f"took {dt:.2f} s",
+                    )
             i, starting = j + 1, False
         proc.join(timeout=5)
         if proc.is_alive():
@@ -1594,65 +2015,107 @@ def _lost_case(tally: Tally, i: int, sig: str, rng_seed: int, bases: list, speci
 # -- driver --------------------------------------------------------------------------------------
 
 
-def fuzz_hypothesis_surface(view: CatalogView, strategy: st.SearchStrategy, checker: Callable, n: int,
-                            rng_seed: int, slow_s: float, shrink_s: float) -> Tally:
+def fuzz_hypothesis_surface(
+    view: CatalogView,
+    strategy: st.SearchStrategy,
+    checker: Callable,
+    n: int,
+    rng_seed: int,
+    slow_s: float,
+    shrink_s: float,
+) -> Tally:
     """Run ``n`` Hypothesis cases through ``checker``, then shrink the shortest sample of each
     crash kind (the shrinking runs count nothing)."""
     tally, scratch = Tally(), Tally()
     t0 = time.perf_counter()
-    run_hypothesis(strategy, lambda case: attempt(tally, lambda c: checker(view, tally, c), case, slow_s), n,
-                   rng_seed)
+    run_hypothesis(
+        strategy, lambda case: attempt(tally, lambda c: checker(view, tally, c), case, slow_s), n, rng_seed
+    )
     tally.seconds = time.perf_counter() - t0
     if shrink_s > 0:
         for sig, entry in tally.crashes.items():
             if not sig.startswith("slow") and "_case" in entry:
-                entry["minimized"] = short_repr(shrink(
-                    entry["_case"], lambda case: attempt(scratch, lambda c: checker(view, scratch, c), case, math.inf),
-                    shrink_s))
+                entry["minimized"] = short_repr(
+                    shrink(
+                        entry["_case"],
+                        lambda case: attempt(scratch, lambda c: checker(view, scratch, c), case, math.inf),
+                        shrink_s,
+                    )
+                )
     return tally
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=10_000, help="cases per surface")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--surfaces", nargs="+", choices=["boxes", "refine", "decoder"],
-                        default=["boxes", "refine", "decoder"])
+    parser.add_argument(
+        "--surfaces",
+        nargs="+",
+        choices=["boxes", "refine", "decoder"],
+        default=["boxes", "refine", "decoder"],
+    )
     parser.add_argument("--slow", type=float, default=2.0, help="seconds after which a case counts as a hang")
-    parser.add_argument("--slow-per-mp", type=float, default=0.1,
-                        help="seconds the decoder may add per megapixel of a picture it decodes")
-    parser.add_argument("--hang-timeout", type=float, default=60.0,
-                        help="seconds after which a decoder case is stopped (its worker killed)")
-    parser.add_argument("--shrink-seconds", type=float, default=15.0,
-                        help="time to shrink one input per crash kind (0: keep the samples only)")
+    parser.add_argument(
+        "--slow-per-mp",
+        type=float,
+        default=0.1,
+        help="seconds the decoder may add per megapixel of a picture it decodes",
+    )
+    parser.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=60.0,
+        help="seconds after which a decoder case is stopped (its worker killed)",
+    )
+    parser.add_argument(
+        "--shrink-seconds",
+        type=float,
+        default=15.0,
+        help="time to shrink one input per crash kind (0: keep the samples only)",
+    )
     parser.add_argument("--save-dir", help="write the bytes of crashing decoder inputs here")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-    report: dict = {"seed": args.seed, "cases_per_surface": args.cases, "slow_limit_s": args.slow,
-                    "slow_s_per_decoded_megapixel": args.slow_per_mp, "surfaces": {}}
+    report: dict = {
+        "seed": args.seed,
+        "cases_per_surface": args.cases,
+        "slow_limit_s": args.slow,
+        "slow_s_per_decoded_megapixel": args.slow_per_mp,
+        "surfaces": {},
+    }
     with tempfile.TemporaryDirectory(prefix="fuzz-catalogs-") as tmp:
         boxes_path, refine_path = build_catalogs(Path(tmp), args.seed)
         for name in args.surfaces:
             if name == "decoder":
                 t0 = time.perf_counter()
-                tally = run_decoder(args.cases, args.seed, args.slow, args.hang_timeout, args.save_dir,
-                                    args.slow_per_mp)
+                tally = run_decoder(
+                    args.cases, args.seed, args.slow, args.hang_timeout, args.save_dir, args.slow_per_mp
+                )
                 tally.seconds = time.perf_counter() - t0
             else:
                 view = CatalogView.open(boxes_path if name == "boxes" else refine_path)
                 try:
-                    strategy, checker = ((box_cases(), check_box_case) if name == "boxes"
-                                         else (refine_cases(), check_refine_case))
-                    tally = fuzz_hypothesis_surface(view, strategy, checker, args.cases, args.seed, args.slow,
-                                                    args.shrink_seconds)
+                    strategy, checker = (
+                        (box_cases(), check_box_case)
+                        if name == "boxes"
+                        else (refine_cases(), check_refine_case)
+                    )
+                    tally = fuzz_hypothesis_surface(
+                        view, strategy, checker, args.cases, args.seed, args.slow, args.shrink_seconds
+                    )
                 finally:
                     view.cat.close()
             report["surfaces"][name] = tally.report()
-            print(f"{name}: {tally.cases} cases, {sum(c['count'] for c in tally.crashes.values())} crashes, "
-                  f"{tally.seconds:.1f} s", file=sys.stderr)
+            print(
+                f"{name}: {tally.cases} cases, {sum(c['count'] for c in tally.crashes.values())} crashes, "
+                f"{tally.seconds:.1f} s",
+                file=sys.stderr,
+            )
     report["crashes"] = sum(s["crashes"] for s in report["surfaces"].values())
     print(json.dumps(report, indent=2, default=str))
     return 1 if report["crashes"] else 0

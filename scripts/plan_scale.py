@@ -37,8 +37,12 @@ def parquet_bytes_per_row(catalog: Path, rows: int) -> dict:
     """Export ``catalog`` with the CLI and return bytes per row of each Parquet file."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export"
-        subprocess.run([sys.executable, "-m", "engine", "export", str(catalog), str(out)], check=True,
-                       capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "engine", "export", str(catalog), str(out)],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
         return {p.name: p.stat().st_size / rows for p in sorted(out.glob("*.parquet"))}
 
 
@@ -58,8 +62,13 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=lambda s: int(float(s)), default=40_000_000)
     ap.add_argument("--shards-per-machine", type=int, default=4, help="2-core shard processes per machine")
     ap.add_argument("--refine", default=str(ROOT / "bench-data" / "refine.json"))
-    ap.add_argument("--embedding-dims", type=int, nargs="+", default=[768, 1152],
-                    help="raw embedding widths kept as float16 (ViT-L-14, SO400M)")
+    ap.add_argument(
+        "--embedding-dims",
+        type=int,
+        nargs="+",
+        default=[768, 1152],
+        help="raw embedding widths kept as float16 (ViT-L-14, SO400M)",
+    )
     ap.add_argument("--metadata-bytes", type=float, default=120.0, help="uri, label, caption per image")
     ap.add_argument("--thumbnail-bytes", type=float, default=8_000.0, help="a 256 px JPEG")
     ap.add_argument("--network-ms", type=float, default=10.0, help="fan-out, gather and merge of a round")
@@ -77,24 +86,46 @@ def main() -> None:
     parquet = parquet_bytes_per_row(synth, smallest["rows"]) if synth.exists() else {}
 
     storage = {
-        "codes_in_memory": {"bytes_per_image": memory_b, "total_bytes": memory_b * n,
-                            "where": "RAM of the shard processes (32 code bytes + 8 id bytes per row)"},
-        "catalog_files": {"bytes_per_image": catalog_b, "total_bytes": catalog_b * n,
-                          "where": "local SSD of the shard machines (DuckDB: codes, blocks, images)"},
+        "codes_in_memory": {
+            "bytes_per_image": memory_b,
+            "total_bytes": memory_b * n,
+            "where": "RAM of the shard processes (32 code bytes + 8 id bytes per row)",
+        },
+        "catalog_files": {
+            "bytes_per_image": catalog_b,
+            "total_bytes": catalog_b * n,
+            "where": "local SSD of the shard machines (DuckDB: codes, blocks, images)",
+        },
         "raw_code_bytes": {"bytes_per_image": 32, "total_bytes": 32 * n},
     }
     if parquet:
         pq = sum(parquet.values())
-        storage["parquet_export"] = {"bytes_per_image": pq, "total_bytes": pq * n, "files": parquet,
-                                     "where": "object storage; the SQL's ground truth for Spark SQL or Trino"}
+        storage["parquet_export"] = {
+            "bytes_per_image": pq,
+            "total_bytes": pq * n,
+            "files": parquet,
+            "where": "object storage; the SQL's ground truth for Spark SQL or Trino",
+        }
     for d in args.embedding_dims:
-        storage[f"raw_embeddings_{d}d_fp16"] = {"bytes_per_image": 2 * d, "total_bytes": 2 * d * n,
-                                                "where": "object storage; read to retrain the head or re-index"}
-    storage["metadata"] = {"bytes_per_image": args.metadata_bytes, "total_bytes": args.metadata_bytes * n,
-                           "where": "Parquet by id; read for the results shown"}
-    storage["thumbnails"] = {"bytes_per_image": args.thumbnail_bytes, "total_bytes": args.thumbnail_bytes * n,
-                             "where": "object storage behind a CDN"}
-    storage["original_system"] = {"bytes_per_image": args.original_bytes, "total_bytes": args.original_bytes * n}
+        storage[f"raw_embeddings_{d}d_fp16"] = {
+            "bytes_per_image": 2 * d,
+            "total_bytes": 2 * d * n,
+            "where": "object storage; read to retrain the head or re-index",
+        }
+    storage["metadata"] = {
+        "bytes_per_image": args.metadata_bytes,
+        "total_bytes": args.metadata_bytes * n,
+        "where": "Parquet by id; read for the results shown",
+    }
+    storage["thumbnails"] = {
+        "bytes_per_image": args.thumbnail_bytes,
+        "total_bytes": args.thumbnail_bytes * n,
+        "where": "object storage behind a CDN",
+    }
+    storage["original_system"] = {
+        "bytes_per_image": args.original_bytes,
+        "total_bytes": args.original_bytes * n,
+    }
 
     shards = math.ceil(n / args.shard_rows)
     rows_per_shard = n / shards
@@ -105,10 +136,15 @@ def main() -> None:
         query_ms = icpt + slope * rows_per_shard
         train_ms = max(s["models"][m]["train_ms"]["median"] for s in sizes)
         sample_ms = max(s["models"][m]["sample_ms"]["median"] for s in sizes)
-        models[m] = {"sample_ms": sample_ms, "train_ms": train_ms, "shard_query_ms": query_ms,
-                     "query_ms_per_million_rows": slope * 1e6, "network_ms": args.network_ms,
-                     "round_ms": sample_ms + train_ms + query_ms + args.network_ms,
-                     "one_machine_query_ms": icpt + slope * n}
+        models[m] = {
+            "sample_ms": sample_ms,
+            "train_ms": train_ms,
+            "shard_query_ms": query_ms,
+            "query_ms_per_million_rows": slope * 1e6,
+            "network_ms": args.network_ms,
+            "round_ms": sample_ms + train_ms + query_ms + args.network_ms,
+            "one_machine_query_ms": icpt + slope * n,
+        }
     report = {
         "benchmark": "plan_scale",
         "images": n,
@@ -116,7 +152,8 @@ def main() -> None:
         "cores_per_shard": bench.get("cores"),
         "storage": storage,
         "shards": {
-            "count": shards, "rows_per_shard": rows_per_shard,
+            "count": shards,
+            "rows_per_shard": rows_per_shard,
             "memory_per_shard_bytes": memory_b * rows_per_shard,
             "machines": math.ceil(shards / args.shards_per_machine),
             "memory_per_machine_bytes": memory_b * rows_per_shard * args.shards_per_machine,

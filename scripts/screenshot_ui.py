@@ -29,8 +29,11 @@ def main(argv=None) -> int:
     proc = start_server(args.catalog, port, 300)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.set_default_timeout(120_000)
             page.goto(f"http://127.0.0.1:{port}/")

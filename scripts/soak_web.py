@@ -62,12 +62,43 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-QUERIES = ["sneaker", "ankle boot", "a bag to carry things", "summer dress", "warm winter coat", "trousers",
-           "t-shirt", "shirt with buttons", "pullover", "sandals", "running shoes", "handbag", "jeans", "blouse",
-           "leather boots", "a long evening dress", "sports shoes", "knitted sweater", "short sleeves",
-           "something to wear on the beach", "footwear for running", "a jacket for the rain"]
+QUERIES = [
+    "sneaker",
+    "ankle boot",
+    "a bag to carry things",
+    "summer dress",
+    "warm winter coat",
+    "trousers",
+    "t-shirt",
+    "shirt with buttons",
+    "pullover",
+    "sandals",
+    "running shoes",
+    "handbag",
+    "jeans",
+    "blouse",
+    "leather boots",
+    "a long evening dress",
+    "sports shoes",
+    "knitted sweater",
+    "short sleeves",
+    "something to wear on the beach",
+    "footwear for running",
+    "a jacket for the rain",
+]
 MODELS = ["ensemble", "branch", "tree", "forest"]
-LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 # Console queries: {label} is filled in at random; last_result is the refine the client ran last.
 CONSOLE = [
     "SELECT label, count(*) AS n FROM last_result JOIN images USING (id) GROUP BY label ORDER BY n DESC",
@@ -94,8 +125,12 @@ def catalog_ready(path: Path, rows: int) -> bool:
     try:
         with engine.Catalog.open(path, read_only=True) as cat:
             status = cat.index_status()
-            return (status["rows"] == rows and not status["stale"] and bool(cat.setting("encoder"))
-                    and cat.setting("head") is not None)
+            return (
+                status["rows"] == rows
+                and not status["stale"]
+                and bool(cat.setting("encoder"))
+                and cat.setting("head") is not None
+            )
     except engine.CatalogError:
         return False
 
@@ -108,8 +143,12 @@ def build_catalog(path: Path, rows: int, seed: int, demo: Path) -> dict:
 
     t0 = time.perf_counter()
     if not demo.is_file():
-        r = subprocess.run([sys.executable, "-m", "engine", "demo", str(demo), "--no-serve", "--quiet"],
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "engine", "demo", str(demo), "--no-serve", "--quiet"],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise SystemExit(f"building the demo catalog failed:\n{r.stderr[-2000:]}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +159,10 @@ def build_catalog(path: Path, rows: int, seed: int, demo: Path) -> dict:
     shutil.copy(demo, tmp)
     with engine.Catalog.open(tmp) as cat:
         cat.con.execute("SET enable_progress_bar = false")  # stdout carries the report only
-        real = cat.sql("SELECT id, uri, file_size, file_mtime_ns, width, height, label, split FROM images "
-                       "JOIN codes USING (id) ORDER BY id")
+        real = cat.sql(
+            "SELECT id, uri, file_size, file_mtime_ns, width, height, label, split FROM images "
+            "JOIN codes USING (id) ORDER BY id"
+        )
         ids = real.column("id").to_numpy()
         extra = rows - len(ids)
         if extra < 0:
@@ -131,18 +172,25 @@ def build_catalog(path: Path, rows: int, seed: int, demo: Path) -> dict:
         noise = rng.integers(-JITTER, JITTER + 1, size=(extra, 32), dtype=np.int16)
         codes = np.clip(cat.codes(ids)[src].astype(np.int16) + noise, 0, 255).astype(np.uint8)
         # the file's recorded size and time too: the server shows only files that still match them
-        meta = {c: real.column(c).take(src) for c in ("uri", "file_size", "file_mtime_ns", "width", "height",
-                                                      "label", "split")}
+        meta = {
+            c: real.column(c).take(src)
+            for c in ("uri", "file_size", "file_mtime_ns", "width", "height", "label", "split")
+        }
         meta["copy_of"] = ids[src]
         cat.add_codes(codes, metadata=meta)
         t1 = time.perf_counter()
         index = cat.build_index()
         cat.compact()
     tmp.rename(path)
-    return {"demo": str(demo), "real_rows": int(len(ids)), "jittered_rows": int(extra), "jitter": JITTER,
-            "time_add_s": round(t1 - t0, 1), "time_index_s": round(index["time_load_s"] + index["time_sort_s"]
-                                                                   + index["time_write_s"], 1),
-            "time_total_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "demo": str(demo),
+        "real_rows": int(len(ids)),
+        "jittered_rows": int(extra),
+        "jitter": JITTER,
+        "time_add_s": round(t1 - t0, 1),
+        "time_index_s": round(index["time_load_s"] + index["time_sort_s"] + index["time_write_s"], 1),
+        "time_total_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -155,9 +203,13 @@ def _free_port() -> int:
 def start_server(catalog: Path, port: int, log: Path, timeout_s: float) -> subprocess.Popen:
     """``python -m engine serve CATALOG`` on ``port``, once ``/api/health`` answers."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(catalog), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", str(catalog), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -217,8 +269,12 @@ def process_stats(pid: int) -> dict:
             ticks += int(fields[11]) + int(fields[12])
         except OSError:
             continue
-    return {"rss_mb": round(rss_kb / 1024, 1), "threads": threads, "fds": fds,
-            "cpu_s": round(ticks / os.sysconf("SC_CLK_TCK"), 2)}
+    return {
+        "rss_mb": round(rss_kb / 1024, 1),
+        "threads": threads,
+        "fds": fds,
+        "cpu_s": round(ticks / os.sysconf("SC_CLK_TCK"), 2),
+    }
 
 
 # -- the clients -----------------------------------------------------------------------------
@@ -231,8 +287,9 @@ class Http:
         self._conn: http.client.HTTPConnection | None = None
         self.reconnects = 0
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict | None = None) -> tuple[int, dict, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, bytes]:
         """``(status, lower-cased headers, body)``."""
         for attempt in (0, 1):
             reused = self._conn is not None
@@ -272,8 +329,16 @@ class Recorder:
         self.error_samples: list[str] = []
         self.requests = 0
 
-    def call(self, http: Http, name: str, method: str, path: str, body: bytes | None = None,
-             headers: dict | None = None, ok: tuple[int, ...] = (200,)) -> tuple[int, dict, bytes] | None:
+    def call(
+        self,
+        http: Http,
+        name: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> tuple[int, dict, bytes] | None:
         """Send one request and record it; returns ``(status, headers, body)``, or None when it failed."""
         t0 = time.perf_counter()
         try:
@@ -331,8 +396,14 @@ class Client:
         self.etags: dict[int, str] = {}
         self.rounds = 0
 
-    def get(self, name: str, path: str, params: dict | None = None, headers: dict | None = None,
-            ok: tuple[int, ...] = (200,)) -> str | None:
+    def get(
+        self,
+        name: str,
+        path: str,
+        params: dict | None = None,
+        headers: dict | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> str | None:
         """GET ``path`` (HTMX headers unless ``headers`` are given); the body as text, or None."""
         if params:
             path += "?" + urllib.parse.urlencode(params)
@@ -357,10 +428,19 @@ class Client:
 
     def refine(self, pos: list[int], neg: list[int]) -> str | None:
         model = MODELS[self.rounds % len(MODELS)]
-        return self.post_form("refine", "/refine", {
-            "positives": ",".join(map(str, pos)), "negatives": ",".join(map(str, neg)), "model": model,
-            "sampled_negatives": "500", "negative_weight": "1", "catalog": self.catalog,
-            "seed": str(int(self.rng.integers(1000)))})
+        return self.post_form(
+            "refine",
+            "/refine",
+            {
+                "positives": ",".join(map(str, pos)),
+                "negatives": ",".join(map(str, neg)),
+                "model": model,
+                "sampled_negatives": "500",
+                "negative_weight": "1",
+                "catalog": self.catalog,
+                "seed": str(int(self.rng.integers(1000))),
+            },
+        )
 
     def one_round(self) -> None:
         """Search, thumbnails, maybe similar, refine (once or twice), load more, console."""
@@ -375,8 +455,9 @@ class Client:
         ids = _ids(html)
         self.thumbs(ids[:12])
         if ids and rng.random() < 0.3:
-            similar = self.get("similar", "/similar", {"id": ids[int(rng.integers(len(ids)))],
-                                                      "catalog": self.catalog})
+            similar = self.get(
+                "similar", "/similar", {"id": ids[int(rng.integers(len(ids)))], "catalog": self.catalog}
+            )
             if similar is not None:
                 self.thumbs(_ids(similar)[:6])
         if len(ids) < 10:
@@ -435,9 +516,13 @@ def sample(pid: int, http: Http, rec: Recorder | None, t: float) -> dict:
     """One sample of the server at ``t`` seconds after the load started."""
     h = health(http, rec)
     connections = None if h is None else sum(c["duckdb_connections"] for c in h["catalogs"].values())
-    s = {"t_s": round(t, 1), **process_stats(pid), "duckdb_connections": connections,
-         "results_cached": None if h is None else h["results_cached"],
-         "result_ids_cached": None if h is None else h["result_ids_cached"]}
+    s = {
+        "t_s": round(t, 1),
+        **process_stats(pid),
+        "duckdb_connections": connections,
+        "results_cached": None if h is None else h["results_cached"],
+        "result_ids_cached": None if h is None else h["result_ids_cached"],
+    }
     if rec is not None:
         with rec.lock:
             s["requests"], s["errors"] = rec.requests, sum(rec.errors.values())
@@ -448,8 +533,12 @@ def _summary(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     a = np.asarray(values)
-    return {"n": len(a), "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "max_ms": round(float(a.max()), 2)}
+    return {
+        "n": len(a),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "max_ms": round(float(a.max()), 2),
+    }
 
 
 def memory_report(samples: list[dict], seconds: float) -> dict:
@@ -463,10 +552,15 @@ def memory_report(samples: list[dict], seconds: float) -> dict:
     if len(after) >= 4 and np.ptp(t) > 0:
         coef, cov = np.polyfit(t, rss, 1, cov=True)
         slope, stderr = round(float(coef[0]), 2), round(float(np.sqrt(cov[0, 0])), 2)
-    return {"warmup_s": round(warmup_s, 1), "samples_after_warmup": len(after),
-            "rss_start_mb": float(rss[0]), "rss_end_mb": float(rss[-1]),
-            "rss_max_mb": max(s["rss_mb"] for s in samples),
-            "slope_mb_per_min": slope, "slope_stderr_mb_per_min": stderr}
+    return {
+        "warmup_s": round(warmup_s, 1),
+        "samples_after_warmup": len(after),
+        "rss_start_mb": float(rss[0]),
+        "rss_end_mb": float(rss[-1]),
+        "rss_max_mb": max(s["rss_mb"] for s in samples),
+        "slope_mb_per_min": slope,
+        "slope_stderr_mb_per_min": stderr,
+    }
 
 
 def _wait_idle(pid: int, http: Http, idle: int | None, timeout_s: float = 30) -> dict:
@@ -479,8 +573,16 @@ def _wait_idle(pid: int, http: Http, idle: int | None, timeout_s: float = 30) ->
         time.sleep(0.5)
 
 
-def run_soak(catalog: Path, *, seconds: float, clients: int, seed: int = 0, sample_every: float = 5.0,
-             start_timeout_s: float = 900, page_size: int = 60) -> dict:
+def run_soak(
+    catalog: Path,
+    *,
+    seconds: float,
+    clients: int,
+    seed: int = 0,
+    sample_every: float = 5.0,
+    start_timeout_s: float = 900,
+    page_size: int = 60,
+) -> dict:
     """Serve ``catalog``, run ``clients`` clients for ``seconds`` while sampling, stop the server;
     returns the report (see the module docstring)."""
     catalog = Path(catalog).resolve()
@@ -519,33 +621,61 @@ def run_soak(catalog: Path, *, seconds: float, clients: int, seed: int = 0, samp
     finally:
         probe.close()
         stop_server(proc)
-    endpoints = {e: {**_summary(rec.latency[e]), "server": _summary(rec.server[e]), "errors": rec.errors[e]}
-                 for e in ENDPOINTS}
+    endpoints = {
+        e: {**_summary(rec.latency[e]), "server": _summary(rec.server[e]), "errors": rec.errors[e]}
+        for e in ENDPOINTS
+    }
     load = [s["duckdb_connections"] for s in samples if s["duckdb_connections"] is not None]
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     server_cpu = samples[-1]["cpu_s"] - idle["cpu_s"]
     return {
-        "catalog": str(catalog), "rows": rows, "clients": clients, "seconds": seconds,
-        "seed": seed, "sample_every_s": sample_every, "cores": os.cpu_count(),
-        "server_startup_s": round(startup_s, 1), "wall_s": round(wall, 1),
-        "rounds": sum(u.rounds for u in users), "requests": rec.requests,
-        "requests_per_s": round(rec.requests / wall, 1), "errors": sum(rec.errors.values()),
-        "error_samples": rec.error_samples, "reconnects": sum(u.http.reconnects for u in users),
+        "catalog": str(catalog),
+        "rows": rows,
+        "clients": clients,
+        "seconds": seconds,
+        "seed": seed,
+        "sample_every_s": sample_every,
+        "cores": os.cpu_count(),
+        "server_startup_s": round(startup_s, 1),
+        "wall_s": round(wall, 1),
+        "rounds": sum(u.rounds for u in users),
+        "requests": rec.requests,
+        "requests_per_s": round(rec.requests / wall, 1),
+        "errors": sum(rec.errors.values()),
+        "error_samples": rec.error_samples,
+        "reconnects": sum(u.http.reconnects for u in users),
         "endpoints": endpoints,
-        "memory": {**memory_report(samples, seconds), "rss_idle_before_mb": idle["rss_mb"],
-                   "rss_idle_after_mb": after["rss_mb"]},
-        "duckdb_connections": {"idle_before": idle["duckdb_connections"], "under_load_max": max(load, default=None),
-                               "under_load_mean": round(float(np.mean(load)), 2) if load else None,
-                               "idle_after": after["duckdb_connections"],
-                               "over_time": [[s["t_s"], s["duckdb_connections"]] for s in samples]},
-        "fds": {"idle_before": idle["fds"], "under_load_max": max(s["fds"] for s in samples),
-                "idle_after": after["fds"]},
-        "threads": {"idle_before": idle["threads"], "under_load_max": max(s["threads"] for s in samples),
-                    "idle_after": after["threads"]},
-        "results_cached": {"max": max((s["results_cached"] or 0) for s in samples),
-                           "result_ids_max": max((s["result_ids_cached"] or 0) for s in samples)},
-        "cpu": {"server_s": round(server_cpu, 1), "client_s": round(client_cpu, 1),
-                "client_share_of_machine": round(client_cpu / (wall * (os.cpu_count() or 1)), 3)},
+        "memory": {
+            **memory_report(samples, seconds),
+            "rss_idle_before_mb": idle["rss_mb"],
+            "rss_idle_after_mb": after["rss_mb"],
+        },
+        "duckdb_connections": {
+            "idle_before": idle["duckdb_connections"],
+            "under_load_max": max(load, default=None),
+            "under_load_mean": round(float(np.mean(load)), 2) if load else None,
+            "idle_after": after["duckdb_connections"],
+            "over_time": [[s["t_s"], s["duckdb_connections"]] for s in samples],
+        },
+        "fds": {
+            "idle_before": idle["fds"],
+            "under_load_max": max(s["fds"] for s in samples),
+            "idle_after": after["fds"],
+        },
+        "threads": {
+            "idle_before": idle["threads"],
+            "under_load_max": max(s["threads"] for s in samples),
+            "idle_after": after["threads"],
+        },
+        "results_cached": {
+            "max": max((s["results_cached"] or 0) for s in samples),
+            "result_ids_max": max((s["result_ids_cached"] or 0) for s in samples),
+        },
+        "cpu": {
+            "server_s": round(server_cpu, 1),
+            "client_s": round(client_cpu, 1),
+            "client_share_of_machine": round(client_cpu / (wall * (os.cpu_count() or 1)), 3),
+        },
         "samples": samples,
     }
 
@@ -555,10 +685,18 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=10, help="how long the clients run")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the soak catalog")
-    ap.add_argument("--catalog", type=Path, default=ROOT / "bench-data" / "soak" / "fashion-1m.duckdb",
-                    help="the soak catalog: reused when complete, else built here")
-    ap.add_argument("--demo", type=Path, default=ROOT / "demo" / "fashion.duckdb",
-                    help="the demo catalog the soak catalog is made from (built when missing)")
+    ap.add_argument(
+        "--catalog",
+        type=Path,
+        default=ROOT / "bench-data" / "soak" / "fashion-1m.duckdb",
+        help="the soak catalog: reused when complete, else built here",
+    )
+    ap.add_argument(
+        "--demo",
+        type=Path,
+        default=ROOT / "demo" / "fashion.duckdb",
+        help="the demo catalog the soak catalog is made from (built when missing)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-every", type=float, default=5, help="seconds between samples of the server")
     ap.add_argument("--start-timeout", type=float, default=900, help="seconds the server may take to start")
@@ -566,8 +704,14 @@ def main(argv=None) -> int:
     build = None
     if not catalog_ready(args.catalog, args.rows):
         build = build_catalog(args.catalog, args.rows, args.seed, args.demo)
-    report = run_soak(args.catalog, seconds=args.minutes * 60, clients=args.clients, seed=args.seed,
-                      sample_every=args.sample_every, start_timeout_s=args.start_timeout)
+    report = run_soak(
+        args.catalog,
+        seconds=args.minutes * 60,
+        clients=args.clients,
+        seed=args.seed,
+        sample_every=args.sample_every,
+        start_timeout_s=args.start_timeout,
+    )
     report = {"benchmark": "soak_web", "minutes": args.minutes, "catalog_built": build, **report}
     print(json.dumps(report, indent=1))
     return 0 if report["errors"] == 0 else 1

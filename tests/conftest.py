@@ -95,9 +95,27 @@ def web_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("webdemo")
     path = root / "fashion.duckdb"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "engine", "demo", str(path), "--limit", "500", "--epochs", "2",
-                        "--workers", "0", "--quiet", "--no-serve"], capture_output=True, text=True, env=env,
-                       timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "demo",
+            str(path),
+            "--limit",
+            "500",
+            "--epochs",
+            "2",
+            "--workers",
+            "0",
+            "--quiet",
+            "--no-serve",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr
     return path
 
@@ -156,8 +174,13 @@ def serve() -> Callable:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(path), "--port", str(port), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", str(path), "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 300
         while True:
@@ -209,11 +232,25 @@ def png_bomb() -> bytes:
 
 # The end-to-end tier: real CLI processes, servers, browsers, Spark, open_clip models and the
 # scripts. `pytest -m "not e2e"` runs the rest (the engine's units, against their oracles) fast.
-E2E_FILES = frozenset({
-    "test_chaos.py", "test_cli.py", "test_cli_user.py", "test_pipeline.py", "test_spark_ingest.py", "test_spark_parquet.py",
-    "test_openclip_encoder.py", "test_demo_encoder.py", "test_web_browser.py", "test_fuzz_http.py",
-    "test_attack_web_script.py", "test_soak.py", "test_eval_scripts.py", "test_eval_session_scale.py",
-    "test_web_server.py"})
+E2E_FILES = frozenset(
+    {
+        "test_chaos.py",
+        "test_cli.py",
+        "test_cli_user.py",
+        "test_pipeline.py",
+        "test_spark_ingest.py",
+        "test_spark_parquet.py",
+        "test_openclip_encoder.py",
+        "test_demo_encoder.py",
+        "test_web_browser.py",
+        "test_fuzz_http.py",
+        "test_attack_web_script.py",
+        "test_soak.py",
+        "test_eval_scripts.py",
+        "test_eval_session_scale.py",
+        "test_web_server.py",
+    }
+)
 E2E_FIXTURES = frozenset({"web_demo", "web_demo_copy", "serve", "load_script"})
 
 

@@ -17,19 +17,51 @@ pytest.importorskip("litestar")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "attack_web.py"
 CHEAP = ("cross_site", "console_files", "repeated_columns")
-RECORD_KEYS = {"group", "name", "held", "expect", "status", "wall_s", "response_bytes", "server_peak_rss_mb",
-               "server_with_children_peak_rss_mb"}
-TARGET_KEYS = {"no_5xx", "server_peak_rss_mb", "console_queries_within_1_5x_limit", "console_worst_ratio",
-               "health_and_search_under_1s_during_flood", "flood_max_latency_s", "nothing_foreign_served"}
+RECORD_KEYS = {
+    "group",
+    "name",
+    "held",
+    "expect",
+    "status",
+    "wall_s",
+    "response_bytes",
+    "server_peak_rss_mb",
+    "server_with_children_peak_rss_mb",
+}
+TARGET_KEYS = {
+    "no_5xx",
+    "server_peak_rss_mb",
+    "console_queries_within_1_5x_limit",
+    "console_worst_ratio",
+    "health_and_search_under_1s_during_flood",
+    "flood_max_latency_s",
+    "nothing_foreign_served",
+}
 
 
 @pytest.fixture(scope="module")
 def report(web_demo, tmp_path_factory):
     work = tmp_path_factory.mktemp("attack")
     out = work / "report.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--only", ",".join(CHEAP), "--demo", str(web_demo),
-                        "--work", str(work), "--out", str(out)], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--only",
+            ",".join(CHEAP),
+            "--demo",
+            str(web_demo),
+            "--work",
+            str(work),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     printed = json.loads(r.stdout)
     assert json.loads(out.read_text()) == printed
@@ -55,8 +87,17 @@ def test_every_attack_holds(report):
     report, _ = report
     assert report["not_held"] == [], [r for r in report["attacks"] if not r["held"]]
     names = {r["name"] for r in report["attacks"]}
-    assert {"foreign_host", "cross_origin_refine", "json_as_text_plain", "security_headers", "read_blob_catalog",
-            "read_csv_passwd", "duckdb_databases", "two_a", "self_join_ids"} <= names
+    assert {
+        "foreign_host",
+        "cross_origin_refine",
+        "json_as_text_plain",
+        "security_headers",
+        "read_blob_catalog",
+        "read_csv_passwd",
+        "duckdb_databases",
+        "two_a",
+        "self_join_ids",
+    } <= names
     targets = report["targets"]
     assert targets["no_5xx"] is True and targets["nothing_foreign_served"] is True
     peaks = targets["server_peak_rss_mb"]

@@ -36,8 +36,9 @@ from engine import (
 
 N_DIMS = 32
 N_INDEXED, N_TAIL = 400, 37
-BOXES = engine.BoxSet([{0: (0, 120), 5: (30, 200)}, {3: (50, 255)}, {7: (0, 90), 9: (100, 255)}, {}],
-                      members=[0, 1, 2, 2])
+BOXES = engine.BoxSet(
+    [{0: (0, 120), 5: (30, 200)}, {3: (50, 255)}, {7: (0, 90), 9: (100, 255)}, {}], members=[0, 1, 2, 2]
+)
 
 
 def _codes(rng, n):
@@ -54,11 +55,18 @@ def snapshot(path: Path) -> dict:
         for mv in (1, 2, 3):
             r = cat.select(BOXES, min_votes=mv)
             out[f"select{mv}"] = (r.ids.tolist(), r.votes.tolist(), r.sql)
-        for table, order in [("codes", "pos"), ("images", "id"), ("blocks", "block_id"), ("settings", "key"),
-                             ("schema_version", "version")]:
+        for table, order in [
+            ("codes", "pos"),
+            ("images", "id"),
+            ("blocks", "block_id"),
+            ("settings", "key"),
+            ("schema_version", "version"),
+        ]:
             out[table] = cat.sql(f"SELECT * FROM {table} ORDER BY {order}")
-        out["tables"] = cat.sql("SELECT table_name, column_name, data_type FROM duckdb_columns() "
-                                "WHERE schema_name = 'main' ORDER BY ALL")
+        out["tables"] = cat.sql(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE schema_name = 'main' ORDER BY ALL"
+        )
         ids = np.array(sorted(out["select1"][0]))
         out["codes_of"] = cat.codes(ids).tolist()
     return out
@@ -74,9 +82,11 @@ def template(tmp_path_factory):
     rng = np.random.default_rng(7)
     codes = _codes(rng, N_INDEXED + N_TAIL)
     with engine.Catalog.create(path) as cat:
-        cat.add_codes(codes[:N_INDEXED], ids=np.arange(N_INDEXED) * 2 + 1000,
-                      metadata={"label": [f"L{i % 7}" for i in range(N_INDEXED)],
-                                "score": rng.random(N_INDEXED)})
+        cat.add_codes(
+            codes[:N_INDEXED],
+            ids=np.arange(N_INDEXED) * 2 + 1000,
+            metadata={"label": [f"L{i % 7}" for i in range(N_INDEXED)], "score": rng.random(N_INDEXED)},
+        )
         cat.build_index(block_size=64)
         cat.add_codes(codes[N_INDEXED:])
     base = snapshot(path)
@@ -144,8 +154,19 @@ def _raises_in_select(work, bad, exc=InvalidBoxes):
 
 
 # -- malformed box JSON ------------------------------------------------------------------------
-@pytest.mark.parametrize("text", ['{"boxes": [', "nope", "", "   ", '{"boxes": [{"3": [1, 2]}]', "[{3: [1, 2]}]",
-                                  "{'boxes': []}", b'\xff\xfe\x00'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"boxes": [',
+        "nope",
+        "",
+        "   ",
+        '{"boxes": [{"3": [1, 2]}]',
+        "[{3: [1, 2]}]",
+        "{'boxes': []}",
+        b"\xff\xfe\x00",
+    ],
+)
 def test_invalid_json_text(shared, text):
     _raises_in_select(shared, text)
 
@@ -160,26 +181,49 @@ def test_json_missing_boxes(shared, data):
     _raises_in_select(shared, data)
 
 
-@pytest.mark.parametrize("data", ['{"boxes": [], "extra": 1}', '{"boxes": [{}], "Members": [0]}',
-                                  {"boxes": [], "min_votes": 2}])
+@pytest.mark.parametrize(
+    "data", ['{"boxes": [], "extra": 1}', '{"boxes": [{}], "Members": [0]}', {"boxes": [], "min_votes": 2}]
+)
 def test_json_unknown_keys(shared, data):
     _raises_in_select(shared, data)
 
 
-@pytest.mark.parametrize("data", ['{"boxes": {"3": [1, 2]}}', '{"boxes": "abc"}', '{"boxes": 5}', '{"boxes": null}',
-                                  '[[3, [1, 2]]]', "[5]", '["f03"]', "[null]"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"boxes": {"3": [1, 2]}}',
+        '{"boxes": "abc"}',
+        '{"boxes": 5}',
+        '{"boxes": null}',
+        "[[3, [1, 2]]]",
+        "[5]",
+        '["f03"]',
+        "[null]",
+    ],
+)
 def test_json_boxes_not_a_list_of_objects(shared, data):
     _raises_in_select(shared, data)
 
 
-@pytest.mark.parametrize("box", ['{"3": [1]}', '{"3": [1, 2, 3]}', '{"3": []}', '{"3": 5}', '{"3": "ab"}',
-                                 '{"3": {"lo": 1, "hi": 2}}', '{"3": null}'])
+@pytest.mark.parametrize(
+    "box",
+    [
+        '{"3": [1]}',
+        '{"3": [1, 2, 3]}',
+        '{"3": []}',
+        '{"3": 5}',
+        '{"3": "ab"}',
+        '{"3": {"lo": 1, "hi": 2}}',
+        '{"3": null}',
+    ],
+)
 def test_bounds_not_a_pair(shared, box):
     _raises_in_select(shared, f'{{"boxes": [{box}]}}')
 
 
-@pytest.mark.parametrize("bounds", ["[1.5, 2]", '["1", 2]', "[null, 2]", "[1, [2]]", "[NaN, 2]", "[1, Infinity]",
-                                    "[1, 2.25]"])
+@pytest.mark.parametrize(
+    "bounds", ["[1.5, 2]", '["1", 2]', "[null, 2]", "[1, [2]]", "[NaN, 2]", "[1, Infinity]", "[1, 2.25]"]
+)
 def test_non_integer_bounds(shared, bounds):
     _raises_in_select(shared, f'[{{"3": {bounds}}}]')
 
@@ -189,13 +233,22 @@ def test_bool_bounds(shared, bounds):
     _raises_in_select(shared, f'[{{"3": {bounds}}}]')
 
 
-@pytest.mark.parametrize("data", ['{"boxes": [{}], "members": [0, 1]}', '{"boxes": [{}, {}], "members": [0]}',
-                                  '{"boxes": [], "members": [1]}', '{"boxes": [{}], "members": []}'])
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"boxes": [{}], "members": [0, 1]}',
+        '{"boxes": [{}, {}], "members": [0]}',
+        '{"boxes": [], "members": [1]}',
+        '{"boxes": [{}], "members": []}',
+    ],
+)
 def test_members_length_mismatch(shared, data):
     _raises_in_select(shared, data)
 
 
-@pytest.mark.parametrize("members", ["[1.5]", '["a"]', "[true]", "[null]", "[[1]]", '"ab"', "3", '{"0": 1}', "[1.0]"])
+@pytest.mark.parametrize(
+    "members", ["[1.5]", '["a"]', "[true]", "[null]", "[[1]]", '"ab"', "3", '{"0": 1}', "[1.0]"]
+)
 def test_non_integer_members(shared, members):
     _raises_in_select(shared, f'{{"boxes": [{{}}], "members": {members}}}')
 
@@ -250,7 +303,9 @@ def test_box_set_with_wrong_dim_count(shared):
 @pytest.mark.parametrize("min_votes", [1.5, "2", True, None, np.float64(2.0)])
 def test_bad_min_votes(work, min_votes):
     cat = work.open()
-    with pytest.raises(InvalidArgument, match=f"min_votes must be an integer, got {re.escape(repr(min_votes))}") as e:
+    with pytest.raises(
+        InvalidArgument, match=f"min_votes must be an integer, got {re.escape(repr(min_votes))}"
+    ) as e:
         cat.select(BOXES, min_votes=min_votes)
     assert isinstance(e.value, CatalogError)
     assert cat.select(BOXES, min_votes=np.int64(2)).ids.tolist() == work.baseline["select2"][0]
@@ -296,12 +351,26 @@ def test_ids_already_in_catalog(work, ids):
 
 
 def test_ids_already_in_catalog_with_metadata(work):
-    _bad_add(work, codes=np.zeros((2, N_DIMS), np.uint8), ids=[10**7, 1002],
-             metadata={"label": ["a", "b"], "brand_new": [1, 2]})
+    _bad_add(
+        work,
+        codes=np.zeros((2, N_DIMS), np.uint8),
+        ids=[10**7, 1002],
+        metadata={"label": ["a", "b"], "brand_new": [1, 2]},
+    )
 
 
-@pytest.mark.parametrize("ids", [[1.0, 2.0, 3.0], np.array([1.5, 2.5, 3.5]), ["a", "b", "c"], [None, 1, 2],
-                                 np.array([True, False, True]), "abc", np.array([[1, 2, 3]])])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [1.0, 2.0, 3.0],
+        np.array([1.5, 2.5, 3.5]),
+        ["a", "b", "c"],
+        [None, 1, 2],
+        np.array([True, False, True]),
+        "abc",
+        np.array([[1, 2, 3]]),
+    ],
+)
 def test_ids_not_integers(work, ids):
     _bad_add(work, codes=np.zeros((3, N_DIMS), np.uint8), ids=ids)
 
@@ -342,9 +411,13 @@ def test_metadata_not_a_mapping(work, metadata):
 def test_metadata_type_conflict_rolls_back(work):
     """'score' is DOUBLE in the template: text that is not a number fails the whole add, and the
     new column added in the same call does not survive either."""
-    _bad_add(work, codes=np.zeros((2, N_DIMS), np.uint8), metadata={"fresh_col": [1, 2], "score": ["high", "low"]})
+    _bad_add(
+        work, codes=np.zeros((2, N_DIMS), np.uint8), metadata={"fresh_col": [1, 2], "score": ["high", "low"]}
+    )
     cat = work.open(read_only=True)
-    cols = cat.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'images'").column(0).to_pylist()
+    cols = (
+        cat.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'images'").column(0).to_pylist()
+    )
     assert "fresh_col" not in cols
 
 
@@ -414,7 +487,9 @@ def _set_schema_versions(path, sql):
 
 @pytest.mark.parametrize("read_only", [False, True])
 def test_schema_version_newer_than_code(work, read_only):
-    _set_schema_versions(work.path, "INSERT INTO schema_version (version, name) VALUES (999, 'from_the_future')")
+    _set_schema_versions(
+        work.path, "INSERT INTO schema_version (version, name) VALUES (999, 'from_the_future')"
+    )
     with pytest.raises(SchemaVersionError):
         engine.Catalog.open(work.path, read_only=read_only)
     # Nothing was changed: removing the future version gives back the intact catalog.
@@ -479,7 +554,9 @@ def test_read_only_refuses_add_codes(work):
     with pytest.raises(ReadOnlyError):
         cat.add_codes(np.zeros((3, N_DIMS), np.uint8))
     with pytest.raises(ReadOnlyError):
-        cat.add_codes(np.zeros((3, N_DIMS), np.uint8), ids=[10**7, 10**7 + 1, 10**7 + 2], metadata={"x": [1, 2, 3]})
+        cat.add_codes(
+            np.zeros((3, N_DIMS), np.uint8), ids=[10**7, 10**7 + 1, 10**7 + 2], metadata={"x": [1, 2, 3]}
+        )
     assert len(cat) == work.baseline["len"]
     work.close()
     assert sha256(work.path) == before
@@ -500,9 +577,15 @@ def test_read_only_refuses_build_index(work):
 def test_read_only_refuses_write_sql(work):
     before = sha256(work.path)
     cat = work.open(read_only=True)
-    for text in ["DELETE FROM codes", "INSERT INTO images (id) VALUES (1)", "DROP TABLE blocks",
-                 f"COPY codes TO '{work.path.parent}/leak.csv'", f"ATTACH '{work.path.parent}/att.duckdb' AS att",
-                 "CREATE TABLE evil AS SELECT 1", "UPDATE codes SET f01 = 1"]:
+    for text in [
+        "DELETE FROM codes",
+        "INSERT INTO images (id) VALUES (1)",
+        "DROP TABLE blocks",
+        f"COPY codes TO '{work.path.parent}/leak.csv'",
+        f"ATTACH '{work.path.parent}/att.duckdb' AS att",
+        "CREATE TABLE evil AS SELECT 1",
+        "UPDATE codes SET f01 = 1",
+    ]:
         with pytest.raises(InvalidSql):
             cat.sql(text)
     assert not (work.path.parent / "leak.csv").exists() and not (work.path.parent / "att.duckdb").exists()
@@ -525,8 +608,9 @@ def test_codes_unknown_ids(work, read_only):
     work.assert_intact()
 
 
-@pytest.mark.parametrize("ids", [[1000.0], np.array([1000.5]), ["1000"], [None], "1000", np.array([[1000, 1002]]),
-                                 [True]])
+@pytest.mark.parametrize(
+    "ids", [[1000.0], np.array([1000.5]), ["1000"], [None], "1000", np.array([[1000, 1002]]), [True]]
+)
 def test_codes_non_integer_ids(work, ids):
     cat = work.open()
     with pytest.raises(InvalidCodes):
@@ -535,8 +619,17 @@ def test_codes_non_integer_ids(work, ids):
 
 
 # -- sql() -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", ["SELEC 1", "SELECT FROM WHERE", "SELECT * FROM no_such_table",
-                                  "SELECT no_such_column FROM codes", "SELECT CAST('x' AS INTEGER)", "SELECT (1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELEC 1",
+        "SELECT FROM WHERE",
+        "SELECT * FROM no_such_table",
+        "SELECT no_such_column FROM codes",
+        "SELECT CAST('x' AS INTEGER)",
+        "SELECT (1",
+    ],
+)
 def test_sql_malformed(work, text):
     cat = work.open()
     with pytest.raises(InvalidSql):
@@ -554,8 +647,15 @@ def test_sql_empty_or_not_text(work, text):
     work.assert_intact()
 
 
-@pytest.mark.parametrize("text", ["SELECT 1; SELECT 2", "SELECT 1; DELETE FROM codes", "DELETE FROM codes; SELECT 1",
-                                  "SELECT count(*) FROM codes;;SELECT 3"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELECT 1; SELECT 2",
+        "SELECT 1; DELETE FROM codes",
+        "DELETE FROM codes; SELECT 1",
+        "SELECT count(*) FROM codes;;SELECT 3",
+    ],
+)
 def test_sql_two_statements(work, text):
     cat = work.open()
     with pytest.raises(InvalidSql):
@@ -652,18 +752,28 @@ def test_closed_catalog_releases_file(work, read_only):
     finally:
         con.close()
     # In another process: the file is not locked either.
-    code = "import duckdb, sys; c = duckdb.connect(sys.argv[1]); c.execute('SELECT 1'); c.close(); print('ok')"
-    done = subprocess.run([sys.executable, "-c", code, str(work.path)], capture_output=True, text=True, timeout=120)
+    code = (
+        "import duckdb, sys; c = duckdb.connect(sys.argv[1]); c.execute('SELECT 1'); c.close(); print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(work.path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
     work.assert_intact()
 
 
 @pytest.mark.parametrize("read_only", [False, True])
 def test_open_while_another_process_writes(work, read_only):
-    code = ("import sys, time, engine; c = engine.Catalog.open(sys.argv[1]); "
-            "print('ready', flush=True); time.sleep(300)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(work.path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time, engine; c = engine.Catalog.open(sys.argv[1]); "
+        "print('ready', flush=True); time.sleep(300)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(work.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "ready", proc.stderr.read() if proc.poll() is not None else "no ready line"

@@ -38,8 +38,9 @@ def test_dim_name_forms_all_dims(d):
     assert expected.lo[0, d] == 1 and expected.hi[0, d] == 2
 
 
-@pytest.mark.parametrize("key", [32, -1, 100, "32", "-1", "f32", "f99", "x", "f3", "f003", "", "3.0", 3.0, True,
-                                 None, (3,)])
+@pytest.mark.parametrize(
+    "key", [32, -1, 100, "32", "-1", "f32", "f99", "x", "f3", "f003", "", "3.0", 3.0, True, None, (3,)]
+)
 def test_bad_dims_rejected(key):
     with pytest.raises(InvalidBoxes):
         BoxSet([{key: (1, 2)}])
@@ -76,14 +77,34 @@ def test_bounds_outside_0_255_rejected(bounds):
         BoxSet([{3: bounds}])
 
 
-@pytest.mark.parametrize("bounds", [(1.5, 3), ("1", 3), (None, 3), (True, 3), (0, False), ([1], 3), (float("nan"), 3),
-                                    (1, float("inf")), (1,), (1, 2, 3), (), "ab", 5, {"lo": 1, "hi": 2}, None])
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        (1.5, 3),
+        ("1", 3),
+        (None, 3),
+        (True, 3),
+        (0, False),
+        ([1], 3),
+        (float("nan"), 3),
+        (1, float("inf")),
+        (1,),
+        (1, 2, 3),
+        (),
+        "ab",
+        5,
+        {"lo": 1, "hi": 2},
+        None,
+    ],
+)
 def test_malformed_bounds_rejected(bounds):
     with pytest.raises(InvalidBoxes):
         BoxSet([{3: bounds}])
 
 
-@pytest.mark.parametrize("boxes", ["[{}]", b"[]", {"3": (1, 2)}, [[3, (1, 2)]], [5], ["f03"], [None], 5, None])
+@pytest.mark.parametrize(
+    "boxes", ["[{}]", b"[]", {"3": (1, 2)}, [[3, (1, 2)]], [5], ["f03"], [None], 5, None]
+)
 def test_boxes_must_be_a_list_of_mappings(boxes):
     with pytest.raises(InvalidBoxes):
         BoxSet(boxes)
@@ -111,8 +132,23 @@ def test_n_members_counts_distinct_members():
     assert BoxSet([{}] * 3, members=np.array([7, 7, 7])).n_members == 1
 
 
-@pytest.mark.parametrize("members", [[0], [0, 1, 2], [], [1.5, 2], ["a", 1], [True, 1], [None, 1], [[1], 2], "ab", 3,
-                                     {0: 1, 1: 2}, np.array([1.0, 2.0])])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [0],
+        [0, 1, 2],
+        [],
+        [1.5, 2],
+        ["a", 1],
+        [True, 1],
+        [None, 1],
+        [[1], 2],
+        "ab",
+        3,
+        {0: 1, 1: 2},
+        np.array([1.0, 2.0]),
+    ],
+)
 def test_bad_members_rejected(members):
     with pytest.raises(InvalidBoxes):
         BoxSet([{}, {}], members=members)
@@ -224,8 +260,13 @@ def test_sql_has_one_between_per_constrained_dim(spec, min_votes):
         return  # nothing can qualify; the SQL may short-circuit
     # A member with an unconstrained box matches everything; its other boxes may be dropped.
     full_members = {m for b, m in zip(boxes, members, strict=True) if all(v == (0, 255) for v in b.values())}
-    expected = sorted((f"{d:02d}", str(lo), str(hi)) for b, m in zip(boxes, members, strict=True) if m not in full_members
-                      for d, (lo, hi) in b.items() if (lo, hi) != (0, 255))
+    expected = sorted(
+        (f"{d:02d}", str(lo), str(hi))
+        for b, m in zip(boxes, members, strict=True)
+        if m not in full_members
+        for d, (lo, hi) in b.items()
+        if (lo, hi) != (0, 255)
+    )
     assert found == expected
 
 
@@ -266,7 +307,9 @@ def memory_table():
     ids = rng.permutation(n).astype(np.int64) * 3 - 100
     pos = rng.permutation(n).astype(np.int64)
     con = duckdb.connect()
-    con.register("t_arrow", pa.table({"pos": pos, "id": ids, **{f"f{d:02d}": codes[:, d] for d in range(N_DIMS)}}))
+    con.register(
+        "t_arrow", pa.table({"pos": pos, "id": ids, **{f"f{d:02d}": codes[:, d] for d in range(N_DIMS)}})
+    )
     con.execute("CREATE TABLE t AS SELECT * FROM t_arrow")
     yield _Table(con, codes, ids, pos)
     con.close()
@@ -292,7 +335,10 @@ def test_sql_runs_on_any_source_and_matches_oracle(memory_table, spec, min_votes
     rows = cur.fetchall()
     exp_ids, exp_votes = _oracle(codes, ids, boxes, members, min_votes)
     assert sorted(rows) == sorted(zip(exp_ids.tolist(), exp_votes.tolist(), strict=True))
-    tie = {"id": dict(zip(ids.tolist(), ids.tolist(), strict=True)), "pos": dict(zip(ids.tolist(), pos.tolist(), strict=True))}[TIE_BREAK]
+    tie = {
+        "id": dict(zip(ids.tolist(), ids.tolist(), strict=True)),
+        "pos": dict(zip(ids.tolist(), pos.tolist(), strict=True)),
+    }[TIE_BREAK]
     assert rows == sorted(rows, key=lambda r: (-r[1], tie[r[0]])), f"ties are not ranked by {TIE_BREAK}"
     # A relation expression works as the source too.
     again = con.execute(bs.to_sql("(SELECT * FROM t) AS s", min_votes=min_votes)).fetchall()

@@ -60,7 +60,22 @@ def test_auto_ids_start_at_zero_and_continue_after_max(make_catalog, rng):
     cat.build_index(block_size=4)
     assert cat.add_codes(_codes(rng, 1)).tolist() == [104]
     assert len(cat) == 14
-    assert sorted(_table(cat, "SELECT id FROM images")["id"]) == [0, 1, 2, 3, 4, 5, 6, 7, 40, 100, 101, 102, 103, 104]
+    assert sorted(_table(cat, "SELECT id FROM images")["id"]) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        40,
+        100,
+        101,
+        102,
+        103,
+        104,
+    ]
 
 
 def test_auto_ids_after_negative_and_gapped_ids(make_catalog, rng):
@@ -136,7 +151,9 @@ def test_metadata_columns_added_later(make_catalog, rng):
 
 def test_metadata_from_arrow_table_and_keyword_names(make_catalog, rng):
     cat = make_catalog()
-    meta = pa.table({"order": pa.array([3, 1, 2], pa.int32()), "select": ["x", "y", "z"], "note": [None, None, None]})
+    meta = pa.table(
+        {"order": pa.array([3, 1, 2], pa.int32()), "select": ["x", "y", "z"], "note": [None, None, None]}
+    )
     ids = cat.add_codes(_codes(rng, 3), metadata=meta)
     rows = _table(cat, 'SELECT id, "order", "select", note FROM catalog ORDER BY id')
     assert rows == {"id": ids.tolist(), "order": [3, 1, 2], "select": ["x", "y", "z"], "note": [None] * 3}
@@ -200,8 +217,10 @@ def test_build_index_independent_of_insertion_order(make_catalog, rng):
         assert other[0].equals(layouts[0][0]) and other[1].equals(layouts[0][1])
 
 
-@pytest.mark.parametrize("n, block_size", [(0, 16), (1, 16), (15, 16), (16, 16), (17, 16), (100, 16), (1000, 16),
-                                           (2000, 64), (333, 2)])
+@pytest.mark.parametrize(
+    "n, block_size",
+    [(0, 16), (1, 16), (15, 16), (16, 16), (17, 16), (100, 16), (1000, 16), (2000, 64), (333, 2)],
+)
 def test_blocks_partition_rows_and_hold_true_zone_maps(make_catalog, rng, n, block_size):
     cat = make_catalog(codes=_codes(rng, n, dupes=min(n // 3, 20)), block_size=block_size)
     _check_blocks(cat, n, block_size)
@@ -226,16 +245,20 @@ def _check_blocks(cat, n_indexed, block_size):
         assert sizes.max() - sizes.min() <= 1
     # Each block's zone map is the true min/max of its rows.
     aggs = ", ".join(f"min(c.{c}) AS min_{c}, max(c.{c}) AS max_{c}" for c in COLS)
-    true = cat.sql(f"SELECT b.block_id, count(*) AS n, {aggs} FROM blocks b JOIN codes c "
-                   "ON c.pos >= b.row_start AND c.pos < b.row_end GROUP BY b.block_id ORDER BY b.block_id")
+    true = cat.sql(
+        f"SELECT b.block_id, count(*) AS n, {aggs} FROM blocks b JOIN codes c "
+        "ON c.pos >= b.row_start AND c.pos < b.row_end GROUP BY b.block_id ORDER BY b.block_id"
+    )
     mm = ", ".join(f"min_{c}, max_{c}" for c in COLS)
     stored = cat.sql(f"SELECT block_id, row_end - row_start AS n, {mm} FROM blocks ORDER BY block_id")
     assert true.to_pydict() == stored.to_pydict()
     # pos is a permutation of 0..n-1 and ids match images.
     pos = _table(cat, "SELECT pos FROM codes ORDER BY pos")["pos"]
     assert pos == list(range(len(pos)))
-    assert _table(cat, "SELECT count(*) AS n FROM images i FULL JOIN codes c USING (id) "
-                       "WHERE i.id IS NULL OR c.pos IS NULL")["n"] == [0]
+    assert _table(
+        cat,
+        "SELECT count(*) AS n FROM images i FULL JOIN codes c USING (id) WHERE i.id IS NULL OR c.pos IS NULL",
+    )["n"] == [0]
 
 
 def test_tail_rows_follow_indexed_rows(make_catalog, rng):
@@ -343,8 +366,18 @@ def test_codes_after_reopen(tmp_path, rng):
 # -- read-only use -----------------------------------------------------------------------------
 BOX_SETS = [
     (engine.BoxSet([{0: (0, 120), 5: (30, 200)}]), 1),
-    (engine.BoxSet([{0: (0, 120), 5: (30, 200)}, {3: (50, 255)}, {7: (0, 90), 9: (100, 255)}], members=[0, 1, 2]), 1),
-    (engine.BoxSet([{0: (0, 120), 5: (30, 200)}, {3: (50, 255)}, {7: (0, 90), 9: (100, 255)}], members=[0, 1, 2]), 2),
+    (
+        engine.BoxSet(
+            [{0: (0, 120), 5: (30, 200)}, {3: (50, 255)}, {7: (0, 90), 9: (100, 255)}], members=[0, 1, 2]
+        ),
+        1,
+    ),
+    (
+        engine.BoxSet(
+            [{0: (0, 120), 5: (30, 200)}, {3: (50, 255)}, {7: (0, 90), 9: (100, 255)}], members=[0, 1, 2]
+        ),
+        2,
+    ),
     (engine.BoxSet([{}]), 1),
     (engine.BoxSet([]), 1),
 ]
@@ -379,8 +412,11 @@ def test_select_accepts_box_set_mapping_list_and_json(make_catalog, rng):
     cat = make_catalog(codes=_codes(rng, 300), block_size=32)
     bs = engine.BoxSet([{"f02": (0, 150), 9: (40, 255)}, {4: (0, 99)}], members=[1, 2])
     ref = cat.select(bs, min_votes=1)
-    for form in (bs.to_json(), json.dumps(bs.to_json()), {"boxes": [{"2": [0, 150], "9": [40, 255]}, {"4": [0, 99]}],
-                                                           "members": [1, 2]}):
+    for form in (
+        bs.to_json(),
+        json.dumps(bs.to_json()),
+        {"boxes": [{"2": [0, 150], "9": [40, 255]}, {"4": [0, 99]}], "members": [1, 2]},
+    ):
         res = cat.select(form)
         assert res.ids.tolist() == ref.ids.tolist() and res.votes.tolist() == ref.votes.tolist()
     plain = cat.select([{2: (0, 150)}])
@@ -435,8 +471,9 @@ def test_create_killed_before_the_schema_leaves_no_file_that_blocks_the_next_run
     # The file used to be created in place, so a kill between DuckDB making it and the schema
     # being written left a file that every later open refused as "not a clip-branches catalog".
     path = tmp_path / "c.duckdb"
-    r = subprocess.run([sys.executable, "-c", KILLED_CREATE.format(path=str(path))],
-                       capture_output=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", KILLED_CREATE.format(path=str(path))], capture_output=True, timeout=120
+    )
     assert r.returncode == -signal.SIGKILL
     assert not path.exists()
     with engine.Catalog.create(path) as cat:
@@ -449,22 +486,35 @@ def test_create_killed_before_the_schema_leaves_no_file_that_blocks_the_next_run
 
 # -- the package: its errors and its version ----------------------------------------------------
 def _exception_classes(module) -> dict[str, type]:
-    return {name: obj for name, obj in vars(module).items()
-            if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == module.__name__}
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == module.__name__
+    }
 
 
 def test_every_error_is_exported_from_the_package_documented_and_a_catalog_error():
     public = {name: cls for name, cls in _exception_classes(errors).items() if not name.startswith("_")}
     readme = (REPO / "README.md").read_text()
     assert [name for name in public if f"`{name}`" not in readme and f"`engine.{name}`" not in readme] == []
-    assert {"CatalogError", "EncoderError", "IngestError", "InvalidArgument", "UnreadableImage", "HeadError",
-            "QuantizerError", "NotFittedError"} <= set(public)
+    assert {
+        "CatalogError",
+        "EncoderError",
+        "IngestError",
+        "InvalidArgument",
+        "UnreadableImage",
+        "HeadError",
+        "QuantizerError",
+        "NotFittedError",
+    } <= set(public)
     for name, cls in public.items():
         assert name in engine.__all__ and getattr(engine, name) is cls, name
         assert issubclass(cls, engine.CatalogError), name
     for name in engine.__all__:
         getattr(engine, name)
-    assert issubclass(engine.InvalidArgument, ValueError) and issubclass(engine.NotFittedError, AttributeError)
+    assert issubclass(engine.InvalidArgument, ValueError) and issubclass(
+        engine.NotFittedError, AttributeError
+    )
     assert issubclass(engine.UnreadableImage, engine.IngestError)
 
 
@@ -478,7 +528,10 @@ def test_moved_errors_are_still_importable_where_they_were_defined():
 
 def test_no_error_class_is_defined_outside_engine_errors():
     exception_names = set(_exception_classes(errors)) | {
-        name for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)}
+        name
+        for name, obj in vars(builtins).items()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    }
     found = []
     for path in sorted([*(REPO / "engine").rglob("*.py"), *(REPO / "web").rglob("*.py")]):
         if path == REPO / "engine" / "errors.py":
@@ -486,7 +539,10 @@ def test_no_error_class_is_defined_outside_engine_errors():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.ClassDef):
                 continue
-            bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases}
+            bases = {
+                b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+                for b in node.bases
+            }
             if bases & exception_names or any(b.endswith(("Error", "Exception")) for b in bases):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
     assert found == []
@@ -501,8 +557,10 @@ def test_version_is_the_installed_version_of_pyproject():
 
 
 def test_version_is_read_on_first_use():
-    code = ("import sys, engine; assert 'importlib.metadata' not in sys.modules, 'read at import'; "
-            "print(engine.__version__)")
+    code = (
+        "import sys, engine; assert 'importlib.metadata' not in sys.modules, 'read at import'; "
+        "print(engine.__version__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == importlib.metadata.version("clip-branches")
 

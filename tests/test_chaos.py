@@ -12,14 +12,23 @@ import pytest
 
 pytest.importorskip("torch")
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not FASHION.exists(), reason="needs the Debian package dataset-fashion-mnist")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not FASHION.exists(), reason="needs the Debian package dataset-fashion-mnist"),
+]
 
 
 def test_kills_at_random_points_lose_nothing(tmp_path, load_script):
     chaos = load_script("chaos_kill")
-    report = chaos.run_chaos(tmp_path, kills=8, seed=0, operations=list(chaos.OPERATIONS), images=200,
-                             head_method="pca", references=1)
+    report = chaos.run_chaos(
+        tmp_path,
+        kills=8,
+        seed=0,
+        operations=list(chaos.OPERATIONS),
+        images=200,
+        head_method="pca",
+        references=1,
+    )
     assert list(report["operations"]) == list(chaos.OPERATIONS)
     for name, op in report["operations"].items():
         assert op["failures"] == [], name

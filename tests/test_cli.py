@@ -15,8 +15,14 @@ CLI = [sys.executable, "-m", "engine"]
 
 
 def run(*args, check=True, stdin=None):
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
     return proc
@@ -30,8 +36,12 @@ def synth(tmp_path_factory):
 
 
 def test_console_script_is_installed():
-    proc = subprocess.run(["clip-branches", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    proc = subprocess.run(
+        ["clip-branches", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]},
+    )
     assert proc.returncode == 0 and "select" in proc.stdout
 
 
@@ -49,16 +59,21 @@ def test_select_json_matches_api_and_sql(synth, tmp_path):
 
 
 def test_select_reads_boxes_from_stdin(synth):
-    out = json.loads(run("select", synth, "--boxes", "-", "--json", "--limit", 0, stdin='[{"0": [0, 255]}]').stdout)
+    out = json.loads(
+        run("select", synth, "--boxes", "-", "--json", "--limit", 0, stdin='[{"0": [0, 255]}]').stdout
+    )
     assert len(out["ids"]) == 5000
 
 
-@pytest.mark.parametrize("text,message", [
-    ("{not json", "not valid JSON"),
-    ('[{"40": [1, 2]}]', "out of range"),
-    ('[{"1": [9, 2]}]', "lo 9 > hi 2"),
-    ('{"boxes": [{"1": [0, 2]}], "members": [0, 1]}', "one per box"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{not json", "not valid JSON"),
+        ('[{"40": [1, 2]}]', "out of range"),
+        ('[{"1": [9, 2]}]', "lo 9 > hi 2"),
+        ('{"boxes": [{"1": [0, 2]}], "members": [0, 1]}', "one per box"),
+    ],
+)
 def test_bad_box_files_give_one_line_errors(synth, tmp_path, text, message):
     f = tmp_path / "bad.json"
     f.write_text(text)
@@ -137,7 +152,13 @@ def test_refine_is_reproducible_by_default_and_help_shows_defaults(synth):
     first, second = (json.loads(run(*args).stdout) for _ in range(2))
     assert first["ids"] == second["ids"] == expected.ids.tolist() and first["results"] == len(expected.ids)
     helptext = " ".join(run("refine", "--help").stdout.split())
-    for default in ("(default: ensemble)", "(default: 500)", "(default: 1.0)", "(default: 0)", "(default: 60)"):
+    for default in (
+        "(default: ensemble)",
+        "(default: 500)",
+        "(default: 1.0)",
+        "(default: 0)",
+        "(default: 60)",
+    ):
         assert default in helptext
 
 
@@ -150,9 +171,12 @@ def test_long_commands_print_progress_lines_on_a_pipe_and_quiet_silences_them(tm
     r = run("synth", path, "--rows", 20000, "--block-size", 256)
     assert re.search(r"^index: (\d+)/\1 steps, .*done in \d+ s$", r.stderr, re.M), r.stderr
     assert "\r" not in r.stderr
-    for args, label in ((["index", path], "index"), (["export", path, tmp_path / "pq"], "export"),
-                        (["import", tmp_path / "pq", tmp_path / "back.duckdb"], "import"),
-                        (["compact", path], "compact")):
+    for args, label in (
+        (["index", path], "index"),
+        (["export", path, tmp_path / "pq"], "export"),
+        (["import", tmp_path / "pq", tmp_path / "back.duckdb"], "import"),
+        (["compact", path], "compact"),
+    ):
         r = run(*args)
         assert re.search(rf"^{label}: (\d+)/\1 \w+, .*done in \d+ s$", r.stderr, re.M), (label, r.stderr)
         again = {"export": ["--overwrite"], "import": None}.get(label, [])

@@ -15,8 +15,10 @@ import pytest
 
 import engine
 
-pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
-                                reason="needs the Debian package dataset-fashion-mnist")
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+    reason="needs the Debian package dataset-fashion-mnist",
+)
 
 CLI = [sys.executable, "-m", "engine"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -118,8 +120,17 @@ def demo(web_demo_copy):
 
 def test_refine_twice_gives_the_same_ids(demo):
     first = json.loads(cli("search", demo, "sneaker", "--json").stdout)["ids"]
-    args = ("refine", demo, "--positive", ",".join(map(str, first[:8])), "--negative", first[40], "--json",
-            "--limit", 0)
+    args = (
+        "refine",
+        demo,
+        "--positive",
+        ",".join(map(str, first[:8])),
+        "--negative",
+        first[40],
+        "--json",
+        "--limit",
+        0,
+    )
     a, b = json.loads(cli(*args).stdout), json.loads(cli(*args).stdout)
     assert a["ids"] == b["ids"] and a["scores"] == b["scores"] and a["results"] == len(a["ids"]) > 8
 
@@ -139,14 +150,23 @@ def test_json_says_when_ids_are_capped_and_limit_sets_the_cap(demo):
 def test_sql_reaches_the_whole_refine_result(demo, tmp_path):
     ids = json.loads(cli("search", demo, "sneaker", "--json").stdout)["ids"]
     saved = tmp_path / "r.json"
-    saved.write_text(cli("refine", demo, "--positive", ",".join(map(str, ids[:8])), "--json", "--limit", 2).stdout)
-    full = json.loads(cli("refine", demo, "--positive", ",".join(map(str, ids[:8])), "--json", "--limit", 0).stdout)
-    rows = json.loads(cli("sql", demo, "SELECT id, score, rank FROM last_result ORDER BY rank", "--result", saved,
-                          "--json").stdout)
+    saved.write_text(
+        cli("refine", demo, "--positive", ",".join(map(str, ids[:8])), "--json", "--limit", 2).stdout
+    )
+    full = json.loads(
+        cli("refine", demo, "--positive", ",".join(map(str, ids[:8])), "--json", "--limit", 0).stdout
+    )
+    rows = json.loads(
+        cli(
+            "sql", demo, "SELECT id, score, rank FROM last_result ORDER BY rank", "--result", saved, "--json"
+        ).stdout
+    )
     assert [r["id"] for r in rows] == full["ids"] and [r["score"] for r in rows] == full["scores"]
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     # a query of its own WITH clause, and TSV with a header
-    tsv = cli("sql", demo, "WITH x AS (SELECT id FROM last_result) SELECT count(*) AS n FROM x", "--result", saved)
+    tsv = cli(
+        "sql", demo, "WITH x AS (SELECT id FROM last_result) SELECT count(*) AS n FROM x", "--result", saved
+    )
     assert tsv.stdout.splitlines() == ["n", str(len(full["ids"]))]
     bad = cli("sql", demo, "SELECT 1", "--result", tmp_path / "absent.json", check=False)
     assert bad.returncode == 1 and "cannot read the result file" in bad.stderr
@@ -155,10 +175,14 @@ def test_sql_reaches_the_whole_refine_result(demo, tmp_path):
 def test_a_closed_pipe_ends_quietly(demo):
     """`... | head -1`: the reader goes away after a line; no traceback, exit 141 (SIGPIPE)."""
     ids = json.loads(cli("search", demo, "sneaker", "--json").stdout)["ids"]
-    for args in (["refine", demo, "--positive", ",".join(map(str, ids[:8])), "--limit", 0],
-                 ["sql", demo, "SELECT * FROM images, range(20)"],
-                 ["search", demo, "sneaker", "-k", 1000, "--json"]):
-        proc = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    for args in (
+        ["refine", demo, "--positive", ",".join(map(str, ids[:8])), "--limit", 0],
+        ["sql", demo, "SELECT * FROM images, range(20)"],
+        ["search", demo, "sneaker", "-k", 1000, "--json"],
+    ):
+        proc = subprocess.Popen(
+            [*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+        )
         proc.stdout.readline()
         proc.stdout.close()
         err = proc.stderr.read().decode()
@@ -166,9 +190,15 @@ def test_a_closed_pipe_ends_quietly(demo):
         assert "Traceback" not in err and "BrokenPipe" not in err, err
         assert proc.returncode in (0, 141), (args, proc.returncode, err)
     # with a large output the pipe does close before the end
-    proc = subprocess.run(f"{sys.executable} -m engine sql {demo} 'SELECT * FROM images, range(50)' | head -1",
-                          shell=True, capture_output=True, text=True, env=ENV, timeout=300,
-                          executable="/bin/bash")
+    proc = subprocess.run(
+        f"{sys.executable} -m engine sql {demo} 'SELECT * FROM images, range(50)' | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        executable="/bin/bash",
+    )
     assert proc.stdout.startswith("id\t") and "Traceback" not in proc.stderr
 
 
@@ -183,7 +213,8 @@ def test_exit_codes_and_json_errors(demo, tmp_path):
     assert fail.returncode == 1 and "unknown image id(s): 1000000000" in fail.stderr and fail.stdout == ""
     fail = cli("search", demo, "--id", 10**9, "--json", check=False)
     assert fail.returncode == 1 and json.loads(fail.stdout) == {
-        "error": {"type": "UnknownIds", "message": "unknown image id(s): 1000000000"}}
+        "error": {"type": "UnknownIds", "message": "unknown image id(s): 1000000000"}
+    }
     missing = cli("search", tmp_path / "none.duckdb", "shoe", check=False)
     assert missing.returncode == 1 and "clip-branches add" in missing.stderr and "ingest" in missing.stderr
     (tmp_path / "out").mkdir()
@@ -204,15 +235,24 @@ def test_every_option_has_help_and_the_top_level_shows_examples():
     top = cli("--help").stdout
     assert "clip-branches add photos.duckdb" in top and "exit status" in top and "scores:" in top
     refine = cli("refine", "--help").stdout
-    for default in ("(default: ensemble)", "(default: 500)", "(default: 1.0)", "(default: 0)", "(default: 60)"):
+    for default in (
+        "(default: ensemble)",
+        "(default: 500)",
+        "(default: 1.0)",
+        "(default: 0)",
+        "(default: 60)",
+    ):
         assert default in refine
 
 
 def _hold(path: Path, read_only: bool) -> subprocess.Popen:
-    code = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == '1'); "
-            "print('held', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path), "1" if read_only else "0"],
-                            stdout=subprocess.PIPE, text=True)
+    code = (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == '1'); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), "1" if read_only else "0"], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 

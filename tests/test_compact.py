@@ -9,7 +9,10 @@ def test_compact_shrinks_and_preserves(tmp_path):
     path = tmp_path / "c.duckdb"
     rng = np.random.default_rng(0)
     with engine.Catalog.create(path) as cat:
-        cat.add_codes(rng.integers(0, 256, (200_000, 32), dtype=np.uint8), metadata={"label": rng.integers(0, 9, 200_000)})
+        cat.add_codes(
+            rng.integers(0, 256, (200_000, 32), dtype=np.uint8),
+            metadata={"label": rng.integers(0, 9, 200_000)},
+        )
         cat.build_index(block_size=512)
         bs = engine.BoxSet([{1: (0, 90), 4: (30, 200)}, {7: (0, 20)}], members=[0, 1])
         before = cat.select(bs)

@@ -24,8 +24,10 @@ ENDLESS = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELEC
 def catalog(tmp_path_factory):
     path = tmp_path_factory.mktemp("pool") / "c.duckdb"
     with engine.Catalog.create(path) as cat:
-        cat.add_codes(np.random.default_rng(0).integers(0, 256, (300, 32), dtype=np.uint8),
-                      metadata=pa.table({"label": [f"c{i % 3}" for i in range(300)]}))
+        cat.add_codes(
+            np.random.default_rng(0).integers(0, 256, (300, 32), dtype=np.uint8),
+            metadata=pa.table({"label": [f"c{i % 3}" for i in range(300)]}),
+        )
         cat.build_index(block_size=64)
     return path
 
@@ -54,8 +56,12 @@ def test_queries_answer_with_relations_and_limits(pool):
 def test_bad_queries_are_refused_without_losing_the_worker(pool):
     pool.start()
     pids = _worker_pids(pool)
-    for text, match in [("DROP TABLE codes", "not DROP"), ("SELECT * FROM nope", "nope"),
-                        ("SELECT * FROM read_blob('x')", "read_blob"), ("", "empty")]:
+    for text, match in [
+        ("DROP TABLE codes", "not DROP"),
+        ("SELECT * FROM nope", "nope"),
+        ("SELECT * FROM read_blob('x')", "read_blob"),
+        ("", "empty"),
+    ]:
         with pytest.raises(InvalidSql, match=match):
             pool.run(text)
     assert _worker_pids(pool) == pids
@@ -83,11 +89,14 @@ def test_a_worker_that_does_not_answer_is_killed_at_the_deadline(pool):
     assert _worker_pids(pool) != [pid]
 
 
-@pytest.mark.parametrize("text", [
-    "SELECT damerau_levenshtein(repeat('a', 25000), repeat('b', 25000)) AS d",
-    "SELECT range(0, 300000000) AS r",
-    "SELECT list(x) FROM range(300000000) t(x)",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELECT damerau_levenshtein(repeat('a', 25000), repeat('b', 25000)) AS d",
+        "SELECT range(0, 300000000) AS r",
+        "SELECT list(x) FROM range(300000000) t(x)",
+    ],
+)
 def test_a_query_past_the_memory_limit_is_stopped(pool, text):
     # Mostly an allocation fails and the query says so; a thread that cannot get memory for its
     # own start can also hang the worker (glibc aborts it halfway), and the deadline kills it.

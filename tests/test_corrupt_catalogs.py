@@ -46,22 +46,26 @@ def _sql(path: Path, *statements: str) -> None:
 def _truncate(fraction: float | None = None, size: int | None = None):
     def damage(path: Path) -> None:
         os.truncate(path, size if size is not None else int(path.stat().st_size * fraction))
+
     return damage
 
 
 def _overwrite_block_of(table: str):
     """Overwrite 4 KiB in the middle of the first block holding ``table``'s rows with random bytes."""
+
     def damage(path: Path) -> None:
         con = duckdb.connect(str(path), read_only=True)
         try:
             block_size = con.execute("SELECT block_size FROM pragma_database_size()").fetchall()[0][0]
-            block = con.execute(f"SELECT min(block_id) FROM pragma_storage_info('{table}') WHERE block_id >= 0"
-                                ).fetchall()[0][0]
+            block = con.execute(
+                f"SELECT min(block_id) FROM pragma_storage_info('{table}') WHERE block_id >= 0"
+            ).fetchall()[0][0]
         finally:
             con.close()
         with open(path, "r+b") as f:
             f.seek(HEADER_BYTES + block * block_size + block_size // 2)
             f.write(np.random.default_rng(0).bytes(4096))
+
     return damage
 
 
@@ -78,6 +82,7 @@ def _index_entry(name: str, value):
             con.execute("UPDATE settings SET value = ? WHERE key = 'index'", [json.dumps(index)])
         finally:
             con.close()
+
     return damage
 
 
@@ -96,22 +101,46 @@ DAMAGE = {
     "settings-block-overwritten": (_overwrite_block_of("settings"), ("is damaged",), RESTORE),
     "blocks-table-dropped": (lambda p: _sql(p, "DROP TABLE blocks"), ("has no blocks table",), RESTORE),
     "codes-table-dropped": (lambda p: _sql(p, "DROP TABLE codes"), ("has no codes table",), RESTORE),
-    "codes-column-dropped": (lambda p: _sql(p, "ALTER TABLE codes DROP COLUMN f05"),
-                             ("the codes table has no column f05",), RESTORE),
-    "codes-column-retyped": (lambda p: _sql(p, "ALTER TABLE codes ALTER COLUMN f05 SET DATA TYPE VARCHAR"),
-                             ("column codes.f05 is VARCHAR", "UTINYINT"), RESTORE),
-    "index-setting-a-string": (_setting("index", '"garbage"'), ("setting 'index'", "'garbage'"),
-                               ("clip-branches index",)),
-    "index-setting-malformed-json": (_setting("index", "{not json"), ("setting 'index'", "not valid JSON"),
-                                     ("clip-branches index",)),
-    "index-block-size-a-string": (_index_entry("block_size", "big"), ("setting 'index'", "block_size = 'big'"),
-                                  ("clip-branches index",)),
-    "data-version-a-string": (_setting("data_version", '"seven"'), ("setting 'data_version'", "'seven'"),
-                              ("clip-branches index",)),
-    "head-setting-a-list": (_setting("head", "[1, 2]"), ("setting 'head'", "[1, 2]"),
-                            ("clip-branches train-head",)),
-    "blocks-do-not-tile": (lambda p: _sql(p, "UPDATE blocks SET row_start = row_start + 1 WHERE block_id = 3"),
-                           ("block 3 holds rows",), ("clip-branches index",)),
+    "codes-column-dropped": (
+        lambda p: _sql(p, "ALTER TABLE codes DROP COLUMN f05"),
+        ("the codes table has no column f05",),
+        RESTORE,
+    ),
+    "codes-column-retyped": (
+        lambda p: _sql(p, "ALTER TABLE codes ALTER COLUMN f05 SET DATA TYPE VARCHAR"),
+        ("column codes.f05 is VARCHAR", "UTINYINT"),
+        RESTORE,
+    ),
+    "index-setting-a-string": (
+        _setting("index", '"garbage"'),
+        ("setting 'index'", "'garbage'"),
+        ("clip-branches index",),
+    ),
+    "index-setting-malformed-json": (
+        _setting("index", "{not json"),
+        ("setting 'index'", "not valid JSON"),
+        ("clip-branches index",),
+    ),
+    "index-block-size-a-string": (
+        _index_entry("block_size", "big"),
+        ("setting 'index'", "block_size = 'big'"),
+        ("clip-branches index",),
+    ),
+    "data-version-a-string": (
+        _setting("data_version", '"seven"'),
+        ("setting 'data_version'", "'seven'"),
+        ("clip-branches index",),
+    ),
+    "head-setting-a-list": (
+        _setting("head", "[1, 2]"),
+        ("setting 'head'", "[1, 2]"),
+        ("clip-branches train-head",),
+    ),
+    "blocks-do-not-tile": (
+        lambda p: _sql(p, "UPDATE blocks SET row_start = row_start + 1 WHERE block_id = 3"),
+        ("block 3 holds rows",),
+        ("clip-branches index",),
+    ),
     "text-file": (lambda p: p.write_text("this is not a catalog\n" * 100), NOT_DUCKDB, RESTORE),
     "empty-file": (lambda p: p.write_bytes(b""), NOT_DUCKDB, RESTORE),
     "png-file": (_png, NOT_DUCKDB, RESTORE),
@@ -141,12 +170,14 @@ def boxes(tmp_path_factory) -> Path:
 @pytest.fixture
 def damaged(template, tmp_path):
     """Factory: ``damaged(kind)`` is a fresh copy of the template, damaged as ``DAMAGE[kind]`` says."""
+
     def make(kind: str) -> Path:
         path = tmp_path / f"{kind}.duckdb"
         shutil.copy(template, path)
         DAMAGE[kind][0](path)
         assert not Path(f"{path}.wal").exists()
         return path
+
     return make
 
 
@@ -193,13 +224,19 @@ def test_cli_names_the_damage_and_the_repair(damaged, boxes, capsys, kind, comma
 
 def test_cli_subprocess_prints_no_traceback(damaged, boxes):
     """The real entry point, as a user runs it: one line on stderr, exit status 1."""
-    for kind, args in [("truncated-half", ["info", "{path}"]),
-                       ("index-setting-a-string", ["select", "{path}", "--boxes", "{boxes}", "--json"])]:
+    for kind, args in [
+        ("truncated-half", ["info", "{path}"]),
+        ("index-setting-a-string", ["select", "{path}", "--boxes", "{boxes}", "--json"]),
+    ]:
         path = damaged(kind)
         digest = sha256(path)
-        proc = subprocess.run([sys.executable, "-m", "engine", *(a.format(path=path, boxes=boxes) for a in args)],
-                              capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", *(a.format(path=path, boxes=boxes) for a in args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr
         message = json.loads(proc.stdout)["error"]["message"] if "--json" in args else proc.stderr
@@ -278,8 +315,17 @@ def test_damaged_images_block_fails_only_what_reads_it(template, boxes, capsys, 
     assert_untouched(path, digest)
 
 
-@pytest.mark.parametrize("kind", ["truncated-half", "truncated-1000-bytes", "blocks-table-dropped",
-                                  "codes-column-dropped", "settings-block-overwritten", "text-file"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated-half",
+        "truncated-1000-bytes",
+        "blocks-table-dropped",
+        "codes-column-dropped",
+        "settings-block-overwritten",
+        "text-file",
+    ],
+)
 def test_writable_open_refuses_and_writes_nothing(damaged, kind):
     path = damaged(kind)
     digest = sha256(path)
@@ -302,8 +348,16 @@ def test_index_on_damaged_codes_refuses_and_writes_nothing(damaged, capsys):
     assert_untouched(path, digest)
 
 
-@pytest.mark.parametrize("kind", ["index-setting-a-string", "index-setting-malformed-json",
-                                  "index-block-size-a-string", "data-version-a-string", "blocks-do-not-tile"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "index-setting-a-string",
+        "index-setting-malformed-json",
+        "index-block-size-a-string",
+        "data-version-a-string",
+        "blocks-do-not-tile",
+    ],
+)
 def test_the_repair_named_rebuilds_the_index(template, damaged, boxes, capsys, kind):
     path = damaged(kind)
     assert main(["index", str(path), "--block-size", str(BLOCK_SIZE), "--quiet"]) == 0

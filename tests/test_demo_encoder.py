@@ -225,16 +225,28 @@ def test_numpy_text_tower_matches_transformers_bert():
 
     from engine.encoders import minilm
 
-    texts = ["ankle boot", "a bag to carry things", "Summer CLOTHES, für Strände!", "", "ankle boot",
-             "shoe " * 400, "\u00e9t\u00e9 \u2603 \U0001F45F", "a" * 50]
+    texts = [
+        "ankle boot",
+        "a bag to carry things",
+        "Summer CLOTHES, für Strände!",
+        "",
+        "ankle boot",
+        "shoe " * 400,
+        "\u00e9t\u00e9 \u2603 \U0001f45f",
+        "a" * 50,
+    ]
     path = str(minilm.model_path())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True).eval()
     with torch.inference_mode():
-        tokens = tokenizer(texts, padding=True, truncation=True, max_length=minilm.MAX_TOKENS, return_tensors="pt")
+        tokens = tokenizer(
+            texts, padding=True, truncation=True, max_length=minilm.MAX_TOKENS, return_tensors="pt"
+        )
         hidden = model(**tokens).last_hidden_state
         mask = tokens["attention_mask"].unsqueeze(-1).float()
-        want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1).numpy()
+        want = torch.nn.functional.normalize(
+            (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1
+        ).numpy()
     got = minilm.encode_texts(texts)
     assert got.shape == (len(texts), 384) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=2e-5)
@@ -258,9 +270,11 @@ def test_text_search_needs_neither_torch_nor_transformers(tmp_path):
         h.info["encoder"] = "demo:fashion-v1"
         cat.store_head(h, quantize.fit_affine(h.apply(emb)))
         cat._set_settings({"encoder": "demo:fashion-v1"})
-    code = (f"import engine, sys; cat = engine.Catalog.open({str(path)!r}, read_only=True); "
-            "r = cat.search('ankle boot', k=5); assert len(r.ids) == 5, r.ids; "
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    code = (
+        f"import engine, sys; cat = engine.Catalog.open({str(path)!r}, read_only=True); "
+        "r = cat.search('ankle boot', k=5); assert len(r.ids) == 5, r.ids; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -79,16 +79,23 @@ def test_limit_takes_the_first_images_of_each_split(tmp_path, raw):
     manifest = write_fashion_mnist(tmp_path / "fm", root=raw, limit=2, workers=1)
     rows = manifest_rows(manifest)
     assert [(r["split"], r["uri"][-9:]) for r in rows] == [
-        ("train", "00000.png"), ("train", "00001.png"), ("test", "00000.png"), ("test", "00001.png")]
+        ("train", "00000.png"),
+        ("train", "00001.png"),
+        ("test", "00000.png"),
+        ("test", "00001.png"),
+    ]
     with pytest.raises(IngestError, match="limit"):
         write_fashion_mnist(tmp_path / "fm", root=raw, limit=-1)
 
 
-@pytest.mark.parametrize("kind, magic, shape, data, match", [
-    ("images", 0x801, (2,), b"\x00\x01", "not an idx images file"),
-    ("images", 0x803, (2, 28, 28), b"\x00" * 100, "truncated or corrupt"),
-    ("labels", 0x801, (3,), b"\x00", "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "kind, magic, shape, data, match",
+    [
+        ("images", 0x801, (2,), b"\x00\x01", "not an idx images file"),
+        ("images", 0x803, (2, 28, 28), b"\x00" * 100, "truncated or corrupt"),
+        ("labels", 0x801, (3,), b"\x00", "truncated or corrupt"),
+    ],
+)
 def test_bad_idx_files_are_refused(tmp_path, kind, magic, shape, data, match):
     path = tmp_path / "x.gz"
     write_idx(path, magic, shape, data)
@@ -121,7 +128,9 @@ def test_download_when_no_local_copy(tmp_path, raw, monkeypatch):
     monkeypatch.setattr(demodata.urllib.request, "urlopen", fake_urlopen)
     manifest = write_fashion_mnist(tmp_path / "fm", workers=1)
     assert len(manifest_rows(manifest)) == 8
-    assert sorted(p.name for p in (tmp_path / "fm" / "raw").iterdir()) == sorted(p.name for p in raw.iterdir())
+    assert sorted(p.name for p in (tmp_path / "fm" / "raw").iterdir()) == sorted(
+        p.name for p in raw.iterdir()
+    )
     assert len(fetched) == 8  # every file: first mirror failed, second answered
 
 
@@ -136,7 +145,9 @@ def test_download_failure_says_what_to_do(tmp_path, monkeypatch):
         write_fashion_mnist(tmp_path / "fm")
 
 
-@pytest.mark.skipif(not (DEBIAN_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(), reason="Debian dataset not installed")
+@pytest.mark.skipif(
+    not (DEBIAN_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(), reason="Debian dataset not installed"
+)
 def test_real_dataset_first_images(tmp_path):
     manifest = write_fashion_mnist(tmp_path / "fm", limit=3, workers=1)
     rows = manifest_rows(manifest)

@@ -16,15 +16,36 @@ def _run(load_script, name: str, argv: list[str], capsys) -> dict:
 
 def test_session_benchmark_quick(load_script, web_demo_copy, capsys):
     path = str(web_demo_copy())
-    report = _run(load_script, "eval_session",
-                  ["--quick", "--catalog", path, "--synthetic-rows", "5000", "--clusters-rows", "6000",
-                   "--models", "ensemble", "tree", "ensemble-original", "ensemble[guide=False,growth=top-down]"], capsys)
+    report = _run(
+        load_script,
+        "eval_session",
+        [
+            "--quick",
+            "--catalog",
+            path,
+            "--synthetic-rows",
+            "5000",
+            "--clusters-rows",
+            "6000",
+            "--models",
+            "ensemble",
+            "tree",
+            "ensemble-original",
+            "ensemble[guide=False,growth=top-down]",
+        ],
+        capsys,
+    )
     demo, synthetic, clusters = (report["catalogs"][k] for k in ("demo", "synthetic", "clusters"))
     assert demo["sessions"] == 3 and synthetic["sessions"] == 3 and clusters["sessions"] == 3
     assert clusters["classes"] == 50 and clusters["rows"] == 6000
     assert 0 < demo["ceiling"]["mean_f1"] <= 1 and len(demo["ceiling"]["per_class_f1"]) == 10
     for cat in (demo, synthetic, clusters):
-        assert set(cat["models"]) == {"ensemble", "tree", "ensemble-original", "ensemble[guide=False,growth=top-down]"}
+        assert set(cat["models"]) == {
+            "ensemble",
+            "tree",
+            "ensemble-original",
+            "ensemble[guide=False,growth=top-down]",
+        }
         for m in cat["models"].values():
             rounds = m["rounds"]
             assert [r["round"] for r in rounds] == [1, 2]
@@ -36,10 +57,14 @@ def test_session_benchmark_quick(load_script, web_demo_copy, capsys):
                 assert set(r["baselines"]) == {"knn_oracle", "knn_radius", "linear"}
                 assert all(0 <= b["mean_f1"] <= 1 for b in r["baselines"].values())
                 for p, rec, f1 in r["per_class_p_r_f1"].values():
-                    assert f1 <= max(p, rec) + 1e-9 and (f1 == 0 or 2 * p * rec / (p + rec) == pytest.approx(f1, abs=0.02))
+                    assert f1 <= max(p, rec) + 1e-9 and (
+                        f1 == 0 or 2 * p * rec / (p + rec) == pytest.approx(f1, abs=0.02)
+                    )
             assert rounds[0]["next_grid_from"] == ["suggestions"]  # every round offers suggestions
     t = report["targets"]
-    assert t["model"] == "ensemble" and t["round1_mean_f1"] == demo["models"]["ensemble"]["rounds"][0]["mean_f1"]
+    assert (
+        t["model"] == "ensemble" and t["round1_mean_f1"] == demo["models"]["ensemble"]["rounds"][0]["mean_f1"]
+    )
 
 
 def test_session_model_specs(load_script):
@@ -55,14 +80,28 @@ def test_session_model_specs(load_script):
 
 @pytest.mark.parametrize("guided", [False, True])
 def test_paired_comparison_quick_without_the_original(load_script, capsys, guided):
-    report = _run(load_script, "compare_original", ["--quick", "--catalogs", "synthetic", "clusters",
-                                                    "--synthetic-rows", "8000", "--clusters-rows", "8000"]
-                  + ["--guided"] * guided, capsys)
+    report = _run(
+        load_script,
+        "compare_original",
+        [
+            "--quick",
+            "--catalogs",
+            "synthetic",
+            "clusters",
+            "--synthetic-rows",
+            "8000",
+            "--clusters-rows",
+            "8000",
+        ]
+        + ["--guided"] * guided,
+        capsys,
+    )
     assert ("guided" in report["protocol"]["training"]) is guided
     for cat in report["catalogs"].values():
         assert cat["runs"] == 4 and not report["protocol"]["original"]
-        assert set(cat["models"]) == {f"{k}/ours-{g}" for k in ("ensemble", "branch")
-                                      for g in ("bottom-up", "top-down", "product")}
+        assert set(cat["models"]) == {
+            f"{k}/ours-{g}" for k in ("ensemble", "branch") for g in ("bottom-up", "top-down", "product")
+        }
         for pair in cat["pairs"].values():
             assert pair["higher"] + pair["lower"] + pair["equal"] == 4 and 0 <= pair["sign_test_p"] <= 1
 
@@ -76,8 +115,12 @@ def test_sign_test(load_script):
 
 def test_figure3_quick(load_script, web_demo_copy, capsys):
     path = str(web_demo_copy())
-    report = _run(load_script, "eval_feedback", ["--quick", "--catalog", path, "--synthetic-rows", "5000",
-                                                 "--models", "ensemble", "forest"], capsys)
+    report = _run(
+        load_script,
+        "eval_feedback",
+        ["--quick", "--catalog", path, "--synthetic-rows", "5000", "--models", "ensemble", "forest"],
+        capsys,
+    )
     for cat in report["catalogs"].values():
         assert cat["select_vs_predict_mismatches"] == []  # the index answers what predict says
         assert set(cat["knn_paper"]["mean_f1"]) == {"1", "4", "16"}
@@ -97,10 +140,17 @@ def test_constants_are_set_for_a_run_and_bad_ones_refused(load_script, monkeypat
     es = load_script("eval_session")
     monkeypatch.setattr(rf, "HULL_DIMS", rf.HULL_DIMS)  # restored after the test
     monkeypatch.setattr(guide, "GUIDE_C", guide.GUIDE_C)
-    assert es.set_constants(["HULL_DIMS=0", "GUIDE_C=2.5"]) == {"engine.refine.HULL_DIMS": 0,
-                                                                 "engine.guide.GUIDE_C": 2.5}
+    assert es.set_constants(["HULL_DIMS=0", "GUIDE_C=2.5"]) == {
+        "engine.refine.HULL_DIMS": 0,
+        "engine.guide.GUIDE_C": 2.5,
+    }
     assert rf.HULL_DIMS == 0 and guide.GUIDE_C == 2.5
-    for bad, message in (("NOPE=1", "NAME=VALUE"), ("HULL_DIMS", "NAME=VALUE"), ("HULL_DIMS=1.5", "not a int"),
-                         ("MODELS=1", "only numeric"), ("POOL_SEED=x", "not a int")):
+    for bad, message in (
+        ("NOPE=1", "NAME=VALUE"),
+        ("HULL_DIMS", "NAME=VALUE"),
+        ("HULL_DIMS=1.5", "not a int"),
+        ("MODELS=1", "only numeric"),
+        ("POOL_SEED=x", "not a int"),
+    ):
         with pytest.raises(ValueError, match=message):
             es.set_constants([bad])

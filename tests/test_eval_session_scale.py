@@ -42,7 +42,9 @@ def run(script, tmp_path_factory):
 def catalog(run):
     """ids int64 (n,) sorted, labels int64 (n,), codes uint8 (n, 32) of the cached catalog."""
     _, report = run
-    with engine.Catalog.open(report["catalogs"][f"clusters-{ROWS}"]["catalog"]["path"], read_only=True) as cat:
+    with engine.Catalog.open(
+        report["catalogs"][f"clusters-{ROWS}"]["catalog"]["path"], read_only=True
+    ) as cat:
         tbl = cat.sql("SELECT id, label FROM images ORDER BY id")
         ids = tbl.column("id").to_numpy()
         return ids, tbl.column("label").to_numpy().astype(np.int64), cat.codes(ids)
@@ -78,15 +80,19 @@ def test_concepts_are_the_clusters_and_their_nearest_neighbours(run, catalog):
             classes = concept["classes"]
             assert concept["size"] == sizes[classes].sum()
             start = section["starts"][concept["name"]]["id"]
-            assert labels[np.searchsorted(ids, start)] == classes[0]  # the search starts inside the first cluster
+            assert (
+                labels[np.searchsorted(ids, start)] == classes[0]
+            )  # the search starts inside the first cluster
     first, *neighbours = cat["loose"]["concepts"][0]["classes"]
     d = ((centres - centres[first]) ** 2).sum(axis=1)
     d[first] = np.inf
     assert set(neighbours) == set(np.argsort(d)[:7].tolist())
     assert cat["loose"]["concepts"][0]["size"] > 7 * np.median(sizes)
     # tight clusters are of about the median size
-    assert all(abs(c["size"] - np.median(sizes)) <= np.percentile(np.abs(sizes - np.median(sizes)), 10)
-               for c in cat["tight"]["concepts"])
+    assert all(
+        abs(c["size"] - np.median(sizes)) <= np.percentile(np.abs(sizes - np.median(sizes)), 10)
+        for c in cat["tight"]["concepts"]
+    )
 
 
 def test_only_the_guided_model_uses_the_guide(run):
@@ -134,9 +140,16 @@ def test_scale_targets_compare_guided_with_unguided(run):
     t = report["scale_targets"]
     assert t["guided"] == GUIDED and t["unguided"] == UNGUIDED
     targets = t["catalogs"][f"clusters-{ROWS}"]
-    names = {"tight_f1_vs_unguided", "tight_last_round_mean_f1", "tight_min_precision", "loose_last_round_mean_f1",
-             "loose_max_results_over_size", "loose_precision_vs_unguided", "time_ratio_round1",
-             "time_ratio_all_rounds"}
+    names = {
+        "tight_f1_vs_unguided",
+        "tight_last_round_mean_f1",
+        "tight_min_precision",
+        "loose_last_round_mean_f1",
+        "loose_max_results_over_size",
+        "loose_precision_vs_unguided",
+        "time_ratio_round1",
+        "time_ratio_all_rounds",
+    }
     assert set(targets) == names | {"all_pass"}  # the time limits hold at 10M and 30M rows only
     for name in names:
         assert isinstance(targets[name]["pass"], bool) and targets[name]["value"] is not None
@@ -146,7 +159,8 @@ def test_scale_targets_compare_guided_with_unguided(run):
     g, u = (np.array(tight[m]["per_session"], dtype=float)[..., 2] for m in (GUIDED, UNGUIDED))
     assert targets["tight_f1_vs_unguided"]["value"] == pytest.approx((g - u).min(), abs=1e-4)
     assert targets["time_ratio_round1"]["value"] == pytest.approx(
-        targets["time_ratio_round1"]["guided_ms"] / targets["time_ratio_round1"]["unguided_ms"], rel=0.01)
+        targets["time_ratio_round1"]["guided_ms"] / targets["time_ratio_round1"]["unguided_ms"], rel=0.01
+    )
 
 
 def test_a_second_run_reuses_the_catalog(script, run):
@@ -154,8 +168,10 @@ def test_a_second_run_reuses_the_catalog(script, run):
     path = report["catalogs"][f"clusters-{ROWS}"]["catalog"]["path"]
     assert Path(path).parent == directory
     mtime = Path(path).stat().st_mtime_ns
-    again = _run(script, [*QUICK, "--dir", str(directory), "--scale-sessions", "1", "--loose-sessions", "0",
-                          "--rounds", "1"])
+    again = _run(
+        script,
+        [*QUICK, "--dir", str(directory), "--scale-sessions", "1", "--loose-sessions", "0", "--rounds", "1"],
+    )
     cat = again["catalogs"][f"clusters-{ROWS}"]
     assert cat["catalog"] == {"path": path, "cached": True}
     assert Path(path).stat().st_mtime_ns == mtime

@@ -121,7 +121,9 @@ def test_column_name_with_trailing_newline():
         BoxSet.from_json([{"f07\n": [1, 2]}])
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"boxes": ' + "[" * 50_000 + "]" * 50_000 + "}"])
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000 + "]" * 100_000, '{"boxes": ' + "[" * 50_000 + "]" * 50_000 + "}"]
+)
 def test_deeply_nested_json(text):
     with pytest.raises(InvalidBoxes):
         BoxSet.from_json(text)
@@ -148,13 +150,17 @@ def catalog(views):
     return views[1].cat
 
 
-@pytest.mark.parametrize("labels", ["1,2,3", " 1 , 2 ,", b"1,2", [1.0, "2", np.int8(3)], np.array([1, 2], np.uint64)])
+@pytest.mark.parametrize(
+    "labels", ["1,2,3", " 1 , 2 ,", b"1,2", [1.0, "2", np.int8(3)], np.array([1, 2], np.uint64)]
+)
 def test_label_spellings(catalog, labels):
     result = catalog.refine(labels, model="tree", random_state=0)
     assert result.stats["positives"] == len(set(fuzz.reference_ids(labels)))
 
 
-@pytest.mark.parametrize("labels", [[True], [None], [[1]], ["1.5"], [1.5], [float("nan")], "x", "1;2", 7, {3.5}])
+@pytest.mark.parametrize(
+    "labels", [[True], [None], [[1]], ["1.5"], [1.5], [float("nan")], "x", "1;2", 7, {3.5}]
+)
 def test_labels_that_are_not_ids(catalog, labels):
     with pytest.raises(InvalidArgument):
         catalog.refine(labels, model="tree")
@@ -165,8 +171,9 @@ def test_labels_bytes_not_utf8(catalog):
         catalog.refine(b"\xff1", model="tree")
 
 
-@pytest.mark.parametrize("labels", [[2**63], [-(2**63) - 1], ["9999999999999999999"], [1e300],
-                                    np.array([2**64 - 1], np.uint64)])
+@pytest.mark.parametrize(
+    "labels", [[2**63], [-(2**63) - 1], ["9999999999999999999"], [1e300], np.array([2**64 - 1], np.uint64)]
+)
 def test_labels_beyond_int64(catalog, labels):
     with pytest.raises(InvalidArgument):
         catalog.refine(labels, model="tree")
@@ -195,8 +202,11 @@ def test_model_given_as_array(catalog, model):
         catalog.refine([1, 2], model=model)
 
 
-@pytest.mark.parametrize("random_state", [-1, 2**32, 2**40, "abc", 1.5, True, np.random.RandomState(0)],
-                         ids=["-1", "2**32", "2**40", "str", "float", "bool", "RandomState"])
+@pytest.mark.parametrize(
+    "random_state",
+    [-1, 2**32, 2**40, "abc", 1.5, True, np.random.RandomState(0)],
+    ids=["-1", "2**32", "2**40", "str", "float", "bool", "RandomState"],
+)
 @pytest.mark.parametrize("model", ["ensemble", "branch", "tree", "forest"])
 def test_bad_random_state(catalog, model, random_state):
     """Every model takes the same seeds (None, 0..2**32-1, a numpy Generator); anything else

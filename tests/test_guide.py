@@ -99,7 +99,10 @@ def test_choose_min_votes_maximises_agreement_by_brute_force(n_members, rows):
     if not agree.any() or n_members == 1:
         assert got == 99
         return
-    f1 = {t: 2 * ((votes >= t) & agree).sum() / ((votes >= t).sum() + agree.sum()) for t in range(1, n_members + 1)}
+    f1 = {
+        t: 2 * ((votes >= t) & agree).sum() / ((votes >= t).sum() + agree.sum())
+        for t in range(1, n_members + 1)
+    }
     best = max(f1.values())
     assert 1 <= got <= n_members and f1[got] == pytest.approx(best)
     assert got == max(t for t, v in f1.items() if v >= best - 1e-12)  # ties: the higher threshold

@@ -124,11 +124,14 @@ def test_bytes_round_trip_and_checksum():
         assert np.array_equal(back.apply(x), head.apply(x))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros(10, np.float32), "2-d"),
-    (np.zeros((10, 64), np.float32), "more than 32"),
-    (np.full((100, 64), np.nan, np.float32), "NaN"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros(10, np.float32), "2-d"),
+        (np.zeros((10, 64), np.float32), "more than 32"),
+        (np.full((100, 64), np.nan, np.float32), "NaN"),
+    ],
+)
 def test_bad_embeddings_are_refused(bad, match):
     with pytest.raises(H.HeadError, match=match):
         H.fit_pca(bad, 32)
@@ -170,8 +173,10 @@ def test_small_catalogs_train_a_head(n):
     no more rows than one (PCA needs more than out_dim)."""
     img, _, _ = _clustered(n=n, d=64, k=4)
     txt = img + 0.05 * np.random.default_rng(n).normal(size=img.shape).astype(np.float32)
-    for head in (H.train_contrastive(img, txt, out_dim=32, epochs=10, seed=0),
-                 H.train_distill(img, None, out_dim=32, epochs=10, seed=0)):
+    for head in (
+        H.train_contrastive(img, txt, out_dim=32, epochs=10, seed=0),
+        H.train_distill(img, None, out_dim=32, epochs=10, seed=0),
+    ):
         y = head.apply(img)
         assert y.shape == (n, 32) and np.isfinite(y).all()
         np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
@@ -219,8 +224,10 @@ def test_unknown_head_method_is_an_invalid_argument(tmp_path, method):
     path = tmp_path / "c.duckdb"
     with engine.Catalog.create(path) as cat:
         cat.add_codes(np.zeros((3, 32), np.uint8))
-        with pytest.raises(engine.InvalidArgument, match=f"unknown head method {method!r}; choose one of "
-                                                         "auto, contrastive, distill, pca") as e:
+        with pytest.raises(
+            engine.InvalidArgument,
+            match=f"unknown head method {method!r}; choose one of auto, contrastive, distill, pca",
+        ) as e:
             pipeline.train_head(cat, method=method)
         assert isinstance(e.value, engine.CatalogError)
         assert cat.setting("head") is None and len(cat) == 3

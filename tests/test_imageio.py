@@ -39,8 +39,17 @@ def jpeg_bytes(w: int = 200, h: int = 150) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("suffix, fmt", [(".jpg", "JPEG"), (".png", "PNG"), (".webp", "WEBP"), (".gif", "GIF"),
-                                         (".bmp", "BMP"), (".tiff", "TIFF")])
+@pytest.mark.parametrize(
+    "suffix, fmt",
+    [
+        (".jpg", "JPEG"),
+        (".png", "PNG"),
+        (".webp", "WEBP"),
+        (".gif", "GIF"),
+        (".bmp", "BMP"),
+        (".tiff", "TIFF"),
+    ],
+)
 def test_every_format_decodes_to_rgb(tmp_path, suffix, fmt):
     path = tmp_path / f"a{suffix}"
     im = noise()
@@ -55,7 +64,9 @@ def test_colour_modes_convert_to_rgb(mode):
     if mode == "I;16":
         im = Image.fromarray(np.full((8, 16), 65535, np.uint16))
     elif mode in ("I", "F"):
-        im = Image.fromarray(np.linspace(0, 1000, 128).reshape(8, 16).astype(np.int32 if mode == "I" else np.float32))
+        im = Image.fromarray(
+            np.linspace(0, 1000, 128).reshape(8, 16).astype(np.int32 if mode == "I" else np.float32)
+        )
     else:
         im = base.convert(mode)
     assert im.mode == mode
@@ -101,13 +112,16 @@ def test_large_jpeg_decodes_at_reduced_scale_with_full_size_reported(tmp_path):
     assert min(out.image.size) >= 300 and out.image.size[0] < 2400
 
 
-@pytest.mark.parametrize("name, data, reason", [
-    ("empty.jpg", b"", "empty"),
-    ("text.jpg", b"this is not an image at all\n" * 10, "not a JPEG"),
-    ("random.png", bytes(range(256)) * 8, "not a JPEG"),
-    ("half.jpg", jpeg_bytes()[: len(jpeg_bytes()) // 2], "truncated"),
-    ("header.jpg", jpeg_bytes()[:200], "truncated"),
-])
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("empty.jpg", b"", "empty"),
+        ("text.jpg", b"this is not an image at all\n" * 10, "not a JPEG"),
+        ("random.png", bytes(range(256)) * 8, "not a JPEG"),
+        ("half.jpg", jpeg_bytes()[: len(jpeg_bytes()) // 2], "truncated"),
+        ("header.jpg", jpeg_bytes()[:200], "truncated"),
+    ],
+)
 def test_bad_files_are_refused_with_a_reason(tmp_path, name, data, reason):
     path = tmp_path / name
     path.write_bytes(data)
@@ -131,8 +145,9 @@ def test_corrupt_png_data_is_refused(tmp_path):
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
-def png_bytes(pixels: np.ndarray, colour: int, depth: int, interlace: bool, drop_rows: int = 0,
-              drop_bytes: int = 0) -> bytes:
+def png_bytes(
+    pixels: np.ndarray, colour: int, depth: int, interlace: bool, drop_rows: int = 0, drop_bytes: int = 0
+) -> bytes:
     """A PNG written by hand (filter 0), Adam7-interlaced or not, its zlib stream valid but
     without the last ``drop_rows`` scanlines and then the last ``drop_bytes`` bytes."""
     h, w = pixels.shape[:2]
@@ -141,7 +156,7 @@ def png_bytes(pixels: np.ndarray, colour: int, depth: int, interlace: bool, drop
         if a.shape[0] == 0 or a.shape[1] == 0:
             return []
         if depth < 8:
-            bits = np.unpackbits(a.astype(np.uint8)[..., None], axis=-1)[..., 8 - depth:]
+            bits = np.unpackbits(a.astype(np.uint8)[..., None], axis=-1)[..., 8 - depth :]
             packed = np.packbits(bits.reshape(a.shape[0], -1), axis=1)
         else:
             packed = a.astype(">u2" if depth == 16 else np.uint8).reshape(a.shape[0], -1).view(np.uint8)
@@ -149,15 +164,16 @@ def png_bytes(pixels: np.ndarray, colour: int, depth: int, interlace: bool, drop
 
     passes = [pixels[y0::dy, x0::dx] for x0, y0, dx, dy in ADAM7] if interlace else [pixels]
     rows = [row for p in passes for row in scanlines(p)]
-    raw = b"".join(rows[:len(rows) - drop_rows])
-    raw = raw[:len(raw) - drop_bytes]
+    raw = b"".join(rows[: len(rows) - drop_rows])
+    raw = raw[: len(raw) - drop_bytes]
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, int(interlace))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("w, h", [(1, 1), (3, 5), (9, 17), (8, 8), (33, 2)])
@@ -166,14 +182,18 @@ def png_bytes(pixels: np.ndarray, colour: int, depth: int, interlace: bool, drop
 def test_png_is_refused_when_its_image_data_ends_early(w, h, colour, depth, interlace):
     channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
     rng = np.random.default_rng(w * h + depth)
-    pixels = rng.integers(0, 2 ** depth, (h, w, channels) if channels > 1 else (h, w))
+    pixels = rng.integers(0, 2**depth, (h, w, channels) if channels > 1 else (h, w))
     whole = png_bytes(pixels, colour, depth, interlace)
     if channels == 1 and depth <= 8:  # the hand-written file says what was meant (PIL widens to 8 bits)
         with Image.open(io.BytesIO(whole)) as im:
-            assert np.array_equal(np.asarray(im.convert("L")), pixels * (255 // (2 ** depth - 1)))
+            assert np.array_equal(np.asarray(im.convert("L")), pixels * (255 // (2**depth - 1)))
     out = decode_image(whole)
     assert (out.width, out.height) == (w, h)
-    for rows, extra in [(1, 0), (0, 1), (1, 1)]:  # a stream that ends on a row boundary, and one that does not
+    for rows, extra in [
+        (1, 0),
+        (0, 1),
+        (1, 1),
+    ]:  # a stream that ends on a row boundary, and one that does not
         with pytest.raises(UnreadableImage, match="truncated"):
             decode_image(png_bytes(pixels, colour, depth, interlace, drop_rows=rows, drop_bytes=extra))
 
@@ -279,8 +299,8 @@ def test_a_large_query_image_is_reduced_before_its_colours_are_converted():
     w, h = 2 * QUERY_MAX_SIDE + 200, QUERY_MAX_SIDE + 300
     rgba = np.zeros((h, w, 4), np.uint8)
     rgba[:, : w // 2] = (200, 30, 30, 255)  # opaque red on the left
-    rgba[:, w // 2:] = (0, 0, 0, 0)  # transparent (black underneath) on the right
-    rgba[:, w // 2 + 1: w // 2 + 6] = (0, 0, 255, 128)  # half-transparent blue, off the reduction grid
+    rgba[:, w // 2 :] = (0, 0, 0, 0)  # transparent (black underneath) on the right
+    rgba[:, w // 2 + 1 : w // 2 + 6] = (0, 0, 255, 128)  # half-transparent blue, off the reduction grid
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
     small = decode_query_image(buf.getvalue())

@@ -36,8 +36,18 @@ def features(pixels: np.ndarray) -> np.ndarray:
     of each channel, brightness of the top and left halves."""
     x = np.asarray(pixels, dtype=np.float32)
     grey = x.mean(axis=3)
-    f = np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)), grey[:, :8].mean(axis=(1, 2))[:, None],
-                        grey[:, :, :8].mean(axis=(1, 2))[:, None]], axis=1) + 1e-3
+    f = (
+        np.concatenate(
+            [
+                x.mean(axis=(1, 2)),
+                x.std(axis=(1, 2)),
+                grey[:, :8].mean(axis=(1, 2))[:, None],
+                grey[:, :, :8].mean(axis=(1, 2))[:, None],
+            ],
+            axis=1,
+        )
+        + 1e-3
+    )
     return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -72,8 +82,16 @@ def save(path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF", ".bmp": "BMP",
-           ".tif": "TIFF", ".tiff": "TIFF"}[path.suffix.lower()]
+    fmt = {
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".png": "PNG",
+        ".webp": "WEBP",
+        ".gif": "GIF",
+        ".bmp": "BMP",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+    }[path.suffix.lower()]
     (im.convert("P") if fmt == "GIF" else im).save(path, fmt)
     return path
 
@@ -110,12 +128,35 @@ def check_consistent(cat) -> None:
 def tree(tmp_path) -> Path:
     """A folder with one image per format, nested folders, hidden and system files, bad files."""
     root = tmp_path / "photos"
-    for i, name in enumerate(["a.jpg", "b.jpeg", "c.png", "d.webp", "e.gif", "f.bmp", "g.tif", "h.tiff",
-                              "UPPER.JPG", "sub/deeper/i.png", "sub/j.jpg"]):
+    for i, name in enumerate(
+        [
+            "a.jpg",
+            "b.jpeg",
+            "c.png",
+            "d.webp",
+            "e.gif",
+            "f.bmp",
+            "g.tif",
+            "h.tiff",
+            "UPPER.JPG",
+            "sub/deeper/i.png",
+            "sub/j.jpg",
+        ]
+    ):
         save(root / name, i)
-    for i, name in enumerate([".hidden.jpg", ".cache/k.jpg", "__MACOSX/l.jpg", "@eaDir/m.jpg",
-                              "$RECYCLE.BIN/n.jpg", "System Volume Information/o.jpg", "lost+found/p.jpg",
-                              ".Trashes/q.jpg", "sub/._r.jpg"]):
+    for i, name in enumerate(
+        [
+            ".hidden.jpg",
+            ".cache/k.jpg",
+            "__MACOSX/l.jpg",
+            "@eaDir/m.jpg",
+            "$RECYCLE.BIN/n.jpg",
+            "System Volume Information/o.jpg",
+            "lost+found/p.jpg",
+            ".Trashes/q.jpg",
+            "sub/._r.jpg",
+        ]
+    ):
         save(root / name, 100 + i)
     (root / "Thumbs.db").write_bytes(b"\x00" * 64)
     (root / ".DS_Store").write_bytes(b"\x00" * 64)
@@ -153,14 +194,23 @@ def test_folder_ingest_adds_images_and_skips_bad_files(make_catalog, tree):
     assert "truncated" in reasons[str(tree / "bad" / "truncated.jpg")]
     stored = set(uris(cat))
     assert str(tree / "UPPER.JPG") in stored and str(tree / "sub" / "deeper" / "i.png") in stored
-    assert not any(("/." in u) or ("MACOSX" in u) or ("@eaDir" in u) or ("RECYCLE" in u) or ("Volume" in u)
-                   or ("lost+found" in u) for u in stored)
+    assert not any(
+        ("/." in u)
+        or ("MACOSX" in u)
+        or ("@eaDir" in u)
+        or ("RECYCLE" in u)
+        or ("Volume" in u)
+        or ("lost+found" in u)
+        for u in stored
+    )
     assert all(os.path.isabs(u) for u in stored)
     skipped = cat.con.execute("SELECT uri, file_size, file_mtime_ns FROM skipped ORDER BY uri").fetchall()
     assert [r[0] for r in skipped] == sorted(reasons)
     assert all(r[1] is not None and r[2] is not None for r in skipped)
-    row = cat.con.execute("SELECT width, height, file_size, file_mtime_ns, source FROM images WHERE uri = ?",
-                          [str(tree / "a.jpg")]).fetchall()[0]
+    row = cat.con.execute(
+        "SELECT width, height, file_size, file_mtime_ns, source FROM images WHERE uri = ?",
+        [str(tree / "a.jpg")],
+    ).fetchall()[0]
     st = (tree / "a.jpg").stat()
     assert row == (40, 30, st.st_size, st.st_mtime_ns, str(tree))
     assert cat.setting("encoder") == "fake:mean"
@@ -180,7 +230,9 @@ def test_embeddings_round_trip_as_float16(make_catalog, tree):
     schema = pq.read_schema(part)
     assert schema.field("embedding").type == pa.list_(pa.float16(), DIM)
     # DuckDB reads the parts too (as FLOAT[])
-    n = duckdb.sql(f"SELECT count(*), max(len(embedding)) FROM read_parquet('{embeddings_dir(cat)}/*.parquet')").fetchall()
+    n = duckdb.sql(
+        f"SELECT count(*), max(len(embedding)) FROM read_parquet('{embeddings_dir(cat)}/*.parquet')"
+    ).fetchall()
     assert n == [(GOOD, DIM)]
     sub_ids, sub = load_embeddings(cat, [ids[3], ids[0]])
     assert sub_ids.tolist() == [ids[3], ids[0]]
@@ -369,8 +421,10 @@ def test_changed_file_found_bad_before_an_interruption_is_removed_next_time(make
     path.write_bytes(b"now broken")
     st = path.stat()
     # what a run that decoded it and was killed before its final clean-up leaves behind
-    cat.con.execute("INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, 'empty', ?, ?)",
-                    [str(path), st.st_size, st.st_mtime_ns])
+    cat.con.execute(
+        "INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, 'empty', ?, ?)",
+        [str(path), st.st_size, st.st_mtime_ns],
+    )
     report = run(cat, [tree])
     assert report.removed == 1 and report.known_bad == BAD + 1
     assert str(path) not in uris(cat)
@@ -459,7 +513,7 @@ def test_csv_manifest_with_metadata_and_bad_rows(make_catalog, tmp_path):
         "uri,label,score,count\n"
         "img/a.png,cat,0.5,3\n"
         f"{tmp_path / 'elsewhere' / 'c.png'},dog,1.25,\n"
-        "file://" + str(root / "img" / "b.jpg") + ",\"bird, small\",,7\n"
+        "file://" + str(root / "img" / "b.jpg") + ',"bird, small",,7\n'
         "img/missing.png,ghost,0.1,1\n"
         ",nothing,0.2,2\n"
         "http://example.com/x.jpg,remote,0.3,3\n"
@@ -470,13 +524,18 @@ def test_csv_manifest_with_metadata_and_bad_rows(make_catalog, tmp_path):
     report = run(cat, [root / "labels.csv"])
     assert report.added == 3
     rows = cat.con.execute("SELECT uri, label, score, count, source FROM images ORDER BY uri").fetchall()
-    assert rows == sorted([
-        (str(root / "img" / "a.png"), "cat", 0.5, 3, str(root / "labels.csv")),
-        (str(root / "img" / "b.jpg"), "bird, small", None, 7, str(root / "labels.csv")),
-        (str(tmp_path / "elsewhere" / "c.png"), "dog", 1.25, None, str(root / "labels.csv")),
-    ])
-    types = dict(cat.con.execute("SELECT column_name, data_type FROM duckdb_columns() "
-                                 "WHERE table_name = 'images'").fetchall())
+    assert rows == sorted(
+        [
+            (str(root / "img" / "a.png"), "cat", 0.5, 3, str(root / "labels.csv")),
+            (str(root / "img" / "b.jpg"), "bird, small", None, 7, str(root / "labels.csv")),
+            (str(tmp_path / "elsewhere" / "c.png"), "dog", 1.25, None, str(root / "labels.csv")),
+        ]
+    )
+    types = dict(
+        cat.con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'images'"
+        ).fetchall()
+    )
     assert (types["label"], types["score"], types["count"]) == ("VARCHAR", "DOUBLE", "BIGINT")
     reasons = dict(report.skipped_files)
     assert reasons[str(root / "img" / "missing.png")] == "file not found"
@@ -485,8 +544,13 @@ def test_csv_manifest_with_metadata_and_bad_rows(make_catalog, tmp_path):
     assert "not a JPEG" in reasons[str(root / "img" / "bad.png")]
     assert report.skipped == 4
     # the catalog view sees the new columns
-    assert cat.con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'catalog' "
-                           "AND column_name = 'label'").fetchall()[0][0] == 1
+    assert (
+        cat.con.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'catalog' "
+            "AND column_name = 'label'"
+        ).fetchall()[0][0]
+        == 1
+    )
 
 
 def test_manifest_changes_update_metadata_and_remove_unlisted_files(make_catalog, tmp_path):
@@ -515,23 +579,35 @@ def test_manifest_changes_update_metadata_and_remove_unlisted_files(make_catalog
 def test_parquet_manifest_keeps_its_types(make_catalog, tmp_path):
     save(tmp_path / "a.png", 1)
     save(tmp_path / "b.png", 2)
-    table = pa.table({
-        "uri": ["a.png", "b.png"],
-        "n": pa.array([1, 2], pa.int32()),
-        "ok": [True, False],
-        "taken": pa.array([1_600_000_000_000_000, None], pa.timestamp("us")),
-        "tags": [["x", "y"], []],
-        "WIDTH": [1, 2],  # ingestion measures the width itself
-    })
+    table = pa.table(
+        {
+            "uri": ["a.png", "b.png"],
+            "n": pa.array([1, 2], pa.int32()),
+            "ok": [True, False],
+            "taken": pa.array([1_600_000_000_000_000, None], pa.timestamp("us")),
+            "tags": [["x", "y"], []],
+            "WIDTH": [1, 2],  # ingestion measures the width itself
+        }
+    )
     pq.write_table(table, tmp_path / "m.parquet")
     cat = make_catalog()
     report = run(cat, [tmp_path / "m.parquet"])
     assert report.added == 2 and report.ignored_columns == ["WIDTH"]
-    types = dict(cat.con.execute("SELECT column_name, data_type FROM duckdb_columns() "
-                                 "WHERE table_name = 'images'").fetchall())
-    assert (types["n"], types["ok"], types["taken"], types["tags"]) == ("INTEGER", "BOOLEAN", "TIMESTAMP", "VARCHAR[]")
+    types = dict(
+        cat.con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'images'"
+        ).fetchall()
+    )
+    assert (types["n"], types["ok"], types["taken"], types["tags"]) == (
+        "INTEGER",
+        "BOOLEAN",
+        "TIMESTAMP",
+        "VARCHAR[]",
+    )
     assert cat.con.execute("SELECT n, ok, tags, width FROM images ORDER BY uri").fetchall() == [
-        (1, True, ["x", "y"], 40), (2, False, [], 40)]
+        (1, True, ["x", "y"], 40),
+        (2, False, [], 40),
+    ]
 
 
 def test_manifest_errors_are_clear(make_catalog, tmp_path):
@@ -576,7 +652,11 @@ def test_demo_manifest_gives_a_label_column(make_catalog, tmp_path):
     for prefix, n in (("train", 6), ("t10k", 3)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         with gzip.open(raw / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write((0x803).to_bytes(4, "big") + b"".join(x.to_bytes(4, "big") for x in (n, 28, 28)) + images.tobytes())
+            f.write(
+                (0x803).to_bytes(4, "big")
+                + b"".join(x.to_bytes(4, "big") for x in (n, 28, 28))
+                + images.tobytes()
+            )
         with gzip.open(raw / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write((0x801).to_bytes(4, "big") + n.to_bytes(4, "big") + bytes(range(n)))
     manifest = write_fashion_mnist(tmp_path / "fm", root=raw, workers=1)
@@ -656,12 +736,17 @@ def test_names_that_are_not_utf8_are_skipped_and_listed(make_catalog, latin1_tre
 def test_manifest_rows_naming_non_utf8_files_are_skipped(make_catalog, latin1_tree):
     root = latin1_tree
     url = "file://" + quote(str(root))
-    (root / "m.csv").write_text(f"uri,label\na.png,x\n{url}/caf%E9.png,y\n{url}/f%EAte/d.png,z\n{url}/gone%E9.png,w\n")
+    (root / "m.csv").write_text(
+        f"uri,label\na.png,x\n{url}/caf%E9.png,y\n{url}/f%EAte/d.png,z\n{url}/gone%E9.png,w\n"
+    )
     cat = make_catalog()
     report = run(cat, [root / "m.csv"])
     assert report.added == 1 and uris(cat) == [str(root / "a.png")]
-    assert dict(report.skipped_files) == {f"{url}/caf%E9.png": NOT_UTF8_FILE, f"{url}/f%EAte/d.png": NOT_UTF8_FOLDER,
-                                          f"{url}/gone%E9.png": "file not found"}
+    assert dict(report.skipped_files) == {
+        f"{url}/caf%E9.png": NOT_UTF8_FILE,
+        f"{url}/f%EAte/d.png": NOT_UTF8_FOLDER,
+        f"{url}/gone%E9.png": "file not found",
+    }
 
 
 def test_source_that_is_not_utf8_is_refused(make_catalog, latin1_tree):

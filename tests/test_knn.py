@@ -55,9 +55,14 @@ def test_oracle_sanity():
 
 # -- the public API ----------------------------------------------------------------------------
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 70), alphabet=st.sampled_from(ALPHABETS),
-       k=st.integers(1, 80), parallel=st.sampled_from([None, False, True]),
-       n_exclude=st.integers(0, 5))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 70),
+    alphabet=st.sampled_from(ALPHABETS),
+    k=st.integers(1, 80),
+    parallel=st.sampled_from([None, False, True]),
+    n_exclude=st.integers(0, 5),
+)
 def test_topk_matches_oracle(seed, n, alphabet, k, parallel, n_exclude):
     codes = make_codes(seed, n, alphabet)
     query = make_query(seed, codes, alphabet)
@@ -72,8 +77,14 @@ def test_topk_matches_oracle(seed, n, alphabet, k, parallel, n_exclude):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 50), n_q=st.integers(0, 4),
-       alphabet=st.sampled_from(ALPHABETS), k=st.integers(1, 60), parallel=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 50),
+    n_q=st.integers(0, 4),
+    alphabet=st.sampled_from(ALPHABETS),
+    k=st.integers(1, 60),
+    parallel=st.booleans(),
+)
 def test_topk_many_matches_oracle(seed, n, n_q, alphabet, k, parallel):
     codes = make_codes(seed, n, alphabet)
     queries = np.array([make_query(seed + 7 * i, codes, alphabet) for i in range(n_q)], dtype=np.uint8)
@@ -87,10 +98,18 @@ def test_topk_many_matches_oracle(seed, n, n_q, alphabet, k, parallel):
 
 # -- the kernels, with chunks small enough that tiny inputs cross every boundary ---------------
 @settings(max_examples=120, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), chunk_rows=st.sampled_from([1, 3, 8, 16]),
-       extra=st.sampled_from([-1, 0, 1, 5]), n_chunks=st.integers(1, 12), n_near=st.integers(0, 6),
-       n_tasks=st.integers(1, 5), n_q=st.integers(1, 3), alphabet=st.sampled_from(ALPHABETS),
-       k=st.integers(1, 40), parallel=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    chunk_rows=st.sampled_from([1, 3, 8, 16]),
+    extra=st.sampled_from([-1, 0, 1, 5]),
+    n_chunks=st.integers(1, 12),
+    n_near=st.integers(0, 6),
+    n_tasks=st.integers(1, 5),
+    n_q=st.integers(1, 3),
+    alphabet=st.sampled_from(ALPHABETS),
+    k=st.integers(1, 40),
+    parallel=st.booleans(),
+)
 def test_kernels_match_oracle(seed, chunk_rows, extra, n_chunks, n_near, n_tasks, n_q, alphabet, k, parallel):
     n = max(1, n_chunks * chunk_rows + extra)
     codes = make_codes(seed, n, alphabet)
@@ -106,8 +125,16 @@ def test_kernels_match_oracle(seed, chunk_rows, extra, n_chunks, n_near, n_tasks
         np.testing.assert_array_equal(keys[i] >> knn.POS_BITS, want_dist)
 
 
-@pytest.mark.parametrize("n", [knn.CHUNK_ROWS - 1, knn.CHUNK_ROWS, knn.CHUNK_ROWS + 1, 3 * knn.CHUNK_ROWS + 7,
-                               (knn.NEAR_CHUNKS + 3) * knn.CHUNK_ROWS + 17])
+@pytest.mark.parametrize(
+    "n",
+    [
+        knn.CHUNK_ROWS - 1,
+        knn.CHUNK_ROWS,
+        knn.CHUNK_ROWS + 1,
+        3 * knn.CHUNK_ROWS + 7,
+        (knn.NEAR_CHUNKS + 3) * knn.CHUNK_ROWS + 17,
+    ],
+)
 @pytest.mark.parametrize("parallel", [False, True])
 def test_real_chunk_sizes(n, parallel):
     """The constants in use: chunk boundaries, and more chunks than are scanned first."""
@@ -171,8 +198,16 @@ def test_numpy_integer_k():
     np.testing.assert_array_equal(pos, oracle(codes, codes[0], 4)[0])
 
 
-@pytest.mark.parametrize("query", [np.zeros(31, np.uint8), np.zeros((2, N_DIMS), np.uint8),
-                                   np.full(N_DIMS, 256), np.full(N_DIMS, -1), np.zeros(N_DIMS, np.float32)])
+@pytest.mark.parametrize(
+    "query",
+    [
+        np.zeros(31, np.uint8),
+        np.zeros((2, N_DIMS), np.uint8),
+        np.full(N_DIMS, 256),
+        np.full(N_DIMS, -1),
+        np.zeros(N_DIMS, np.float32),
+    ],
+)
 def test_bad_query(query):
     with pytest.raises(InvalidArgument, match="query"):
         knn.topk(columns(make_codes(5, 10, 256)), query, 3)

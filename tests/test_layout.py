@@ -9,7 +9,9 @@ from engine import layout, scan
 from engine.errors import CatalogError, InvalidArgument
 
 
-@pytest.mark.parametrize("n_rows,block_size", [(0, 16), (1, 16), (15, 16), (16, 16), (17, 16), (1000, 16), (4097, 64)])
+@pytest.mark.parametrize(
+    "n_rows,block_size", [(0, 16), (1, 16), (15, 16), (16, 16), (17, 16), (1000, 16), (4097, 64)]
+)
 def test_kd_order_is_a_permutation_into_balanced_blocks(n_rows, block_size):
     rng = np.random.default_rng(n_rows)
     cols = rng.integers(0, 256, (32, n_rows), dtype=np.uint8)

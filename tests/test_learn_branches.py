@@ -47,8 +47,13 @@ def datasets(draw, max_rows: int = 60):
 
 def _sql_rows(model, Z: np.ndarray) -> list[tuple[int, int]]:
     """(id, votes) rows of the model's compiled SQL run by plain DuckDB over Z (id = row index)."""
-    tbl = pa.table({"pos": np.arange(len(Z)), "id": np.arange(len(Z)),
-                    **{c: pa.array(Z[:, d], pa.uint8()) for d, c in enumerate(CODE_COLUMNS)}})
+    tbl = pa.table(
+        {
+            "pos": np.arange(len(Z)),
+            "id": np.arange(len(Z)),
+            **{c: pa.array(Z[:, d], pa.uint8()) for d, c in enumerate(CODE_COLUMNS)},
+        }
+    )
     con = duckdb.connect()
     try:
         con.register("codes", tbl)
@@ -65,14 +70,16 @@ def _index(Z: np.ndarray, block_size: int) -> query.BlockIndex:
 
 
 def _models(seed):
-    return [DecisionBranchClassifier(random_state=seed),
-            DecisionBranchClassifier(growth="bottom-up", random_state=seed),
-            DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, random_state=seed),
-            DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, growth="bottom-up", random_state=seed),
-            DecisionBranchEnsemble(n_estimators=4, growth="bottom-up", random_state=seed),
-            DecisionBranchEnsemble(n_estimators=5, random_state=seed),
-            DecisionBranchEnsemble(n_estimators=3, bootstrap=True, random_state=seed),
-            DecisionBranchEnsemble(n_estimators=4, subsets=SMALL_FAMILY, bootstrap=False, random_state=seed)]
+    return [
+        DecisionBranchClassifier(random_state=seed),
+        DecisionBranchClassifier(growth="bottom-up", random_state=seed),
+        DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, random_state=seed),
+        DecisionBranchClassifier(subsets=SMALL_FAMILY, min_pts=2, growth="bottom-up", random_state=seed),
+        DecisionBranchEnsemble(n_estimators=4, growth="bottom-up", random_state=seed),
+        DecisionBranchEnsemble(n_estimators=5, random_state=seed),
+        DecisionBranchEnsemble(n_estimators=3, bootstrap=True, random_state=seed),
+        DecisionBranchEnsemble(n_estimators=4, subsets=SMALL_FAMILY, bootstrap=False, random_state=seed),
+    ]
 
 
 @settings(max_examples=40, deadline=None)
@@ -98,7 +105,9 @@ def test_predict_votes_sql_and_index_agree(data):
 @pytest.mark.parametrize("growth", ["top-down", "bottom-up"])
 def test_boxes_constrain_one_subset_and_hold_more_positive_than_negative_weight(data, growth):
     X, y, w, _, seed = data
-    model = DecisionBranchClassifier(subsets=SMALL_FAMILY, growth=growth, random_state=seed).fit(X, y, sample_weight=w)
+    model = DecisionBranchClassifier(subsets=SMALL_FAMILY, growth=growth, random_state=seed).fit(
+        X, y, sample_weight=w
+    )
     weights = np.ones(len(X)) if w is None else w
     remaining = np.ones(len(X), bool)
     for i in range(len(model.boxes_)):
@@ -116,8 +125,10 @@ def test_separable_classes_are_learned_exactly(rng):
     X = np.concatenate([a[:30], b[:200]])
     y = np.r_[np.ones(30, bool), np.zeros(200, bool)]
     for growth in ("top-down", "bottom-up"):
-        for model in (DecisionBranchClassifier(growth=growth, random_state=0),
-                      DecisionBranchEnsemble(growth=growth, random_state=0)):
+        for model in (
+            DecisionBranchClassifier(growth=growth, random_state=0),
+            DecisionBranchEnsemble(growth=growth, random_state=0),
+        ):
             model.fit(X, y)
             assert model.predict(a).all() and not model.predict(b).any()
 
@@ -180,20 +191,23 @@ def test_estimator_api(rng):
         DecisionBranchClassifier().predict(X)
 
 
-@pytest.mark.parametrize("kwargs, X, y, match", [
-    ({}, np.zeros((5, 31), np.uint8), [1, 0, 0, 0, 0], "shape"),
-    ({}, np.full((3, 32), 300), [1, 0, 0], "0..255"),
-    ({}, np.zeros((3, 32), np.uint8), [0, 0, 0], "at least one positive"),
-    ({}, np.zeros((3, 32), np.uint8), [2, 0, 1], "binary"),
-    ({"subset_fraction": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "subset_fraction"),
-    ({"min_pts": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "min_pts"),
-    ({"max_boxes": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "max_boxes"),
-    ({"subsets": [(40,)]}, np.zeros((3, 32), np.uint8), [1, 0, 0], "dims"),
-    ({"subsets": []}, np.zeros((3, 32), np.uint8), [1, 0, 0], "at least one"),
-    ({"random_state": "x"}, np.zeros((3, 32), np.uint8), [1, 0, 0], "random_state"),
-    ({"growth": "sideways"}, np.zeros((3, 32), np.uint8), [1, 0, 0], "growth"),
-    ({"growth": None}, np.zeros((3, 32), np.uint8), [1, 0, 0], "growth"),
-])
+@pytest.mark.parametrize(
+    "kwargs, X, y, match",
+    [
+        ({}, np.zeros((5, 31), np.uint8), [1, 0, 0, 0, 0], "shape"),
+        ({}, np.full((3, 32), 300), [1, 0, 0], "0..255"),
+        ({}, np.zeros((3, 32), np.uint8), [0, 0, 0], "at least one positive"),
+        ({}, np.zeros((3, 32), np.uint8), [2, 0, 1], "binary"),
+        ({"subset_fraction": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "subset_fraction"),
+        ({"min_pts": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "min_pts"),
+        ({"max_boxes": 0}, np.zeros((3, 32), np.uint8), [1, 0, 0], "max_boxes"),
+        ({"subsets": [(40,)]}, np.zeros((3, 32), np.uint8), [1, 0, 0], "dims"),
+        ({"subsets": []}, np.zeros((3, 32), np.uint8), [1, 0, 0], "at least one"),
+        ({"random_state": "x"}, np.zeros((3, 32), np.uint8), [1, 0, 0], "random_state"),
+        ({"growth": "sideways"}, np.zeros((3, 32), np.uint8), [1, 0, 0], "growth"),
+        ({"growth": None}, np.zeros((3, 32), np.uint8), [1, 0, 0], "growth"),
+    ],
+)
 def test_bad_arguments_are_refused_clearly(kwargs, X, y, match):
     with pytest.raises(InvalidArgument, match=match):
         DecisionBranchClassifier(**kwargs).fit(X, y)
@@ -224,10 +238,15 @@ def _tiny():
     return X, np.array([1, 0, 0, 0])
 
 
-@pytest.mark.parametrize("Model, name, value", [
-    pytest.param(Model, name, value, id=f"{Model.__name__}-{name}-{i}")
-    for Model, table in BAD_PARAMS.items() for name, values in table.items() for i, value in enumerate(values)
-])
+@pytest.mark.parametrize(
+    "Model, name, value",
+    [
+        pytest.param(Model, name, value, id=f"{Model.__name__}-{name}-{i}")
+        for Model, table in BAD_PARAMS.items()
+        for name, values in table.items()
+        for i, value in enumerate(values)
+    ],
+)
 def test_bad_parameters_raise_invalid_argument_naming_the_parameter(Model, name, value):
     model = Model(**{name: value})
     with pytest.raises(InvalidArgument) as e:
@@ -245,36 +264,63 @@ def test_every_parameter_is_constrained_and_has_bad_values_tested(Model):
 
 
 def test_a_string_fraction_says_what_is_allowed():
-    with pytest.raises(InvalidArgument, match=re.escape("subset_fraction must be a number in (0, 1], got '0.5'")):
+    with pytest.raises(
+        InvalidArgument, match=re.escape("subset_fraction must be a number in (0, 1], got '0.5'")
+    ):
         DecisionBranchClassifier(subset_fraction="0.5").fit(*_tiny())
-    with pytest.raises(InvalidArgument, match=re.escape(
-            "random_state must be None, an integer >= 0 or a numpy Generator, got -1")):
+    with pytest.raises(
+        InvalidArgument,
+        match=re.escape("random_state must be None, an integer >= 0 or a numpy Generator, got -1"),
+    ):
         DecisionBranchEnsemble(random_state=-1).fit(*_tiny())
-    with pytest.raises(InvalidArgument, match=re.escape("bootstrap must be False, True or 'negatives', got None")):
+    with pytest.raises(
+        InvalidArgument, match=re.escape("bootstrap must be False, True or 'negatives', got None")
+    ):
         DecisionBranchEnsemble(bootstrap=None).fit(*_tiny())
 
 
 def test_valid_parameters_in_other_forms_fit_the_same_boxes(rng):
     X = rng.integers(0, 256, (80, 32), dtype=np.uint8)
     y = X[:, 3] > 150
-    plain = DecisionBranchEnsemble(n_estimators=3, max_boxes=4, max_failures=2, min_pts=20, subset_fraction=1,
-                                   bootstrap=True, random_state=5).fit(X, y)
-    numpy = DecisionBranchEnsemble(n_estimators=np.int64(3), max_boxes=np.int32(4), max_failures=np.uint8(2),
-                                   min_pts=np.int64(20), subset_fraction=np.float32(1.0), bootstrap=np.True_,
-                                   random_state=np.int64(5)).fit(X, y)
+    plain = DecisionBranchEnsemble(
+        n_estimators=3,
+        max_boxes=4,
+        max_failures=2,
+        min_pts=20,
+        subset_fraction=1,
+        bootstrap=True,
+        random_state=5,
+    ).fit(X, y)
+    numpy = DecisionBranchEnsemble(
+        n_estimators=np.int64(3),
+        max_boxes=np.int32(4),
+        max_failures=np.uint8(2),
+        min_pts=np.int64(20),
+        subset_fraction=np.float32(1.0),
+        bootstrap=np.True_,
+        random_state=np.int64(5),
+    ).fit(X, y)
     assert numpy.boxes_ == plain.boxes_ and numpy.min_votes_ == plain.min_votes_ == 2
-    a = DecisionBranchClassifier(min_pts="auto", growth="bottom-up", random_state=np.random.default_rng(7)).fit(X, y)
-    b = DecisionBranchClassifier(min_pts="auto", growth="bottom-up", random_state=np.random.default_rng(7)).fit(X, y)
+    a = DecisionBranchClassifier(
+        min_pts="auto", growth="bottom-up", random_state=np.random.default_rng(7)
+    ).fit(X, y)
+    b = DecisionBranchClassifier(
+        min_pts="auto", growth="bottom-up", random_state=np.random.default_rng(7)
+    ).fit(X, y)
     assert a.boxes_ == b.boxes_ and len(a.boxes_) > 0
-    assert DecisionBranchClassifier(subsets=iter(SMALL_FAMILY), random_state=0).fit(X, y).subsets_ == \
-        DecisionBranchClassifier(subsets=SMALL_FAMILY, random_state=0).fit(X, y).subsets_
+    assert (
+        DecisionBranchClassifier(subsets=iter(SMALL_FAMILY), random_state=0).fit(X, y).subsets_
+        == DecisionBranchClassifier(subsets=SMALL_FAMILY, random_state=0).fit(X, y).subsets_
+    )
 
 
 def test_bootstrap_modes(rng):
     X = rng.integers(0, 256, (120, 32), dtype=np.uint8)
     y = X[:, 5] > 200
-    fits = {b: DecisionBranchEnsemble(n_estimators=6, bootstrap=b, random_state=2).fit(X, y).boxes_
-            for b in (True, False, "negatives")}
+    fits = {
+        b: DecisionBranchEnsemble(n_estimators=6, bootstrap=b, random_state=2).fit(X, y).boxes_
+        for b in (True, False, "negatives")
+    }
     assert fits[True] != fits["negatives"]
     # without resampling, members differ only by their random streams and subset shares
     assert fits[False].n_members == 6 and fits[False] != fits[True]
@@ -366,8 +412,12 @@ def _reference_bottom_up(X, pw, nw, seed, order, min_pts):
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=datasets(max_rows=120), k=st.sampled_from([1, 2, 4, 6, 8]), min_pts=st.sampled_from([1, 3, 50]),
-       order_seed=st.integers(0, 2**32 - 1))
+@given(
+    data=datasets(max_rows=120),
+    k=st.sampled_from([1, 2, 4, 6, 8]),
+    min_pts=st.sampled_from([1, 3, 50]),
+    order_seed=st.integers(0, 2**32 - 1),
+)
 def test_bottom_up_box_equals_the_numpy_reference(data, k, min_pts, order_seed):
     from engine.learn import branches
 
@@ -382,8 +432,21 @@ def test_bottom_up_box_equals_the_numpy_reference(data, k, min_pts, order_seed):
     lo, hi = np.zeros(32, np.int64), np.zeros(32, np.int64)
     n = len(X)
     score, p_in, n_in = branches._grow_box_bottom_up(
-        X, pw, nw, (pw > 0) | (nw > 0), seed, order, k, min_pts, lo, hi, np.zeros(n, np.int64),
-        np.zeros(256), np.zeros(256), np.zeros(256, np.bool_))
+        X,
+        pw,
+        nw,
+        (pw > 0) | (nw > 0),
+        seed,
+        order,
+        k,
+        min_pts,
+        lo,
+        hi,
+        np.zeros(n, np.int64),
+        np.zeros(256),
+        np.zeros(256),
+        np.zeros(256, np.bool_),
+    )
     ref_lo, ref_hi, ref_score = _reference_bottom_up(X, pw, nw, seed, order, min_pts)
     np.testing.assert_array_equal(lo, ref_lo)
     np.testing.assert_array_equal(hi, ref_hi)

@@ -371,10 +371,15 @@ BAD_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("Model, name, value", [
-    pytest.param(Model, name, value, id=f"{Model.__name__}-{name}-{i}")
-    for Model, table in BAD_PARAMS.items() for name, values in table.items() for i, value in enumerate(values)
-])
+@pytest.mark.parametrize(
+    "Model, name, value",
+    [
+        pytest.param(Model, name, value, id=f"{Model.__name__}-{name}-{i}")
+        for Model, table in BAD_PARAMS.items()
+        for name, values in table.items()
+        for i, value in enumerate(values)
+    ],
+)
 def test_bad_parameters_raise_invalid_argument_naming_the_parameter(Model, name, value):
     model = Model(**{name: value})
     with pytest.raises(InvalidArgument) as e:
@@ -390,11 +395,14 @@ def test_every_parameter_is_constrained_and_has_bad_values_tested(Model):
 
 
 def test_the_constraints_say_what_is_allowed():
-    with pytest.raises(InvalidArgument, match=re.escape(
-            "min_samples_leaf must be an integer >= 1 or a float in (0, 1), got 1.0")):
+    with pytest.raises(
+        InvalidArgument,
+        match=re.escape("min_samples_leaf must be an integer >= 1 or a float in (0, 1), got 1.0"),
+    ):
         TreeBoxes(min_samples_leaf=1.0).fit(GOOD_X, GOOD_Y)
-    with pytest.raises(InvalidArgument, match=re.escape(
-            "n_jobs must be None, an integer <= -1 or an integer >= 1, got 0")):
+    with pytest.raises(
+        InvalidArgument, match=re.escape("n_jobs must be None, an integer <= -1 or an integer >= 1, got 0")
+    ):
         ForestBoxes(n_jobs=0).fit(GOOD_X, GOOD_Y)
 
 
@@ -405,17 +413,49 @@ def test_max_samples_needs_bootstrap():
 
 
 @pytest.mark.filterwarnings("ignore:Using the fractional value max_samples")
-@pytest.mark.parametrize("Model, params", [
-    (TreeBoxes, {"min_samples_split": 2, "min_samples_leaf": 1, "max_features": 1, "max_leaf_nodes": 2}),
-    (TreeBoxes, {"min_samples_split": 1.0, "min_samples_leaf": 0.5, "max_features": 1.0, "ccp_alpha": 0}),
-    (TreeBoxes, {"criterion": "log_loss", "splitter": "random", "max_features": "log2", "class_weight": "balanced",
-                 "random_state": 2**32 - 1}),
-    (TreeBoxes, {"class_weight": {0: 1, 1: 2.5}, "random_state": np.random.RandomState(0), "max_depth": 1}),
-    (ForestBoxes, {"n_estimators": 1, "max_samples": 1, "n_jobs": -1, "class_weight": "balanced_subsample",
-                   "bootstrap": np.True_}),
-    (ForestBoxes, {"n_estimators": 3, "max_samples": 1.0, "n_jobs": 1, "max_features": None, "criterion": "entropy",
-                   "min_impurity_decrease": 0.0, "class_weight": {1: 0}}),
-])
+@pytest.mark.parametrize(
+    "Model, params",
+    [
+        (TreeBoxes, {"min_samples_split": 2, "min_samples_leaf": 1, "max_features": 1, "max_leaf_nodes": 2}),
+        (TreeBoxes, {"min_samples_split": 1.0, "min_samples_leaf": 0.5, "max_features": 1.0, "ccp_alpha": 0}),
+        (
+            TreeBoxes,
+            {
+                "criterion": "log_loss",
+                "splitter": "random",
+                "max_features": "log2",
+                "class_weight": "balanced",
+                "random_state": 2**32 - 1,
+            },
+        ),
+        (
+            TreeBoxes,
+            {"class_weight": {0: 1, 1: 2.5}, "random_state": np.random.RandomState(0), "max_depth": 1},
+        ),
+        (
+            ForestBoxes,
+            {
+                "n_estimators": 1,
+                "max_samples": 1,
+                "n_jobs": -1,
+                "class_weight": "balanced_subsample",
+                "bootstrap": np.True_,
+            },
+        ),
+        (
+            ForestBoxes,
+            {
+                "n_estimators": 3,
+                "max_samples": 1.0,
+                "n_jobs": 1,
+                "max_features": None,
+                "criterion": "entropy",
+                "min_impurity_decrease": 0.0,
+                "class_weight": {1: 0},
+            },
+        ),
+    ],
+)
 def test_the_edges_the_constraints_allow_are_ones_sklearn_fits(Model, params):
     model = Model(**params).fit(GOOD_X, GOOD_Y)
     assert model.estimator_.get_params()[next(iter(params))] is params[next(iter(params))]
@@ -425,6 +465,11 @@ def test_numpy_scalars_fit_as_the_plain_values(rng):
     X = rng.integers(0, 256, (120, N_DIMS), dtype=np.uint8)
     y = (X[:, 3] > 100).astype(int)
     plain = ForestBoxes(n_estimators=5, max_depth=4, min_samples_leaf=0.05, random_state=3).fit(X, y)
-    numpy = ForestBoxes(n_estimators=np.int64(5), max_depth=np.int32(4), min_samples_leaf=np.float64(0.05),
-                        random_state=np.int64(3), ccp_alpha=np.float32(0)).fit(X, y)
+    numpy = ForestBoxes(
+        n_estimators=np.int64(5),
+        max_depth=np.int32(4),
+        min_samples_leaf=np.float64(0.05),
+        random_state=np.int64(3),
+        ccp_alpha=np.float32(0),
+    ).fit(X, y)
     assert numpy.boxes_ == plain.boxes_ and numpy.min_votes_ == plain.min_votes_ == 3

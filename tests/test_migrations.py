@@ -49,8 +49,9 @@ def test_info_never_writes_and_migrate_upgrades(tmp_path):
     import sys
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True, timeout=300
+        )
 
     def digest(p):
         return hashlib.sha256(p.read_bytes()).hexdigest()
@@ -88,10 +89,14 @@ LABELS = np.array(["Sneaker", "Bag", "Coat", "Dress", "Sandal"])
 
 def _metadata(n: int) -> dict[str, list]:
     """Image metadata as a user gives it: a uri, a label, a caption (some missing), a rating (some missing)."""
-    return {"uri": [f"/home/ana/photos/{2019 + i % 5}/IMG_{i:05d}.jpg" for i in range(n)],
-            "label": LABELS[np.arange(n) % len(LABELS)].tolist(),
-            "caption": [None if i % 7 == 0 else f"photo {i} of a {LABELS[i % len(LABELS)].lower()}" for i in range(n)],
-            "rating": [None if i % 11 == 0 else round(i % 50 / 10, 1) for i in range(n)]}
+    return {
+        "uri": [f"/home/ana/photos/{2019 + i % 5}/IMG_{i:05d}.jpg" for i in range(n)],
+        "label": LABELS[np.arange(n) % len(LABELS)].tolist(),
+        "caption": [
+            None if i % 7 == 0 else f"photo {i} of a {LABELS[i % len(LABELS)].lower()}" for i in range(n)
+        ],
+        "rating": [None if i % 11 == 0 else round(i % 50 / 10, 1) for i in range(n)],
+    }
 
 
 def _user_catalog(path, codes: np.ndarray, ids: np.ndarray) -> None:
@@ -110,10 +115,16 @@ def _as_version_1(latest, path) -> None:
     blocks and settings."""
     src = duckdb.connect(str(latest), read_only=True)
     try:
-        rows = {t: src.sql(f"SELECT * FROM {t} ORDER BY rowid").to_arrow_table()
-                for t in ("images", "codes", "blocks", "settings")}
-        types = dict(src.execute("SELECT column_name, data_type FROM duckdb_columns() "
-                                 "WHERE table_name = 'images' AND schema_name = 'main'").fetchall())
+        rows = {
+            t: src.sql(f"SELECT * FROM {t} ORDER BY rowid").to_arrow_table()
+            for t in ("images", "codes", "blocks", "settings")
+        }
+        types = dict(
+            src.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() "
+                "WHERE table_name = 'images' AND schema_name = 'main'"
+            ).fetchall()
+        )
     finally:
         src.close()
     con = duckdb.connect(str(path))
@@ -121,8 +132,13 @@ def _as_version_1(latest, path) -> None:
         schema.migrate(con, target=1)
         for name in ("label", "caption", "rating"):
             con.execute(f"ALTER TABLE images ADD COLUMN {name} {types[name]}")
-        columns = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' "
-                                             "AND schema_name = 'main' ORDER BY column_index").fetchall()]
+        columns = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' "
+                "AND schema_name = 'main' ORDER BY column_index"
+            ).fetchall()
+        ]
         rows["images"] = rows["images"].select(columns)
         for table, data in rows.items():
             con.register("_rows", data)
@@ -139,8 +155,14 @@ def _tables(path) -> dict:
     con = duckdb.connect(str(path), read_only=True)
     try:
         out = {}
-        for table, order in (("images", "id"), ("codes", "pos"), ("blocks", "block_id"), ("settings", "key"),
-                             ("artifacts", "name"), ("catalog", "id")):
+        for table, order in (
+            ("images", "id"),
+            ("codes", "pos"),
+            ("blocks", "block_id"),
+            ("settings", "key"),
+            ("artifacts", "name"),
+            ("catalog", "id"),
+        ):
             data = con.sql(f"SELECT * FROM {table} ORDER BY {order}").to_arrow_table()
             out[table] = data.select(sorted(data.column_names))
         return out
@@ -172,9 +194,13 @@ def test_a_version_1_catalog_with_rows_keeps_them_and_answers_as_a_new_one(tmp_p
         assert cat.settings() == new.settings()
         assert cat.index_status() == new.index_status() and cat.index_status()["unindexed_rows"] == 40
         anchors = codes[[3, 150, 280]]  # the last one is in the unindexed tail
-        boxes = [{d: (max(0, int(c[d]) - 25), min(255, int(c[d]) + 25)) for d in range(0, 32, 4)} for c in anchors]
-        for box_set, min_votes in ((engine.BoxSet(boxes, [0, 1, 2]), 1),
-                                   (engine.BoxSet([*boxes, {5: (0, 127)}], [0, 1, 2, 1]), 2)):
+        boxes = [
+            {d: (max(0, int(c[d]) - 25), min(255, int(c[d]) + 25)) for d in range(0, 32, 4)} for c in anchors
+        ]
+        for box_set, min_votes in (
+            (engine.BoxSet(boxes, [0, 1, 2]), 1),
+            (engine.BoxSet([*boxes, {5: (0, 127)}], [0, 1, 2, 1]), 2),
+        ):
             a, b = new.select(box_set, min_votes), cat.select(box_set, min_votes)
             assert a.ids.size > 0
             np.testing.assert_array_equal(b.ids, a.ids)

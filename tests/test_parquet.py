@@ -23,8 +23,10 @@ def catalog(tmp_path_factory):
     path = tmp_path_factory.mktemp("pq") / "c.duckdb"
     synth_catalog(path, 20_000, seed=3, block_size=256)
     with engine.Catalog.open(path) as cat:  # an unindexed tail must survive the round trip too
-        cat.add_codes(np.random.default_rng(0).integers(0, 256, (300, 32), dtype=np.uint8),
-                      metadata={"label": np.full(300, -1)})
+        cat.add_codes(
+            np.random.default_rng(0).integers(0, 256, (300, 32), dtype=np.uint8),
+            metadata={"label": np.full(300, -1)},
+        )
     return path
 
 
@@ -33,8 +35,9 @@ def _boxes(seed):
     lo = rng.integers(0, 160, (60, 32))
     hi = lo + rng.integers(40, 96, (60, 32))
     keep = rng.random((60, 32)) < 0.15
-    return engine.BoxSet.from_arrays(np.where(keep, lo, 0), np.minimum(np.where(keep, hi, 255), 255),
-                                     members=rng.integers(0, 5, 60))
+    return engine.BoxSet.from_arrays(
+        np.where(keep, lo, 0), np.minimum(np.where(keep, hi, 255), 255), members=rng.integers(0, 5, 60)
+    )
 
 
 def test_export_import_select_identical(catalog, tmp_path):
@@ -85,7 +88,10 @@ def test_export_is_in_block_order_with_row_group_statistics(catalog, tmp_path):
 def test_export_refuses_an_existing_directory_and_leaves_no_temp(catalog, tmp_path):
     out = tmp_path / "export"
     out.mkdir()
-    with engine.Catalog.open(catalog, read_only=True) as cat, pytest.raises(engine.CatalogError, match="exists"):
+    with (
+        engine.Catalog.open(catalog, read_only=True) as cat,
+        pytest.raises(engine.CatalogError, match="exists"),
+    ):
         cat.export_parquet(out)
     assert list(tmp_path.iterdir()) == [out]
 
@@ -100,7 +106,9 @@ def test_import_rejects_incomplete_or_foreign_directories(catalog, tmp_path):
     with pytest.raises(engine.CorruptCatalog):
         engine.Catalog.import_parquet(out, tmp_path / "y.duckdb")
     assert not (tmp_path / "y.duckdb").exists()
-    (out / "catalog.json").write_text(json.dumps({"format": "clip-branches-parquet", "schema_version": 1, "rows": 5}))
+    (out / "catalog.json").write_text(
+        json.dumps({"format": "clip-branches-parquet", "schema_version": 1, "rows": 5})
+    )
     with pytest.raises(engine.CorruptCatalog, match="rows"):
         engine.Catalog.import_parquet(out, tmp_path / "z.duckdb")
     assert not (tmp_path / "z.duckdb").exists()
@@ -134,13 +142,13 @@ def test_overwrite_killed_while_deleting_the_old_export_leaves_a_whole_export(tm
         cat.export_parquet(out)
         cat.add_codes(np.zeros((5, 32), np.uint8))
         n = len(cat)
-    r = subprocess.run([sys.executable, "-c", KILLED_OVERWRITE, str(path), str(out)], capture_output=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", KILLED_OVERWRITE, str(path), str(out)], capture_output=True, timeout=120
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert {p.name for p in out.iterdir()} == {*parquet.FILES, "artifacts.parquet"}
     with engine.Catalog.import_parquet(out, tmp_path / "back.duckdb") as back:
         assert len(back) == n
-
 
 
 KILLED_IMPORT = """
@@ -167,8 +175,9 @@ def test_import_killed_before_it_completes_leaves_nothing_in_the_way(catalog, tm
     with engine.Catalog.open(catalog, read_only=True) as cat:
         cat.export_parquet(out)
         n, codes = len(cat), cat.codes(np.arange(5))
-    r = subprocess.run([sys.executable, "-c", KILLED_IMPORT, str(out), str(path)], capture_output=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", KILLED_IMPORT, str(out), str(path)], capture_output=True, timeout=120
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert not path.exists()
     with engine.Catalog.import_parquet(out, path) as back:
@@ -224,12 +233,16 @@ def test_a_wrong_zone_map_is_refused_and_the_true_one_selects_as_its_sql(exporte
     blocks = pq.read_table(exported / "blocks.parquet")
     block0_end, true_min = blocks["row_end"][0].as_py(), blocks["min_f00"][0].as_py()
     assert true_min < 200
-    msg = _refused(_tampered(exported, tmp_path, "blocks.parquet", lambda t: _set(t, "min_f00", 0, 200)), tmp_path)
+    msg = _refused(
+        _tampered(exported, tmp_path, "blocks.parquet", lambda t: _set(t, "min_f00", 0, 200)), tmp_path
+    )
     assert "blocks.parquet: block 0 records min_f00 = 200" in msg and f"over its rows is {true_min}" in msg
     with engine.Catalog.import_parquet(exported, tmp_path / "good.duckdb") as back:
         res = back.select(_f00_box(199))
         sql = back.con.execute(res.sql).fetchnumpy()
-        pos = back.con.execute("SELECT pos FROM codes WHERE id IN (SELECT unnest(?))", [res.ids.tolist()]).fetchnumpy()
+        pos = back.con.execute(
+            "SELECT pos FROM codes WHERE id IN (SELECT unnest(?))", [res.ids.tolist()]
+        ).fetchnumpy()
     assert np.array_equal(res.ids, sql["id"]) and np.array_equal(res.votes, sql["votes"])
     # rows of block 0 match the box: a block 0 claiming f00 >= 200 would have hidden them
     assert (pos["pos"] < block0_end).any()
@@ -240,17 +253,22 @@ def test_import_refuses_zone_maps_looser_or_tighter_than_their_rows(exported, tm
     blocks = pq.read_table(exported / "blocks.parquet")
     block %= blocks.num_rows
     assert blocks[column][block].as_py() != value
-    msg = _refused(_tampered(exported, tmp_path, "blocks.parquet", lambda t: _set(t, column, block, value)), tmp_path)
+    msg = _refused(
+        _tampered(exported, tmp_path, "blocks.parquet", lambda t: _set(t, column, block, value)), tmp_path
+    )
     assert f"block {block} records {column} = {value}" in msg
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda t: t.slice(1), "block 1 holds rows ["),
-    (lambda t: pa.concat_tables([t.slice(0, 4), t.slice(5)]), "block 5 holds rows ["),
-    (lambda t: t.slice(0, t.num_rows - 1), "blocks over rows [0, "),
-    (lambda t: _set(t, "row_start", 2, t["row_start"][2].as_py() - 1), "block 2 holds rows ["),
-    (lambda t: _set(t, "block_id", 3, 2), "block 2 holds rows ["),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda t: t.slice(1), "block 1 holds rows ["),
+        (lambda t: pa.concat_tables([t.slice(0, 4), t.slice(5)]), "block 5 holds rows ["),
+        (lambda t: t.slice(0, t.num_rows - 1), "blocks over rows [0, "),
+        (lambda t: _set(t, "row_start", 2, t["row_start"][2].as_py() - 1), "block 2 holds rows ["),
+        (lambda t: _set(t, "block_id", 3, 2), "block 2 holds rows ["),
+    ],
+)
 def test_import_refuses_blocks_that_do_not_tile_the_indexed_rows(exported, tmp_path, change, needle):
     msg = _refused(_tampered(exported, tmp_path, "blocks.parquet", change), tmp_path)
     assert "blocks.parquet" in msg and needle in msg
@@ -266,20 +284,26 @@ def test_import_refuses_duplicate_ids(exported, tmp_path, name):
 
 def test_import_refuses_codes_whose_image_is_missing(exported, tmp_path):
     gone = pq.read_table(exported / "images.parquet", columns=["id"])["id"][10].as_py()
-    msg = _refused(_tampered(exported, tmp_path, "images.parquet", lambda t: t.filter(pc.not_equal(t["id"], gone))),
-                   tmp_path)
+    msg = _refused(
+        _tampered(exported, tmp_path, "images.parquet", lambda t: t.filter(pc.not_equal(t["id"], gone))),
+        tmp_path,
+    )
     assert f"codes.parquet holds a code for id {gone}, which" in msg and "images.parquet" in msg
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda c: c.cast(pa.float64()), "column f00 is DOUBLE, expected UTINYINT (integers 0..255)"),
-    (lambda c: c.cast(pa.string()), "column f00 is VARCHAR, expected UTINYINT (integers 0..255)"),
-    (lambda c: _put(c.cast(pa.int32()), 5, 300),
-     "column f00 (INTEGER) holds 300, outside 0..255; expected UTINYINT (integers 0..255)"),
-    (lambda c: _put(c.cast(pa.int16()), 5, -1),
-     "column f00 (SMALLINT) holds -1, outside 0..255"),
-    (None, "has no column f00; it must hold one of type UTINYINT (integers 0..255)"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda c: c.cast(pa.float64()), "column f00 is DOUBLE, expected UTINYINT (integers 0..255)"),
+        (lambda c: c.cast(pa.string()), "column f00 is VARCHAR, expected UTINYINT (integers 0..255)"),
+        (
+            lambda c: _put(c.cast(pa.int32()), 5, 300),
+            "column f00 (INTEGER) holds 300, outside 0..255; expected UTINYINT (integers 0..255)",
+        ),
+        (lambda c: _put(c.cast(pa.int16()), 5, -1), "column f00 (SMALLINT) holds -1, outside 0..255"),
+        (None, "has no column f00; it must hold one of type UTINYINT (integers 0..255)"),
+    ],
+)
 def test_import_refuses_code_columns_of_the_wrong_type(exported, tmp_path, change, needle):
     def tamper(t):
         return t.drop_columns(["f00"]) if change is None else _with(t, "f00", change(t["f00"]))
@@ -298,5 +322,7 @@ def test_import_takes_codes_of_a_wider_integer_type_within_0_255(exported, tmp_p
 
 @pytest.mark.parametrize("row, pos", [(0, -1), (1, 0)])
 def test_import_refuses_positions_other_than_0_to_n_minus_1(exported, tmp_path, row, pos):
-    msg = _refused(_tampered(exported, tmp_path, "codes.parquet", lambda t: _set(t, "pos", row, pos)), tmp_path)
+    msg = _refused(
+        _tampered(exported, tmp_path, "codes.parquet", lambda t: _set(t, "pos", row, pos)), tmp_path
+    )
     assert "codes.parquet holds 20300 rows, expected 20300 (catalog.json) with positions 0..n-1" in msg

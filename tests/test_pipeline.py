@@ -22,8 +22,9 @@ pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs the Debian p
 
 def _cli(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def test_selecting_on_the_demo_catalog_matches_its_sql(demo):
     with engine.Catalog.open(demo, read_only=True) as cat:
         ids = cat.sql("SELECT id FROM images ORDER BY id").column("id").to_numpy()
         codes = cat.codes(ids)
-        box = {d: (int(np.percentile(codes[:, d], 20)), int(np.percentile(codes[:, d], 90))) for d in (0, 1, 2)}
+        box = {
+            d: (int(np.percentile(codes[:, d], 20)), int(np.percentile(codes[:, d], 90))) for d in (0, 1, 2)
+        }
         res = cat.select(engine.BoxSet([box]))
         inside = np.all([(codes[:, d] >= lo) & (codes[:, d] <= hi) for d, (lo, hi) in box.items()], axis=0)
         assert set(res.ids.tolist()) == set(ids[inside].tolist())
@@ -183,7 +186,7 @@ def test_text_image_and_example_search_on_the_demo_catalog(demo):
                 cat.search(bad)
         with pytest.raises(engine.InvalidArgument, match="cannot be used"):
             cat.search(image=b"not an image")
-        for odd in ("a/b?c#d", "it's \"quoted\"", "sneaker 👟"):
+        for odd in ("a/b?c#d", 'it\'s "quoted"', "sneaker 👟"):
             assert len(cat.search(odd, k=5).ids) == 5
 
 
@@ -196,7 +199,17 @@ def test_search_and_refine_through_the_cli(demo):
         labels = {r["id"]: r["label"] for r in cat.sql("SELECT id, label FROM images").to_pylist()}
     boots = [i for i in found["ids"] if labels[i] == "Ankle boot"][:5]
     others = [i for i in found["ids"] if labels[i] != "Ankle boot"][:3]
-    args = ["refine", str(demo), "--positive", ",".join(map(str, boots)), "--model", "ensemble", "--seed", "1", "--json"]
+    args = [
+        "refine",
+        str(demo),
+        "--positive",
+        ",".join(map(str, boots)),
+        "--model",
+        "ensemble",
+        "--seed",
+        "1",
+        "--json",
+    ]
     if others:
         args += ["--negative", ",".join(map(str, others))]
     r = _cli(*args)
@@ -222,7 +235,9 @@ def test_search_and_refine_through_the_cli(demo):
     assert refined["stats"]["guided"] is True
     with engine.Catalog.open(demo, read_only=True) as cat:
         unguided = cat.refine(boots, others, model="ensemble", random_state=1, guide=False)
-    assert plain["results"] == len(unguided.ids) and plain["ids"] == unguided.ids[: len(plain["ids"])].tolist()
+    assert (
+        plain["results"] == len(unguided.ids) and plain["ids"] == unguided.ids[: len(plain["ids"])].tolist()
+    )
     r = _cli("refine", str(demo), "--positive", "1,x")
     assert r.returncode == 1 and "not an integer" in r.stderr and "Traceback" not in r.stderr
     r = _cli("search", str(demo))
@@ -252,8 +267,11 @@ def test_index_killed_before_sorting_keeps_the_old_codes_and_index(tmp_path, dem
 
     def state():
         with engine.Catalog.open(copy, read_only=True) as cat:
-            return (cat.sql("SELECT * FROM codes ORDER BY pos"), cat.sql("SELECT * FROM blocks ORDER BY block_id"),
-                    cat.setting("index"))
+            return (
+                cat.sql("SELECT * FROM codes ORDER BY pos"),
+                cat.sql("SELECT * FROM blocks ORDER BY block_id"),
+                cat.setting("index"),
+            )
 
     with engine.Catalog.open(copy) as cat:
         pipeline.train_head(cat, method="pca")
@@ -267,8 +285,9 @@ def test_index_killed_before_sorting_keeps_the_old_codes_and_index(tmp_path, dem
         pipeline.index_embeddings(cat, block_size=64)
         index = cat.setting("index")
         assert index["head_sha256"] == cat.head().sha256 and index["embedding_part_max"] >= 1
-        assert not cat.index_status()["stale"] and not cat.sql("SELECT * FROM codes ORDER BY pos").equals(before[0])
-
+        assert not cat.index_status()["stale"] and not cat.sql("SELECT * FROM codes ORDER BY pos").equals(
+            before[0]
+        )
 
 
 def test_index_without_a_head_names_train_head(tmp_path, demo):
@@ -282,7 +301,9 @@ def test_index_without_a_head_names_train_head(tmp_path, demo):
     r = _cli("ingest", str(path), str(folder), "--workers", "0", "--quiet")
     assert r.returncode == 0, r.stderr
     r = _cli("index", str(path))
-    assert r.returncode == 1 and f"clip-branches train-head {path}" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 1 and f"clip-branches train-head {path}" in r.stderr and "Traceback" not in r.stderr
+    )
     with engine.Catalog.open(path, read_only=True) as cat:
         assert cat.setting("index") is None and len(cat.sql("SELECT id FROM images")) == 5
     r = _cli("index", str(path), "--codes-only")  # nothing but the stored codes: none yet
@@ -342,7 +363,9 @@ def small_catalog(tmp_path, fashion_rows, demo_encoder):
             w = csv.writer(f)
             w.writerow(["uri", "label", *(["caption"] if captions else [])])
             for r in rows[:n]:
-                w.writerow([r["uri"], r["label"], *([f"a photo of a {r['label'].lower()}"] if captions else [])])
+                w.writerow(
+                    [r["uri"], r["label"], *([f"a photo of a {r['label'].lower()}"] if captions else [])]
+                )
         path = tmp_path / f"small-{n}.duckdb"
         with engine.Catalog.create(path) as cat:
             report = ingest(cat, [str(manifest)], demo_encoder, workers=0, progress=False, thumbnails=False)

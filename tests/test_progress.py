@@ -17,8 +17,10 @@ import engine
 from engine import layout
 from engine import progress as P
 
-LINE = re.compile(r"^(?P<label>[\w-]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+), (?P<rate>[\d.e+]+) (?P=unit)/s, "
-                  r"(?P<tail>\d+ (s|min) left|done in \d+ (s|min)|time left unknown)$")
+LINE = re.compile(
+    r"^(?P<label>[\w-]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+), (?P<rate>[\d.e+]+) (?P=unit)/s, "
+    r"(?P<tail>\d+ (s|min) left|done in \d+ (s|min)|time left unknown)$"
+)
 
 
 class Recorder:
@@ -123,9 +125,11 @@ def test_time_left_follows_the_recent_rate(monkeypatch):
 
 
 def test_lines_through_a_real_pipe():
-    code = ("import time\nfrom engine import progress\n"
-            "r = progress.reporter('compact', 'rows', True, interval_s=0.05)\n"
-            "for k in range(1, 21):\n    time.sleep(0.01)\n    r(k * 50, 1000)\nr.close()\n")
+    code = (
+        "import time\nfrom engine import progress\n"
+        "r = progress.reporter('compact', 'rows', True, interval_s=0.05)\n"
+        "for k in range(1, 21):\n    time.sleep(0.01)\n    r(k * 50, 1000)\nr.close()\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = res.stderr.splitlines()
@@ -169,8 +173,10 @@ def test_an_error_in_the_polling_thread_reaches_the_caller(monkeypatch):
     def fail(done, total):
         raise RuntimeError("stop here")
 
-    with pytest.raises(RuntimeError, match="stop here"), \
-            P.track_statement(con, P.reporter("x", "rows", fail), 0, 1000, 1000):
+    with (
+        pytest.raises(RuntimeError, match="stop here"),
+        P.track_statement(con, P.reporter("x", "rows", fail), 0, 1000, 1000),
+    ):
         con.execute("SELECT count(*) FROM range(60000000) t(i) WHERE hash(i) % 7 = 0").fetchall()
     con.close()
 
@@ -200,7 +206,9 @@ def test_chunked_write_keeps_the_same_codes_and_order(make_catalog, codegen, rng
     many.build_index(block_size=64)
     q = "SELECT * FROM codes ORDER BY pos"
     assert one.sql(q).equals(many.sql(q))
-    assert one.sql("SELECT * FROM blocks ORDER BY block_id").equals(many.sql("SELECT * FROM blocks ORDER BY block_id"))
+    assert one.sql("SELECT * FROM blocks ORDER BY block_id").equals(
+        many.sql("SELECT * FROM blocks ORDER BY block_id")
+    )
     assert np.array_equal(many.sql("SELECT pos FROM codes").column(0).to_numpy(), np.arange(3000))
 
 
@@ -265,8 +273,24 @@ def test_slow_reporting_does_not_change_results(cat):
 
 
 # -- ingest, train_head and index_embeddings ---------------------------------------------------
-PROMPTS = ["ankle boot", "a bag to carry things", "trousers", "a summer dress", "a coat", "a shirt", "sandals",
-           "a sneaker", "a pullover", "a t-shirt", "a handbag", "boots", "jeans", "a jacket", "a blouse", "shoes"]
+PROMPTS = [
+    "ankle boot",
+    "a bag to carry things",
+    "trousers",
+    "a summer dress",
+    "a coat",
+    "a shirt",
+    "sandals",
+    "a sneaker",
+    "a pullover",
+    "a t-shirt",
+    "a handbag",
+    "boots",
+    "jeans",
+    "a jacket",
+    "a blouse",
+    "shoes",
+]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from engine.quantize import Quantizer, QuantizerError
 def _data(seed=0, n=5000, d=32):
     rng = np.random.default_rng(seed)
     # dims with very different centres and spreads, as a head's outputs have
-    return (rng.normal(size=(n, d)) * rng.uniform(0.01, 0.3, d) + rng.uniform(-0.3, 0.3, d)).astype(np.float32)
+    return (rng.normal(size=(n, d)) * rng.uniform(0.01, 0.3, d) + rng.uniform(-0.3, 0.3, d)).astype(
+        np.float32
+    )
 
 
 def test_affine_uses_the_whole_code_range_of_every_dim():
@@ -82,8 +84,16 @@ def test_encode_refuses_the_wrong_width():
         q.encode(np.zeros((3, 31), np.float32))
 
 
-@pytest.mark.parametrize("obj", [{}, {"lo": [0.0], "step": [0.0]}, {"lo": [0, 1], "step": [1]},
-                                 {"lo": [0.0], "step": [1.0], "rounding": "up"}, {"lo": "x", "step": None}])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {},
+        {"lo": [0.0], "step": [0.0]},
+        {"lo": [0, 1], "step": [1]},
+        {"lo": [0.0], "step": [1.0], "rounding": "up"},
+        {"lo": "x", "step": None},
+    ],
+)
 def test_malformed_stored_quantizer_is_refused(obj):
     with pytest.raises(QuantizerError, match="train-head"):
         Quantizer.from_json(obj)

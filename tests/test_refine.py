@@ -59,11 +59,19 @@ def test_refine_returns_every_positive_ranked_as_its_sql_does(catalog, model, gu
     assert [r[0] for r in rows] == res.ids.tolist()
     assert [r[1] for r in rows] == res.scores.tolist()
     s = res.stats
-    assert s["model"] == model and s["results"] == len(res.ids) and s["positives"] == 8 and s["negatives"] == 3
+    assert (
+        s["model"] == model and s["results"] == len(res.ids) and s["positives"] == 8 and s["negatives"] == 3
+    )
     assert s["sampled_negatives"] == 500 and 0 < s["sampled_dropped"] < 250 and 0 < s["share_touched"] <= 1
-    assert all(s[k] >= 0 for k in ("time_sample_ms", "time_train_ms", "time_query_ms", "time_suggest_ms",
-                                   "time_total_ms"))
-    assert s["guided"] is guide and s["min_votes"] == res.model.min_votes_ and (s["pseudo_positives"] > 0) is guide
+    assert all(
+        s[k] >= 0
+        for k in ("time_sample_ms", "time_train_ms", "time_query_ms", "time_suggest_ms", "time_total_ms")
+    )
+    assert (
+        s["guided"] is guide
+        and s["min_votes"] == res.model.min_votes_
+        and (s["pseudo_positives"] > 0) is guide
+    )
     assert s["suggestions"] == len(res.suggestions)
     # well separated clusters: the labelled class comes back, and little else
     got = set(res.ids.tolist())
@@ -107,8 +115,14 @@ def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog)
     path, codes, labels = catalog
     ids = np.arange(1000, 4000)
     with engine.Catalog.open(path, read_only=True) as cat:
-        res = cat.refine(ids[labels == 0][:4], ids[labels == 3][:4], sampled_negatives=0, model="tree",
-                         random_state=0, guide=False)
+        res = cat.refine(
+            ids[labels == 0][:4],
+            ids[labels == 3][:4],
+            sampled_negatives=0,
+            model="tree",
+            random_state=0,
+            guide=False,
+        )
         assert res.stats["sampled_negatives"] == 0
         X = np.concatenate([codes[ids[labels == 0][:4] - 1000], codes[ids[labels == 3][:4] - 1000]])
         np.testing.assert_array_equal(res.model.estimator_.predict(X), [1, 1, 1, 1, 0, 0, 0, 0])
@@ -117,8 +131,9 @@ def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog)
         np.testing.assert_array_equal(a, b)  # one fixed pool: asking for fewer takes a prefix
     sampled = rf.sample_negatives(np.array([5, 6, 7, 8, 9]), 3, exclude=np.array([6, 8]))
     assert sampled.tolist() == [5, 7, 9]
-    X, y, w = rf.training_set(np.zeros((2, 32), np.uint8), np.ones((1, 32), np.uint8),
-                              np.full((3, 32), 2, np.uint8), 25.0)
+    X, y, w = rf.training_set(
+        np.zeros((2, 32), np.uint8), np.ones((1, 32), np.uint8), np.full((3, 32), 2, np.uint8), 25.0
+    )
     assert y.tolist() == [1, 1, 0, 0, 0, 0] and w.tolist() == [14, 14, 25, 1, 1, 1]
 
 
@@ -131,7 +146,9 @@ def test_catalog_smaller_than_the_negatives_asked_for(make_catalog, codegen, rng
     for model in MODELS:
         res = cat.refine([0], [5], model=model, sampled_negatives=2000, random_state=0)
         assert res.stats["sampled_negatives"] == 28  # every row but the two labelled
-        want_ids, want_votes = _expected_order(res.model, codes, np.arange(30), pos_of, rf.center_code(codes[[0]]))
+        want_ids, want_votes = _expected_order(
+            res.model, codes, np.arange(30), pos_of, rf.center_code(codes[[0]])
+        )
         np.testing.assert_array_equal(res.ids, want_ids)
         np.testing.assert_array_equal(res.scores, want_votes)
         assert res.stats["results"] == len(want_ids)
@@ -145,37 +162,43 @@ def test_refine_on_rows_added_after_the_index_build(make_catalog, codegen, rng):
     assert [r[0] for r in con.execute(res.sql).fetchall()] == res.ids.tolist()
 
 
-@pytest.mark.parametrize("positives, negatives, error, match", [
-    ([], [], InvalidArgument, "at least one image as positive"),
-    (None, [], InvalidArgument, "at least one image as positive"),
-    ([1000, 1001], [1001], InvalidArgument, "both positive and negative"),
-    ([1000, 99], [], UnknownIds, "99"),
-    ([1000], [5000], UnknownIds, "5000"),
-    (["a"], [], InvalidArgument, "not an integer"),
-    ([1.5], [], InvalidArgument, "not an integer"),
-    ([True], [], InvalidArgument, "not an image id"),
-    (1000, [], InvalidArgument, "list of image ids"),
-])
+@pytest.mark.parametrize(
+    "positives, negatives, error, match",
+    [
+        ([], [], InvalidArgument, "at least one image as positive"),
+        (None, [], InvalidArgument, "at least one image as positive"),
+        ([1000, 1001], [1001], InvalidArgument, "both positive and negative"),
+        ([1000, 99], [], UnknownIds, "99"),
+        ([1000], [5000], UnknownIds, "5000"),
+        (["a"], [], InvalidArgument, "not an integer"),
+        ([1.5], [], InvalidArgument, "not an integer"),
+        ([True], [], InvalidArgument, "not an image id"),
+        (1000, [], InvalidArgument, "list of image ids"),
+    ],
+)
 def test_bad_labels_are_refused_clearly(catalog, positives, negatives, error, match):
     path, _, _ = catalog
     with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(error, match=match):
         cat.refine(positives, negatives)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"model": "svm"}, "unknown model"),
-    ({"model": object()}, "unknown model"),
-    ({"suggestions": -1}, "suggestions"),
-    ({"suggestions": 10**6}, "suggestions"),
-    ({"suggestions": "60"}, "suggestions"),
-    ({"suggestions": True}, "suggestions"),
-    ({"sampled_negatives": -1}, "sampled_negatives"),
-    ({"sampled_negatives": "500"}, "sampled_negatives"),
-    ({"sampled_negatives": 10**9}, "sampled_negatives"),
-    ({"negative_weight": 0}, "negative_weight"),
-    ({"negative_weight": "heavy"}, "negative_weight"),
-    ({"negative_weight": float("nan")}, "negative_weight"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"model": "svm"}, "unknown model"),
+        ({"model": object()}, "unknown model"),
+        ({"suggestions": -1}, "suggestions"),
+        ({"suggestions": 10**6}, "suggestions"),
+        ({"suggestions": "60"}, "suggestions"),
+        ({"suggestions": True}, "suggestions"),
+        ({"sampled_negatives": -1}, "sampled_negatives"),
+        ({"sampled_negatives": "500"}, "sampled_negatives"),
+        ({"sampled_negatives": 10**9}, "sampled_negatives"),
+        ({"negative_weight": 0}, "negative_weight"),
+        ({"negative_weight": "heavy"}, "negative_weight"),
+        ({"negative_weight": float("nan")}, "negative_weight"),
+    ],
+)
 def test_bad_options_are_refused_clearly(catalog, kwargs, match):
     path, _, _ = catalog
     with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(InvalidArgument, match=match):
@@ -220,23 +243,28 @@ def test_search_k_larger_than_the_catalog(make_catalog, codegen, rng):
     assert sorted(cat.search(id=3, k=60).ids.tolist()) == list(range(7))
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({}, InvalidArgument, "exactly one"),
-    ({"text": "x", "id": 1000}, InvalidArgument, "exactly one"),
-    ({"id": 1000, "k": 0}, InvalidArgument, "k must be"),
-    ({"id": 1000, "k": 10**7}, InvalidArgument, "k must be"),
-    ({"id": 1000, "k": "5"}, InvalidArgument, "k must be"),
-    ({"id": 77}, UnknownIds, "77"),
-    ({"id": "abc"}, InvalidArgument, "not an integer"),
-    ({"text": "shoes"}, engine.CatalogError, "records no encoder"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({}, InvalidArgument, "exactly one"),
+        ({"text": "x", "id": 1000}, InvalidArgument, "exactly one"),
+        ({"id": 1000, "k": 0}, InvalidArgument, "k must be"),
+        ({"id": 1000, "k": 10**7}, InvalidArgument, "k must be"),
+        ({"id": 1000, "k": "5"}, InvalidArgument, "k must be"),
+        ({"id": 77}, UnknownIds, "77"),
+        ({"id": "abc"}, InvalidArgument, "not an integer"),
+        ({"text": "shoes"}, engine.CatalogError, "records no encoder"),
+    ],
+)
 def test_bad_searches_are_refused_clearly(catalog, kwargs, error, match):
     path, _, _ = catalog
     with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(error, match=match):
         cat.search(**kwargs)
 
 
-@pytest.mark.parametrize("ids", [np.arange(50), np.arange(50)[::-1] * 3, np.arange(50) * 10**12 - 7, np.array([], np.int64)])
+@pytest.mark.parametrize(
+    "ids", [np.arange(50), np.arange(50)[::-1] * 3, np.arange(50) * 10**12 - 7, np.array([], np.int64)]
+)
 def test_block_index_id_lookup_dense_and_sparse(ids):
     from engine.query import BlockIndex
 
@@ -249,8 +277,9 @@ def test_block_index_id_lookup_dense_and_sparse(ids):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("bad", [[2**63], ["9223372036854775808"], ["9999999999999999999"], [-(2**63) - 1],
-                                 [float(2**64)]])
+@pytest.mark.parametrize(
+    "bad", [[2**63], ["9223372036854775808"], ["9999999999999999999"], [-(2**63) - 1], [float(2**64)]]
+)
 def test_ids_beyond_64_bits_are_refused_clearly(catalog, bad):
     path, _, _ = catalog
     with engine.Catalog.open(path, read_only=True) as cat:
@@ -266,7 +295,10 @@ def test_ids_beyond_64_bits_are_refused_clearly(catalog, bad):
 @pytest.mark.parametrize("seed", [-1, 2**32, 2**40, "7", True, 1.5])
 def test_random_states_every_model_cannot_take_are_refused(catalog, model, seed):
     path, _, _ = catalog
-    with engine.Catalog.open(path, read_only=True) as cat, pytest.raises(InvalidArgument, match="random_state"):
+    with (
+        engine.Catalog.open(path, read_only=True) as cat,
+        pytest.raises(InvalidArgument, match="random_state"),
+    ):
         cat.refine([1000], model=model, random_state=seed)
 
 
@@ -325,7 +357,7 @@ def test_guided_rounds_add_pseudo_positives_and_calibrate_the_vote_threshold(cat
     pos_rows = index.positions(positives)
     assert not np.isin(train.held, pos_rows).any() and not np.isin(train.pseudo, train.held).any()
     # the pseudo-positives are rows the guide scores positive inside its region, all of the class here
-    extra = train.X[len(positives):int(train.y.sum())]
+    extra = train.X[len(positives) : int(train.y.sum())]
     np.testing.assert_array_equal(extra, index.cols[:, train.pseudo].T)
     assert (train.guide.score(extra) > 0).all() and train.guide.positive(extra).all()
     assert (labels[index.ids[train.pseudo] - 1000] == 3).all()
@@ -376,7 +408,7 @@ def test_a_rare_class_gets_no_pseudo_positives_from_other_classes(tmp_path):
         cat.build_index()
         train = cat.training_set(positives, guide=True)
         res = cat.refine(positives, random_state=0)
-    extra = train.X[len(positives):int(train.y.sum())]
+    extra = train.X[len(positives) : int(train.y.sum())]
     in_class = {tuple(c) for c in codes[members]}
     assert all(tuple(c) in in_class for c in extra)
     tp = np.isin(res.ids, members).sum()
@@ -411,8 +443,17 @@ def test_suggestions_come_from_the_vote_band_just_above_the_threshold(catalog):
     votes = np.repeat(np.array([25, 21, 17, 16, 14, 13], np.int32), 20)  # ranked, as select returns
     sel = query.Selection(ids, votes, {})
     empty = np.zeros(0, np.int64)
-    train = rf.Training(np.zeros((0, 32), np.uint8), empty, np.zeros(0), np.zeros((0, 32), np.uint8), 0, 0,
-                        Guide(np.zeros(32), 0.0), empty, empty)
+    train = rf.Training(
+        np.zeros((0, 32), np.uint8),
+        empty,
+        np.zeros(0),
+        np.zeros((0, 32), np.uint8),
+        0,
+        0,
+        Guide(np.zeros(32), 0.0),
+        empty,
+        empty,
+    )
     band = ids[(votes >= 13) & (votes < 13 + rf.SUGGEST_VOTE_MARGIN)]
     got = rf.suggest(index, sel, 13, 25, train, labelled=ids[100:105], n=100)
     np.testing.assert_array_equal(np.sort(got), np.setdiff1d(band, ids[100:105]))
@@ -489,7 +530,9 @@ def test_the_calibrated_threshold_beats_the_majority_on_held_out_rows(tmp_path):
                 res = cat.refine(positives, random_state=0, suggestions=0)
                 train = cat.training_set(positives, guide=True)
                 assert train.held_positives >= rf.MIN_HELD_POSITIVES  # classes of 10%: calibrated
-                assert not np.isin(train.held, np.concatenate([train.pseudo, index.positions(positives)])).any()
+                assert not np.isin(
+                    train.held, np.concatenate([train.pseudo, index.positions(positives)])
+                ).any()
                 votes = query.votes(np.ascontiguousarray(index.cols[:, train.held]), res.model.boxes_)
                 truth = labels[index.ids[train.held]] == cls
 

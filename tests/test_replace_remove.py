@@ -21,7 +21,9 @@ BOX = {0: (0, 130), 5: (40, 220)}
 def cat(tmp_path):
     rng = np.random.default_rng(7)
     c = engine.Catalog.create(tmp_path / "c.duckdb")
-    c.add_codes(rng.integers(0, 256, (3000, 32), dtype=np.uint8), metadata={"uri": [f"u{i}" for i in range(3000)]})
+    c.add_codes(
+        rng.integers(0, 256, (3000, 32), dtype=np.uint8), metadata={"uri": [f"u{i}" for i in range(3000)]}
+    )
     c.build_index(block_size=256)
     yield c
     c.close()
@@ -73,12 +75,15 @@ def test_replace_codes_with_unknown_ids_changes_nothing(cat):
     assert not cat.index_status()["stale"]
 
 
-@pytest.mark.parametrize("codes, ids, match", [
-    (np.zeros((2, 31), np.uint8), [1, 2], "32"),
-    (np.zeros((2, 32), np.int16), [1, 2], "uint8"),
-    (np.zeros((2, 32), np.uint8), [1, 1], "duplicates"),
-    (np.zeros((2, 32), np.uint8), [1], "one id per row"),
-])
+@pytest.mark.parametrize(
+    "codes, ids, match",
+    [
+        (np.zeros((2, 31), np.uint8), [1, 2], "32"),
+        (np.zeros((2, 32), np.int16), [1, 2], "uint8"),
+        (np.zeros((2, 32), np.uint8), [1, 1], "duplicates"),
+        (np.zeros((2, 32), np.uint8), [1], "one id per row"),
+    ],
+)
 def test_replace_codes_refuses_bad_input(cat, codes, ids, match):
     with pytest.raises(engine.InvalidCodes, match=match):
         cat.replace_codes(codes, ids)

@@ -29,8 +29,14 @@ TIE_BREAK = "pos"  # equal votes rank by catalog position (block order), as the 
 
 
 # -- the oracle ------------------------------------------------------------------------------
-def oracle(codes: np.ndarray, ids: np.ndarray, boxes: list[dict], members: list[int], min_votes: int,
-           tie: np.ndarray | None = None):
+def oracle(
+    codes: np.ndarray,
+    ids: np.ndarray,
+    boxes: list[dict],
+    members: list[int],
+    min_votes: int,
+    tie: np.ndarray | None = None,
+):
     """Expected (ids, votes): rows with >= max(1, min_votes) distinct-member votes, ranked by
     votes descending then by ``tie`` ascending (default: the id). ``boxes`` are
     ``{int dim: (lo, hi)}``."""
@@ -48,7 +54,9 @@ def oracle(codes: np.ndarray, ids: np.ndarray, boxes: list[dict], members: list[
     inside = np.zeros((n, n_boxes), dtype=bool)
     for s in range(0, n_boxes, 64):
         e = min(n_boxes, s + 64)
-        inside[:, s:e] = ((codes[:, None, :] >= lo[None, s:e]) & (codes[:, None, :] <= hi[None, s:e])).all(axis=2)
+        inside[:, s:e] = ((codes[:, None, :] >= lo[None, s:e]) & (codes[:, None, :] <= hi[None, s:e])).all(
+            axis=2
+        )
     members = np.asarray(members, dtype=np.int64).reshape(n_boxes)
     votes = np.zeros(n, dtype=np.int64)
     for m in np.unique(members):
@@ -184,8 +192,18 @@ def catalogs(tmp_path_factory):
         spec.con.close()
 
 
-CATALOG_NAMES = ["empty", "one", "bs_minus_1", "bs", "bs_plus_1", "extremes", "clustered", "tail", "never",
-                 "empty_then_tail"]
+CATALOG_NAMES = [
+    "empty",
+    "one",
+    "bs_minus_1",
+    "bs",
+    "bs_plus_1",
+    "extremes",
+    "clustered",
+    "tail",
+    "never",
+    "empty_then_tail",
+]
 
 
 # -- checking one query ----------------------------------------------------------------------
@@ -196,13 +214,28 @@ def _dim_key(d: int, style: int):
 def _engine_input(boxes, members, mode: int, styles: list[int]):
     """The same box set in one of several input forms accepted by Catalog.select."""
     if mode == 0:
-        return engine.BoxSet([{_dim_key(d, s): b for d, b in box.items()} for box, s in zip(boxes, styles, strict=True)], members)
+        return engine.BoxSet(
+            [{_dim_key(d, s): b for d, b in box.items()} for box, s in zip(boxes, styles, strict=True)],
+            members,
+        )
     if mode == 1:
-        return {"boxes": [{_dim_key(d, s % 3): list(b) for d, b in box.items()} for box, s in zip(boxes, styles, strict=True)],
-                "members": list(members)}
+        return {
+            "boxes": [
+                {_dim_key(d, s % 3): list(b) for d, b in box.items()}
+                for box, s in zip(boxes, styles, strict=True)
+            ],
+            "members": list(members),
+        }
     if mode == 2:
-        return json.dumps({"boxes": [{(str(d) if s % 2 else f"f{d:02d}"): list(b) for d, b in box.items()}
-                                     for box, s in zip(boxes, styles, strict=True)], "members": list(members)})
+        return json.dumps(
+            {
+                "boxes": [
+                    {(str(d) if s % 2 else f"f{d:02d}"): list(b) for d, b in box.items()}
+                    for box, s in zip(boxes, styles, strict=True)
+                ],
+                "members": list(members),
+            }
+        )
     lo = np.zeros((len(boxes), N_DIMS), dtype=np.int64)
     hi = np.full((len(boxes), N_DIMS), 255, dtype=np.int64)
     for i, box in enumerate(boxes):
@@ -238,7 +271,9 @@ def check_select(spec: Spec, boxes, members, min_votes, mode=0, styles=None):
     assert st_["boxes"] == len(boxes)
     assert st_["members"] == len(set(members))
     assert st_["blocks_touched"] <= st_["blocks"]
-    assert len(exp_ids) <= st_["rows_in_touched_blocks"] <= st_["rows"]  # every result lies in a touched block
+    assert (
+        len(exp_ids) <= st_["rows_in_touched_blocks"] <= st_["rows"]
+    )  # every result lies in a touched block
     return res
 
 
@@ -324,7 +359,9 @@ def test_select_matches_oracle_small_box_sets(catalogs, data):
     n_members = len(set(members))
     min_votes = data.draw(st.one_of(st.just(1), st.integers(1, n_members + 1)), label="min_votes")
     mode = data.draw(st.integers(0, 3), label="input form")
-    styles = data.draw(st.lists(st.integers(0, 3), min_size=len(boxes), max_size=len(boxes)), label="dim styles")
+    styles = data.draw(
+        st.lists(st.integers(0, 3), min_size=len(boxes), max_size=len(boxes)), label="dim styles"
+    )
     check_select(spec, boxes, members, min_votes, mode, styles)
 
 
@@ -549,8 +586,19 @@ def test_interleaved_adds_builds_and_selects(tmp_path):
     path = tmp_path / "live.duckdb"
     all_codes = np.zeros((0, N_DIMS), np.uint8)
     all_ids = np.zeros(0, np.int64)
-    steps = [("add", 10), ("add", 25), ("build", 16), ("add", 1), ("add", 40), ("build", 8), ("build", 8),
-             ("add", 17), ("add", 0), ("build", 64), ("add", 70)]
+    steps = [
+        ("add", 10),
+        ("add", 25),
+        ("build", 16),
+        ("add", 1),
+        ("add", 40),
+        ("build", 8),
+        ("build", 8),
+        ("add", 17),
+        ("add", 0),
+        ("build", 64),
+        ("add", 70),
+    ]
     cat = engine.Catalog.create(path)
     unindexed = 0
     try:
@@ -611,7 +659,8 @@ def test_sql_on_fresh_connection_after_close(tmp_path):
             tie = spec.pos if TIE_BREAK == "pos" else ids
             exp_ids, exp_votes = oracle(codes, ids, boxes, members, mv, tie=tie)
             assert sorted(zip(res.ids.tolist(), res.votes.tolist(), strict=True)) == sorted(
-                zip(exp_ids.tolist(), exp_votes.tolist(), strict=True))
+                zip(exp_ids.tolist(), exp_votes.tolist(), strict=True)
+            )
         for res in results:
             rows = con.execute(res.sql).fetchall()
             assert [r[0] for r in rows] == res.ids.tolist()

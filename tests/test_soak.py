@@ -38,8 +38,10 @@ def test_duckdb_connections_return_to_idle(report):
 def test_server_is_sampled(report):
     samples = report["samples"]
     assert len(samples) >= 10
-    assert all(s["rss_mb"] > 0 and s["threads"] > 0 and s["fds"] > 0 and s["duckdb_connections"] >= 1
-               for s in samples)
+    assert all(
+        s["rss_mb"] > 0 and s["threads"] > 0 and s["fds"] > 0 and s["duckdb_connections"] >= 1
+        for s in samples
+    )
     assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples)
     memory = report["memory"]
     assert memory["samples_after_warmup"] >= 4 and memory["slope_mb_per_min"] is not None

@@ -43,11 +43,15 @@ def _missing(*modules: str) -> list[str]:
 def spark_test(test):
     """Marks a test that runs Spark workers: skipped without PySpark (with pandas, which
     mapInArrow needs), Java, torch or the Debian Fashion-MNIST files."""
-    marks = [pytest.mark.spark,
-             pytest.mark.skipif(bool(_missing("pyspark", "pandas", "torch")),
-                                reason=f"needs {', '.join(_missing('pyspark', 'pandas', 'torch'))}"),
-             pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime"),
-             pytest.mark.skipif(not FASHION.exists(), reason="needs the Debian package dataset-fashion-mnist")]
+    marks = [
+        pytest.mark.spark,
+        pytest.mark.skipif(
+            bool(_missing("pyspark", "pandas", "torch")),
+            reason=f"needs {', '.join(_missing('pyspark', 'pandas', 'torch'))}",
+        ),
+        pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime"),
+        pytest.mark.skipif(not FASHION.exists(), reason="needs the Debian package dataset-fashion-mnist"),
+    ]
     for mark in marks:
         test = mark(test)
     return test
@@ -133,17 +137,34 @@ def content(path: Path) -> dict:
     """Everything ingestion leaves in a catalog, except timestamps and run records."""
     with engine.Catalog.open(path, read_only=True) as cat:
         con = cat.con
-        images = con.execute("SELECT id, uri, source, file_size, file_mtime_ns, width, height, embedding_part, "
-                             "label, split FROM images ORDER BY id").fetchall()
-        skipped = con.execute("SELECT uri, reason, file_size, file_mtime_ns FROM skipped ORDER BY uri").fetchall()
-        parts = con.execute("SELECT part_id, file, encoder, dim, n_rows FROM embedding_parts ORDER BY part_id").fetchall()
+        images = con.execute(
+            "SELECT id, uri, source, file_size, file_mtime_ns, width, height, embedding_part, "
+            "label, split FROM images ORDER BY id"
+        ).fetchall()
+        skipped = con.execute(
+            "SELECT uri, reason, file_size, file_mtime_ns FROM skipped ORDER BY uri"
+        ).fetchall()
+        parts = con.execute(
+            "SELECT part_id, file, encoder, dim, n_rows FROM embedding_parts ORDER BY part_id"
+        ).fetchall()
         ids, emb = load_embeddings(cat)
         on_disk = sorted(p.name for p in embeddings_dir(cat).iterdir())
-        thumbs = {str(p.relative_to(cat.side_dir)): p.read_bytes() for p in (cat.side_dir / "thumbs").rglob("*.jpg")}
+        thumbs = {
+            str(p.relative_to(cat.side_dir)): p.read_bytes() for p in (cat.side_dir / "thumbs").rglob("*.jpg")
+        }
         leftovers = sorted(p.name for p in cat.side_dir.iterdir() if p.name not in ("embeddings", "thumbs"))
         settings = {k: cat.setting(k) for k in ("encoder",)}
-    return {"images": images, "skipped": skipped, "parts": parts, "ids": ids, "emb": emb, "on_disk": on_disk,
-            "thumbs": thumbs, "leftovers": leftovers, "settings": settings}
+    return {
+        "images": images,
+        "skipped": skipped,
+        "parts": parts,
+        "ids": ids,
+        "emb": emb,
+        "on_disk": on_disk,
+        "thumbs": thumbs,
+        "leftovers": leftovers,
+        "settings": settings,
+    }
 
 
 def assert_same(got: dict, want: dict) -> None:
@@ -218,7 +239,9 @@ def test_output_taken_into_a_catalog_with_other_ids(local_catalog, staged, sourc
 
     (rows_got, emb_got), (rows_want, emb_want) = by_uri(got), by_uri(want)
     assert rows_got == rows_want
-    assert np.all(np.abs(emb_got - emb_want) <= np.spacing(np.abs(emb_want).astype(np.float16)).astype(np.float32))
+    assert np.all(
+        np.abs(emb_got - emb_want) <= np.spacing(np.abs(emb_want).astype(np.float16)).astype(np.float32)
+    )
     assert got["skipped"] == want["skipped"]
     assert len({r[1] for r in got["images"]}) == len(got["images"]) == GOOD
     assert set(got["on_disk"]) == {p[1] for p in got["parts"]}
@@ -236,8 +259,13 @@ def test_search_gives_the_same_ids(local_catalog, spark_catalog):
             index_embeddings(cat, block_size=64)
         with engine.Catalog.open(path, read_only=True) as cat:
             ids = cat.sql("SELECT id FROM images ORDER BY id").column("id").to_numpy()
-            results.append((cat.codes(ids), cat.search("ankle boot", k=40).ids.tolist(),
-                            cat.search(id=int(ids[7]), k=40).ids.tolist()))
+            results.append(
+                (
+                    cat.codes(ids),
+                    cat.search("ankle boot", k=40).ids.tolist(),
+                    cat.search(id=int(ids[7]), k=40).ids.tolist(),
+                )
+            )
     (codes_a, text_a, id_a), (codes_b, text_b, id_b) = results
     assert np.array_equal(codes_a, codes_b)
     assert text_a == text_b and id_a == id_b
@@ -248,8 +276,13 @@ def test_cli_takes_the_output_in_and_ingest_spark_has_nothing_left(staged, spark
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
     def cli(*args):
-        r = subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
-                           env=env, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "engine", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
@@ -265,9 +298,18 @@ def test_a_saved_scan_loads_back_unchanged(tmp_path):
     for name in ("a.png", "b.png", "sub/c.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         Image.new("RGB", (12, 10)).save(tmp_path / name)
-    pq.write_table(pa.table({"uri": ["a.png", "b.png"], "n": pa.array([1, 2], pa.int32()), "ok": [True, False],
-                             "taken": pa.array([1_600_000_000_000_000, None], pa.timestamp("us")),
-                             "tags": [["x", "y"], []]}), tmp_path / "m.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "uri": ["a.png", "b.png"],
+                "n": pa.array([1, 2], pa.int32()),
+                "ok": [True, False],
+                "taken": pa.array([1_600_000_000_000_000, None], pa.timestamp("us")),
+                "tags": [["x", "y"], []],
+            }
+        ),
+        tmp_path / "m.parquet",
+    )
     (tmp_path / "m.csv").write_text("uri,label,day\nb.png,x,2020-01-02\nmissing.png,y,2020-01-03\n")
     (tmp_path / "bare.csv").write_text("uri\nsub/c.png\n")
     scanned = scan_sources([tmp_path / "m.csv", tmp_path / "m.parquet", tmp_path / "bare.csv", tmp_path])

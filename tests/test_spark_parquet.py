@@ -13,8 +13,10 @@ import pytest
 import engine
 
 pyspark = pytest.importorskip("pyspark")
-pytestmark = [pytest.mark.spark,
-              pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime")]
+pytestmark = [
+    pytest.mark.spark,
+    pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +45,14 @@ def exported(tmp_path_factory):
 def spark():
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").appName("clip-branches-test")
-               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
-               .config("spark.driver.memory", "1g").getOrCreate())
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("clip-branches-test")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.driver.memory", "1g")
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

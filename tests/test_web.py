@@ -54,13 +54,28 @@ def test_search_page_has_every_control(client):
     r = client.get("/")
     assert r.status_code == 200
     html = r.text
-    for needle in ('id="q"', 'id="catalog-chooser"', 'name="file"', 'id="all-positive"', 'id="all-negative"',
-                   'id="clear-labels"', 'id="model"', 'id="sampled-negatives"', 'max="2000"', 'id="negative-weight"',
-                   'id="refine-button"', 'id="reset"', 'id="help"', "/static/htmx.min.js"):
+    for needle in (
+        'id="q"',
+        'id="catalog-chooser"',
+        'name="file"',
+        'id="all-positive"',
+        'id="all-negative"',
+        'id="clear-labels"',
+        'id="model"',
+        'id="sampled-negatives"',
+        'max="2000"',
+        'id="negative-weight"',
+        'id="refine-button"',
+        'id="reset"',
+        'id="help"',
+        "/static/htmx.min.js",
+    ):
         assert needle in html, needle
     from engine.refine import DEFAULT_SAMPLED_NEGATIVES
 
-    assert f'step="50" value="{DEFAULT_SAMPLED_NEGATIVES}"' in html  # the slider starts at the engine's default
+    assert (
+        f'step="50" value="{DEFAULT_SAMPLED_NEGATIVES}"' in html
+    )  # the slider starts at the engine's default
     for model in ("ensemble", "branch", "tree", "forest"):
         assert f'value="{model}"' in html
     assert "unpkg" not in html and "cdn" not in html.lower()
@@ -86,16 +101,32 @@ def test_refine_returns_every_positive_with_stats_sql_and_paging(client):
     found = client.get("/api/search", params={"q": "ankle boot", "k": 60}).json()["ids"]
     pos = [i for i in found if labels[i] == "Ankle boot"][:8]
     neg = [i for i in found if labels[i] != "Ankle boot"][:2]
-    r = client.post("/refine", data={"positives": ",".join(map(str, pos)), "negatives": ",".join(map(str, neg)),
-                                     "model": "forest", "sampled_negatives": "500", "negative_weight": "5"},
-                    headers=HX)
+    r = client.post(
+        "/refine",
+        data={
+            "positives": ",".join(map(str, pos)),
+            "negatives": ",".join(map(str, neg)),
+            "model": "forest",
+            "sampled_negatives": "500",
+            "negative_weight": "5",
+        },
+        headers=HX,
+    )
     assert r.status_code == 200, r.text
     total = int(re.search(r'id="result-count">([\d,]+)<', r.text).group(1).replace(",", ""))
     for needle in ("sample", "train", "query", "% of the catalog", "SELECT id, votes"):
         assert needle in r.text
-    api = client.post("/api/refine", json={"positives": ",".join(map(str, pos)), "negatives": ",".join(map(str, neg)),
-                                           "model": "forest", "sampled_negatives": 500, "negative_weight": 5},
-                      params={"limit": 5000}).json()
+    api = client.post(
+        "/api/refine",
+        json={
+            "positives": ",".join(map(str, pos)),
+            "negatives": ",".join(map(str, neg)),
+            "model": "forest",
+            "sampled_negatives": 500,
+            "negative_weight": 5,
+        },
+        params={"limit": 5000},
+    ).json()
     assert api["results"] == total and api["stats"]["model"] == "forest"
     got = [labels[i] for i in api["ids"]]
     assert got.count("Ankle boot") >= 0.8 * len(got)
@@ -119,7 +150,9 @@ def test_more_like_this_and_image_upload(client, web_demo):
     bag = next(i for i, lab in labels.items() if lab == "Bag")
     r = client.get("/similar", params={"id": bag}, headers=HX)
     assert r.status_code == 200 and _ids(r.text)[0] == bag
-    uri = client.post("/api/sql", json={"sql": f"SELECT uri FROM images WHERE id = {bag}"}).json()["rows"][0]["uri"]
+    uri = client.post("/api/sql", json={"sql": f"SELECT uri FROM images WHERE id = {bag}"}).json()["rows"][0][
+        "uri"
+    ]
     with open(uri, "rb") as f:
         r = client.post("/search/image", files={"file": ("bag.png", f.read(), "image/png")}, headers=HX)
     assert r.status_code == 200
@@ -140,46 +173,61 @@ def test_thumbnails_keep_aspect_ratio_and_are_cached(client, web_demo, tmp_path)
     assert full.status_code == 200 and full.content[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("url", ["/thumb/fashion/99999999", "/thumb/fashion/-5", "/image/fashion/424242424",
-                                 "/thumb/nosuchcatalog/1", "/thumb/fashion/12abc", "/results/expired-token"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/thumb/fashion/99999999",
+        "/thumb/fashion/-5",
+        "/image/fashion/424242424",
+        "/thumb/nosuchcatalog/1",
+        "/thumb/fashion/12abc",
+        "/results/expired-token",
+    ],
+)
 def test_unknown_ids_catalogs_and_tokens_are_404(client, url):
     r = client.get(url)
     assert r.status_code == 404
     assert "Traceback" not in r.text
 
 
-@pytest.mark.parametrize("q", ["a/b", "what?", "#1 hit", "it's \"quoted\"", "sneaker 👟", "ünïcödé", "%20%00"])
+@pytest.mark.parametrize("q", ["a/b", "what?", "#1 hit", 'it\'s "quoted"', "sneaker 👟", "ünïcödé", "%20%00"])
 def test_odd_queries_work(client, q):
     r = client.get("/search", params={"q": q}, headers=HX)
     assert r.status_code == 200 and len(_ids(r.text)) == 24
 
 
-@pytest.mark.parametrize("params, status, message", [
-    ({"q": ""}, 400, "empty"),
-    ({"q": "   "}, 400, "empty"),
-    ({"q": "x" * 10_000}, 400, "limit is 1000"),
-    ({"q": "x" * 30_000}, 400, ""),
-    ({"q": "shoe", "k": "abc"}, 400, "k"),
-    ({"q": "shoe", "k": "0"}, 400, "k"),
-    ({"q": "shoe", "catalog": "nope"}, 404, "no catalog named"),
-])
+@pytest.mark.parametrize(
+    "params, status, message",
+    [
+        ({"q": ""}, 400, "empty"),
+        ({"q": "   "}, 400, "empty"),
+        ({"q": "x" * 10_000}, 400, "limit is 1000"),
+        ({"q": "x" * 30_000}, 400, ""),
+        ({"q": "shoe", "k": "abc"}, 400, "k"),
+        ({"q": "shoe", "k": "0"}, 400, "k"),
+        ({"q": "shoe", "catalog": "nope"}, 404, "no catalog named"),
+    ],
+)
 def test_bad_searches_get_a_clear_4xx(client, params, status, message):
     r = client.get("/search", params=params, headers=HX)
     assert r.status_code == status
     assert message in r.text and 'class="error"' in r.text and "Traceback" not in r.text
 
 
-@pytest.mark.parametrize("form, status, message", [
-    ({"positives": ""}, 400, "at least one image as positive"),
-    ({"positives": "1,99999999"}, 404, "99999999"),
-    ({"positives": "abc"}, 400, "not an integer"),
-    ({"positives": "1", "negatives": "1"}, 400, "both positive and negative"),
-    ({"positives": "1", "sampled_negatives": "abc"}, 400, "sampled_negatives"),
-    ({"positives": "1", "sampled_negatives": "5000"}, 400, "0..2000"),
-    ({"positives": "1", "negative_weight": "heavy"}, 400, "negative_weight"),
-    ({"positives": "1", "negative_weight": "0"}, 400, "1..100"),
-    ({"positives": "1", "model": "svm"}, 400, "unknown model"),
-])
+@pytest.mark.parametrize(
+    "form, status, message",
+    [
+        ({"positives": ""}, 400, "at least one image as positive"),
+        ({"positives": "1,99999999"}, 404, "99999999"),
+        ({"positives": "abc"}, 400, "not an integer"),
+        ({"positives": "1", "negatives": "1"}, 400, "both positive and negative"),
+        ({"positives": "1", "sampled_negatives": "abc"}, 400, "sampled_negatives"),
+        ({"positives": "1", "sampled_negatives": "5000"}, 400, "0..2000"),
+        ({"positives": "1", "negative_weight": "heavy"}, 400, "negative_weight"),
+        ({"positives": "1", "negative_weight": "0"}, 400, "1..100"),
+        ({"positives": "1", "model": "svm"}, 400, "unknown model"),
+    ],
+)
 def test_bad_refines_get_a_clear_4xx(client, form, status, message):
     r = client.post("/refine", data=form, headers=HX)
     assert r.status_code == status, r.text
@@ -208,22 +256,26 @@ def test_console_combines_the_last_result_with_metadata(client):
     sql = "SELECT r.id FROM last_result r JOIN images USING (id) WHERE label = 'Sneaker' ORDER BY r.rank"
     rows = client.post("/api/sql", json={"sql": sql, "result": token}).json()["rows"]
     assert rows and all(labels[r["id"]] == "Sneaker" for r in rows)
-    macro = client.post("/api/sql", json={"sql": "SELECT id FROM result_images() WHERE label = 'Sneaker'",
-                                          "result": token}).json()["rows"]
+    macro = client.post(
+        "/api/sql", json={"sql": "SELECT id FROM result_images() WHERE label = 'Sneaker'", "result": token}
+    ).json()["rows"]
     assert macro == rows
     r = client.post("/api/sql", json={"sql": "SELECT count(*) AS n FROM last_result"})  # which result?
     assert r.status_code == 400 and "result" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("sql, message", [
-    ("COPY images TO '/tmp/leak.csv'", "not COPY"),
-    ("ATTACH '/tmp/x.duckdb'", "not ATTACH"),
-    ("SELECT * FROM read_csv('/etc/passwd')", "not available"),
-    ("INSTALL httpfs", "not"),
-    ("DROP TABLE images", "not DROP"),
-    ("SELECT 1; SELECT 2", "exactly one statement"),
-    ("SELEC nonsense", "syntax error"),
-])
+@pytest.mark.parametrize(
+    "sql, message",
+    [
+        ("COPY images TO '/tmp/leak.csv'", "not COPY"),
+        ("ATTACH '/tmp/x.duckdb'", "not ATTACH"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "not available"),
+        ("INSTALL httpfs", "not"),
+        ("DROP TABLE images", "not DROP"),
+        ("SELECT 1; SELECT 2", "exactly one statement"),
+        ("SELEC nonsense", "syntax error"),
+    ],
+)
 def test_console_refuses_escapes_with_duckdbs_message(client, sql, message):
     r = client.post("/console", data={"sql": sql}, headers=HX)
     assert r.status_code == 400 and message in r.text and "Traceback" not in r.text
@@ -237,8 +289,12 @@ def test_console_stops_an_endless_query(client):
 
 def test_console_query_that_outgrows_memory_is_stopped_and_the_server_answers(client):
     """DuckDB's memory_limit does not bound every allocation: this one took GBs in-process."""
-    r = client.post("/api/sql", json={"sql": "SELECT damerau_levenshtein(repeat('a', 40000), repeat('b', 40000))"})
-    assert r.status_code in (400, 408) and ("memory" in r.json()["detail"] or "longer than" in r.json()["detail"])
+    r = client.post(
+        "/api/sql", json={"sql": "SELECT damerau_levenshtein(repeat('a', 40000), repeat('b', 40000))"}
+    )
+    assert r.status_code in (400, 408) and (
+        "memory" in r.json()["detail"] or "longer than" in r.json()["detail"]
+    )
     assert client.get("/api/health").status_code == 200
     ok = client.post("/api/sql", json={"sql": "SELECT 41 + 1 AS n"})
     assert ok.status_code == 200 and ok.json()["rows"] == [{"n": 42}]
@@ -253,7 +309,9 @@ def test_console_output_is_capped_by_bytes_and_says_so(client):
     page = client.post("/console", data={"sql": big}, headers=HX)
     assert page.status_code == 200 and len(page.content) < 2_500_000
     assert "bytes of output" in page.text and "&lt;&lt;" in page.text and "<<" not in page.text
-    huge = client.post("/console", data={"sql": "SELECT repeat('x', 20000000) AS v FROM range(120)"}, headers=HX)
+    huge = client.post(
+        "/console", data={"sql": "SELECT repeat('x', 20000000) AS v FROM range(120)"}, headers=HX
+    )
     assert huge.status_code in (200, 400) and len(huge.content) < 2_500_000
     assert "Traceback" not in huge.text and huge.headers["content-type"].startswith("text/html")
 
@@ -265,9 +323,11 @@ def test_a_busy_catalog_answers_503_with_retry_after_and_recovers(client):
         taken += 1
     try:
         assert taken == 4
-        for r in (client.get("/search", params={"q": "bag"}, headers=HX),
-                  client.get("/api/search", params={"q": "bag"}),
-                  client.post("/api/refine", json={"positives": "1,2"})):
+        for r in (
+            client.get("/search", params={"q": "bag"}, headers=HX),
+            client.get("/api/search", params={"q": "bag"}),
+            client.post("/api/refine", json={"positives": "1,2"}),
+        ):
             assert r.status_code == 503 and r.headers["retry-after"] == "2" and "busy" in r.text
         assert client.get("/api/health").status_code == 200
     finally:
@@ -292,15 +352,31 @@ def test_refine_with_too_many_labels_is_refused_with_the_limit(client):
     positives = ",".join(str(i) for i in range(1500))
     negatives = ",".join(str(i) for i in range(1500, 3000))
     r = client.post("/api/refine", json={"positives": positives, "negatives": negatives})
-    assert r.status_code == 400 and "at most 2000 labels" in r.json()["detail"] and "got 3000" in r.json()["detail"]
+    assert (
+        r.status_code == 400
+        and "at most 2000 labels" in r.json()["detail"]
+        and "got 3000" in r.json()["detail"]
+    )
 
 
 def test_openapi_schema_declares_every_route(client):
     schema = client.get("/schema/openapi.json").json()
     paths = schema["paths"]
-    for p in ("/", "/search", "/similar", "/search/image", "/refine", "/results/{token}",
-              "/thumb/{catalog}/{image_id}", "/image/{catalog}/{image_id}", "/console", "/api/search",
-              "/api/refine", "/api/sql", "/api/health"):
+    for p in (
+        "/",
+        "/search",
+        "/similar",
+        "/search/image",
+        "/refine",
+        "/results/{token}",
+        "/thumb/{catalog}/{image_id}",
+        "/image/{catalog}/{image_id}",
+        "/console",
+        "/api/search",
+        "/api/refine",
+        "/api/sql",
+        "/api/health",
+    ):
         assert p in paths, p
     params = {p["name"] for p in paths["/search"]["get"]["parameters"]}
     assert {"q", "k", "catalog"} <= params
@@ -311,7 +387,9 @@ def test_health_reports_rows_connections_and_results_kept(client):
     assert health.status_code == 200
     body = health.json()
     rows = client.post("/api/sql", json={"sql": "SELECT count(*) AS n FROM codes"}).json()["rows"][0]["n"]
-    assert body["status"] == "ok" and body["catalogs"] == {"fashion": {"rows": rows, "duckdb_connections": 1, "console_queries": 0}}
+    assert body["status"] == "ok" and body["catalogs"] == {
+        "fashion": {"rows": rows, "duckdb_connections": 1, "console_queries": 0}
+    }
     client.get("/search", params={"q": "bag"}, headers=HX)
     body = client.get("/api/health").json()
     assert 1 <= body["results_cached"] <= 8 and body["result_ids_cached"] >= 60
@@ -324,8 +402,13 @@ def test_health_reports_rows_connections_and_results_kept(client):
 
 def test_failed_and_stopped_queries_close_their_cursors(client):
     endless = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
-    for sql in (endless, "SELEC nonsense", "SELECT * FROM read_csv('/etc/passwd')", "SELECT 1; SELECT 2",
-                "SELECT id FROM codes"):
+    for sql in (
+        endless,
+        "SELEC nonsense",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT 1; SELECT 2",
+        "SELECT id FROM codes",
+    ):
         client.post("/console", data={"sql": sql}, headers=HX)
         client.post("/api/sql", json={"sql": sql, "result": "expired-token"})
     client.get("/thumb/fashion/99999999")
@@ -373,8 +456,12 @@ def test_a_crafted_png_of_88_megapixels_is_refused_before_it_is_decoded(client, 
 
 
 def test_search_by_image_without_a_file_says_to_choose_one(client):
-    r = client.post("/search/image", data={"k": "10"}, files={"other": ("x.txt", b"", "text/plain")}, headers=HX)
-    assert r.status_code == 400 and "choose an image file" in r.text and "missing required field" not in r.text
+    r = client.post(
+        "/search/image", data={"k": "10"}, files={"other": ("x.txt", b"", "text/plain")}, headers=HX
+    )
+    assert (
+        r.status_code == 400 and "choose an image file" in r.text and "missing required field" not in r.text
+    )
     r = client.post("/search/image", files={"file": ("", b"", "application/octet-stream")}, headers=HX)
     assert r.status_code == 400 and "choose an image file" in r.text
 
@@ -450,7 +537,11 @@ def test_a_catalog_named_with_url_characters_keeps_working_links(web_demo):
 
 
 def test_an_image_sent_as_a_form_field_without_a_filename_gets_a_400(client):
-    body = (b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\n\x89PNG\r\n\x1a\n\x00\x00\xff\r\n'
-            b'--xx--\r\n')
-    r = client.post("/search/image", content=body, headers={"Content-Type": "multipart/form-data; boundary=xx"})
+    body = (
+        b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\n\x89PNG\r\n\x1a\n\x00\x00\xff\r\n'
+        b"--xx--\r\n"
+    )
+    r = client.post(
+        "/search/image", content=body, headers={"Content-Type": "multipart/form-data; boundary=xx"}
+    )
     assert r.status_code == 400 and "with a filename" in r.json()["detail"]

@@ -23,8 +23,11 @@ def server(web_demo_copy, serve):
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         yield b
         b.close()
 
@@ -59,8 +62,10 @@ def test_search_shows_a_grid(page):
     assert page.locator("#grid .thumb").count() == 60
     assert _count(page) == 60
     # the first thumbnail loads and decodes (lazy loading: it is in view)
-    page.wait_for_function("() => { const img = document.querySelector('#grid .thumb img');"
-                           " return img.complete && img.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#grid .thumb img');"
+        " return img.complete && img.naturalWidth > 0; }"
+    )
 
 
 def test_labelling_by_click_keyboard_and_all_buttons(page):
@@ -71,7 +76,9 @@ def test_labelling_by_click_keyboard_and_all_buttons(page):
     thumbs.nth(0).click()
     assert "neg" in thumbs.nth(0).get_attribute("class")
     thumbs.nth(0).click()
-    assert "pos" not in thumbs.nth(0).get_attribute("class") and "neg" not in thumbs.nth(0).get_attribute("class")
+    assert "pos" not in thumbs.nth(0).get_attribute("class") and "neg" not in thumbs.nth(0).get_attribute(
+        "class"
+    )
     thumbs.nth(1).focus()
     page.keyboard.press("Enter")
     assert "pos" in thumbs.nth(1).get_attribute("class")
@@ -114,8 +121,10 @@ def test_load_more_pages_through_every_result(page):
     assert total > 60
     while page.locator("#load-more button").count():
         page.click("#load-more button")
-        page.wait_for_function(f"() => document.querySelectorAll('#grid .thumb').length > "
-                               f"{page.locator('#grid .thumb').count()} || !document.querySelector('#load-more')")
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#grid .thumb').length > "
+            f"{page.locator('#grid .thumb').count()} || !document.querySelector('#load-more')"
+        )
     assert page.locator("#grid .thumb").count() == total
 
 
@@ -187,12 +196,16 @@ def test_label_next_view_shows_suggestions_to_label_and_fine_tune_again(browser,
         assert page.locator("#next-panel").is_visible() and page.locator("#grid").is_hidden()
         assert page.get_attribute("#tab-next", "aria-selected") == "true"
         suggested = page.locator("#next-grid .thumb").evaluate_all("els => els.map(e => e.dataset.id)")
-        labelled = page.evaluate("() => Object.keys(JSON.parse(sessionStorage.getItem('clip-branches'))"
-                                 ".labels[document.getElementById('app').dataset.catalog])")
+        labelled = page.evaluate(
+            "() => Object.keys(JSON.parse(sessionStorage.getItem('clip-branches'))"
+            ".labels[document.getElementById('app').dataset.catalog])"
+        )
         assert len(suggested) == len(set(suggested)) > 0 and not set(suggested) & set(labelled)
         assert page.inner_text("#tab-next .count") == str(len(suggested))
-        page.wait_for_function("() => { const img = document.querySelector('#next-grid .thumb img');"
-                               " return img && img.complete && img.naturalWidth > 0; }")
+        page.wait_for_function(
+            "() => { const img = document.querySelector('#next-grid .thumb img');"
+            " return img && img.complete && img.naturalWidth > 0; }"
+        )
         OUT.mkdir(exist_ok=True)
         page.screenshot(path=str(OUT / f"label_next_{width}.png"), full_page=True)
         # "All negative" acts on the view shown: the suggestions, not the results
@@ -209,8 +222,10 @@ def test_label_next_view_shows_suggestions_to_label_and_fine_tune_again(browser,
         assert page.locator("#grid").is_visible() and page.locator("#next-panel").is_hidden()
         # fine-tuning again sends the new labels and shows new suggestions
         page.click("#refine-button")
-        page.wait_for_function("() => document.querySelector('#stats') && "
-                               f"document.querySelector('#stats').innerText.includes('{len(suggested) - 1} negative')")
+        page.wait_for_function(
+            "() => document.querySelector('#stats') && "
+            f"document.querySelector('#stats').innerText.includes('{len(suggested) - 1} negative')"
+        )
         again = page.locator("#next-grid .thumb").evaluate_all("els => els.map(e => e.dataset.id)")
         assert again and not set(again) & set(suggested[1:])
         context.close()

@@ -52,7 +52,12 @@ def crafted(web_demo_copy, tmp_path_factory):
         ids = cat.sql("SELECT id, uri FROM images ORDER BY id LIMIT 12").to_pylist()
         cat.export_parquet(export)
     demo_png = ids[0]["uri"]
-    paths = {"secret": secret, "passwd": "/etc/passwd", "fifo": files / "fifo.png", "folder": files / "folder.png"}
+    paths = {
+        "secret": secret,
+        "passwd": "/etc/passwd",
+        "fifo": files / "fifo.png",
+        "folder": files / "folder.png",
+    }
     os.mkfifo(paths["fifo"])
     paths["folder"].mkdir()
     for name in ("small", "swapped", "changed", "replaced"):
@@ -232,8 +237,16 @@ def test_a_file_replaced_by_another_of_the_same_size_and_time_is_checked_again(c
         os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-@pytest.mark.parametrize("name, media", [("small", "image/png"), ("big", "image/jpeg"), ("webp", "image/webp"),
-                                         ("gif", "image/gif"), ("tiff", "image/png")])
+@pytest.mark.parametrize(
+    "name, media",
+    [
+        ("small", "image/png"),
+        ("big", "image/jpeg"),
+        ("webp", "image/webp"),
+        ("gif", "image/gif"),
+        ("tiff", "image/png"),
+    ],
+)
 def test_an_ingested_image_is_shown_inline_with_its_own_type(client, crafted, name, media):
     _, ids, paths = crafted
     r = _get(client, "image", ids[name])
@@ -253,12 +266,18 @@ def test_an_ingested_image_is_shown_inline_with_its_own_type(client, crafted, na
 
 def test_rows_without_a_recorded_file_are_not_served(make_catalog, tmp_path, codegen, rng):
     """Rows added as codes, with a uri as metadata but no file size and time, could name any file."""
-    cat = make_catalog(codegen.uniform(rng, 50), metadata={"uri": [str(tmp_path / "x.png")] * 50}, block_size=16,
-                       name="codes_only.duckdb")
+    cat = make_catalog(
+        codegen.uniform(rng, 50),
+        metadata={"uri": [str(tmp_path / "x.png")] * 50},
+        block_size=16,
+        name="codes_only.duckdb",
+    )
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     cat.close()
     with TestClient(create_app([tmp_path / "codes_only.duckdb"], SETTINGS, warm_up=False)) as c:
-        image_id = c.post("/api/sql", json={"sql": "SELECT min(id) AS id FROM images"}).json()["rows"][0]["id"]
+        image_id = c.post("/api/sql", json={"sql": "SELECT min(id) AS id FROM images"}).json()["rows"][0][
+            "id"
+        ]
         for kind in ("image", "thumb"):
             r = c.get(f"/{kind}/codes_only/{image_id}")
             assert r.status_code == 403 and "no recorded file size" in r.json()["detail"], r.text
@@ -276,27 +295,58 @@ def test_the_open_link_shows_the_image_in_the_browser(client, crafted):
 
 
 # -- B: other web sites ----------------------------------------------------------------------
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil",
-                                  "[::2]", "bad host", "a:b:c"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:8000",
+        "127.0.0.1.evil.example",
+        "localhost.evil",
+        "[::2]",
+        "bad host",
+        "a:b:c",
+    ],
+)
 def test_a_foreign_host_is_refused(client, host):
-    for r in (client.get("/api/health", headers={"Host": host}),
-              client.post("/api/sql", json={"sql": "SELECT 1 AS n"}, headers={"Host": host}),
-              client.get("/no/such/path", headers={"Host": host})):
+    for r in (
+        client.get("/api/health", headers={"Host": host}),
+        client.post("/api/sql", json={"sql": "SELECT 1 AS n"}, headers={"Host": host}),
+        client.get("/no/such/path", headers={"Host": host}),
+    ):
         assert r.status_code == 400, (host, r.text)
         assert "allowed_hosts" in r.json()["detail"]
         assert r.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1", "127.0.0.1:1234", "[::1]",
-                                  "[::1]:8000", "LOCALHOST:8000", "testserver.local"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "localhost:8000",
+        "127.0.0.1",
+        "127.0.0.1:1234",
+        "[::1]",
+        "[::1]:8000",
+        "LOCALHOST:8000",
+        "testserver.local",
+    ],
+)
 def test_local_hosts_and_the_servers_own_address_are_answered(client, host):
     assert client.get("/api/health", headers={"Host": host}).status_code == 200
 
 
-@pytest.mark.parametrize("server, host, allowed", [
-    (("192.168.1.5", 8000), "192.168.1.5", True), (("192.168.1.5", 8000), "192.168.1.6", False),
-    (("::ffff:192.0.2.1", 8000), "192.0.2.1", True), (("fd00::5", 8000), "[fd00::5]", True),
-    (("0.0.0.0", 8000), "evil.example", False), (None, "evil.example", False), (None, "localhost", True)])
+@pytest.mark.parametrize(
+    "server, host, allowed",
+    [
+        (("192.168.1.5", 8000), "192.168.1.5", True),
+        (("192.168.1.5", 8000), "192.168.1.6", False),
+        (("::ffff:192.0.2.1", 8000), "192.0.2.1", True),
+        (("fd00::5", 8000), "[fd00::5]", True),
+        (("0.0.0.0", 8000), "evil.example", False),
+        (None, "evil.example", False),
+        (None, "localhost", True),
+    ],
+)
 def test_the_address_a_connection_came_in_on_is_its_own_host(server, host, allowed):
     """``--host 0.0.0.0`` serves the machine's addresses: a connection to one may name it."""
     assert AllowedHosts.parse("").allow({"server": server}, host, "8000") is allowed
@@ -306,8 +356,16 @@ def test_allowed_hosts_setting_extends_the_hosts(crafted):
     path, _, _ = crafted
     settings = Settings.parse(["allowed_hosts=photos.lan, box:9000,[fd00::1]"])
     with TestClient(create_app([path], settings, warm_up=False)) as c:
-        for host, status in (("photos.lan", 200), ("photos.lan:8443", 200), ("box:9000", 200), ("box", 400),
-                             ("box:9001", 400), ("[fd00::1]:80", 200), ("localhost:8000", 200), ("evil.example", 400)):
+        for host, status in (
+            ("photos.lan", 200),
+            ("photos.lan:8443", 200),
+            ("box:9000", 200),
+            ("box", 400),
+            ("box:9001", 400),
+            ("[fd00::1]:80", 200),
+            ("localhost:8000", 200),
+            ("evil.example", 400),
+        ):
             assert c.get("/api/health", headers={"Host": host}).status_code == status, host
     with TestClient(create_app([path], Settings(allowed_hosts="*"), warm_up=False)) as c:
         assert c.get("/api/health", headers={"Host": "anything.example"}).status_code == 200
@@ -320,23 +378,30 @@ def _refine_form(crafted) -> dict:
     return {"positives": f"{ids['small']},{ids['big']}", "sampled_negatives": "50", "catalog": "crafted"}
 
 
-@pytest.mark.parametrize("headers", [
-    {"Origin": "https://evil.example"},
-    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
-    {"Origin": "null"},
-    {"Origin": "http://localhost:9999"},  # another port is another origin
-    {"Origin": "http://testserver.local:8080"},
-    {"Origin": "https://testserver.local.evil.example"},
-    {"Origin": "http://[::1"},  # malformed
-    {"Sec-Fetch-Site": "cross-site"},
-    {"Sec-Fetch-Site": "same-site"},
-    {"Origin": "http://testserver.local", "Sec-Fetch-Site": "cross-site"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+        {"Origin": "http://localhost:9999"},  # another port is another origin
+        {"Origin": "http://testserver.local:8080"},
+        {"Origin": "https://testserver.local.evil.example"},
+        {"Origin": "http://[::1"},  # malformed
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://testserver.local", "Sec-Fetch-Site": "cross-site"},
+    ],
+)
 def test_a_cross_origin_post_is_refused(client, crafted, headers):
     form = _refine_form(crafted)
-    for path, kwargs in (("/refine", {"data": form}), ("/api/refine", {"json": form}),
-                         ("/api/sql", {"json": {"sql": "SELECT 1 AS n"}}), ("/console", {"data": {"sql": "SELECT 1"}}),
-                         ("/search/image", {"files": {"file": ("x.png", b"\x89PNG", "image/png")}})):
+    for path, kwargs in (
+        ("/refine", {"data": form}),
+        ("/api/refine", {"json": form}),
+        ("/api/sql", {"json": {"sql": "SELECT 1 AS n"}}),
+        ("/console", {"data": {"sql": "SELECT 1"}}),
+        ("/search/image", {"files": {"file": ("x.png", b"\x89PNG", "image/png")}}),
+    ):
         r = client.post(path, headers={**HX, **headers}, **kwargs)
         assert r.status_code == 403 and "cross-origin request refused" in r.json()["detail"], (path, r.text)
         assert "votes" not in r.text and '"rows"' not in r.text
@@ -351,29 +416,46 @@ def test_a_post_from_the_servers_own_page_or_from_curl_is_answered(client, craft
         r = client.post("/api/sql", json={"sql": "SELECT 1 AS n"}, headers=headers)
         assert r.status_code == 200 and r.json()["rows"] == [{"n": 1}]
     # GETs (no state changes) stay open to any origin's navigation
-    assert client.get("/api/health", headers={"Origin": "https://evil.example",
-                                              "Sec-Fetch-Site": "cross-site"}).status_code == 200
+    assert (
+        client.get(
+            "/api/health", headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", None, "application/xml"])
 def test_json_is_taken_only_as_application_json(client, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
-    for path, body in (("/api/sql", b'{"sql": "SELECT 1 AS n"}'), ("/api/refine", b'{"positives": [1]}'),
-                       ("/api/search", b'{"q": "shoe"}')):
+    for path, body in (
+        ("/api/sql", b'{"sql": "SELECT 1 AS n"}'),
+        ("/api/refine", b'{"positives": [1]}'),
+        ("/api/search", b'{"q": "shoe"}'),
+    ):
         r = client.post(path, content=body, headers=headers)
         assert r.status_code == 415 and "application/json" in r.json()["detail"], (path, r.text)
-    r = client.post("/api/sql", content=b'{"sql": "SELECT 1 AS n"}', headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/api/sql", content=b'{"sql": "SELECT 1 AS n"}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 200 and r.json()["rows"] == [{"n": 1}]
 
 
 def test_every_response_carries_the_security_headers(client, crafted):
     _, ids, _ = crafted
-    answers = [client.get("/?catalog=crafted"), client.get("/console?catalog=crafted"), client.get("/static/app.js"),
-               client.get("/static/app.css"), client.get("/api/health"), client.get("/no/such/path"),
-               client.get(f"/image/crafted/{ids['small']}"), client.get(f"/image/crafted/{ids['secret']}"),
-               client.post("/api/sql", content=b"{}", headers={"Content-Type": "text/plain"}),
-               client.post("/api/sql", json={}, headers={"Origin": "https://evil.example"}),
-               client.get("/api/health", headers={"Host": "evil.example"}), client.get("/schema/openapi.json")]
+    answers = [
+        client.get("/?catalog=crafted"),
+        client.get("/console?catalog=crafted"),
+        client.get("/static/app.js"),
+        client.get("/static/app.css"),
+        client.get("/api/health"),
+        client.get("/no/such/path"),
+        client.get(f"/image/crafted/{ids['small']}"),
+        client.get(f"/image/crafted/{ids['secret']}"),
+        client.post("/api/sql", content=b"{}", headers={"Content-Type": "text/plain"}),
+        client.post("/api/sql", json={}, headers={"Origin": "https://evil.example"}),
+        client.get("/api/health", headers={"Host": "evil.example"}),
+        client.get("/schema/openapi.json"),
+    ]
     for r in answers:
         for name, value in HEADERS.items():
             assert r.headers.get(name) == value, (r.url, name)
@@ -406,14 +488,22 @@ def _raw(port: int, request: bytes) -> tuple[int, bytes]:
 def test_the_cli_server_refuses_rebinding_and_cross_site_posts(crafted, serve):
     path, ids, _ = crafted
     with serve(path, "--set", "allowed_hosts=photos.lan") as (_, port):
+
         def get(host: str) -> int:
-            return _raw(port, f"GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())[0]
+            return _raw(
+                port, f"GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+            )[0]
 
         def post(headers: str) -> tuple[int, bytes]:
             body = b'{"sql": "SELECT 42 AS n"}'
-            return _raw(port, (f"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-                               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
-                               ).encode() + body)
+            return _raw(
+                port,
+                (
+                    f"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+                ).encode()
+                + body,
+            )
 
         assert get("evil.example") == 400 and get(f"evil.example:{port}") == 400
         assert get(f"127.0.0.1:{port}") == get(f"localhost:{port}") == get("photos.lan") == 200
@@ -423,10 +513,12 @@ def test_the_cli_server_refuses_rebinding_and_cross_site_posts(crafted, serve):
         assert post(f"Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n")[0] == 200
         status, body = post("")  # curl
         assert status == 200 and b"42" in body
-        status, body = _raw(port, f"GET /image/crafted/{ids['passwd']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                  "Connection: close\r\n\r\n".encode())
+        status, body = _raw(
+            port,
+            f"GET /image/crafted/{ids['passwd']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Connection: close\r\n\r\n".encode(),
+        )
         assert status == 403 and b"root:" not in body
-
 
 
 def test_the_page_works_in_a_browser_under_the_csp(web_demo_copy, serve):
@@ -440,11 +532,16 @@ def test_the_page_works_in_a_browser_under_the_csp(web_demo_copy, serve):
 
     out = Path(__file__).resolve().parent.parent / "test-output"
     with serve(web_demo_copy()) as (url, port), playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu"],
+        )
         context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation',"
-                                " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+        context.add_init_script(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+            " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
         page = context.new_page()
         page.set_default_timeout(60_000)
         messages: list[str] = []
@@ -473,9 +570,13 @@ def test_the_page_works_in_a_browser_under_the_csp(web_demo_copy, serve):
         page.wait_for_selector("table.sql-result")
         assert page.evaluate("window.__csp") == [] and not [m for m in messages if "Content Security" in m]
         # a page of another site posts the classic text/plain form that reads as JSON: refused
-        form = (f'<form method="post" action="{url}/api/sql" enctype="text/plain">'
-                '<input name=\'{"sql": "SELECT 42 AS n", "x": "\' value=\'"}\'></form>')
-        context.route("http://evil.example/", lambda route: route.fulfill(body=form, content_type="text/html"))
+        form = (
+            f'<form method="post" action="{url}/api/sql" enctype="text/plain">'
+            '<input name=\'{"sql": "SELECT 42 AS n", "x": "\' value=\'"}\'></form>'
+        )
+        context.route(
+            "http://evil.example/", lambda route: route.fulfill(body=form, content_type="text/html")
+        )
         evil = context.new_page()
         evil.goto("http://evil.example/")
         with evil.expect_navigation() as nav:

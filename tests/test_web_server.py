@@ -25,8 +25,11 @@ def server(web_demo_copy, serve):
 
 def _request(url: str, path: str, body: dict | None = None, headers: dict | None = None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, headers={
-        **({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})})
+    req = urllib.request.Request(
+        url + path,
+        data=data,
+        headers={**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, r.read(), dict(r.headers)
@@ -44,8 +47,10 @@ def test_a_console_query_stops_when_its_client_goes_away(server):
     url, port = server
     body = json.dumps({"sql": ENDLESS}).encode()
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    sock.sendall(
+        b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     deadline = time.time() + 60
     while _console_running(url) == 0:  # the query has reached its worker
         assert time.time() < deadline, "the query never started"

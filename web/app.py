@@ -89,8 +89,12 @@ DECODE_WAIT_S = 3.0
 FORM_BODY_BYTES = 1_000_000
 # Bytes a request may add around an uploaded image (multipart or JSON framing, the other fields).
 UPLOAD_FRAMING_BYTES = 1_000_000
-MODEL_LABELS = {"ensemble": "Ensemble of 25 decision branch models", "branch": "Single decision branch model",
-                "tree": "Decision tree", "forest": "Random forest (25 trees)"}
+MODEL_LABELS = {
+    "ensemble": "Ensemble of 25 decision branch models",
+    "branch": "Single decision branch model",
+    "tree": "Decision tree",
+    "forest": "Random forest (25 trees)",
+}
 
 
 @dataclass
@@ -112,8 +116,9 @@ class Served:
         runs. A request that finds none free within ``BUSY_WAIT_S`` gets a 503 instead of queueing
         behind the others, so a flood of heavy requests cannot starve the rest of the server."""
         if not self.gate.acquire(timeout=BUSY_WAIT_S):
-            raise ServerBusy(f"the catalog {self.name!r} is busy with other searches and fine-tunes; "
-                             "try again in a moment")
+            raise ServerBusy(
+                f"the catalog {self.name!r} is busy with other searches and fine-tunes; try again in a moment"
+            )
         try:
             yield
         finally:
@@ -171,7 +176,9 @@ class App:
                 name += "_"
             opened = [served.cat for served in self.catalogs.values()]
             try:
-                cat = engine.Catalog.open(path, read_only=True, sandbox=True, memory_limit=settings.sql_memory_limit)
+                cat = engine.Catalog.open(
+                    path, read_only=True, sandbox=True, memory_limit=settings.sql_memory_limit
+                )
                 opened.append(cat)
                 index = cat.block_index()
                 thumbs = Thumbnails(cat)
@@ -180,13 +187,21 @@ class App:
                     c.close()
                 raise
             console = QueryPool(path, workers=settings.sql_workers, memory_limit=settings.sql_memory_limit)
-            self.catalogs[name] = Served(name, path, cat, thumbs, index.n_rows, console,
-                                         threading.BoundedSemaphore(settings.max_concurrent),
-                                         threading.BoundedSemaphore(settings.sql_workers))
+            self.catalogs[name] = Served(
+                name,
+                path,
+                cat,
+                thumbs,
+                index.n_rows,
+                console,
+                threading.BoundedSemaphore(settings.max_concurrent),
+                threading.BoundedSemaphore(settings.sql_workers),
+            )
         # Console requests run here, not on the server's shared threads, which a flood of
         # endless queries would otherwise hold while health checks, searches and thumbnails wait.
-        self.console_threads = ThreadPoolExecutor(len(self.catalogs) * settings.sql_workers,
-                                                  thread_name_prefix="console")
+        self.console_threads = ThreadPoolExecutor(
+            len(self.catalogs) * settings.sql_workers, thread_name_prefix="console"
+        )
         self.results = Results(settings.results_kept, settings.result_ids_kept)
         self.decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
         # Parses console queries (never runs them) to tell whether they read last_result.
@@ -223,8 +238,9 @@ class App:
                 if cat.setting("encoder") and cat.setting("head"):
                     cat.search("warm up", k=5)  # loads the encoder, head and quantizer
                 for model in rf.MODELS:
-                    cat.refine(first[:1], model=model, sampled_negatives=min(50, served.rows - 1),
-                               random_state=0)
+                    cat.refine(
+                        first[:1], model=model, sampled_negatives=min(50, served.rows - 1), random_state=0
+                    )
 
     def close(self) -> None:
         self.console_threads.shutdown(wait=False, cancel_futures=True)
@@ -238,19 +254,32 @@ class App:
 def _page(app: App, served: Served, result: engine.Result, offset: int, token: str | None) -> dict:
     """Template context of one page of result thumbnails."""
     size = app.settings.page_size
-    ids = result.ids[offset: offset + size].tolist()
-    scores = result.scores[offset: offset + size].tolist()
+    ids = result.ids[offset : offset + size].tolist()
+    scores = result.scores[offset : offset + size].tolist()
     next_offset = offset + size if token is not None and offset + size < len(result.ids) else None
-    return {"catalog": served.name, "items": list(zip(ids, scores, strict=True)), "token": token,
-            "next_offset": next_offset, "shown": min(offset + size, len(result.ids)), "total": len(result.ids)}
+    return {
+        "catalog": served.name,
+        "items": list(zip(ids, scores, strict=True)),
+        "token": token,
+        "next_offset": next_offset,
+        "shown": min(offset + size, len(result.ids)),
+        "total": len(result.ids),
+    }
 
 
 def _result_context(app: App, served: Served, result: engine.Result, kind: str) -> dict:
     token = app.results.put(served.name, result)
     stats = dict(result.stats)
     suggestions = [(i, "label next") for i in result.suggestions[: app.settings.page_size].tolist()]
-    return {"kind": kind, "stats": stats, "sql": result.sql, "total": len(result.ids),
-            "rows": served.rows, "suggestions": suggestions, **_page(app, served, result, 0, token)}
+    return {
+        "kind": kind,
+        "stats": stats,
+        "sql": result.sql,
+        "total": len(result.ids),
+        "rows": served.rows,
+        "suggestions": suggestions,
+        **_page(app, served, result, 0, token),
+    }
 
 
 def _render(request: Request, name: str, context: dict) -> Template:
@@ -259,8 +288,11 @@ def _render(request: Request, name: str, context: dict) -> Template:
 
 def _render_result(request: Request, app: App, served: Served, result: engine.Result, kind: str) -> Template:
     """The results fragment, with the engine's own time in ``X-Engine-Ms`` for load tests."""
-    return HTMXTemplate(template_name="_results.html", context=_result_context(app, served, result, kind),
-                        headers={"X-Engine-Ms": f"{result.stats['time_total_ms']:.2f}"})
+    return HTMXTemplate(
+        template_name="_results.html",
+        context=_result_context(app, served, result, kind),
+        headers={"X-Engine-Ms": f"{result.stats['time_total_ms']:.2f}"},
+    )
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -268,15 +300,26 @@ def _error_response(request: Request, status: int, message: str) -> Response:
     """An error fragment for pages and HTMX, JSON for API clients; never a stack trace."""
     wants_html = request.headers.get("hx-request") or "text/html" in request.headers.get("accept", "")
     if wants_html and not request.url.path.startswith("/api/"):
-        return Template(template_name="_error.html", context={"message": message, "status": status},
-                        status_code=status)
+        return Template(
+            template_name="_error.html", context={"message": message, "status": status}, status_code=status
+        )
     return Response({"status_code": status, "detail": message}, status_code=status, media_type=MediaType.JSON)
 
 
 def _catalog_error(request: Request, exc: CatalogError) -> Response:
-    status = (404 if isinstance(exc, UnknownIds) else 408 if isinstance(exc, QueryInterrupted)
-              else 403 if isinstance(exc, UnsafeImage) else 503 if isinstance(exc, ServerBusy)
-              else 500 if isinstance(exc, CorruptCatalog) else 400)  # a damaged file is the server's fault
+    status = (
+        404
+        if isinstance(exc, UnknownIds)
+        else 408
+        if isinstance(exc, QueryInterrupted)
+        else 403
+        if isinstance(exc, UnsafeImage)
+        else 503
+        if isinstance(exc, ServerBusy)
+        else 500
+        if isinstance(exc, CorruptCatalog)
+        else 400
+    )  # a damaged file is the server's fault
     response = _error_response(request, status, str(exc))
     if status == 503:
         response.headers["Retry-After"] = "2"
@@ -290,8 +333,10 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
         for e in exc.extra if isinstance(exc.extra, list) else [exc.extra]:
             if isinstance(e, dict) and e.get("key") == "data" and e.get("source") == "body":
                 # Litestar's name for the body; one it decoded is checked by BodyRequest
-                parts.append("the request body is empty; send one JSON object (Content-Type: application/json) "
-                             "or a form")
+                parts.append(
+                    "the request body is empty; send one JSON object (Content-Type: application/json) "
+                    "or a form"
+                )
             elif isinstance(e, dict):
                 key = e.get("key") or e.get("source") or ""
                 parts.append(f"{key}: {e.get('message', '')}".strip(": "))
@@ -303,8 +348,12 @@ def _undecodable_form(request: Request, exc: UnicodeDecodeError) -> Response:
     """Litestar decodes form fields (a multipart part without a file name included) as UTF-8
     text, and raises this when one is not."""
     if "multipart/" in request.headers.get("content-type", ""):
-        return _error_response(request, 400, "a form field is not UTF-8 text; send an image as a file part "
-                                             "with a filename (curl -F file=@photo.jpg)")
+        return _error_response(
+            request,
+            400,
+            "a form field is not UTF-8 text; send an image as a file part "
+            "with a filename (curl -F file=@photo.jpg)",
+        )
     return _error_response(request, 400, "the request is not UTF-8 text")
 
 
@@ -332,8 +381,10 @@ def _decoded_image(app: App, text: str) -> bytes:
     try:
         return base64.b64decode(re.sub(r"\s+", "", text), validate=True)
     except ValueError:
-        raise InvalidArgument("image_base64 must be an image file in base64: the characters A-Z, a-z, 0-9, + and /, "
-                              "padded with = to a length that is a multiple of 4") from None
+        raise InvalidArgument(
+            "image_base64 must be an image file in base64: the characters A-Z, a-z, 0-9, + and /, "
+            "padded with = to a length that is a multiple of 4"
+        ) from None
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -348,17 +399,26 @@ def _state(request: Request) -> App:
 def index(request: HTMXRequest, catalog: CatalogParam = None) -> Template:
     app = _state(request)
     served = app.catalog(catalog)
-    return Template(template_name="search.html", context={
-        "catalogs": list(app.catalogs.values()), "current": served, "models": MODEL_LABELS,
-        "page_size": app.settings.page_size, "max_negatives": MAX_SAMPLED,
-        "default_negatives": rf.DEFAULT_SAMPLED_NEGATIVES})
+    return Template(
+        template_name="search.html",
+        context={
+            "catalogs": list(app.catalogs.values()),
+            "current": served,
+            "models": MODEL_LABELS,
+            "page_size": app.settings.page_size,
+            "max_negatives": MAX_SAMPLED,
+            "default_negatives": rf.DEFAULT_SAMPLED_NEGATIVES,
+        },
+    )
 
 
 @get("/search", sync_to_thread=True)
-def search_text(request: HTMXRequest,
-                q: Annotated[str, Parameter(description="text query", max_length=QUERY_TEXT_CAP)] = "",
-                catalog: CatalogParam = None,
-                k: Annotated[int, Parameter(ge=1, le=MAX_K, description="results")] = DEFAULT_K) -> Template:
+def search_text(
+    request: HTMXRequest,
+    q: Annotated[str, Parameter(description="text query", max_length=QUERY_TEXT_CAP)] = "",
+    catalog: CatalogParam = None,
+    k: Annotated[int, Parameter(ge=1, le=MAX_K, description="results")] = DEFAULT_K,
+) -> Template:
     app = _state(request)
     served = app.catalog(catalog)
     with served.working():
@@ -367,8 +427,12 @@ def search_text(request: HTMXRequest,
 
 
 @get("/similar", sync_to_thread=True)
-def search_similar(request: HTMXRequest, id: Annotated[int, Parameter(description="image id")],
-                   catalog: CatalogParam = None, k: Annotated[int, Parameter(ge=1, le=MAX_K)] = DEFAULT_K) -> Template:
+def search_similar(
+    request: HTMXRequest,
+    id: Annotated[int, Parameter(description="image id")],
+    catalog: CatalogParam = None,
+    k: Annotated[int, Parameter(ge=1, le=MAX_K)] = DEFAULT_K,
+) -> Template:
     app = _state(request)
     served = app.catalog(catalog)
     with served.working():
@@ -384,8 +448,9 @@ class ImageQuery:
 
 
 @post("/search/image", sync_to_thread=True, status_code=200)
-def search_image(request: HTMXRequest,
-                 data: Annotated[ImageQuery, Body(media_type=RequestEncodingType.MULTI_PART)]) -> Template:
+def search_image(
+    request: HTMXRequest, data: Annotated[ImageQuery, Body(media_type=RequestEncodingType.MULTI_PART)]
+) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
     if not 1 <= data.k <= MAX_K:
@@ -398,8 +463,14 @@ def search_image(request: HTMXRequest,
     return _render_result(request, app, served, result, "image")
 
 
-@post("/refine", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=FORM,
-      request_max_body_size=FORM_BODY_BYTES)
+@post(
+    "/refine",
+    sync_to_thread=True,
+    status_code=200,
+    request_class=BodyRequest,
+    operation_class=FORM,
+    request_max_body_size=FORM_BODY_BYTES,
+)
 def refine(request: BodyRequest, data: JSONBody[RefineRequest]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
@@ -410,13 +481,22 @@ def refine(request: BodyRequest, data: JSONBody[RefineRequest]) -> Template:
 def _refine(app: App, served: Served, data: RefineRequest) -> engine.Result:
     labels = _count_ids(data.positives) + _count_ids(data.negatives)
     if labels > app.settings.max_labels:
-        raise InvalidArgument(f"a fine-tune uses at most {app.settings.max_labels} labels, positive and negative "
-                              f"together; got {labels}. Clear some labels, or fine-tune in SQL or Python")
+        raise InvalidArgument(
+            f"a fine-tune uses at most {app.settings.max_labels} labels, positive and negative "
+            f"together; got {labels}. Clear some labels, or fine-tune in SQL or Python"
+        )
     suggestions = app.settings.page_size if data.suggestions is None else data.suggestions
     with served.working():
-        return served.cat.refine(data.positives, data.negatives, model=data.model,
-                                 sampled_negatives=data.sampled_negatives, negative_weight=data.negative_weight,
-                                 random_state=data.seed, guide=data.guide, suggestions=suggestions)
+        return served.cat.refine(
+            data.positives,
+            data.negatives,
+            model=data.model,
+            sampled_negatives=data.sampled_negatives,
+            negative_weight=data.negative_weight,
+            random_state=data.seed,
+            guide=data.guide,
+            suggestions=suggestions,
+        )
 
 
 def _count_ids(ids: list[int] | str) -> int:
@@ -425,8 +505,11 @@ def _count_ids(ids: list[int] | str) -> int:
 
 
 @get("/results/{token:str}", sync_to_thread=False)
-def results_page(request: HTMXRequest, token: FromPath[str],
-                 offset: Annotated[int, Parameter(ge=0, description="first result to show")] = 0) -> Template:
+def results_page(
+    request: HTMXRequest,
+    token: FromPath[str],
+    offset: Annotated[int, Parameter(ge=0, description="first result to show")] = 0,
+) -> Template:
     app = _state(request)
     name, result = app.results.get(token)
     return _render(request, "_page.html", _page(app, app.catalog(name), result, offset, token))
@@ -435,8 +518,11 @@ def results_page(request: HTMXRequest, token: FromPath[str],
 def _image_response(request: Request, image: tuple[bytes, str, str]) -> Response:
     """An image shown in the browser (inline), or a 304 when the client holds this version."""
     data, media_type, etag = image
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={_state(request).settings.thumb_max_age_s}",
-               "Content-Disposition": "inline"}
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"public, max-age={_state(request).settings.thumb_max_age_s}",
+        "Content-Disposition": "inline",
+    }
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     return Response(data, media_type=media_type, headers=headers)
@@ -447,9 +533,14 @@ def thumbnail(request: Request, catalog: FromPath[str], image_id: FromPath[int])
     return _image_response(request, _state(request).catalog(catalog).thumbs.get(image_id))
 
 
-@get("/image/{catalog:str}/{image_id:int}", sync_to_thread=True, description=(
-    "The image file, if it is still the one ingested (a regular file, no link, of the recorded size and "
-    "time, that decodes as an image; else a 403); TIFF is sent as PNG."))
+@get(
+    "/image/{catalog:str}/{image_id:int}",
+    sync_to_thread=True,
+    description=(
+        "The image file, if it is still the one ingested (a regular file, no link, of the recorded size and "
+        "time, that decodes as an image; else a 403); TIFF is sent as PNG."
+    ),
+)
 def original(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> Response:
     return _image_response(request, _state(request).catalog(catalog).thumbs.viewable(image_id))
 
@@ -462,32 +553,67 @@ def console_page(request: HTMXRequest, catalog: CatalogParam = None) -> Template
         "SELECT table_name, string_agg(column_name, ', ' ORDER BY column_index) AS columns FROM duckdb_columns() "
         "WHERE schema_name = 'main' AND NOT starts_with(table_name, '_') GROUP BY table_name ORDER BY table_name"
     ).to_pylist()
-    return Template(template_name="console.html", context={
-        "catalogs": list(app.catalogs.values()), "current": served, "tables": tables,
-        "time_limit": app.settings.sql_time_limit_s, "max_rows": app.settings.sql_max_rows,
-        "max_bytes": app.settings.sql_max_bytes})
+    return Template(
+        template_name="console.html",
+        context={
+            "catalogs": list(app.catalogs.values()),
+            "current": served,
+            "tables": tables,
+            "time_limit": app.settings.sql_time_limit_s,
+            "max_rows": app.settings.sql_max_rows,
+            "max_bytes": app.settings.sql_max_bytes,
+        },
+    )
 
 
-@post("/console", status_code=200, request_class=BodyRequest, operation_class=FORM,
-      request_max_body_size=FORM_BODY_BYTES)
+@post(
+    "/console",
+    status_code=200,
+    request_class=BodyRequest,
+    operation_class=FORM,
+    request_max_body_size=FORM_BODY_BYTES,
+)
 async def console_run(request: BodyRequest, data: JSONBody[SqlRequest]) -> Template:
     app = _state(request)
     served = app.catalog(data.catalog)
-    return await _in_console(request, app, served, lambda waited: _console_table(request, app, served, data, waited))
+    return await _in_console(
+        request, app, served, lambda waited: _console_table(request, app, served, data, waited)
+    )
 
 
-def _console_table(request: BodyRequest, app: App, served: Served, data: SqlRequest, waited: float) -> Template:
+def _console_table(
+    request: BodyRequest, app: App, served: Served, data: SqlRequest, waited: float
+) -> Template:
     # HTML escaping can make a value up to five times longer than its text.
     html_bytes = app.settings.sql_max_bytes // 5
-    res = _run_sql(request, app, served, data.sql, _page_last_result(app, served, data.result), waited,
-                   max_bytes=html_bytes)
+    res = _run_sql(
+        request,
+        app,
+        served,
+        data.sql,
+        _page_last_result(app, served, data.result),
+        waited,
+        max_bytes=html_bytes,
+    )
     columns = res.table.column_names
     id_columns = {c for c in columns if c == "id" or c.endswith("_id") and c != "block_id"}
     rows = [[row[c] for c in columns] for row in _rows(res.table)]
-    return _render(request, "_table.html", {
-        "catalog": served.name, "columns": columns, "rows": rows, "id_columns": id_columns,
-        "truncated": res.truncated, "cut": res.cut, "time_ms": res.time_ms, "max_rows": app.settings.sql_max_rows,
-        "max_bytes": html_bytes, "max_value_chars": MAX_VALUE_CHARS})
+    return _render(
+        request,
+        "_table.html",
+        {
+            "catalog": served.name,
+            "columns": columns,
+            "rows": rows,
+            "id_columns": id_columns,
+            "truncated": res.truncated,
+            "cut": res.cut,
+            "time_ms": res.time_ms,
+            "max_rows": app.settings.sql_max_rows,
+            "max_bytes": html_bytes,
+            "max_value_chars": MAX_VALUE_CHARS,
+        },
+    )
 
 
 async def _in_console(request: Request, app: App, served: Served, work):
@@ -497,8 +623,10 @@ async def _in_console(request: Request, app: App, served: Served, work):
     arrived = time.monotonic()
     while not served.console_slots.acquire(blocking=False):
         if time.monotonic() - arrived >= served.console.wait_s:
-            raise ServerBusy(f"the console is busy: {served.console.size} of its queries are running, the most it "
-                             "runs at once; try again when one has finished")
+            raise ServerBusy(
+                f"the console is busy: {served.console.size} of its queries are running, the most it "
+                "runs at once; try again when one has finished"
+            )
         if request.scope[CLIENT_GONE].is_set():
             raise QueryInterrupted("the query was cancelled")
         await asyncio.sleep(CONSOLE_POLL_S)
@@ -518,8 +646,10 @@ def _page_last_result(app: App, served: Served, token: str | None) -> engine.Res
     return result if name == served.name else None
 
 
-NO_TOKEN = ("this query reads last_result, which is the result a `result` token names: pass as \"result\" the "
-            "token that /api/refine (or /api/search) returned")
+NO_TOKEN = (
+    'this query reads last_result, which is the result a `result` token names: pass as "result" the '
+    "token that /api/refine (or /api/search) returned"
+)
 
 
 def _api_last_result(app: App, served: Served, data: SqlRequest) -> engine.Result | None:
@@ -532,12 +662,15 @@ def _api_last_result(app: App, served: Served, data: SqlRequest) -> engine.Resul
     try:
         name, result = app.results.get(data.result)
     except NotFoundException:
-        raise InvalidArgument(f"the result token {data.result!r} is unknown or expired (the server keeps its "
-                              f"latest {app.settings.results_kept} results); run the search or fine-tune again "
-                              "and pass the `result` it returns") from None
+        raise InvalidArgument(
+            f"the result token {data.result!r} is unknown or expired (the server keeps its "
+            f"latest {app.settings.results_kept} results); run the search or fine-tune again "
+            "and pass the `result` it returns"
+        ) from None
     if name != served.name:
-        raise InvalidArgument(f"the result token {data.result!r} is a result of the catalog {name!r}; "
-                              f"pass \"catalog\": {name!r}")
+        raise InvalidArgument(
+            f'the result token {data.result!r} is a result of the catalog {name!r}; pass "catalog": {name!r}'
+        )
     return result
 
 
@@ -550,8 +683,16 @@ def _rows(table) -> list[dict]:
         raise InvalidSql(f"a value in the result cannot be shown ({e}); CAST it to VARCHAR") from None
 
 
-def _run_sql(request: Request, app: App, served: Served, sql: str, last_result: engine.Result | None,
-             waited: float = 0.0, *, max_bytes: int | None = None):
+def _run_sql(
+    request: Request,
+    app: App,
+    served: Served,
+    sql: str,
+    last_result: engine.Result | None,
+    waited: float = 0.0,
+    *,
+    max_bytes: int | None = None,
+):
     """Run ``sql`` in the catalog's console, with ``last_result`` as the table of that name (empty
     if None), in what is left of the time limit after ``waited`` seconds in the queue."""
     import pyarrow as pa
@@ -559,28 +700,43 @@ def _run_sql(request: Request, app: App, served: Served, sql: str, last_result: 
     relations = {}
     if last_result is not None:
         ids = last_result.ids
-        relations["last_result"] = pa.table({
-            "id": pa.array(ids, pa.int64()), "score": pa.array(last_result.scores, pa.int64()),
-            "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})
-    return served.console.run(sql, time_limit_s=app.settings.sql_time_limit_s, waited_s=waited,
-                              cancel=request.scope.get(CLIENT_GONE),
-                              max_rows=app.settings.sql_max_rows,
-                              max_bytes=app.settings.sql_max_bytes if max_bytes is None else max_bytes,
-                              relations=relations)
+        relations["last_result"] = pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "score": pa.array(last_result.scores, pa.int64()),
+                "rank": np.arange(1, len(ids) + 1, dtype=np.int64),
+            }
+        )
+    return served.console.run(
+        sql,
+        time_limit_s=app.settings.sql_time_limit_s,
+        waited_s=waited,
+        cancel=request.scope.get(CLIENT_GONE),
+        max_rows=app.settings.sql_max_rows,
+        max_bytes=app.settings.sql_max_bytes if max_bytes is None else max_bytes,
+        relations=relations,
+    )
 
 
 # -- JSON twins ------------------------------------------------------------------------------
-RESULT_TOKEN_DOC = ("The answer's `result` is the result's token: POST /api/sql with it as `result` queries the "
-                    "whole result as the table last_result(id, score, rank).")
+RESULT_TOKEN_DOC = (
+    "The answer's `result` is the result's token: POST /api/sql with it as `result` queries the "
+    "whole result as the table last_result(id, score, rank)."
+)
 
 
-@get("/api/search", sync_to_thread=True, description="A text search, or images like the image `id`. "
-     + RESULT_TOKEN_DOC)
-def api_search(request: Request,
-               q: Annotated[str, Parameter(max_length=QUERY_TEXT_CAP, description="text query")] = "",
-               catalog: CatalogParam = None,
-               id: Annotated[int | None, Parameter(description="image id: more like this")] = None,
-               k: Annotated[int, Parameter(ge=1, le=MAX_K)] = DEFAULT_K) -> ResultResponse:
+@get(
+    "/api/search",
+    sync_to_thread=True,
+    description="A text search, or images like the image `id`. " + RESULT_TOKEN_DOC,
+)
+def api_search(
+    request: Request,
+    q: Annotated[str, Parameter(max_length=QUERY_TEXT_CAP, description="text query")] = "",
+    catalog: CatalogParam = None,
+    id: Annotated[int | None, Parameter(description="image id: more like this")] = None,
+    k: Annotated[int, Parameter(ge=1, le=MAX_K)] = DEFAULT_K,
+) -> ResultResponse:
     app = _state(request)
     served = app.catalog(catalog)
     with served.working():
@@ -588,9 +744,15 @@ def api_search(request: Request,
     return ResultResponse.of(result, app.results.put(served.name, result))
 
 
-@post("/api/search", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=JSON_OR_UPLOAD,
-      description="A search by text (`q`), image (`image_base64` in JSON, or a multipart form with the image as "
-                  "`file`) or image id (`id`): exactly one of them. " + RESULT_TOKEN_DOC)
+@post(
+    "/api/search",
+    sync_to_thread=True,
+    status_code=200,
+    request_class=BodyRequest,
+    operation_class=JSON_OR_UPLOAD,
+    description="A search by text (`q`), image (`image_base64` in JSON, or a multipart form with the image as "
+    "`file`) or image id (`id`): exactly one of them. " + RESULT_TOKEN_DOC,
+)
 def api_search_post(request: BodyRequest, data: JSONBody[SearchRequest]) -> ResultResponse:
     app = _state(request)
     served = app.catalog(data.catalog)
@@ -601,8 +763,10 @@ def api_search_post(request: BodyRequest, data: JSONBody[SearchRequest]) -> Resu
         image = _decoded_image(app, data.image_base64)
     given = [name for name, v in (("q", data.q), ("image_base64", image), ("id", data.id)) if v is not None]
     if len(given) != 1:
-        raise InvalidArgument("give exactly one of q (a text query), image_base64 (an image; in a multipart form, "
-                              f"file) or id (an image id); got {', '.join(given) or 'none'}")
+        raise InvalidArgument(
+            "give exactly one of q (a text query), image_base64 (an image; in a multipart form, "
+            f"file) or id (an image id); got {', '.join(given) or 'none'}"
+        )
     if image is not None:
         image = app.query_image(_checked_image(app, image))
     with served.working():
@@ -610,23 +774,36 @@ def api_search_post(request: BodyRequest, data: JSONBody[SearchRequest]) -> Resu
     return ResultResponse.of(result, app.results.put(served.name, result))
 
 
-@post("/api/refine", sync_to_thread=True, status_code=200, request_class=BodyRequest, operation_class=JSON_OR_FORM,
-      request_max_body_size=FORM_BODY_BYTES,
-      description="A fine-tuning round on the labelled ids, in JSON or as the page's form. " + RESULT_TOKEN_DOC)
-def api_refine(request: BodyRequest, data: JSONBody[RefineRequest],
-               limit: Annotated[int, Parameter(ge=0, le=1_000_000, description="ids to return at most")] = 1000,
-               ) -> ResultResponse:
+@post(
+    "/api/refine",
+    sync_to_thread=True,
+    status_code=200,
+    request_class=BodyRequest,
+    operation_class=JSON_OR_FORM,
+    request_max_body_size=FORM_BODY_BYTES,
+    description="A fine-tuning round on the labelled ids, in JSON or as the page's form. " + RESULT_TOKEN_DOC,
+)
+def api_refine(
+    request: BodyRequest,
+    data: JSONBody[RefineRequest],
+    limit: Annotated[int, Parameter(ge=0, le=1_000_000, description="ids to return at most")] = 1000,
+) -> ResultResponse:
     app = _state(request)
     served = app.catalog(data.catalog)
     result = _refine(app, served, data)
     return ResultResponse.of(result, app.results.put(served.name, result), limit)
 
 
-@post("/api/sql", status_code=200, request_class=BodyRequest, operation_class=JSON_OR_FORM,
-      request_max_body_size=FORM_BODY_BYTES,
-      description="One read-only query, in JSON (or as the console's url-encoded form, with the same fields). "
-                  "A query reading last_result (also through result_images() or in_last_result()) needs "
-                  "`result`: the token /api/refine or /api/search returned.")
+@post(
+    "/api/sql",
+    status_code=200,
+    request_class=BodyRequest,
+    operation_class=JSON_OR_FORM,
+    request_max_body_size=FORM_BODY_BYTES,
+    description="One read-only query, in JSON (or as the console's url-encoded form, with the same fields). "
+    "A query reading last_result (also through result_images() or in_last_result()) needs "
+    "`result`: the token /api/refine or /api/search returned.",
+)
 async def api_sql(request: BodyRequest, data: JSONBody[SqlRequest]) -> SqlResponse:
     app = _state(request)
     served = app.catalog(data.catalog)
@@ -658,12 +835,22 @@ class Health:
     result_ids_cached: int
 
 
-@get("/api/health", sync_to_thread=True, summary="Health", description=(
-    "Liveness and resources: rows and open DuckDB connections per catalog (the catalog's own connection "
-    "plus one cursor per query in flight, as DuckDB counts them; 1 when idle), and the results kept for "
-    "paging and the console (entries and result ids)."))
-def api_health(request: Request, catalog: Annotated[str | None, Parameter(
-        description="only this catalog (default: every catalog served)")] = None) -> Health:
+@get(
+    "/api/health",
+    sync_to_thread=True,
+    summary="Health",
+    description=(
+        "Liveness and resources: rows and open DuckDB connections per catalog (the catalog's own connection "
+        "plus one cursor per query in flight, as DuckDB counts them; 1 when idle), and the results kept for "
+        "paging and the console (entries and result ids)."
+    ),
+)
+def api_health(
+    request: Request,
+    catalog: Annotated[
+        str | None, Parameter(description="only this catalog (default: every catalog served)")
+    ] = None,
+) -> Health:
     app = _state(request)
     served = [app.catalog(catalog)] if catalog else list(app.catalogs.values())
     catalogs = {s.name: CatalogHealth(s.rows, s.cat.connection_count(), s.console.busy()) for s in served}
@@ -684,7 +871,10 @@ def server_timing(app: ASGIApp) -> ASGIApp:
         async def timed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ms = (time.perf_counter() - t0) * 1e3
-                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.2f}".encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"server-timing", f"app;dur={ms:.2f}".encode()),
+                ]
             await send(message)
 
         await app(scope, receive, timed_send)
@@ -737,7 +927,9 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def create_app(paths: list[str | Path], settings: Settings | None = None, *, warm_up: bool = True) -> Litestar:
+def create_app(
+    paths: list[str | Path], settings: Settings | None = None, *, warm_up: bool = True
+) -> Litestar:
     """The Litestar app serving ``paths`` (catalog files, opened read-only and sandboxed)."""
     settings = settings or Settings()
     hosts = AllowedHosts.parse(settings.allowed_hosts)  # a malformed setting fails before the catalogs load
@@ -745,20 +937,38 @@ def create_app(paths: list[str | Path], settings: Settings | None = None, *, war
     if warm_up:
         state.warm_up()
     app = Litestar(
-        route_handlers=[index, search_text, search_similar, search_image, refine, results_page, thumbnail,
-                        original, console_page, console_run, api_search, api_search_post, api_refine, api_sql,
-                        api_health,
-                        create_static_files_router(path="/static", directories=[HERE / "static"])],
+        route_handlers=[
+            index,
+            search_text,
+            search_similar,
+            search_image,
+            refine,
+            results_page,
+            thumbnail,
+            original,
+            console_page,
+            console_run,
+            api_search,
+            api_search_post,
+            api_refine,
+            api_sql,
+            api_health,
+            create_static_files_router(path="/static", directories=[HERE / "static"]),
+        ],
         plugins=[HTMXPlugin()],
         template_config=TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
-        exception_handlers={CatalogError: _catalog_error, HTTPException: _http_error,
-                            UnicodeDecodeError: _undecodable_form},
+        exception_handlers={
+            CatalogError: _catalog_error,
+            HTTPException: _http_error,
+            UnicodeDecodeError: _undecodable_form,
+        },
         request_max_body_size=_base64_chars(state.settings.max_upload_bytes) + UPLOAD_FRAMING_BYTES,
         on_shutdown=[state.close],
         middleware=[server_timing, cancel_on_disconnect],
         # The schema as data only: the HTML viewers load scripts from a CDN, which the CSP refuses.
-        openapi_config=OpenAPIConfig(title="Litestar API", version="1.0.0",
-                                     render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()]),
+        openapi_config=OpenAPIConfig(
+            title="Litestar API", version="1.0.0", render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()]
+        ),
         debug=False,
     )
     # Around the router, as Litestar puts CORS, not per route: unknown paths get the headers too.

@@ -39,9 +39,15 @@ MAX_NEGATIVE_WEIGHT = 100
 QUERY_TEXT_CAP = 20_000
 
 ImageId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
-IdList = Annotated[list[ImageId] | str, Meta(description=(
-    "a list of integer image ids (a form sends one string of comma-separated ids); positives and negatives "
-    "together at most the server's max_labels (2000 by default)"))]
+IdList = Annotated[
+    list[ImageId] | str,
+    Meta(
+        description=(
+            "a list of integer image ids (a form sends one string of comma-separated ids); positives and negatives "
+            "together at most the server's max_labels (2000 by default)"
+        )
+    ),
+]
 CatalogName = Annotated[str | None, Meta(description="a catalog's name (default: the first one served)")]
 ResultCount = Annotated[int, Meta(ge=1, le=MAX_K, description=f"an integer in 1..{MAX_K}: how many results")]
 
@@ -52,17 +58,45 @@ class RefineRequest(Struct, forbid_unknown_fields=True):
     positives: IdList
     negatives: IdList = msgspec.field(default_factory=list)
     model: Annotated[Literal[rf.MODELS], Meta(description=f"one of {', '.join(rf.MODELS)}")] = "ensemble"
-    sampled_negatives: Annotated[int, Meta(ge=0, le=MAX_SAMPLED, description=(
-        f"an integer in 0..{MAX_SAMPLED}: catalog rows sampled as negatives"))] = rf.DEFAULT_SAMPLED_NEGATIVES
-    negative_weight: Annotated[float, Meta(ge=1, le=MAX_NEGATIVE_WEIGHT, description=(
-        f"a number in 1..{MAX_NEGATIVE_WEIGHT}: the weight of a labelled negative against a sampled one"))] = 1.0
-    seed: Annotated[int, Meta(ge=0, le=rf.MAX_SEED, description=(
-        f"an integer in 0..{rf.MAX_SEED}: the model's random seed"))] = 0
-    suggestions: Annotated[Annotated[int, Meta(ge=0, le=rf.MAX_SUGGESTIONS)] | None, Meta(description=(
-        f"an integer in 0..{rf.MAX_SUGGESTIONS}: unlabelled ids to suggest for labelling next "
-        "(default: the page size)"))] = None
-    guide: Annotated[bool, Meta(description=(
-        "true or false: whether a linear guide adds pseudo-positives and sets the vote threshold"))] = True
+    sampled_negatives: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=MAX_SAMPLED,
+            description=(f"an integer in 0..{MAX_SAMPLED}: catalog rows sampled as negatives"),
+        ),
+    ] = rf.DEFAULT_SAMPLED_NEGATIVES
+    negative_weight: Annotated[
+        float,
+        Meta(
+            ge=1,
+            le=MAX_NEGATIVE_WEIGHT,
+            description=(
+                f"a number in 1..{MAX_NEGATIVE_WEIGHT}: the weight of a labelled negative against a sampled one"
+            ),
+        ),
+    ] = 1.0
+    seed: Annotated[
+        int,
+        Meta(ge=0, le=rf.MAX_SEED, description=(f"an integer in 0..{rf.MAX_SEED}: the model's random seed")),
+    ] = 0
+    suggestions: Annotated[
+        Annotated[int, Meta(ge=0, le=rf.MAX_SUGGESTIONS)] | None,
+        Meta(
+            description=(
+                f"an integer in 0..{rf.MAX_SUGGESTIONS}: unlabelled ids to suggest for labelling next "
+                "(default: the page size)"
+            )
+        ),
+    ] = None
+    guide: Annotated[
+        bool,
+        Meta(
+            description=(
+                "true or false: whether a linear guide adds pseudo-positives and sets the vote threshold"
+            )
+        ),
+    ] = True
     catalog: CatalogName = None
 
 
@@ -70,11 +104,19 @@ class SearchRequest(Struct, forbid_unknown_fields=True):
     """A search by exactly one of: a text query ``q``, an image ``image_base64`` (in a multipart form,
     an image ``file``), or the ``id`` of an image to find more like."""
 
-    q: Annotated[Annotated[str, Meta(max_length=QUERY_TEXT_CAP)] | None, Meta(description=(
-        f"a text query of at most {MAX_QUERY_CHARS} characters"))] = None
-    image_base64: Annotated[str | None, Meta(description=(
-        "an image file (PNG, JPEG, ...) in base64, or a data: URL of one; at most the server's "
-        "max_upload_bytes (20 MB by default) once decoded"))] = None
+    q: Annotated[
+        Annotated[str, Meta(max_length=QUERY_TEXT_CAP)] | None,
+        Meta(description=(f"a text query of at most {MAX_QUERY_CHARS} characters")),
+    ] = None
+    image_base64: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "an image file (PNG, JPEG, ...) in base64, or a data: URL of one; at most the server's "
+                "max_upload_bytes (20 MB by default) once decoded"
+            )
+        ),
+    ] = None
     id: Annotated[ImageId | None, Meta(description="an integer image id: images like it")] = None
     k: ResultCount = DEFAULT_K
     catalog: CatalogName = None
@@ -84,11 +126,22 @@ class SqlRequest(Struct, forbid_unknown_fields=True):
     """One read-only console query; with ``result``, the result it names is the table
     ``last_result(id, score, rank)``."""
 
-    sql: Annotated[str, Meta(max_length=MAX_QUERY_TEXT, description=(
-        f"one read-only SELECT of at most {MAX_QUERY_TEXT} characters"))]
-    result: Annotated[Annotated[str, Meta(max_length=100)] | None, Meta(description=(
-        "a result token, as the `result` field of /api/refine and /api/search gives it; needed by a query "
-        "that reads last_result or calls result_images() or in_last_result()"))] = None
+    sql: Annotated[
+        str,
+        Meta(
+            max_length=MAX_QUERY_TEXT,
+            description=(f"one read-only SELECT of at most {MAX_QUERY_TEXT} characters"),
+        ),
+    ]
+    result: Annotated[
+        Annotated[str, Meta(max_length=100)] | None,
+        Meta(
+            description=(
+                "a result token, as the `result` field of /api/refine and /api/search gives it; needed by a query "
+                "that reads last_result or calls result_images() or in_last_result()"
+            )
+        ),
+    ] = None
     catalog: CatalogName = None
 
 
@@ -96,15 +149,29 @@ class ResultResponse(Struct):
     """A search or fine-tuning result, best first, and its token."""
 
     ids: Annotated[list[int], Meta(description="image ids, best first (a fine-tune's first `limit`)")]
-    scores: Annotated[list[int], Meta(description=(
-        "per id: a search's squared distance between codes (lower is nearer), a fine-tune's member votes"))]
-    sql: Annotated[str, Meta(description="a SELECT that returns the same ids in the same order on the catalog")]
+    scores: Annotated[
+        list[int],
+        Meta(
+            description=(
+                "per id: a search's squared distance between codes (lower is nearer), a fine-tune's member votes"
+            )
+        ),
+    ]
+    sql: Annotated[
+        str, Meta(description="a SELECT that returns the same ids in the same order on the catalog")
+    ]
     stats: Annotated[dict[str, Any], Meta(description="times per phase (ms), rows touched, options, ...")]
     results: Annotated[int, Meta(description="how many images the result holds in all")]
     suggestions: Annotated[list[int], Meta(description="a fine-tune's unlabelled ids to label next")]
-    result: Annotated[str, Meta(description=(
-        "the result's token: pass it as `result` to POST /api/sql to query the whole result as the table "
-        "last_result(id, score, rank); the server keeps only its latest results (results_kept)"))]
+    result: Annotated[
+        str,
+        Meta(
+            description=(
+                "the result's token: pass it as `result` to POST /api/sql to query the whole result as the table "
+                "last_result(id, score, rank); the server keeps only its latest results (results_kept)"
+            )
+        ),
+    ]
 
     @classmethod
     def of(cls, result: engine.Result, token: str, limit: int | None = None) -> ResultResponse:
@@ -145,16 +212,23 @@ def _body_error(kind: type[Struct], text: str, media: str) -> InvalidArgument:
     if field := re.match(r"\.(\w+)", path):
         name = field[1]
         if message.startswith("Invalid enum value"):
-            return InvalidArgument(f"unknown {name} {message.removeprefix('Invalid enum value ')}; "
-                                   f"{name} must be {_field_help(kind, name)}")
+            return InvalidArgument(
+                f"unknown {name} {message.removeprefix('Invalid enum value ')}; "
+                f"{name} must be {_field_help(kind, name)}"
+            )
         return InvalidArgument(f"{name} must be {_field_help(kind, name)} ({path[1:]}: {message})")
     if missing := re.search(r"missing required field `(\w+)`", message):
         return InvalidArgument(f"{missing[1]} is required: {_field_help(kind, missing[1])}")
     if unknown := re.search(r"unknown field `(.*)`", message, re.S):
-        hint = ("; send JSON with Content-Type: application/json" if media != RequestEncodingType.JSON
-                and unknown[1].lstrip().startswith(("{", "[")) else "")
+        hint = (
+            "; send JSON with Content-Type: application/json"
+            if media != RequestEncodingType.JSON and unknown[1].lstrip().startswith(("{", "["))
+            else ""
+        )
         return InvalidArgument(f"unknown field {unknown[1][:100]!r}; the fields are {fields}{hint}")
-    return InvalidArgument(f"the body must be one JSON object (or a form) with the fields {fields} ({message})")
+    return InvalidArgument(
+        f"the body must be one JSON object (or a form) with the fields {fields} ({message})"
+    )
 
 
 class BodyRequest(HTMXRequest):
@@ -172,11 +246,19 @@ class BodyRequest(HTMXRequest):
     async def json(self) -> Any:
         kind = self.route_handler.parsed_fn_signature.parameters["data"].annotation
         media, _ = self.content_type
-        if media not in (RequestEncodingType.JSON, RequestEncodingType.URL_ENCODED, RequestEncodingType.MULTI_PART):
+        if media not in (
+            RequestEncodingType.JSON,
+            RequestEncodingType.URL_ENCODED,
+            RequestEncodingType.MULTI_PART,
+        ):
             # text/plain above all: a browser posts it cross-site without asking first
-            raise HTTPException(status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE, detail=(
-                f"a body of Content-Type {media[:100] or '(none)'!r} is not taken; send JSON with "
-                "Content-Type: application/json, or a form"))
+            raise HTTPException(
+                status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                detail=(
+                    f"a body of Content-Type {media[:100] or '(none)'!r} is not taken; send JSON with "
+                    "Content-Type: application/json, or a form"
+                ),
+            )
         try:
             if media != RequestEncodingType.JSON:
                 return msgspec.convert(await self._form_fields(kind), kind, strict=False)
@@ -184,8 +266,10 @@ class BodyRequest(HTMXRequest):
         except msgspec.ValidationError as e:
             raise _body_error(kind, str(e), media) from None
         except msgspec.DecodeError as e:
-            raise InvalidArgument(f"the body is not valid JSON ({e}); send one JSON object with the fields "
-                                  f"{', '.join(kind.__struct_fields__)}") from None
+            raise InvalidArgument(
+                f"the body is not valid JSON ({e}); send one JSON object with the fields "
+                f"{', '.join(kind.__struct_fields__)}"
+            ) from None
 
     async def _form_fields(self, kind: type[Struct]) -> dict[str, Any]:
         form = await self.form()
@@ -197,7 +281,9 @@ class BodyRequest(HTMXRequest):
             elif key == "file" and len(values) == 1 and "image_base64" in kind.__struct_fields__:
                 self.upload = await values[0].read(self.app.state.cb.settings.max_upload_bytes + 1)
             else:
-                raise InvalidArgument(f"unexpected file {key!r}; only a search takes a file, as the field file")
+                raise InvalidArgument(
+                    f"unexpected file {key!r}; only a search takes a file, as the field file"
+                )
         return fields
 
 
@@ -210,16 +296,36 @@ def _accepting(media: dict[str, Schema | None]) -> type[Operation]:
         def __post_init__(self) -> None:
             if self.request_body is not None:
                 own = next(iter(self.request_body.content.values())).schema
-                self.request_body.content = {t: OpenAPIMediaType(schema=given or own) for t, given in media.items()}
+                self.request_body.content = {
+                    t: OpenAPIMediaType(schema=given or own) for t, given in media.items()
+                }
 
     return Accepting
 
 
-UPLOAD_SCHEMA = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={
-    "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description=(
-        "an image file (PNG, JPEG, ...) of at most the server's max_upload_bytes (20 MB by default)")),
-    "k": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=MAX_K, default=DEFAULT_K, description="how many results"),
-    "catalog": Schema(type=OpenAPIType.STRING, description="a catalog's name (default: the first one served)")})
+UPLOAD_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["file"],
+    properties={
+        "file": Schema(
+            type=OpenAPIType.STRING,
+            format=OpenAPIFormat.BINARY,
+            description=(
+                "an image file (PNG, JPEG, ...) of at most the server's max_upload_bytes (20 MB by default)"
+            ),
+        ),
+        "k": Schema(
+            type=OpenAPIType.INTEGER,
+            minimum=1,
+            maximum=MAX_K,
+            default=DEFAULT_K,
+            description="how many results",
+        ),
+        "catalog": Schema(
+            type=OpenAPIType.STRING, description="a catalog's name (default: the first one served)"
+        ),
+    },
+)
 FORM = _accepting({RequestEncodingType.URL_ENCODED: None})
 JSON_OR_FORM = _accepting({RequestEncodingType.JSON: None, RequestEncodingType.URL_ENCODED: None})
 JSON_OR_UPLOAD = _accepting({RequestEncodingType.JSON: None, RequestEncodingType.MULTI_PART: UPLOAD_SCHEMA})

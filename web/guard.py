@@ -32,9 +32,11 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Sec-Fetch-Site values of a request the user's own page (or the user, typing a URL) made.
 OWN_SITE = frozenset({"same-origin", "none"})
 DEFAULT_PORTS = {"http": "80", "https": "443"}
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-                           "frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 SECURITY_HEADERS = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -73,8 +75,10 @@ class AllowedHosts:
                 continue
             split = split_host(entry)
             if split is None:
-                raise InvalidArgument(f"allowed_hosts: {entry!r} is not a host name, a host:port, an IPv4 address "
-                                      "or an IPv6 address in brackets ([::1]); separate several with commas")
+                raise InvalidArgument(
+                    f"allowed_hosts: {entry!r} is not a host name, a host:port, an IPv4 address "
+                    "or an IPv6 address in brackets ([::1]); separate several with commas"
+                )
             host, port = split
             if port is None:
                 names.add(host)
@@ -122,9 +126,11 @@ def _foreign_host(scope: Scope, hosts: AllowedHosts, host: bytes | None) -> str 
     split = split_host(text)
     if split is not None and hosts.allow(scope, *split):
         return None
-    return (f"this server does not answer to the host name {text[:100]!r}; open it as http://127.0.0.1 or "
-            "http://localhost (or its --host address), or start it with --set allowed_hosts=NAME to answer "
-            "to NAME too")
+    return (
+        f"this server does not answer to the host name {text[:100]!r}; open it as http://127.0.0.1 or "
+        "http://localhost (or its --host address), or start it with --set allowed_hosts=NAME to answer "
+        "to NAME too"
+    )
 
 
 def _cross_origin(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
@@ -133,16 +139,24 @@ def _cross_origin(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
         return None
     fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
     if fetch_site and fetch_site not in OWN_SITE:
-        return (f"cross-origin request refused (Sec-Fetch-Site: {fetch_site[:40]}): only this server's own pages "
-                "may send it; scripts and curl may too, without Origin and Sec-Fetch-Site")
+        return (
+            f"cross-origin request refused (Sec-Fetch-Site: {fetch_site[:40]}): only this server's own pages "
+            "may send it; scripts and curl may too, without Origin and Sec-Fetch-Site"
+        )
     origin = headers.get(b"origin")
     if origin is None:
         return None
     theirs = _parse_origin(origin.decode("latin-1"))
     own = split_host(headers.get(b"host", b"").decode("latin-1"))
-    if theirs is None or own is None or _origin_key(*theirs) != _origin_key(scope.get("scheme", "http"), *own):
-        return (f"cross-origin request refused (Origin: {origin.decode('latin-1')[:100]}): only this server's own "
-                "pages may send it; scripts and curl may too, without an Origin header")
+    if (
+        theirs is None
+        or own is None
+        or _origin_key(*theirs) != _origin_key(scope.get("scheme", "http"), *own)
+    ):
+        return (
+            f"cross-origin request refused (Origin: {origin.decode('latin-1')[:100]}): only this server's own "
+            "pages may send it; scripts and curl may too, without an Origin header"
+        )
     return None
 
 
@@ -158,8 +172,10 @@ def site_guard(app: ASGIApp, hosts: AllowedHosts) -> ASGIApp:
         async def guarded_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []),
-                                      *((k, v) for k, v in SECURITY_HEADERS if k not in present)]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *((k, v) for k, v in SECURITY_HEADERS if k not in present),
+                ]
             await send(message)
 
         headers: dict[bytes, bytes] = {}
@@ -172,8 +188,16 @@ def site_guard(app: ASGIApp, hosts: AllowedHosts) -> ASGIApp:
             await app(scope, receive, guarded_send)
             return
         body = json.dumps({"status_code": status, "detail": message}).encode()
-        await guarded_send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await guarded_send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return middleware

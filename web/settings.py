@@ -11,20 +11,40 @@ from engine.errors import InvalidArgument
 class Settings:
     page_size: int = field(default=60, metadata={"help": "thumbnails per page of results"})
     results_kept: int = field(default=64, metadata={"help": "results kept in memory for paging"})
-    result_ids_kept: int = field(default=20_000_000, metadata={"help": "result ids kept in memory, all results together"})
+    result_ids_kept: int = field(
+        default=20_000_000, metadata={"help": "result ids kept in memory, all results together"}
+    )
     sql_time_limit_s: float = field(default=5.0, metadata={"help": "console query time limit, seconds"})
     sql_max_rows: int = field(default=500, metadata={"help": "rows a console query shows at most"})
-    sql_max_bytes: int = field(default=2_000_000, metadata={"help": "bytes of rows a console query shows at most"})
-    sql_memory_limit: str = field(default="1GB", metadata={"help": "memory each console query may use (its own process)"})
-    sql_workers: int = field(default=2, metadata={"help": "console queries a catalog runs at once (one process each)"})
-    max_concurrent: int = field(default=4, metadata={
-        "help": "searches and fine-tunes a catalog works on at once; more wait half a second, then get a 503"})
-    max_labels: int = field(default=2000, metadata={"help": "labels, positive and negative together, one fine-tune uses"})
+    sql_max_bytes: int = field(
+        default=2_000_000, metadata={"help": "bytes of rows a console query shows at most"}
+    )
+    sql_memory_limit: str = field(
+        default="1GB", metadata={"help": "memory each console query may use (its own process)"}
+    )
+    sql_workers: int = field(
+        default=2, metadata={"help": "console queries a catalog runs at once (one process each)"}
+    )
+    max_concurrent: int = field(
+        default=4,
+        metadata={
+            "help": "searches and fine-tunes a catalog works on at once; more wait half a second, then get a 503"
+        },
+    )
+    max_labels: int = field(
+        default=2000, metadata={"help": "labels, positive and negative together, one fine-tune uses"}
+    )
     max_upload_bytes: int = field(default=20_000_000, metadata={"help": "largest query image accepted"})
     thumb_max_age_s: int = field(default=86_400, metadata={"help": "Cache-Control max-age of thumbnails"})
-    allowed_hosts: str = field(default="", metadata={"help": (
-        "more host names the server answers to, comma-separated (NAME or NAME:PORT; * for any): "
-        "localhost, 127.0.0.1, [::1] and the --host address always work, other Host headers get a 400")})
+    allowed_hosts: str = field(
+        default="",
+        metadata={
+            "help": (
+                "more host names the server answers to, comma-separated (NAME or NAME:PORT; * for any): "
+                "localhost, 127.0.0.1, [::1] and the --host address always work, other Host headers get a 400"
+            )
+        },
+    )
 
     @classmethod
     def parse(cls, assignments: list[str]) -> Settings:
@@ -35,7 +55,9 @@ class Settings:
             name, sep, raw = text.partition("=")
             name = name.strip()
             if not sep or name not in known:
-                raise InvalidArgument(f"--set takes NAME=VALUE with NAME one of {', '.join(known)}; got {text!r}")
+                raise InvalidArgument(
+                    f"--set takes NAME=VALUE with NAME one of {', '.join(known)}; got {text!r}"
+                )
             kind = {"int": int, "float": float, "str": str}[str(known[name].type)]
             try:
                 value = kind(raw.strip().replace("_", "") if kind is not str else raw.strip())

@@ -44,12 +44,20 @@ from engine.imageio import (
 )
 
 # Formats every browser shows, by PIL's name for them; other images (TIFF) are sent as PNG.
-BROWSER_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
-                 "WEBP": "image/webp", "BMP": "image/bmp"}
+BROWSER_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+}
 # File versions whose decoding check is remembered, about 200 bytes each.
 CHECKS_KEPT = 100_000
 # O_NONBLOCK: a FIFO must not block the open
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 @dataclass
@@ -75,8 +83,9 @@ class Thumbnails:
         if not 0 <= image_id < 2**63:
             raise NotFoundException(f"no image with id {image_id} in this catalog")
         cols = {"uri"} | ({"width", "height", "file_size", "file_mtime_ns"} & self._columns)
-        rows = self.cat.sql(f"SELECT {', '.join(sorted(cols))} FROM images WHERE id = $id",
-                            {"id": int(image_id)}).to_pylist()
+        rows = self.cat.sql(
+            f"SELECT {', '.join(sorted(cols))} FROM images WHERE id = $id", {"id": int(image_id)}
+        ).to_pylist()
         if not rows or rows[0]["uri"] is None:
             raise NotFoundException(f"no image with id {image_id} in this catalog")
         return rows[0]
@@ -89,8 +98,10 @@ class Thumbnails:
     def _original(self, image_id: int, row: dict) -> Original:
         size, mtime_ns = row.get("file_size"), row.get("file_mtime_ns")
         if size is None or mtime_ns is None:
-            raise UnsafeImage(f"image {image_id} has no recorded file size and time (it was not ingested from a "
-                              "file), so its file is not served; ingest its folder to show it")
+            raise UnsafeImage(
+                f"image {image_id} has no recorded file size and time (it was not ingested from a "
+                "file), so its file is not served; ingest its folder to show it"
+            )
         data, st = _read_regular_file(image_id, row["uri"], size, mtime_ns)
         version = (image_id, size, mtime_ns, st.st_dev, st.st_ino)
         etag = _etag(*version)
@@ -104,8 +115,10 @@ class Thumbnails:
             with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
                 fmt = im.format
         except UnreadableImage as e:
-            raise UnsafeImage(f"the file of image {image_id} is not an image the server shows ({e.reason}); "
-                              "it is not served") from None
+            raise UnsafeImage(
+                f"the file of image {image_id} is not an image the server shows ({e.reason}); "
+                "it is not served"
+            ) from None
         with self._lock:
             self._checked[version] = fmt
             while len(self._checked) > CHECKS_KEPT:
@@ -170,8 +183,9 @@ def _read_regular_file(image_id: int, uri: str, size: int, mtime_ns: int) -> tup
     try:
         fd = os.open(uri, _OPEN_FLAGS)
     except OSError as e:
-        raise NotFoundException(f"the file of image {image_id} is gone or cannot be opened "
-                                f"({e.strerror or e})") from None
+        raise NotFoundException(
+            f"the file of image {image_id} is gone or cannot be opened ({e.strerror or e})"
+        ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -192,8 +206,10 @@ def _read_regular_file(image_id: int, uri: str, size: int, mtime_ns: int) -> tup
         os.close(fd)
 
 
-_CHANGED = ("the file of image {} has changed since it was ingested (its size or modification time differ); it is "
-            "not served until its folder is ingested again")
+_CHANGED = (
+    "the file of image {} has changed since it was ingested (its size or modification time differ); it is "
+    "not served until its folder is ingested again"
+)
 
 
 def _etag(*parts: object) -> str:

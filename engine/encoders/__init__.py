@@ -103,4 +103,12 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Encoder", "EncoderError", "choose_device", "l2_normalise", "load_encoder", "load_text_encoder"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "Encoder",
+    "EncoderError",
+    "choose_device",
+    "l2_normalise",
+    "load_encoder",
+    "load_text_encoder",
+]

@@ -54,8 +54,10 @@ def read_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[np.n
     root = Path(root) if root is not None else FASHION_MNIST_ROOT
     for name in idx_files(split).values():
         if not (root / name).is_file():
-            raise IngestError(f"Fashion-MNIST file {root / name} not found; install the Debian package "
-                              "'dataset-fashion-mnist' or pass the folder holding the idx files as root=")
+            raise IngestError(
+                f"Fashion-MNIST file {root / name} not found; install the Debian package "
+                "'dataset-fashion-mnist' or pass the folder holding the idx files as root="
+            )
     images, labels = read_split(root, split)
     return images, labels.astype(np.int64)
 
@@ -167,7 +169,10 @@ def preprocess_image(image: Image.Image) -> torch.Tensor:
 
 # --- text tower ---------------------------------------------------------------------------------
 
-def encode_texts_minilm(texts: Sequence[str], device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+
+def encode_texts_minilm(
+    texts: Sequence[str], device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
     """Texts to MiniLM sentence embeddings: float32 (n, 384), rows L2-normalised.
 
     Mean pooling over the attention mask then L2 normalisation, which is what

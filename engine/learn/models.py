@@ -37,8 +37,9 @@ GROWTH = {"top-down": branches.TOP_DOWN, "bottom-up": branches.BOTTOM_UP}
 DEFAULT_FAMILY = ((4, 64), (6, 32), (8, 8))
 
 
-def feature_subsets(n_dims: int = N_DIMS, family: Sequence[tuple[int, int]] = DEFAULT_FAMILY,
-                    seed: int = 0) -> list[tuple[int, ...]]:
+def feature_subsets(
+    n_dims: int = N_DIMS, family: Sequence[tuple[int, int]] = DEFAULT_FAMILY, seed: int = 0
+) -> list[tuple[int, ...]]:
     """A fixed family of distinct feature subsets: ``count`` random subsets of each ``size``,
     drawn so that every dim is used about equally often within a size."""
     rng = np.random.default_rng(seed)
@@ -153,8 +154,17 @@ class DecisionBranchClassifier(_BranchBase):
     random_state : None, int or numpy Generator
     """
 
-    def __init__(self, *, subsets=None, max_boxes=30, max_failures=5, min_pts=50, subset_fraction=1.0,
-                 growth="top-down", random_state=None):
+    def __init__(
+        self,
+        *,
+        subsets=None,
+        max_boxes=30,
+        max_failures=5,
+        min_pts=50,
+        subset_fraction=1.0,
+        growth="top-down",
+        random_state=None,
+    ):
         self.subsets = subsets
         self.growth = growth
         self.max_boxes = max_boxes
@@ -165,8 +175,19 @@ class DecisionBranchClassifier(_BranchBase):
 
     def fit(self, X, y, sample_weight=None):
         X, pos_w, neg_w, subsets, sizes, n_try, min_pts, growth = self._prepare(X, y, sample_weight)
-        lo, hi = branches.grow_model(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
-                                     int(self.max_failures), min_pts, np.uint64(_seed(self.random_state)), growth)
+        lo, hi = branches.grow_model(
+            X,
+            pos_w,
+            neg_w,
+            subsets,
+            sizes,
+            n_try,
+            int(self.max_boxes),
+            int(self.max_failures),
+            min_pts,
+            np.uint64(_seed(self.random_state)),
+            growth,
+        )
         return self._finish(BoxSet.from_arrays(lo, hi), 1, subsets, sizes)
 
 
@@ -193,8 +214,19 @@ class DecisionBranchEnsemble(_BranchBase):
         "bootstrap": [Options(*_BOOTSTRAP)],
     }
 
-    def __init__(self, *, n_estimators=25, subsets=None, max_boxes=30, max_failures=5, min_pts=50,
-                 subset_fraction=0.5, bootstrap="negatives", growth="top-down", random_state=None):
+    def __init__(
+        self,
+        *,
+        n_estimators=25,
+        subsets=None,
+        max_boxes=30,
+        max_failures=5,
+        min_pts=50,
+        subset_fraction=0.5,
+        bootstrap="negatives",
+        growth="top-down",
+        random_state=None,
+    ):
         self.n_estimators = n_estimators
         self.growth = growth
         self.subsets = subsets
@@ -208,8 +240,21 @@ class DecisionBranchEnsemble(_BranchBase):
     def fit(self, X, y, sample_weight=None):
         n = self.n_estimators
         X, pos_w, neg_w, subsets, sizes, n_try, min_pts, growth = self._prepare(X, y, sample_weight)
-        seeds = np.random.default_rng(_seed(self.random_state)).integers(0, 2**63, size=int(n), dtype=np.uint64)
-        lo, hi, member = branches.grow_ensemble(X, pos_w, neg_w, subsets, sizes, n_try, int(self.max_boxes),
-                                                int(self.max_failures), min_pts, seeds, _BOOTSTRAP[self.bootstrap],
-                                                growth)
+        seeds = np.random.default_rng(_seed(self.random_state)).integers(
+            0, 2**63, size=int(n), dtype=np.uint64
+        )
+        lo, hi, member = branches.grow_ensemble(
+            X,
+            pos_w,
+            neg_w,
+            subsets,
+            sizes,
+            n_try,
+            int(self.max_boxes),
+            int(self.max_failures),
+            min_pts,
+            seeds,
+            _BOOTSTRAP[self.bootstrap],
+            growth,
+        )
         return self._finish(BoxSet.from_arrays(lo, hi, member), int(n) // 2 + 1, subsets, sizes)

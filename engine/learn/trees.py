@@ -210,7 +210,11 @@ _TREE_CONSTRAINTS = {
     "min_impurity_decrease": [Interval(Real, 0)],
     "class_weight": [None, Options("balanced"), _CLASS_WEIGHTS],
     "ccp_alpha": [Interval(Real, 0)],
-    "random_state": [None, Interval(int, 0, 2**32 - 1), Instances(np.random.RandomState, "a numpy RandomState")],
+    "random_state": [
+        None,
+        Interval(int, 0, 2**32 - 1),
+        Instances(np.random.RandomState, "a numpy RandomState"),
+    ],
 }
 
 
@@ -353,7 +357,9 @@ class ForestBoxes(_WrappedBoxes):
         """Fit the forest on uint8 codes (n, 32) and binary labels, then compile every tree."""
         check_params(self)
         if self.max_samples is not None and not self.bootstrap:
-            raise InvalidArgument(f"max_samples must be None when bootstrap is False, got {self.max_samples!r}")
+            raise InvalidArgument(
+                f"max_samples must be None when bootstrap is False, got {self.max_samples!r}"
+            )
         codes, labels, weights = _check_fit_inputs(X, y, sample_weight)
         forest = RandomForestClassifier(**self.get_params()).fit(codes, labels, sample_weight=weights)
         # Trees inside a forest are trained on the forest's encoded labels, so their value
