@@ -101,6 +101,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_web import _free_port  # noqa: E402
+from soak_web import _process_tree  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RSS_LIMIT_MB = 2048
 LATENCY_LIMIT_S = 1.0
@@ -132,27 +136,6 @@ GROUPS = WEB_GROUPS + CLI_GROUPS
 
 
 # -- processes -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants, from ``/proc/PID/task/*/children``."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return out
-
-
 def _rss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
