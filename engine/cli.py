@@ -237,11 +237,7 @@ def cmd_add(args) -> int:
             reembed=args.reembed,
         )
         out["ingest"] = report.to_json()
-        _note(
-            args,
-            f"ingested: {report.added} added, {report.updated} updated, {report.removed} removed, "
-            f"{report.skipped} skipped",
-        )
+        _note(args, _ingested(report))
         for uri, reason in out["ingest"].get("skipped_files", [])[:20]:
             _note(args, f"skipped {uri}: {reason}")
         if report.removed:
@@ -284,6 +280,13 @@ def _head_due(cat: Catalog) -> str | None:
     if now >= 2 * trained_on:
         return f"trained on {trained_on} images, the catalog now has {now}"
     return None
+
+
+def _ingested(report) -> str:
+    return (
+        f"ingested: {report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.skipped} skipped"
+    )
 
 
 def _note(args, text: str) -> None:
@@ -364,11 +367,7 @@ def cmd_demo(args) -> int:
             workers=args.workers,
             progress=not args.quiet,
         )
-        print(
-            f"ingested: {report.added} added, {report.updated} updated, {report.removed} removed, "
-            f"{report.skipped} skipped",
-            file=sys.stderr,
-        )
+        print(_ingested(report), file=sys.stderr)
         if report.added or report.updated or report.removed or cat.setting("head") is None:
             summary = train_head(cat, epochs=args.epochs, seed=0, progress=not args.quiet)
             print(f"head: {summary['method']} on {summary['rows']} images", file=sys.stderr)
