@@ -40,7 +40,7 @@ _LAZY = {
     "N_DIMS": ".boxes",
     "BoxSet": ".boxes",
     "Catalog": ".catalog",
-    "SelectResult": ".catalog",
+    "SelectResult": ".search",
     "Result": ".refine",
 }
 

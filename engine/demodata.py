@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import IngestError
-from .files import atomic_path, write_bytes
+from .store.files import atomic_path, write_bytes
 
 CLASSES: tuple[str, ...] = (
     "T-shirt/top",

@@ -51,7 +51,6 @@ import pyarrow.parquet as pq
 from .catalog import Catalog
 from .embeddings import PartStore, _read_part, write_part_file
 from .errors import IngestError, ReadOnlyError
-from .files import link_or_copy, write_bytes
 from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, decoded_batches, thumbnail_path
 from .ingest import (
     IngestReport,
@@ -67,6 +66,7 @@ from .ingest import (
     _start_run,
 )
 from .sources import ManifestRows, ScannedFiles, Source, scan_sources
+from .store.files import link_or_copy, write_bytes
 
 FORMAT = 1
 JOB = "job.json"

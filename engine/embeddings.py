@@ -17,8 +17,7 @@ import pyarrow.parquet as pq
 
 from .catalog import Catalog
 from .errors import IngestError, UnknownIds
-from .files import atomic_path, link_or_copy
-from .store import transaction
+from .store.files import atomic_path, link_or_copy
 
 
 class PartStore:
@@ -28,12 +27,10 @@ class PartStore:
     def __init__(self, cat: Catalog):
         self.cat = cat
         self.dir = cat.side_dir / "embeddings"
-        self.next_id = int(
-            cat.con.execute("SELECT coalesce(max(part_id), 0) + 1 FROM embedding_parts").fetchall()[0][0]
-        )
+        self.next_id = int(cat.store.value("SELECT coalesce(max(part_id), 0) + 1 FROM embedding_parts"))
 
     def recorded(self) -> set[str]:
-        return {r[0] for r in self.cat.con.execute("SELECT file FROM embedding_parts").fetchall()}
+        return {r[0] for r in self.cat.store.read("SELECT file FROM embedding_parts")}
 
     def remove_debris(self) -> int:
         """Delete part files no transaction recorded (an interrupted run's); returns how many."""
@@ -69,7 +66,7 @@ class PartStore:
 
     def collect_garbage(self) -> int:
         """Delete parts no image points to any more (all rows re-embedded or removed)."""
-        with transaction(self.cat.con) as con:
+        with self.cat.store.write() as con:
             dead = con.execute(
                 "SELECT part_id, file FROM embedding_parts p WHERE NOT EXISTS "
                 "(SELECT 1 FROM images i WHERE i.embedding_part = p.part_id)"
@@ -111,13 +108,12 @@ def load_embeddings(
     :class:`UnknownIds` for ids not in the catalog, :class:`IngestError` for images without an
     embedding. Raises :class:`IngestError` when the embeddings come from more than one encoder.
     """
-    con = cat.con
     want = None if ids is None else np.asarray(ids, dtype=np.int64).ravel()
     if want is None:
-        rows = con.sql(
+        rows = cat.store.read(
             "SELECT i.id, p.part_id, p.file, p.encoder, p.dim FROM images i "
             "JOIN embedding_parts p ON p.part_id = i.embedding_part ORDER BY i.id"
-        ).fetchall()
+        )
     else:
         rows = _rows_for(cat, want)
     if not rows:
@@ -143,16 +139,12 @@ def load_embeddings(
 
 
 def _rows_for(cat: Catalog, want: np.ndarray) -> list[tuple]:
-    con = cat.con
-    con.register("_want", pa.table({"id": np.unique(want)}))
-    try:
-        rows = con.sql(
-            "SELECT w.id, p.part_id, p.file, p.encoder, p.dim, i.id IS NOT NULL AS known FROM _want w "
-            "LEFT JOIN images i ON i.id = w.id LEFT JOIN embedding_parts p ON p.part_id = i.embedding_part "
-            "ORDER BY w.id"
-        ).fetchall()
-    finally:
-        con.unregister("_want")
+    rows = cat.store.read(
+        "SELECT w.id, p.part_id, p.file, p.encoder, p.dim, i.id IS NOT NULL AS known FROM _want w "
+        "LEFT JOIN images i ON i.id = w.id LEFT JOIN embedding_parts p ON p.part_id = i.embedding_part "
+        "ORDER BY w.id",
+        _want=pa.table({"id": np.unique(want)}),
+    )
     unknown = [r[0] for r in rows if not r[5]]
     if unknown:
         raise UnknownIds(unknown)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UnreadableImage
-from .files import atomic_path
+from .store.files import atomic_path
 
 # Plugins PIL may use. Naming them keeps PIL from probing every format it knows (EPS would
 # start Ghostscript, for one) on a file that only pretends to be an image.

@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -30,8 +29,7 @@ from .errors import IngestError, ReadOnlyError
 from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, DecodedBatch, decoded_batches, thumbnail_path
 from .progress import Progress, reporter
 from .sources import MISSING, ScannedFiles, check_metadata_columns, scan_sources
-from .sqlnames import quote_ident
-from .store import transaction
+from .store.sqlnames import quote_ident
 
 # DuckDB type names a metadata column may have: scalars, DECIMAL(p,s) and lists of them. Nested
 # types carry field names from the file into the DDL, so they are refused.
@@ -156,7 +154,7 @@ def _default_workers(n_files: int, batch_size: int) -> int:
 def _check_encoder(cat: Catalog, encoder: Encoder, reembed: bool) -> None:
     """Refuse to mix embedding spaces: the catalog keeps one encoder unless ``reembed``."""
     recorded = cat.setting("encoder")
-    has_parts = cat.con.execute("SELECT count(*) FROM embedding_parts").fetchall()[0][0] > 0
+    has_parts = cat.store.value("SELECT count(*) FROM embedding_parts") > 0
     if recorded not in (None, encoder.id) and has_parts and not reembed:
         raise IngestError(
             f"{cat.path} holds embeddings from encoder {recorded!r}; ingesting with {encoder.id!r} would mix "
@@ -165,34 +163,26 @@ def _check_encoder(cat: Catalog, encoder: Encoder, reembed: bool) -> None:
         )
     if reembed and recorded != encoder.id:
         # Recorded now, so that an interrupted re-embedding resumes without the flag.
-        cat._set_settings({"encoder": encoder.id})
+        cat.store.set_settings({"encoder": encoder.id})
 
 
 def _image_columns(cat: Catalog) -> dict[str, tuple[str, str]]:
     """images' columns: lower-case name -> (name, DuckDB type)."""
-    rows = cat.con.execute(
-        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
-    ).fetchall()
-    return {name.lower(): (name, dtype) for name, dtype in rows}
-
-
-def _refresh_views(cat: Catalog) -> None:
-    from .schema import refresh_views
-
-    refresh_views(cat.con)
+    return {name.lower(): (name, dtype) for name, dtype in cat.store.columns("images")}
 
 
 def _start_run(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> int:
-    run_id = cat.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchall()[0][0]
-    cat.con.execute(
-        "INSERT INTO ingest_runs (run_id, sources, encoder) VALUES (?, ?, ?)",
-        [run_id, json.dumps([s.key for s in scanned.sources]), encoder_id],
+    return int(
+        cat.store.execute(
+            "INSERT INTO ingest_runs (run_id, sources, encoder) SELECT coalesce(max(run_id), 0) + 1, ?, ? "
+            "FROM ingest_runs RETURNING run_id",
+            [json.dumps([s.key for s in scanned.sources]), encoder_id],
+        )[0][0]
     )
-    return int(run_id)
 
 
 def _end_run(cat: Catalog, report: IngestReport) -> None:
-    cat.con.execute(
+    cat.store.execute(
         "UPDATE ingest_runs SET finished_at = current_timestamp, added = ?, updated = ?, removed = ?, "
         "skipped = ? WHERE run_id = ?",
         [report.added, report.updated, report.removed, report.skipped, report.run_id],
@@ -243,19 +233,14 @@ def _metadata(cat: Catalog, scanned: ScannedFiles, report: IngestReport) -> Meta
         row_of[m.entries] = np.arange(offset, offset + len(m.entries))
         offset += len(m.entries)
     if added:
-        _refresh_views(cat)
+        cat.store.refresh_views()
     # Manifests with different columns stack with nulls where a column is missing.
     table = pa.concat_tables(tables, promote_options="default") if tables else None
     return Metadata(table, row_of)
 
 
 def _add_columns(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -> bool:
-    con = cat.con
-    con.register("_manifest", table)
-    try:
-        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _manifest)").fetchall())
-    finally:
-        con.unregister("_manifest")
+    types = dict(cat.store.read("SELECT column_name, column_type FROM (DESCRIBE _manifest)", _manifest=table))
     added = False
     for name in table.column_names:
         if name.lower() in existing:
@@ -266,7 +251,7 @@ def _add_columns(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -
                 f"manifest {manifest}: column {name!r} has type {dtype}; only plain values "
                 "(text, numbers, dates, booleans) and lists of them can be stored; flatten or drop it"
             )
-        con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {dtype}")
+        cat.store.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {dtype}")
         existing[name.lower()] = (name, dtype)
         added = True
     return added
@@ -274,32 +259,28 @@ def _add_columns(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -
 
 def _cast(cat: Catalog, table: pa.Table, existing: dict, manifest: str) -> pa.Table:
     """``table`` with each column cast to the type (and spelling) of its ``images`` column."""
-    con = cat.con
-    con.register("_manifest", table)
-    try:
-        for name in table.column_names:
-            col, dtype = existing[name.lower()]
-            if not _SCALAR_TYPE.match(dtype):
-                raise IngestError(
-                    f"manifest {manifest}: column {name!r} would go into images.{col}, whose type "
-                    f"{dtype} takes no manifest values; rename the column"
-                )
-            bad = con.execute(
-                f"SELECT count(*) FROM _manifest WHERE {quote_ident(name)} IS NOT NULL "
-                f"AND TRY_CAST({quote_ident(name)} AS {dtype}) IS NULL"
-            ).fetchall()[0][0]
-            if bad:
-                raise IngestError(
-                    f"manifest {manifest}: {bad} value(s) of column {name!r} cannot be stored in "
-                    f"images.{col} ({dtype}); fix them or rename the column"
-                )
-        select = ", ".join(
-            f"CAST({quote_ident(n)} AS {existing[n.lower()][1]}) AS {quote_ident(existing[n.lower()][0])}"
-            for n in table.column_names
+    for name in table.column_names:
+        col, dtype = existing[name.lower()]
+        if not _SCALAR_TYPE.match(dtype):
+            raise IngestError(
+                f"manifest {manifest}: column {name!r} would go into images.{col}, whose type "
+                f"{dtype} takes no manifest values; rename the column"
+            )
+        bad = cat.store.value(
+            f"SELECT count(*) FROM _manifest WHERE {quote_ident(name)} IS NOT NULL "
+            f"AND TRY_CAST({quote_ident(name)} AS {dtype}) IS NULL",
+            _manifest=table,
         )
-        return con.sql(f"SELECT {select} FROM _manifest").to_arrow_table()
-    finally:
-        con.unregister("_manifest")
+        if bad:
+            raise IngestError(
+                f"manifest {manifest}: {bad} value(s) of column {name!r} cannot be stored in "
+                f"images.{col} ({dtype}); fix them or rename the column"
+            )
+    select = ", ".join(
+        f"CAST({quote_ident(n)} AS {existing[n.lower()][1]}) AS {quote_ident(existing[n.lower()][0])}"
+        for n in table.column_names
+    )
+    return cat.store.arrow(f"SELECT {select} FROM _manifest", _manifest=table)
 
 
 # -- what to do with each file ---------------------------------------------------------------
@@ -318,7 +299,6 @@ class Plan:
 
 
 def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
-    con = cat.con
     scan = pa.table(
         {
             "entry": np.arange(len(scanned), dtype=np.int64),
@@ -327,10 +307,8 @@ def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
             "file_mtime_ns": scanned.mtimes_ns,
         }
     )
-    con.register("_scan", scan)
-    try:
-        rows = con.sql(
-            """
+    rows = cat.store.arrow(
+        """
             WITH cur AS (SELECT uri, min(id) AS id FROM images WHERE uri IS NOT NULL GROUP BY uri),
                  bad AS (SELECT uri, file_size, file_mtime_ns, min(reason) AS reason FROM skipped
                          WHERE file_size IS NOT NULL GROUP BY ALL)
@@ -344,14 +322,13 @@ def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
             LEFT JOIN embedding_parts p ON p.part_id = i.embedding_part
             LEFT JOIN bad b ON b.uri = s.uri AND b.file_size = s.file_size AND b.file_mtime_ns = s.file_mtime_ns
             ORDER BY s.entry""",
-            params={"enc": encoder_id},
-        ).to_arrow_table()
-        next_id = con.execute(
-            "SELECT greatest(coalesce((SELECT max(id) FROM images), -1), "
-            "coalesce((SELECT max(id) FROM codes), -1)) + 1"
-        ).fetchall()[0][0]
-    finally:
-        con.unregister("_scan")
+        {"enc": encoder_id},
+        _scan=scan,
+    )
+    next_id = cat.store.value(
+        "SELECT greatest(coalesce((SELECT max(id) FROM images), -1), "
+        "coalesce((SELECT max(id) FROM codes), -1)) + 1"
+    )
     entry = rows.column("entry").to_numpy()
     known = rows.column("id").is_valid().to_numpy(zero_copy_only=False)
     ids = rows.column("id").fill_null(-1).to_numpy()
@@ -529,7 +506,7 @@ class _BatchWriter:
         self, rows: pa.Table, parts: list[tuple[int, str, np.ndarray]], uris: list[str], failed: list[tuple]
     ) -> None:
         meta_cols = self.meta.columns
-        with transaction(self.cat.con) as con:
+        with self.cat.store.write() as con:
             if rows.num_rows:
                 _upsert_images(con, rows, meta_cols)
             if parts:
@@ -547,7 +524,7 @@ class _BatchWriter:
                     [list(f) for f in failed],
                 )
             if parts and not self.encoder_recorded:
-                self.cat._set_settings({"encoder": self.encoder.id})
+                self.cat.store.set_settings({"encoder": self.encoder.id})
         self.encoder_recorded |= bool(parts)
 
 
@@ -567,7 +544,7 @@ def _part_of(ids: np.ndarray, parts: list[tuple[int, str, np.ndarray]]) -> np.nd
     return owner[order[at]]
 
 
-def _upsert_images(con: duckdb.DuckDBPyConnection, rows: pa.Table, meta_cols: list[str]) -> None:
+def _upsert_images(con, rows: pa.Table, meta_cols: list[str]) -> None:
     """Insert the ``_new`` rows of ``rows`` and update the others by id; metadata columns only
     change for rows that have a manifest row (``_has_meta``)."""
     cols = [*_FILE_COLUMNS, *meta_cols]
@@ -602,12 +579,11 @@ def _finish(
 ) -> None:
     """Refresh unchanged rows' source and metadata, record unusable rows, forget stale skips,
     remove deleted files' images and drop parts nobody points to."""
-    con = cat.con
     # A file that is listed but cannot be read right now keeps its image; one that is gone does not.
     present = [u for u, reason in scanned.problems if reason != MISSING]
     seen = pa.table({"uri": pa.array(scanned.uris + present, pa.string())})
-    with transaction(con, _seen=seen):
-        _refresh_unchanged(cat, scanned, plan, meta)
+    with cat.store.write(_seen=seen) as con:
+        _refresh_unchanged(con, scanned, plan, meta)
         stale_skips = con.execute(
             "SELECT uri FROM skipped k WHERE NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = k.uri)"
         ).fetchall()
@@ -618,7 +594,7 @@ def _finish(
             con.executemany(
                 "INSERT INTO skipped (uri, reason) VALUES (?, ?)", [list(p) for p in problems.items()]
             )
-        gone = _deleted_images(cat, scanned)
+        gone = _deleted_images(con, scanned)
     remove = np.unique(np.concatenate([gone, plan.gone_ids, np.asarray(lost_ids, np.int64)]).astype(np.int64))
     report.removed = cat.remove(remove) if len(remove) else 0
     for i in remove.tolist():
@@ -626,7 +602,7 @@ def _finish(
     store.collect_garbage()
 
 
-def _refresh_unchanged(cat: Catalog, scanned: ScannedFiles, plan: Plan, meta: Metadata) -> None:
+def _refresh_unchanged(con, scanned: ScannedFiles, plan: Plan, meta: Metadata) -> None:
     """Unchanged files keep their embedding but take their current source and manifest values."""
     if not len(plan.unchanged):
         return
@@ -655,7 +631,6 @@ def _refresh_unchanged(cat: Catalog, scanned: ScannedFiles, plan: Plan, meta: Me
             for c in meta.columns
         ]
     )
-    con = cat.con
     con.register("_unchanged", pa.table(cols))
     try:
         con.execute(f"UPDATE images SET {sets} FROM _unchanged r WHERE images.id = r.id AND ({differs})")
@@ -663,11 +638,10 @@ def _refresh_unchanged(cat: Catalog, scanned: ScannedFiles, plan: Plan, meta: Me
         con.unregister("_unchanged")
 
 
-def _deleted_images(cat: Catalog, scanned: ScannedFiles) -> np.ndarray:
+def _deleted_images(con, scanned: ScannedFiles) -> np.ndarray:
     """Ids of images whose file this run's sources no longer hold: listed by one of these
     sources before and not now, or under one of these folders and gone from disk. Images under
-    a folder that could not be listed are kept. Needs ``_seen`` registered."""
-    con = cat.con
+    a folder that could not be listed are kept. Runs in the write ``con``, with ``_seen`` registered."""
     prefixes = scanned.folder_prefixes()
     keys = [s.key for s in scanned.sources]
     rows = con.execute(

@@ -77,7 +77,7 @@ def train_head(
     """
     if method not in METHODS:
         raise InvalidArgument(f"unknown head method {method!r}; choose one of {', '.join(METHODS)}")
-    cat._check_writable()
+    cat.store.check_writable()
     with reporter("train-head", "steps", progress) as report:
         t0 = time.perf_counter()
         ids, emb = _load_embeddings(cat)
@@ -93,9 +93,7 @@ def train_head(
             )
         captions = None
         if method == "contrastive":
-            cap_of = dict(
-                cat.con.execute("SELECT id, caption FROM images WHERE caption IS NOT NULL").fetchall()
-            )
+            cap_of = dict(cat.store.read("SELECT id, caption FROM images WHERE caption IS NOT NULL"))
             keep = np.array([i in cap_of for i in ids.tolist()])
             if not keep.any():
                 raise CatalogError(
@@ -179,7 +177,7 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None, progress: P
     codes and the block index in one transaction. ``progress`` (see :mod:`engine.progress`)
     counts steps: loading the embeddings, each :data:`engine.head.APPLY_BATCH_ROWS` rows
     encoded, then the steps of :meth:`Catalog.build_index`. Returns a summary."""
-    cat._check_writable()
+    cat.store.check_writable()
     block_size = layout.check_block_size(layout.DEFAULT_BLOCK_SIZE if block_size is None else block_size)
     with reporter("index", "steps", progress) as report:
         t0 = time.perf_counter()
@@ -192,9 +190,7 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None, progress: P
                 f"train-head {cat.path}` again"
             )
         # Images whose part is newer than this were re-embedded after their codes were computed.
-        part_max = int(
-            cat.con.execute("SELECT coalesce(max(part_id), 0) FROM embedding_parts").fetchall()[0][0]
-        )
+        part_max = int(cat.store.value("SELECT coalesce(max(part_id), 0) FROM embedding_parts"))
         ids, emb = _load_embeddings(cat)
         if emb.shape[1] != head.in_dim:
             raise StaleIndexError(

@@ -7,7 +7,7 @@ The long calls (:func:`engine.ingest.ingest`, :func:`engine.pipeline.train_head`
 * ``None`` or ``False``: nothing;
 * a callable ``(done, total)``: called as work units (rows, steps: each call documents which)
   are done, ``done`` never decreasing and ending at ``total``. While one long DuckDB statement
-  runs it may be called from a helper thread (:func:`track_statement`), never from two at once;
+  runs it may be called from a helper thread (:meth:`engine.store.database.Store.tracking`), never from two at once;
 * ``True``: a display on stderr, from :func:`reporter`.
 
 On a terminal the display is a tqdm bar with rate and time left. Elsewhere (a pipe, a log file)
@@ -20,11 +20,9 @@ a bar's carriage returns make a mess, so it prints a plain line at most every
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TextIO
 
 Progress = bool | Callable[[int, int], None] | None
@@ -33,8 +31,6 @@ Progress = bool | Callable[[int, int], None] | None
 LINE_INTERVAL_S = 5.0
 # Reports in a line's window below which the plain-line display gives no time left.
 MIN_REPORTS_FOR_ESTIMATE = 3
-# How often a long DuckDB statement's own progress is polled (see :func:`track_statement`).
-POLL_INTERVAL_S = 0.25
 
 
 class Reporter:
@@ -161,85 +157,3 @@ def _duration(s: float) -> str:
     if s < 6000:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
-
-
-@contextlib.contextmanager
-def track_statement(con, report: Reporter, done: int, units: int, total: int) -> Iterator[None]:
-    """Report ``done`` .. ``done + units`` of ``total`` while one long DuckDB statement runs on
-    ``con`` inside the ``with`` block, from DuckDB's own estimate (``con.query_progress()``)
-    polled by a helper thread; ``report`` is never called at the same time from two threads.
-    The caller reports ``done + units`` itself once the statement is through. An exception
-    the report raises in the helper thread is raised again here once the statement is through.
-
-    DuckDB keeps the estimate only with ``enable_progress_bar`` on, which its Python module
-    leaves off in some settings (under pytest, for one); it is switched on for this connection's
-    session meanwhile, with ``enable_progress_bar_print`` off so DuckDB draws no bar of its own.
-    """
-    if not report.active or units <= 0:
-        yield
-        return
-    with _duckdb_tracking(con) as tracking:
-        if not tracking:
-            yield
-            return
-        with _polling(con, report, done, units, total):
-            yield
-
-
-@contextlib.contextmanager
-def _duckdb_tracking(con) -> Iterator[bool]:
-    """Query progress tracking on, and DuckDB's own bar off, on ``con``'s session; False when
-    the configuration cannot change (a sandboxed catalog locks it)."""
-    import duckdb
-
-    names = ("enable_progress_bar", "enable_progress_bar_print")
-    try:
-        before = con.execute(
-            f"SELECT current_setting('{names[0]}'), current_setting('{names[1]}')"
-        ).fetchall()[0]
-        con.execute(f"SET {names[0]} = true")
-        con.execute(f"SET {names[1]} = false")
-    except duckdb.Error:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        for name, value in zip(names, before, strict=True):
-            with contextlib.suppress(duckdb.Error):
-                con.execute(f"SET {name} = {'true' if value else 'false'}")
-
-
-@contextlib.contextmanager
-def _polling(con, report: Reporter, done: int, units: int, total: int) -> Iterator[None]:
-    stop = threading.Event()
-    lock = threading.Lock()
-    last = [done]
-    failed: list[BaseException] = []
-
-    def poll() -> None:
-        while not stop.wait(POLL_INTERVAL_S):
-            try:
-                pct = float(con.query_progress())
-            except Exception:  # the statement ended, or the connection is busy closing
-                return
-            at = done + int(units * min(max(pct, 0.0), 99.9) / 100.0)
-            with lock:
-                if at > last[0] and not stop.is_set():
-                    last[0] = at
-                    try:
-                        report(at, total)
-                    except BaseException as e:  # handed to the calling thread, which raises it
-                        failed.append(e)
-                        return
-
-    thread = threading.Thread(target=poll, name="progress-poll", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        with lock:
-            stop.set()
-        thread.join()
-    if failed:
-        raise failed[0]

@@ -40,7 +40,8 @@ import pyarrow as pa
 
 from .errors import CatalogError, InvalidSql, QueryInterrupted, ServerBusy
 from .resources import sql_text
-from .sqlnames import quote_ident
+from .store.database import Store, damage_error, file_damage
+from .store.sqlnames import quote_ident
 
 MAX_QUERY_TEXT = 100_000
 # Longest text (characters) or blob (bytes) value a console result shows; longer ones are cut.
@@ -213,6 +214,50 @@ def _printable(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
         changed |= expr != ref or name != c
         exprs.append(f"{expr} AS {quote_ident(name)}")
     return rel.project(", ".join(exprs)) if changed else rel
+
+
+def read_sql(store: Store, text: str, params=None) -> pa.Table:
+    """``Catalog.sql``: one query statement on a cursor of ``store``, in a transaction that is
+    rolled back; InvalidSql for anything else or a failing query."""
+    check_query(text)
+    cur = store.cursor()
+    try:
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            return cur.sql(text, params=params).to_arrow_table()
+        except duckdb.Error as e:
+            if file_damage(e, store.path):
+                raise damage_error(store.path, e) from None
+            raise InvalidSql(str(e)) from None
+        finally:
+            cur.execute("ROLLBACK")
+    finally:
+        cur.close()
+
+
+def user_query(store: Store, text: str, **limits) -> QueryResult:
+    """``Catalog.query``: :func:`run_query` on a cursor of its own of ``store``."""
+    check_query(text)
+    cur = store.cursor()
+    try:
+        database = cur.execute("SELECT current_database()").fetchall()[0][0]
+        return run_query(cur, text, database=database, **limits)
+    finally:
+        cur.close()
+
+
+class QueryParser:
+    """Parses console queries (never runs them) on an in-memory database that reads no files,
+    to tell whether they read ``last_result`` (:meth:`reads_last_result`). Threads may share it."""
+
+    def __init__(self) -> None:
+        self._con = duckdb.connect(config={"enable_external_access": False})
+
+    def reads_last_result(self, sql: str) -> bool:
+        return reads_last_result(self._con, sql)
+
+    def close(self) -> None:
+        self._con.close()
 
 
 def run_query(

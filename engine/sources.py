@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import IngestError
-from .sqlnames import IDENT
+from .store.database import DatabaseError, read_csv
+from .store.sqlnames import IDENT
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 # Folders that operating systems and NAS boxes create for their own bookkeeping (compared
@@ -283,12 +283,12 @@ def read_manifest(path: str | os.PathLike) -> pa.Table:
     kind = MANIFEST_FORMATS.get(Path(path).suffix.lower())
     try:
         if kind == "csv":
-            table = _read_csv(path)
+            table = read_csv(path, URI_COLUMN)
         elif kind == "parquet":
             table = _decode_dictionaries(pq.read_table(path))
         else:
             raise IngestError(f"{path}: manifests must be {', '.join(sorted(MANIFEST_FORMATS))} files")
-    except (duckdb.Error, pa.ArrowException, OSError) as e:
+    except (DatabaseError, pa.ArrowException, OSError) as e:
         raise IngestError(f"manifest {path} could not be read: {str(e).splitlines()[0]}") from None
     if URI_COLUMN not in table.column_names:
         near = [c for c in table.column_names if c.lower() == URI_COLUMN]
@@ -310,20 +310,6 @@ def read_manifest(path: str | os.PathLike) -> pa.Table:
             ) from None
         table = table.set_column(table.column_names.index(URI_COLUMN), URI_COLUMN, col)
     return table
-
-
-def _read_csv(path: str) -> pa.Table:
-    with duckdb.connect(":memory:") as con:
-        names = [
-            r[0]
-            for r in con.sql("DESCRIBE SELECT * FROM read_csv(?, header = true)", params=[path]).fetchall()
-        ]
-        if URI_COLUMN not in names:
-            return con.sql("SELECT * FROM read_csv(?, header = true) LIMIT 0", params=[path]).to_arrow_table()
-        return con.sql(
-            "SELECT * FROM read_csv(?, header = true, sample_size = -1, types = {'uri': 'VARCHAR'})",
-            params=[path],
-        ).to_arrow_table()
 
 
 def _decode_dictionaries(table: pa.Table) -> pa.Table:

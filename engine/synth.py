@@ -143,7 +143,9 @@ def synth_catalog(
         for codes, labels in clustered_codes(n_rows, seed, n_clusters, elongation=elongation):
             cat.add_codes(codes, metadata={"label": labels})
         k = n_clusters or default_clusters(n_rows)
-        cat._set_settings({"synth": {"rows": n_rows, "seed": seed, "clusters": k, "elongation": elongation}})
+        cat.store.set_settings(
+            {"synth": {"rows": n_rows, "seed": seed, "clusters": k, "elongation": elongation}}
+        )
         t1 = time.perf_counter()
         built = None
         if build_index:

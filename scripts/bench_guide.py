@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         "sets": {},
     }
     with engine.Catalog.open(path, read_only=True) as cat:
-        cat.con.execute("SET enable_progress_bar = false")
+        cat.store.con.execute("SET enable_progress_bar = false")
         tbl = cat.sql("SELECT id, label FROM images")
         sets = training_sets(
             cat, tbl.column("label").to_numpy().astype(np.int64), tbl.column("id").to_numpy()

@@ -96,7 +96,7 @@ def ensure_catalog(path: Path, rows: int, seed: int) -> dict:
 
 
 def _quiet(cat) -> None:
-    cat.con.execute("SET enable_progress_bar = false")
+    cat.store.con.execute("SET enable_progress_bar = false")
 
 
 def labelled(cat, seed: int) -> dict:

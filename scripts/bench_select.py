@@ -193,7 +193,7 @@ def run_size(rows: int, args, data: Path) -> dict:
     labels_by_id = cat.sql("SELECT label FROM images ORDER BY id").column(0).to_numpy()
     index = cat.block_index()
     boxsets, target = workloads(cat, labels_by_id, args.seed, [np.arange(32)])
-    sorted_con = cat.con
+    sorted_con = cat.store.con
     unsorted_con = duckdb.connect(str(unsorted), read_only=True)
     class_size = int((labels_by_id == target).sum())
     out = {

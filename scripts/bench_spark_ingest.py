@@ -52,8 +52,8 @@ def content(path: Path) -> dict:
     with engine.Catalog.open(path, read_only=True) as cat:
         ids, emb = load_embeddings(cat)
         return {
-            "rows": cat.con.execute(ROWS).fetchall(),
-            "skipped": cat.con.execute(SKIPPED).fetchall(),
+            "rows": cat.store.con.execute(ROWS).fetchall(),
+            "skipped": cat.store.con.execute(SKIPPED).fetchall(),
             "ids": ids,
             "emb": emb,
         }

@@ -91,7 +91,7 @@ from engine import CatalogError
 from engine.boxes import CODE_COLUMNS
 from engine.demodata import write_fashion_mnist
 from engine.embeddings import load_embeddings
-from engine.parquet import FILES as EXPORT_FILES
+from engine.store.parquet import FILES as EXPORT_FILES
 
 OPERATIONS = ("ingest", "train-head", "index", "export")
 CATALOG = "c.duckdb"
@@ -370,7 +370,7 @@ def read_catalog(path: Path, queries: dict | None) -> CatalogState:
     """Everything the checks compare, read through a read-only ``Catalog``; search results only
     with ``queries`` and codes."""
     with engine.Catalog.open(path, read_only=True) as cat:
-        con = cat.con
+        con = cat.store.con
         rel = con.sql("SELECT * EXCLUDE (added_at, embedding_part) FROM images ORDER BY id")
         cols = rel.columns
         rows = rel.fetchall()
@@ -907,12 +907,12 @@ def reference(cfg: Config, name: str, start: str, runs: int) -> Operation:
 def _choose_queries(path: Path) -> dict:
     """Ids to search by (first, middle, last), and eight ankle boots and two sneakers to refine."""
     with engine.Catalog.open(path, read_only=True) as cat:
-        ids = [r[0] for r in cat.con.execute("SELECT id FROM images ORDER BY id").fetchall()]
+        ids = [r[0] for r in cat.store.con.execute("SELECT id FROM images ORDER BY id").fetchall()]
 
         def labelled(label, n):
             return [
                 r[0]
-                for r in cat.con.execute(
+                for r in cat.store.con.execute(
                     "SELECT id FROM images WHERE label = ? ORDER BY id LIMIT ?", [label, n]
                 ).fetchall()
             ]

@@ -267,7 +267,7 @@ def synthetic_bench(
 def clusters_bench(path: Path, name: str, n_clusters: int) -> Bench:
     """The clustered catalog at ``path`` (:func:`engine.synth.synth_catalog`, ``label`` = cluster)."""
     cat = engine.Catalog.open(path, read_only=True)
-    cat.con.execute("SET enable_progress_bar = false")  # stdout carries the report
+    cat.store.con.execute("SET enable_progress_bar = false")  # stdout carries the report
     tbl = cat.sql("SELECT id, label FROM images ORDER BY id")
     ids, labels = tbl.column("id").to_numpy(), tbl.column("label").to_numpy().astype(np.int64)
     return Bench(name, cat, ids, labels, [f"cluster{c}" for c in range(n_clusters)])

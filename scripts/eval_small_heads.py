@@ -128,7 +128,7 @@ def main(argv=None) -> int:
 
     with engine.Catalog.open(args.catalog, read_only=True) as cat:
         ids, emb = load_embeddings(cat)
-        label_of = dict(cat.con.execute("SELECT id, label FROM images").fetchall())
+        label_of = dict(cat.store.con.execute("SELECT id, label FROM images").fetchall())
         reference = cat.head()
         ranges = cat.quantizer().step * 255
         enc = load_encoder(cat.setting("encoder"))

@@ -359,7 +359,7 @@ class CatalogView:
     def sql_rows(self, text: str) -> list[tuple]:
         """The rows of generated SQL run on the catalog file by DuckDB itself (not through the
         console's checks, whose length limit is for typed queries)."""
-        return [tuple(r) for r in self.cat.con.cursor().execute(text).fetchall()]
+        return [tuple(r) for r in self.cat.store.con.cursor().execute(text).fetchall()]
 
 
 def vote_oracle(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, members: np.ndarray) -> np.ndarray:

@@ -158,7 +158,7 @@ def build_catalog(path: Path, rows: int, seed: int, demo: Path) -> dict:
     shutil.rmtree(path.with_name(path.name + ".d"), ignore_errors=True)  # thumbnails of the old rows
     shutil.copy(demo, tmp)
     with engine.Catalog.open(tmp) as cat:
-        cat.con.execute("SET enable_progress_bar = false")  # stdout carries the report only
+        cat.store.con.execute("SET enable_progress_bar = false")  # stdout carries the report only
         real = cat.sql(
             "SELECT id, uri, file_size, file_mtime_ns, width, height, label, split FROM images "
             "JOIN codes USING (id) ORDER BY id"

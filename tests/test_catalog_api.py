@@ -457,13 +457,14 @@ def test_len_and_context_manager(tmp_path, rng):
 # -- creation ------------------------------------------------------------------------------------
 KILLED_CREATE = """
 import os, signal
-from engine import catalog
+from engine import Catalog
+from engine.store import database
 
 def killed(con, target=None):
     os.kill(os.getpid(), signal.SIGKILL)
 
-catalog.schema.migrate = killed
-catalog.Catalog.create({path!r})
+database.migrate = killed
+Catalog.create({path!r})
 """
 
 

@@ -269,7 +269,7 @@ def test_text_search_needs_neither_torch_nor_transformers(tmp_path):
         h = head_mod.fit_pca(emb)
         h.info["encoder"] = "demo:fashion-v1"
         cat.store_head(h, quantize.fit_affine(h.apply(emb)))
-        cat._set_settings({"encoder": "demo:fashion-v1"})
+        cat.store.set_settings({"encoder": "demo:fashion-v1"})
     code = (
         f"import engine, sys; cat = engine.Catalog.open({str(path)!r}, read_only=True); "
         "r = cat.search('ankle boot', k=5); assert len(r.ids) == 5, r.ids; "

@@ -1,4 +1,4 @@
-"""engine.files: a file appears whole under its name or not at all."""
+"""engine.store.files: a file appears whole under its name or not at all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine.files import atomic_path, link_or_copy, write_bytes
+from engine.store.files import atomic_path, link_or_copy, write_bytes
 
 
 def _debris(folder) -> list[str]:

@@ -161,7 +161,7 @@ def test_catalog_stores_the_head_and_checks_its_checksum(tmp_path):
         assert cat.head().sha256 == digest == head.sha256
         assert np.array_equal(cat.quantizer().encode(head.apply(x)), q.encode(head.apply(x)))
     with engine.Catalog.open(path) as cat:
-        cat.con.execute("UPDATE artifacts SET data = ? WHERE name = 'head'", [b"tampered"])
+        cat.store.con.execute("UPDATE artifacts SET data = ? WHERE name = 'head'", [b"tampered"])
         with pytest.raises(engine.CorruptCatalog, match="checksum"):
             cat.head()
 

@@ -109,17 +109,17 @@ def expected(path: Path) -> np.ndarray:
 
 
 def uris(cat) -> list[str]:
-    return [r[0] for r in cat.con.execute("SELECT uri FROM images ORDER BY id").fetchall()]
+    return [r[0] for r in cat.store.con.execute("SELECT uri FROM images ORDER BY id").fetchall()]
 
 
 def check_consistent(cat) -> None:
     """No duplicate uris; every image has exactly one embedding, in a recorded part on disk."""
-    dupes = cat.con.execute("SELECT uri FROM images GROUP BY uri HAVING count(*) > 1").fetchall()
+    dupes = cat.store.con.execute("SELECT uri FROM images GROUP BY uri HAVING count(*) > 1").fetchall()
     assert dupes == []
     ids, emb = load_embeddings(cat)
-    n_images = cat.con.execute("SELECT count(*) FROM images").fetchall()[0][0]
+    n_images = cat.store.con.execute("SELECT count(*) FROM images").fetchall()[0][0]
     assert len(ids) == n_images == len(np.unique(ids))
-    recorded = {r[0] for r in cat.con.execute("SELECT file FROM embedding_parts").fetchall()}
+    recorded = {r[0] for r in cat.store.con.execute("SELECT file FROM embedding_parts").fetchall()}
     on_disk = {p.name for p in embeddings_dir(cat).iterdir()} if embeddings_dir(cat).exists() else set()
     assert recorded == on_disk
 
@@ -204,10 +204,12 @@ def test_folder_ingest_adds_images_and_skips_bad_files(make_catalog, tree):
         for u in stored
     )
     assert all(os.path.isabs(u) for u in stored)
-    skipped = cat.con.execute("SELECT uri, file_size, file_mtime_ns FROM skipped ORDER BY uri").fetchall()
+    skipped = cat.store.con.execute(
+        "SELECT uri, file_size, file_mtime_ns FROM skipped ORDER BY uri"
+    ).fetchall()
     assert [r[0] for r in skipped] == sorted(reasons)
     assert all(r[1] is not None and r[2] is not None for r in skipped)
-    row = cat.con.execute(
+    row = cat.store.con.execute(
         "SELECT width, height, file_size, file_mtime_ns, source FROM images WHERE uri = ?",
         [str(tree / "a.jpg")],
     ).fetchall()[0]
@@ -222,7 +224,7 @@ def test_embeddings_round_trip_as_float16(make_catalog, tree):
     run(cat, [tree])
     ids, emb = load_embeddings(cat)
     assert ids.dtype == np.int64 and emb.dtype == np.float32 and emb.shape == (GOOD, DIM)
-    by_uri = dict(cat.con.execute("SELECT uri, id FROM images").fetchall())
+    by_uri = dict(cat.store.con.execute("SELECT uri, id FROM images").fetchall())
     for name in ("a.jpg", "c.png", "e.gif", "sub/j.jpg"):
         i = by_uri[str(tree / name)]
         np.testing.assert_allclose(emb[list(ids).index(i)], expected(tree / name), atol=2e-3)
@@ -246,7 +248,7 @@ def test_thumbnails_exist_for_images_larger_than_a_thumbnail(make_catalog, tree)
     save(tree / "tall.jpg", 61, size=(200, 257))
     cat = make_catalog()
     run(cat, [tree])
-    ids = dict(cat.con.execute("SELECT uri, id FROM images").fetchall())
+    ids = dict(cat.store.con.execute("SELECT uri, id FROM images").fetchall())
     assert len(ids) == GOOD + 2
     for uri, i in ids.items():
         path = thumbnail_path(cat.side_dir, i)
@@ -276,7 +278,7 @@ def test_rerun_changes_nothing_and_does_not_retry_bad_files(make_catalog, tree):
     assert report.known_bad == BAD and report.skipped == BAD
     assert enc.calls == 0
     assert sorted(p.name for p in embeddings_dir(cat).iterdir()) == parts
-    assert cat.con.execute("SELECT count(*) FROM skipped").fetchall()[0][0] == BAD
+    assert cat.store.con.execute("SELECT count(*) FROM skipped").fetchall()[0][0] == BAD
 
 
 def test_fixed_bad_file_is_retried(make_catalog, tree):
@@ -287,13 +289,15 @@ def test_fixed_bad_file_is_retried(make_catalog, tree):
     report = run(cat, [tree])
     assert report.added == 1 and report.skipped == BAD - 1
     assert str(tree / "bad" / "text.jpg") in uris(cat)
-    assert cat.con.execute("SELECT count(*) FROM skipped WHERE uri LIKE '%text.jpg'").fetchall()[0][0] == 0
+    assert (
+        cat.store.con.execute("SELECT count(*) FROM skipped WHERE uri LIKE '%text.jpg'").fetchall()[0][0] == 0
+    )
 
 
 def test_incremental_add_change_delete(make_catalog, tree):
     cat = make_catalog()
     run(cat, [tree])
-    ids_before = dict(cat.con.execute("SELECT uri, id FROM images").fetchall())
+    ids_before = dict(cat.store.con.execute("SELECT uri, id FROM images").fetchall())
     max_id = max(ids_before.values())
     save(tree / "new.png", 50)
     save(tree / "c.png", 51)  # same size, different pixels
@@ -301,7 +305,7 @@ def test_incremental_add_change_delete(make_catalog, tree):
     (tree / "sub" / "j.jpg").unlink()
     report = run(cat, [tree])
     assert (report.added, report.updated, report.removed, report.unchanged) == (1, 1, 1, GOOD - 2)
-    ids_after = dict(cat.con.execute("SELECT uri, id FROM images").fetchall())
+    ids_after = dict(cat.store.con.execute("SELECT uri, id FROM images").fetchall())
     assert ids_after[str(tree / "new.png")] > max_id
     assert ids_after[str(tree / "c.png")] == ids_before[str(tree / "c.png")]
     assert str(tree / "sub" / "j.jpg") not in ids_after
@@ -389,7 +393,9 @@ def test_other_encoder_is_refused_unless_reembedding(make_catalog, tree):
     report = run(cat, [tree], FakeEncoder("fake:other"), reembed=True)
     assert report.updated == GOOD and report.added == 0
     assert cat.setting("encoder") == "fake:other"
-    assert {r[0] for r in cat.con.execute("SELECT encoder FROM embedding_parts").fetchall()} == {"fake:other"}
+    assert {r[0] for r in cat.store.con.execute("SELECT encoder FROM embedding_parts").fetchall()} == {
+        "fake:other"
+    }
     check_consistent(cat)
 
 
@@ -421,7 +427,7 @@ def test_changed_file_found_bad_before_an_interruption_is_removed_next_time(make
     path.write_bytes(b"now broken")
     st = path.stat()
     # what a run that decoded it and was killed before its final clean-up leaves behind
-    cat.con.execute(
+    cat.store.con.execute(
         "INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, 'empty', ?, ?)",
         [str(path), st.st_size, st.st_mtime_ns],
     )
@@ -523,7 +529,9 @@ def test_csv_manifest_with_metadata_and_bad_rows(make_catalog, tmp_path):
     cat = make_catalog()
     report = run(cat, [root / "labels.csv"])
     assert report.added == 3
-    rows = cat.con.execute("SELECT uri, label, score, count, source FROM images ORDER BY uri").fetchall()
+    rows = cat.store.con.execute(
+        "SELECT uri, label, score, count, source FROM images ORDER BY uri"
+    ).fetchall()
     assert rows == sorted(
         [
             (str(root / "img" / "a.png"), "cat", 0.5, 3, str(root / "labels.csv")),
@@ -532,7 +540,7 @@ def test_csv_manifest_with_metadata_and_bad_rows(make_catalog, tmp_path):
         ]
     )
     types = dict(
-        cat.con.execute(
+        cat.store.con.execute(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'images'"
         ).fetchall()
     )
@@ -545,7 +553,7 @@ def test_csv_manifest_with_metadata_and_bad_rows(make_catalog, tmp_path):
     assert report.skipped == 4
     # the catalog view sees the new columns
     assert (
-        cat.con.execute(
+        cat.store.con.execute(
             "SELECT count(*) FROM information_schema.columns WHERE table_name = 'catalog' "
             "AND column_name = 'label'"
         ).fetchall()[0][0]
@@ -563,7 +571,7 @@ def test_manifest_changes_update_metadata_and_remove_unlisted_files(make_catalog
     manifest.write_text("uri,label\n0.png,A\n1.png,b\n")
     report = run(cat, [manifest])
     assert (report.added, report.updated, report.removed, report.unchanged) == (0, 0, 1, 2)
-    assert cat.con.execute("SELECT label FROM images ORDER BY uri").fetchall() == [("A",), ("b",)]
+    assert cat.store.con.execute("SELECT label FROM images ORDER BY uri").fetchall() == [("A",), ("b",)]
     # still listed, but deleted from disk: the image goes too
     moved = (tmp_path / "1.png").rename(tmp_path / "1.moved")
     report = run(cat, [manifest])
@@ -571,7 +579,7 @@ def test_manifest_changes_update_metadata_and_remove_unlisted_files(make_catalog
     moved.rename(tmp_path / "1.png")
     # a folder run over the same files keeps the manifest's labels
     run(cat, [tmp_path])
-    labels = dict(cat.con.execute("SELECT uri, label FROM images").fetchall())
+    labels = dict(cat.store.con.execute("SELECT uri, label FROM images").fetchall())
     assert labels[str(tmp_path / "0.png")] == "A" and labels[str(tmp_path / "2.png")] is None
     check_consistent(cat)
 
@@ -594,7 +602,7 @@ def test_parquet_manifest_keeps_its_types(make_catalog, tmp_path):
     report = run(cat, [tmp_path / "m.parquet"])
     assert report.added == 2 and report.ignored_columns == ["WIDTH"]
     types = dict(
-        cat.con.execute(
+        cat.store.con.execute(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'images'"
         ).fetchall()
     )
@@ -604,7 +612,7 @@ def test_parquet_manifest_keeps_its_types(make_catalog, tmp_path):
         "TIMESTAMP",
         "VARCHAR[]",
     )
-    assert cat.con.execute("SELECT n, ok, tags, width FROM images ORDER BY uri").fetchall() == [
+    assert cat.store.con.execute("SELECT n, ok, tags, width FROM images ORDER BY uri").fetchall() == [
         (1, True, ["x", "y"], 40),
         (2, False, [], 40),
     ]
@@ -640,7 +648,7 @@ def test_manifest_values_must_fit_existing_columns(make_catalog, tmp_path):
     with pytest.raises(IngestError, match="cannot be stored in images.rank"):
         run(cat, [tmp_path / "two.csv"])
     run(cat, [tmp_path / "three.csv"])
-    assert cat.con.execute("SELECT rank FROM images ORDER BY uri").fetchall() == [(1,), (2,)]
+    assert cat.store.con.execute("SELECT rank FROM images ORDER BY uri").fetchall() == [(1,), (2,)]
 
 
 def test_demo_manifest_gives_a_label_column(make_catalog, tmp_path):
@@ -662,9 +670,9 @@ def test_demo_manifest_gives_a_label_column(make_catalog, tmp_path):
     manifest = write_fashion_mnist(tmp_path / "fm", root=raw, workers=1)
     cat = make_catalog()
     assert run(cat, [manifest]).added == 9
-    labels = dict(cat.con.execute("SELECT label, count(*) FROM images GROUP BY label").fetchall())
+    labels = dict(cat.store.con.execute("SELECT label, count(*) FROM images GROUP BY label").fetchall())
     assert labels == {"T-shirt/top": 2, "Trouser": 2, "Pullover": 2, "Dress": 1, "Coat": 1, "Sandal": 1}
-    assert cat.con.execute("SELECT DISTINCT width, height FROM images").fetchall() == [(28, 28)]
+    assert cat.store.con.execute("SELECT DISTINCT width, height FROM images").fetchall() == [(28, 28)]
 
 
 # -- workers and progress ----------------------------------------------------------------------
@@ -689,7 +697,7 @@ def test_progress_callback_and_report_timings(make_catalog, tree):
     assert report.images_per_second > 0 and report.time_total_s >= report.time_embed_s > 0
     assert report.time_decode_s > 0 and report.time_write_s > 0
     assert report.to_json()["skipped_files"][0][1]
-    runs = cat.con.execute("SELECT added, skipped, finished_at IS NOT NULL FROM ingest_runs").fetchall()
+    runs = cat.store.con.execute("SELECT added, skipped, finished_at IS NOT NULL FROM ingest_runs").fetchall()
     assert runs == [(GOOD, BAD, True)]
 
 
@@ -720,7 +728,7 @@ def test_names_that_are_not_utf8_are_skipped_and_listed(make_catalog, latin1_tre
     assert (report.added, report.skipped) == (3, 2)
     assert set(uris(cat)) == good
     assert dict(report.skipped_files) == bad
-    assert dict(cat.con.execute("SELECT uri, reason FROM skipped").fetchall()) == bad
+    assert dict(cat.store.con.execute("SELECT uri, reason FROM skipped").fetchall()) == bad
     check_consistent(cat)
     report = run(cat, [root])
     assert (report.added, report.unchanged, report.skipped) == (0, 3, 2)
@@ -729,7 +737,7 @@ def test_names_that_are_not_utf8_are_skipped_and_listed(make_catalog, latin1_tre
     report = run(cat, [root])
     assert (report.added, report.unchanged, report.skipped) == (1, 3, 1)
     assert set(uris(cat)) == good | {str(root / "café.png")}
-    assert cat.con.execute("SELECT uri FROM skipped").fetchall() == [(f"{root}/f\\xeate/d.png",)]
+    assert cat.store.con.execute("SELECT uri FROM skipped").fetchall() == [(f"{root}/f\\xeate/d.png",)]
     check_consistent(cat)
 
 

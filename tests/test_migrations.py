@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine import schema
+from engine.store import database, schema
 
 
 def test_migrations_are_numbered_without_gaps():
@@ -25,11 +25,11 @@ def test_new_catalog_records_every_migration(tmp_path):
 def test_each_step_migrates_from_the_previous_version(tmp_path, version):
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
-    schema.migrate(con, target=version - 1)
-    assert (schema.current_version(con) or 0) == version - 1
+    database.migrate(con, target=version - 1)
+    assert (database.current_version(con) or 0) == version - 1
     con.close()
     with engine.Catalog.open(path) as cat:  # writable open migrates
-        assert schema.current_version(cat.con) == schema.latest_version()
+        assert database.current_version(cat.store.con) == schema.latest_version()
         ids = cat.add_codes(np.zeros((3, 32), dtype=np.uint8))
         assert len(cat) == 3 and ids.tolist() == [0, 1, 2]
 
@@ -37,7 +37,7 @@ def test_each_step_migrates_from_the_previous_version(tmp_path, version):
 def test_older_catalog_opened_read_only_is_refused_with_a_hint(tmp_path):
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
-    schema.migrate(con, target=0)
+    database.migrate(con, target=0)
     con.close()
     with pytest.raises(engine.SchemaVersionError, match=f"run `clip-branches migrate {path}` once"):
         engine.Catalog.open(path, read_only=True)
@@ -58,7 +58,7 @@ def test_info_never_writes_and_migrate_upgrades(tmp_path):
 
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
-    schema.migrate(con, target=schema.latest_version() - 1)
+    database.migrate(con, target=schema.latest_version() - 1)
     con.execute("CHECKPOINT")
     con.close()
     before = digest(path)
@@ -129,7 +129,7 @@ def _as_version_1(latest, path) -> None:
         src.close()
     con = duckdb.connect(str(path))
     try:
-        schema.migrate(con, target=1)
+        database.migrate(con, target=1)
         for name in ("label", "caption", "rating"):
             con.execute(f"ALTER TABLE images ADD COLUMN {name} {types[name]}")
         columns = [
@@ -144,8 +144,8 @@ def _as_version_1(latest, path) -> None:
             con.register("_rows", data)
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
             con.unregister("_rows")
-        schema.refresh_views(con)
-        assert schema.current_version(con) == 1
+        database.refresh_views(con)
+        assert database.current_version(con) == 1
     finally:
         con.close()
 
@@ -177,7 +177,7 @@ def test_a_version_1_catalog_with_rows_keeps_them_and_answers_as_a_new_one(tmp_p
     _user_catalog(latest, codes, ids)
     _as_version_1(latest, old)
     with engine.Catalog.open(old) as cat:  # writable open migrates
-        assert schema.current_version(cat.con) == schema.latest_version()
+        assert database.current_version(cat.store.con) == schema.latest_version()
         np.testing.assert_array_equal(cat.codes(ids), codes)
         stored = cat.sql("SELECT id, uri, label, caption, rating FROM images ORDER BY id").to_pydict()
         order = np.argsort(ids)

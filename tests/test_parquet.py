@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import engine
-from engine import parquet
+from engine.store import parquet
 from engine.synth import synth_catalog
 
 
@@ -117,7 +117,7 @@ def test_import_rejects_incomplete_or_foreign_directories(catalog, tmp_path):
 KILLED_OVERWRITE = """
 import os, signal, sys
 import engine
-from engine import parquet
+from engine.store import parquet
 
 def killed(path, *args, **kwargs):
     for root, _, files in os.walk(path):
@@ -154,18 +154,12 @@ def test_overwrite_killed_while_deleting_the_old_export_leaves_a_whole_export(tm
 KILLED_IMPORT = """
 import os, signal, sys
 import engine
-from engine import parquet
+from engine.store import parquet
 
-def killed(con):
+def killed(store):  # after the import commits its rows, before the file takes its name
     os.kill(os.getpid(), signal.SIGKILL)
 
-def create(cls, path):  # once the empty catalog exists, die after the import commits its rows
-    cat = plain_create(cls, path)
-    parquet.schema.refresh_views = killed
-    return cat
-
-plain_create = engine.Catalog.create.__func__
-engine.Catalog.create = classmethod(create)
+parquet.Store.refresh_views = killed
 engine.Catalog.import_parquet(sys.argv[1], sys.argv[2])
 """
 
@@ -239,8 +233,8 @@ def test_a_wrong_zone_map_is_refused_and_the_true_one_selects_as_its_sql(exporte
     assert "blocks.parquet: block 0 records min_f00 = 200" in msg and f"over its rows is {true_min}" in msg
     with engine.Catalog.import_parquet(exported, tmp_path / "good.duckdb") as back:
         res = back.select(_f00_box(199))
-        sql = back.con.execute(res.sql).fetchnumpy()
-        pos = back.con.execute(
+        sql = back.store.con.execute(res.sql).fetchnumpy()
+        pos = back.store.con.execute(
             "SELECT pos FROM codes WHERE id IN (SELECT unnest(?))", [res.ids.tolist()]
         ).fetchnumpy()
     assert np.array_equal(res.ids, sql["id"]) and np.array_equal(res.votes, sql["votes"])

@@ -90,7 +90,7 @@ def test_head_trained_for_another_encoder_is_refused(tmp_path, demo):
     copy.write_bytes(demo.read_bytes())
     (tmp_path / "copy.duckdb.d").symlink_to(Path(f"{demo}.d"))
     with engine.Catalog.open(copy) as cat:
-        cat._set_settings({"encoder": "open_clip:ViT-B-32/none"})
+        cat.store.set_settings({"encoder": "open_clip:ViT-B-32/none"})
         with pytest.raises(engine.StaleIndexError, match="train-head"):
             pipeline.index_embeddings(cat)
 

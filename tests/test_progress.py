@@ -16,6 +16,8 @@ import pytest
 import engine
 from engine import layout
 from engine import progress as P
+from engine.store import database
+from engine.store.database import track_statement
 
 LINE = re.compile(
     r"^(?P<label>[\w-]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+), (?P<rate>[\d.e+]+) (?P=unit)/s, "
@@ -152,12 +154,12 @@ def test_a_terminal_gets_a_bar():
 
 
 def test_duckdb_statement_progress_is_monotone_and_in_its_span(monkeypatch):
-    monkeypatch.setattr(P, "POLL_INTERVAL_S", 0.005)
+    monkeypatch.setattr(database, "POLL_INTERVAL_S", 0.005)
     con = duckdb.connect()
     rec = Recorder()
     report = P.reporter("x", "rows", rec)
     report(100, 1100)
-    with P.track_statement(con, report, 100, 1000, 1100):
+    with track_statement(con, report, 100, 1000, 1100):
         con.execute("SELECT count(*) FROM range(60000000) t(i) WHERE hash(i) % 7 = 0").fetchall()
     report(1100, 1100)
     rec.check()
@@ -167,7 +169,7 @@ def test_duckdb_statement_progress_is_monotone_and_in_its_span(monkeypatch):
 
 
 def test_an_error_in_the_polling_thread_reaches_the_caller(monkeypatch):
-    monkeypatch.setattr(P, "POLL_INTERVAL_S", 0.005)
+    monkeypatch.setattr(database, "POLL_INTERVAL_S", 0.005)
     con = duckdb.connect()
 
     def fail(done, total):
@@ -175,7 +177,7 @@ def test_an_error_in_the_polling_thread_reaches_the_caller(monkeypatch):
 
     with (
         pytest.raises(RuntimeError, match="stop here"),
-        P.track_statement(con, P.reporter("x", "rows", fail), 0, 1000, 1000),
+        track_statement(con, P.reporter("x", "rows", fail), 0, 1000, 1000),
     ):
         con.execute("SELECT count(*) FROM range(60000000) t(i) WHERE hash(i) % 7 = 0").fetchall()
     con.close()

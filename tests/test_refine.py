@@ -126,8 +126,8 @@ def test_sampled_negatives_skip_labelled_ids_and_negatives_are_weighted(catalog)
         assert res.stats["sampled_negatives"] == 0
         X = np.concatenate([codes[ids[labels == 0][:4] - 1000], codes[ids[labels == 3][:4] - 1000]])
         np.testing.assert_array_equal(res.model.estimator_.predict(X), [1, 1, 1, 1, 0, 0, 0, 0])
-        a = cat._negative_pool(500)[0]
-        b = cat._negative_pool(100)[0]
+        a = cat.snapshot().pool(500)[0]
+        b = cat.snapshot().pool(100)[0]
         np.testing.assert_array_equal(a, b)  # one fixed pool: asking for fewer takes a prefix
     sampled = rf.sample_negatives(np.array([5, 6, 7, 8, 9]), 3, exclude=np.array([6, 8]))
     assert sampled.tolist() == [5, 7, 9]
@@ -158,7 +158,7 @@ def test_refine_on_rows_added_after_the_index_build(make_catalog, codegen, rng):
     cat = make_catalog(codegen.clustered(rng, 200), block_size=16)
     extra = cat.add_codes(codegen.clustered(rng, 20))
     res = cat.refine([int(extra[0])], model="branch", random_state=0)
-    con = cat.con
+    con = cat.store.con
     assert [r[0] for r in con.execute(res.sql).fetchall()] == res.ids.tolist()
 
 
@@ -494,7 +494,7 @@ def test_a_catalog_ten_times_the_pool_guides_from_rows_near_the_positives(rare_c
         guided = cat.refine(positives, random_state=0)
         plain = cat.refine(positives, random_state=0, guide=False)
         index = cat.block_index()
-        pool = cat._negative_pool(500)[0]
+        pool = cat.snapshot().pool(500)[0]
     assert index.n_rows >= 10 * len(pool)
     assert np.isin(members, index.ids[pool]).sum() < rf.MIN_HELD_POSITIVES  # the pool barely holds the class
     # the pseudo-positives come from the rows near the positives, and are of the class

@@ -32,7 +32,7 @@ def cat(tmp_path):
 def _check_select(cat, codes, ids):
     res = cat.select(engine.BoxSet([BOX]))
     assert set(res.ids.tolist()) == _oracle(codes, ids, BOX)
-    con = duckdb.connect(str(cat.path), read_only=True) if cat.read_only else cat.con
+    con = duckdb.connect(str(cat.path), read_only=True) if cat.read_only else cat.store.con
     assert [r[0] for r in con.execute(res.sql).fetchall()] == res.ids.tolist()
 
 

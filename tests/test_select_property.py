@@ -602,7 +602,7 @@ def test_interleaved_adds_builds_and_selects(tmp_path):
     cat = engine.Catalog.create(path)
     unindexed = 0
     try:
-        spec = Spec("live", path, all_codes, all_ids, 0, cat=cat, con=cat.con)
+        spec = Spec("live", path, all_codes, all_ids, 0, cat=cat, con=cat.store.con)
         for op, arg in steps:
             if op == "add":
                 codes = _mixed(rng, arg)
@@ -645,7 +645,7 @@ def test_sql_on_fresh_connection_after_close(tmp_path):
         extra = _uniform(rng, 33)
         ids = np.concatenate([ids, cat.add_codes(extra)])
         codes = np.concatenate([codes, extra])
-        spec = Spec("fresh", path, codes, ids, 33, cat=cat, con=cat.con)
+        spec = Spec("fresh", path, codes, ids, 33, cat=cat, con=cat.store.con)
         spec.load_pos()
         queries = []
         for k in range(8):

@@ -54,7 +54,7 @@ def test_connection_count_is_duckdbs_own(make_catalog, codegen, rng):
 
     cat = make_catalog(codegen.uniform(rng, 100), block_size=16)
     assert cat.connection_count() == 1
-    cursor = cat.con.cursor()
+    cursor = cat.store.con.cursor()
     assert cat.connection_count() == 2
     cursor.close()
     cat.sql("SELECT 1")

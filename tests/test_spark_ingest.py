@@ -136,7 +136,7 @@ def encoder():
 def content(path: Path) -> dict:
     """Everything ingestion leaves in a catalog, except timestamps and run records."""
     with engine.Catalog.open(path, read_only=True) as cat:
-        con = cat.con
+        con = cat.store.con
         images = con.execute(
             "SELECT id, uri, source, file_size, file_mtime_ns, width, height, embedding_part, "
             "label, split FROM images ORDER BY id"

@@ -6,7 +6,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from engine.store import transaction
+from engine.store.database import transaction
 
 
 @pytest.fixture

@@ -424,7 +424,7 @@ def test_result_store_is_bounded_by_entries_and_ids():
     import numpy as np
 
     import engine
-    from web.app import Results
+    from web.state import Results
 
     def result(n):
         return engine.Result(np.arange(n), np.zeros(n, np.int64), "", {})
@@ -470,7 +470,7 @@ def test_query_images_are_decoded_a_few_at_a_time(client, monkeypatch):
     import threading
     import time
 
-    import web.app as web_app
+    import web.state as web_app
 
     app = client.app.state.cb
     running, peak, lock = [0], [0], threading.Lock()

@@ -26,12 +26,12 @@ from msgspec import Meta, Struct
 
 import engine
 from engine import refine as rf
-from engine.catalog import MAX_QUERY_CHARS
 from engine.errors import InvalidArgument
 from engine.sandbox import MAX_QUERY_TEXT
+from engine.search import MAX_QUERY_CHARS
 
 DEFAULT_K = 60
-MAX_K = 1000  # results one web search returns at most (the engine allows more: engine.catalog.MAX_K)
+MAX_K = 1000  # results one web search returns at most (the engine allows more: engine.search.MAX_K)
 # The page's sliders: negatives a fine-tune samples, and the weight of a labelled negative.
 MAX_SAMPLED = 2000
 MAX_NEGATIVE_WEIGHT = 100

@@ -13,52 +13,10 @@ torch and open_clip are imported only when an encoder is loaded, so ``import eng
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from ..errors import EncoderError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
-
-DEFAULT_BATCH_SIZE = 64
-DEMO_WEIGHTS = {"fashion-v1": "demo_fashion_v1.pt"}  # demo encoder name -> weights file beside demo.py
-
-
-@runtime_checkable
-class Encoder(Protocol):
-    """What ingestion, the head and text search need from an encoder."""
-
-    id: str  # stored in the catalog; loading it again gives the same model
-    dim: int  # embedding width
-    batch_size: int
-    device: str
-
-    def preprocess(self, image: Image.Image) -> Any:
-        """One RGB PIL image to the model's input tensor (C, H, W). Picklable and CPU-only, so
-        DataLoader workers can run it."""
-
-    def encode_images(self, batch: Any) -> np.ndarray:
-        """A list of PIL images, or a stacked tensor of preprocessed ones (n, C, H, W), to
-        float32 (n, dim), rows L2-normalised."""
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """Texts to float32 (n, dim), rows L2-normalised."""
-
-
-def choose_device(device: str | None = None) -> str:
-    """``device`` if given, else cuda, then mps, then cpu."""
-    if device:
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+from .base import DEFAULT_BATCH_SIZE, DEMO_WEIGHTS, Encoder, choose_device, l2_normalise
 
 
 def load_encoder(encoder_id: str, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
@@ -94,13 +52,6 @@ def load_text_encoder(encoder_id: str, device: str | None = None) -> Any:
             raise EncoderError(f"unknown demo encoder {encoder_id!r}; available: {known}")
         return TextTower(encoder_id)
     return load_encoder(encoder_id, device=device)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit length, as float32 (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
 
 
 __all__ = [

@@ -21,7 +21,8 @@ from torch import nn
 
 from ..demodata import CLASSES, DEBIAN_ROOT, SPLITS, idx_files, read_split
 from ..errors import EncoderError, IngestError
-from . import DEFAULT_BATCH_SIZE, DEMO_WEIGHTS, choose_device, minilm
+from . import minilm
+from .base import DEFAULT_BATCH_SIZE, DEMO_WEIGHTS, choose_device
 
 FASHION_CLASSES = CLASSES
 FASHION_MNIST_ROOT = DEBIAN_ROOT

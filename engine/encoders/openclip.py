@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import EncoderError
-from . import DEFAULT_BATCH_SIZE, choose_device, l2_normalise
+from .base import DEFAULT_BATCH_SIZE, choose_device, l2_normalise
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

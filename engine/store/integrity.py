@@ -1,29 +1,23 @@
-"""Damaged catalogs: telling a file DuckDB cannot read from a bad query, and saying what to do.
+"""What a sound catalog holds, and what to do when it does not.
 
-DuckDB reports a truncated file, a block that fails its checksum or a table that is gone as
-errors of a few types, met by whichever query first reads the damage. :func:`reading` turns them
-into :class:`~engine.errors.CorruptCatalog`, naming the file, the damage and the repair;
-:func:`check_tables` compares a file's tables with those its schema version must have,
 :func:`decode_setting` checks each setting against :data:`SETTING_CHECKS`, and
 :func:`tiling_problem` the stored block index against the codes, so that the scan kernels, which
-trust the blocks, never read past the data.
+trust the blocks, never read past the data. Each kind of damage names its repair (``RESTORE``,
+``REINDEX``, ``RETRAIN``). Errors DuckDB raises on a damaged file are told apart in
+:mod:`engine.store.database`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 
-from . import schema
-from .boxes import N_DIMS
-from .errors import CorruptCatalog
+from ..boxes import N_DIMS
+from ..errors import CorruptCatalog
 
 # What each kind of damage asks the user to do; ``{path}`` is the catalog.
 RESTORE = (
@@ -34,108 +28,6 @@ RETRAIN = (
     "run `clip-branches train-head {path}` to store a head and quantizer afresh, then "
     "`clip-branches index {path}` (or restore the file from a backup)"
 )
-# DuckDB errors of the catalog's own queries that mean the file is at fault, not the query: it
-# ends early or cannot be read (I/O), stored metadata does not deserialize, DuckDB's internal
-# state broke on it, or a table or column these fixed queries name is gone. A block that fails
-# its checksum raises the base class, told apart by its message (see :func:`file_damage`).
-_DAMAGE_ERRORS = (
-    duckdb.IOException,
-    duckdb.SerializationException,
-    duckdb.InternalException,
-    duckdb.FatalException,
-    duckdb.CatalogException,
-    duckdb.BinderException,
-)
-_TABLE_COLUMNS_SQL = (
-    "SELECT c.table_name, c.column_name, c.data_type FROM duckdb_columns() c "
-    "JOIN duckdb_tables() t USING (database_name, schema_name, table_name) "
-    "WHERE c.schema_name = 'main' AND c.database_name = current_database()"
-)
-
-
-def file_damage(e: duckdb.Error, path: Path) -> bool:
-    """Whether ``e``, raised by any query (a user's too), says the file ``path`` cannot be read."""
-    msg = str(e)
-    return (
-        msg.startswith("Corrupt database file")
-        or isinstance(e, duckdb.SerializationException)
-        or (isinstance(e, duckdb.IOException) and str(path) in msg)
-    )
-
-
-def damage_error(path: Path, e: duckdb.Error) -> CorruptCatalog:
-    """The CorruptCatalog for DuckDB's error ``e`` on the catalog file ``path``: what is wrong, what to do."""
-    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if "not a valid DuckDB database file" in detail:
-        return CorruptCatalog(
-            f"{path} is not a clip-branches catalog: it is not a DuckDB database file at all. "
-            f"Check the path; if it held a catalog, {RESTORE}"
-        )
-    if "Could not read enough bytes" in detail:
-        what = "is truncated: the file ends before data it records"
-    elif detail.startswith("Corrupt database file") or isinstance(e, duckdb.SerializationException):
-        what = "is damaged: part of the file no longer holds what DuckDB wrote there"
-    elif isinstance(e, (duckdb.CatalogException, duckdb.BinderException)):
-        what = "lacks a table or column every catalog has"
-    else:
-        what = "cannot be read as a catalog"
-    return CorruptCatalog(f"{path} {what} ({detail}); {RESTORE}")
-
-
-@contextlib.contextmanager
-def reading(path: Path):
-    """Around the catalog's own queries on ``path``: DuckDB errors that mean a damaged file
-    become :class:`CorruptCatalog`; any other error passes unchanged."""
-    try:
-        yield
-    except duckdb.Error as e:
-        if isinstance(e, _DAMAGE_ERRORS) or file_damage(e, path):
-            raise damage_error(path, e) from None
-        raise
-
-
-def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str]]:
-    """``{table: {column: DuckDB type}}`` of the base tables of ``con``'s database, names lower-case."""
-    out: dict[str, dict[str, str]] = {}
-    for table, column, ctype in con.execute(_TABLE_COLUMNS_SQL).fetchall():
-        out.setdefault(table.lower(), {})[column.lower()] = ctype
-    return out
-
-
-@functools.cache
-def _schema_tables(version: int) -> dict[str, dict[str, str]]:
-    """The tables and columns every catalog of schema ``version`` has: those of an empty
-    in-memory database migrated to it, so the migrations stay the one description of the schema."""
-    con = duckdb.connect()
-    try:
-        schema.migrate(con, target=version)
-        return _tables(con)
-    finally:
-        con.close()
-
-
-def check_tables(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
-    """CorruptCatalog unless ``con`` has every table and column of schema ``version``, with its
-    type (``images`` may have more columns: the metadata)."""
-    found = _tables(con)
-    for table, columns in _schema_tables(version).items():
-        have = found.get(table)
-        if have is None:
-            raise CorruptCatalog(
-                f"{path} has no {table} table, which every catalog has (it was dropped outside "
-                f"clip-branches); {RESTORE}"
-            )
-        for column, ctype in columns.items():
-            if column not in have:
-                raise CorruptCatalog(
-                    f"{path}: the {table} table has no column {column} ({ctype}), which every "
-                    f"catalog has (it was dropped outside clip-branches); {RESTORE}"
-                )
-            if have[column] != ctype:
-                raise CorruptCatalog(
-                    f"{path}: column {table}.{column} is {have[column]} where every catalog has "
-                    f"{ctype} (it was changed outside clip-branches); {RESTORE}"
-                )
 
 
 def _shown(value: Any) -> str:

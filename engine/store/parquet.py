@@ -20,20 +20,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 
-from . import layout, schema
-from .boxes import CODE_COLUMNS
-from .errors import CatalogError, CorruptCatalog
+from .. import layout
+from ..boxes import CODE_COLUMNS
+from ..errors import CatalogError, CorruptCatalog
+from ..progress import Progress, reporter
+from . import schema, tables
+from .database import Store
 from .files import fsync_path
-from .progress import Progress, reporter, track_statement
 from .sqlnames import is_metadata_name, literal, quote_ident
-from .store import transaction
-
-if TYPE_CHECKING:
-    from .catalog import Catalog
 
 FORMAT = "clip-branches-parquet"
 FILES = ("codes.parquet", "images.parquet", "blocks.parquet", "catalog.json")
@@ -58,16 +55,16 @@ _INTEGER_TYPES = frozenset(
 _CODE_TYPE = "UTINYINT"
 
 
-def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress: Progress = None) -> dict:
-    """Write ``cat`` to the directory ``out``; returns the row count and file sizes.
+def export_catalog(store: Store, out: Path, *, overwrite: bool = False, progress: Progress = None) -> dict:
+    """Write the catalog of ``store`` to the directory ``out``; returns the row count and file sizes.
     ``progress`` (see :mod:`engine.progress`) counts rows written, over all files."""
     if out.exists() and not overwrite:
         raise CatalogError(f"{out} already exists; choose another directory or pass overwrite")
     if not out.parent.is_dir():
         raise CatalogError(f"directory {out.parent} does not exist")
-    index = cat.setting("index") or {}
+    index = store.setting("index") or {}
     row_group = max(2048, int(index.get("block_size", 2048)) * ROW_GROUP_BLOCKS)
-    con = cat.con
+    con = store.con
     copies = [  # (file, table, sort key, COPY options)
         ("codes.parquet", "codes", "pos", f"(FORMAT parquet, ROW_GROUP_SIZE {row_group}, COMPRESSION zstd)"),
         ("images.parquet", "images", "id", "(FORMAT parquet, COMPRESSION zstd)"),
@@ -82,7 +79,7 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress
             report(0, total)
             done = 0
             for (name, table, key, options), n in zip(copies, rows, strict=True):
-                with track_statement(con, report, done, n, total):
+                with store.tracking(report, done, n, total):
                     con.execute(
                         f"COPY (SELECT * FROM {table} ORDER BY {key}) TO {literal(tmp / name)} {options}"
                     )
@@ -92,8 +89,8 @@ def export_catalog(cat: Catalog, out: Path, *, overwrite: bool = False, progress
             meta = {
                 "format": FORMAT,
                 "schema_version": schema.latest_version(),
-                "rows": len(cat),
-                "settings": cat.settings(),
+                "rows": tables.count(store),
+                "settings": store.settings(),
             }
             (tmp / "catalog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
             for f in tmp.iterdir():
@@ -130,7 +127,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(aside)
 
 
-def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progress = None) -> Catalog:
+def import_catalog(src: Path, path: Path, *, progress: Progress = None) -> None:
     """Create a catalog at ``path`` from an export directory, block order and zone maps included.
 
     The catalog is built under a hidden name beside ``path`` and renamed into place when it is
@@ -157,21 +154,16 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
     if path.exists():
         raise CatalogError(f"{path} already exists; import into a new path")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.importing")
-    cat = cls.create(tmp)
+    store = Store.create(tmp, tables.new_settings())
     report = reporter("import", "rows", progress)
     try:
-        con = cat.con
+        con = store.con
         codes_sql = literal(src / "codes.parquet")
         images_sql = literal(src / "images.parquet")
         _check_columns(con, src / "codes.parquet", ("pos", "id"), CODE_COLUMNS)
         _check_columns(con, src / "blocks.parquet", ("block_id", "row_start", "row_end"), ZONE_COLUMNS)
         img_types = _check_columns(con, src / "images.parquet", ("id",), ())
-        existing = {
-            r[0].lower()
-            for r in con.execute(
-                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'images' AND schema_name = 'main'"
-            ).fetchall()
-        }
+        existing = {name.lower() for name, _ in store.columns("images")}
         inserts = [  # (table, parquet file, ORDER BY)
             ("images", images_sql, ""),
             ("codes", codes_sql, " ORDER BY pos"),
@@ -183,7 +175,7 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
         rows = [int(con.execute(f"SELECT count(*) FROM {f}").fetchall()[0][0]) for _, f, _ in inserts]
         total, done = sum(rows), 0
         report(0, total)
-        with transaction(con):
+        with store.write():
             for name, ctype in img_types:
                 if name.lower() not in existing:
                     if not is_metadata_name(name):
@@ -192,7 +184,7 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
                         )
                     con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {ctype}")
             for (table, file, order), n in zip(inserts, rows, strict=True):
-                with track_statement(con, report, done, n, total):
+                with store.tracking(report, done, n, total):
                     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {file}{order}")
                 done += n
                 if done < total:  # the last report waits for the catalog to be in place
@@ -200,24 +192,23 @@ def import_catalog(cls: type[Catalog], src: Path, path: Path, *, progress: Progr
             settings = dict(meta.get("settings") or {})
             _verify(con, src, meta.get("rows"), settings.get("index"))
             settings["data_version"] = 0
-            cat._set_settings(settings)
-        schema.refresh_views(con)
-        con.execute("CHECKPOINT")
-        cat.close()
+            store.set_settings(settings)
+        store.refresh_views()
+        store.checkpoint()
+        store.close()
         os.replace(tmp, path)
     except duckdb.Error as e:
-        cat.close()
+        store.close()
         _remove(tmp)
         report.close()
         raise CorruptCatalog(f"could not import {src}: {str(e).splitlines()[0]}") from None
     except BaseException:
-        cat.close()
+        store.close()
         _remove(tmp)
         report.close()
         raise
     report(total, total)
     report.close()
-    return cls.open(path)
 
 
 def _check_columns(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from .boxes import CODE_COLUMNS
+from ..boxes import CODE_COLUMNS
 
 # A metadata column name: letters, digits and _, not starting with a digit, at most 63 characters
 # (PostgreSQL's limit; DuckDB and Spark take longer ones).
