@@ -41,7 +41,7 @@ SMALL_CATALOG_ROWS = 256
 
 
 def _load_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
-    from .embeddings import load_embeddings
+    from .ingest.embeddings import load_embeddings
 
     ids, emb = load_embeddings(cat)
     if len(ids) == 0:

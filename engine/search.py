@@ -222,7 +222,7 @@ def encode_query(snap: Snapshot, enc, text, image) -> np.ndarray:
     else:
         from PIL import Image
 
-        from .imageio import UnreadableImage, decode_query_image
+        from .ingest.imageio import UnreadableImage, decode_query_image
 
         if isinstance(image, Image.Image):
             pil = image.convert("RGB")

@@ -5,7 +5,7 @@ through their labels manifest with the demo encoder into fresh catalogs:
 
 - locally, by :func:`engine.ingest.ingest` in this process, with decoding workers (one per core,
   the CLI's default) and in-process (``workers=0``);
-- by :func:`engine.distributed.spark_ingest` on ``local[k]`` for each ``k`` of ``--workers``:
+- by :func:`engine.ingest.parts.spark_ingest` on ``local[k]`` for each ``k`` of ``--workers``:
   each configuration starts its own Spark session (timed apart), then ingests twice, *cold* (the
   job starts the Python workers, which import torch and load the model) and *warm* (same
   session, workers already up), ``--repeats`` times. Partitions: ``--partitions-per-worker``
@@ -36,9 +36,9 @@ import numpy as np
 
 import engine
 from engine.demodata import write_fashion_mnist
-from engine.embeddings import load_embeddings
 from engine.encoders import load_encoder
 from engine.ingest import ingest
+from engine.ingest.embeddings import load_embeddings
 
 ENCODER = "demo:fashion-v1"
 ROWS = (
@@ -118,7 +118,8 @@ def run_local(manifest: Path, workers: int, args, tmp: Path, n: int) -> tuple[di
 
 
 def run_spark(manifest: Path, k: int, args, tmp: Path, n: int, want: dict) -> dict:
-    from engine.distributed import spark_ingest, spark_session, threads_per_task
+    from engine.ingest.parts import spark_ingest
+    from engine.ingest.spark import spark_session, threads_per_task
 
     t0 = time.perf_counter()
     spark = spark_session(f"local[{k}]")

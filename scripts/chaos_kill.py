@@ -90,7 +90,7 @@ import engine
 from engine import CatalogError
 from engine.boxes import CODE_COLUMNS
 from engine.demodata import write_fashion_mnist
-from engine.embeddings import load_embeddings
+from engine.ingest.embeddings import load_embeddings
 from engine.store.parquet import FILES as EXPORT_FILES
 
 OPERATIONS = ("ingest", "train-head", "index", "export")

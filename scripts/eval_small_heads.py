@@ -41,8 +41,8 @@ import numpy as np
 import engine
 from engine import head as head_mod
 from engine import quantize
-from engine.embeddings import load_embeddings
 from engine.encoders import load_encoder
+from engine.ingest.embeddings import load_embeddings
 from engine.prompts import vocabulary
 
 QUERIES = {  # class -> (its name as typed, a paraphrase the vocabulary does not hold)

@@ -75,7 +75,7 @@ from PIL import Image
 
 import engine
 from engine import BoxSet, CatalogError
-from engine.imageio import DEFAULT_MAX_PIXELS, DecodedImage, UnreadableImage, decode_image
+from engine.ingest.imageio import DEFAULT_MAX_PIXELS, DecodedImage, UnreadableImage, decode_image
 
 N_DIMS = 32
 N_ROWS = 2000

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from engine import BoxSet, CatalogError, InvalidArgument, InvalidBoxes
-from engine.imageio import UnreadableImage, decode_image
+from engine.ingest.imageio import UnreadableImage, decode_image
 
 
 def _load_fuzz_script():

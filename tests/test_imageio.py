@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import IngestError
-from engine.imageio import (
+from engine.ingest.imageio import (
     QUERY_MAX_PIXELS,
     QUERY_MAX_SIDE,
     DecodeDataset,

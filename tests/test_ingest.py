@@ -22,11 +22,11 @@ from PIL import Image
 
 import engine
 from engine.cli import main as cli_main
-from engine.embeddings import embeddings_dir, load_embeddings
 from engine.errors import IngestError, ReadOnlyError, UnknownIds
-from engine.imageio import thumbnail_path
 from engine.ingest import ingest
-from engine.sources import NOT_UTF8_FILE, NOT_UTF8_FOLDER
+from engine.ingest.embeddings import embeddings_dir, load_embeddings
+from engine.ingest.imageio import thumbnail_path
+from engine.ingest.sources import NOT_UTF8_FILE, NOT_UTF8_FOLDER
 
 DIM = 8
 

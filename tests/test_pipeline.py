@@ -49,7 +49,7 @@ def test_demo_catalog_has_labels_codes_head_and_index(demo):
         assert head.in_dim == 384 and head.out_dim == 32 and head.info["encoder"] == "demo:fashion-v1"
         assert cat.setting("index")["head_sha256"] == head.sha256
         # the stored codes are exactly head + quantizer over the raw embeddings
-        from engine.embeddings import load_embeddings
+        from engine.ingest.embeddings import load_embeddings
 
         ids, emb = load_embeddings(cat)
         expected = cat.quantizer().encode(head.apply(emb))
@@ -429,7 +429,7 @@ def test_large_catalogs_train_exactly_as_before(tmp_path, demo, demo_encoder):
     quantizer fitted on their outputs alone: the same bytes as calling the two directly."""
     from engine import head as head_mod
     from engine import quantize
-    from engine.embeddings import load_embeddings
+    from engine.ingest.embeddings import load_embeddings
 
     copy = tmp_path / "c.duckdb"
     copy.write_bytes(demo.read_bytes())

@@ -21,17 +21,11 @@ from PIL import Image
 
 import engine
 from engine.demodata import write_fashion_mnist
-from engine.distributed import (
-    encode_with_spark,
-    ingest_parts,
-    load_scan,
-    save_scan,
-    spark_ingest,
-    spark_session,
-)
-from engine.embeddings import embeddings_dir, load_embeddings
 from engine.ingest import ingest
-from engine.sources import scan_sources
+from engine.ingest.embeddings import embeddings_dir, load_embeddings
+from engine.ingest.parts import ingest_parts, spark_ingest
+from engine.ingest.sources import scan_sources
+from engine.ingest.spark import encode_with_spark, load_scan, save_scan, spark_session
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 

@@ -24,7 +24,7 @@ from engine.errors import (
     InvalidArgument,
     ServerBusy,
 )
-from engine.imageio import UnreadableImage, decode_query_image
+from engine.ingest.imageio import UnreadableImage, decode_query_image
 from engine.sandbox import QueryParser, QueryPool
 
 from .settings import Settings

@@ -6,7 +6,7 @@ data, and an imported Parquet export can point it anywhere (``/etc/passwd``); a 
 replaced by another, or by a link to another, after ingestion. So :meth:`Thumbnails.original`
 requires the file it opened to be a regular file of exactly the size and modification time the
 catalog recorded at ingestion (for a symbolic link, as ingestion does, those of the file it
-points to), and one that decodes as an image (:func:`engine.imageio.decode_image`: a known
+points to), and one that decodes as an image (:func:`engine.ingest.imageio.decode_image`: a known
 format, decoded completely, within the pixel limit). Anything else is refused with
 :class:`~engine.errors.UnsafeImage` (a 403) and none of its bytes are sent. A link swapped in
 after ingestion points to a file of another size or time, and is refused as that file would be.
@@ -32,7 +32,7 @@ from PIL import Image
 
 import engine
 from engine.errors import UnsafeImage
-from engine.imageio import (
+from engine.ingest.imageio import (
     PIL_FORMATS,
     THUMB_MAX_SIDE,
     DecodedImage,

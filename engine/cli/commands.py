@@ -120,7 +120,7 @@ def cmd_ingest(args) -> int:
     with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
         enc_id = args.encoder or cat.setting("encoder") or DEFAULT_ENCODER
         if args.spark:
-            from ..distributed import spark_ingest
+            from ..ingest.parts import spark_ingest
 
             report = spark_ingest(
                 cat,
@@ -266,7 +266,7 @@ def _note(args, text: str) -> None:
 
 
 def cmd_spark_encode(args) -> int:
-    from ..distributed import encode_with_spark
+    from ..ingest.spark import encode_with_spark
 
     job = encode_with_spark(
         args.sources,
@@ -291,7 +291,7 @@ def cmd_spark_encode(args) -> int:
 
 
 def cmd_ingest_parts(args) -> int:
-    from ..distributed import ingest_parts
+    from ..ingest.parts import ingest_parts
 
     with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
         report = ingest_parts(cat, args.directory, reembed=args.reembed)

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import IngestError
-from .store.database import DatabaseError, read_csv
-from .store.sqlnames import IDENT
+from ..errors import IngestError
+from ..store.database import DatabaseError, read_csv
+from ..store.sqlnames import IDENT
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 # Folders that operating systems and NAS boxes create for their own bookkeeping (compared

@@ -3,9 +3,9 @@
 Two steps, which may run on different machines:
 
 1. :func:`encode_with_spark` is the Spark driver. It scans the sources with the code local
-   ingestion uses (:func:`engine.sources.scan_sources`), plans ids (against a catalog, or as for
+   ingestion uses (:func:`engine.ingest.sources.scan_sources`), plans ids (against a catalog, or as for
    an empty one), and runs ``mapInArrow`` over the work list: each task decodes its files with
-   :mod:`engine.imageio` (files that cannot be used become rows with a reason), encodes them in
+   :mod:`engine.ingest.imageio` (files that cannot be used become rows with a reason), encodes them in
    batches with an encoder loaded once per worker process, and writes one float16 part per
    batch, in the catalog's own part format, plus thumbnails. Spark writes the per-file rows.
 2. :func:`ingest_parts` plans the scan against the catalog exactly as
@@ -38,7 +38,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,25 +47,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .catalog import Catalog
-from .embeddings import PartStore, _read_part, write_part_file
-from .errors import IngestError, ReadOnlyError
-from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, decoded_batches, thumbnail_path
-from .ingest import (
-    IngestReport,
-    Plan,
-    _BatchWriter,
-    _check_args,
-    _check_encoder,
-    _encode,
-    _end_run,
-    _finish,
-    _metadata,
-    _plan,
-    _start_run,
-)
+from ..catalog import Catalog
+from ..errors import IngestError
+from ..store.files import write_bytes
+from .embeddings import write_part_file
+from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, decoded_batches
+from .local import encode_batch
+from .run import plan_files
 from .sources import ManifestRows, ScannedFiles, Source, scan_sources
-from .store.files import link_or_copy, write_bytes
 
 FORMAT = 1
 JOB = "job.json"
@@ -94,7 +82,7 @@ NOT_STAGED = "not in the Spark job's output (the catalog changed since it was pl
 
 
 @dataclass(frozen=True)
-class _EncoderRecord:
+class EncoderRecord:
     """What the catalog records about the encoder of staged embeddings."""
 
     id: str
@@ -119,7 +107,7 @@ def spark_session(
         )
     except Exception as e:
         raise IngestError(
-            f"Spark could not start with master {master!r} ({_first_line(e)}); it needs a Java 17+ "
+            f"Spark could not start with master {master!r} ({first_line(e)}); it needs a Java 17+ "
             "runtime on PATH or in JAVA_HOME"
         ) from None
     session.sparkContext.setLogLevel("ERROR")
@@ -164,7 +152,7 @@ def threads_per_task(session) -> int:
     return max(1, int(sc.getConf().get("spark.task.cpus", "1")))
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[0][:300] if lines else type(e).__name__
 
@@ -184,7 +172,7 @@ def _worker_encoder(encoder_id: str, device: str | None, batch_size: int, thread
     key = (encoder_id, device, batch_size)
     encoder = _worker_encoders.get(key)
     if encoder is None:
-        from .encoders import load_encoder
+        from ..encoders import load_encoder
 
         encoder = load_encoder(encoder_id, device=device, batch_size=batch_size)
         if "torch" in sys.modules:
@@ -226,7 +214,7 @@ class EncodeTask:
         )
         batch = next(decoded_batches(dataset, len(dataset), 0))
         t0 = time.perf_counter()
-        emb = _encode(encoder, batch)
+        emb = encode_batch(encoder, batch)
         t1 = time.perf_counter()
         ok = batch.ok
         part = None
@@ -301,21 +289,21 @@ def encode_with_spark(
     the active one, else one on ``master`` that is stopped at the end. ``partitions``: tasks
     (default: two per task slot, at most one per batch).
     """
-    _check_job_args(encoder_id, partitions, batch_size, max_pixels)
+    check_job_args(encoder_id, partitions, batch_size, max_pixels)
     t0 = time.perf_counter()
     scanned = scan_sources(sources)
     if catalog is None:
         todo = np.arange(len(scanned), dtype=np.int64)
         ids, planned_against = todo.copy(), None
     elif isinstance(catalog, Catalog):
-        plan = _plan(catalog, scanned, encoder_id)
+        plan = plan_files(catalog, scanned, encoder_id)
         todo, ids, planned_against = plan.todo, plan.todo_ids, str(catalog.path)
     else:
         with Catalog.open(catalog, read_only=True) as cat:
-            plan = _plan(cat, scanned, encoder_id)
+            plan = plan_files(cat, scanned, encoder_id)
         todo, ids, planned_against = plan.todo, plan.todo_ids, str(catalog)
     time_scan = time.perf_counter() - t0
-    return _run_job(
+    return run_job(
         scanned,
         todo,
         ids,
@@ -335,7 +323,7 @@ def encode_with_spark(
     )
 
 
-def _check_job_args(encoder_id: str, partitions: int | None, batch_size: int, max_pixels: int) -> None:
+def check_job_args(encoder_id: str, partitions: int | None, batch_size: int, max_pixels: int) -> None:
     if not isinstance(encoder_id, str) or ":" not in encoder_id:
         raise IngestError(
             f"encoder id {encoder_id!r} is not of the form 'demo:NAME' or 'open_clip:MODEL/PRETRAINED'"
@@ -346,7 +334,7 @@ def _check_job_args(encoder_id: str, partitions: int | None, batch_size: int, ma
             raise IngestError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _run_job(
+def run_job(
     scanned: ScannedFiles,
     todo: np.ndarray,
     ids: np.ndarray,
@@ -435,7 +423,7 @@ def _run_job(
     ok = rows.column("reason").is_null().to_numpy(zero_copy_only=False)
     parts = sorted(set(rows.column("part").drop_null().to_pylist()))
     if parts:
-        job["dim"] = _part_dim(out_dir / "embeddings" / parts[0])
+        job["dim"] = part_dim(out_dir / "embeddings" / parts[0])
     job.update(
         encoded=int(ok.sum()),
         failed=int((~ok).sum()),
@@ -468,7 +456,7 @@ def _write_json(path: Path, obj: dict) -> None:
     write_bytes(path, json.dumps(obj, indent=1).encode("utf-8"))
 
 
-def _part_dim(path: Path) -> int:
+def part_dim(path: Path) -> int:
     field = pq.read_schema(path).field("embedding")
     if not (pa.types.is_fixed_size_list(field.type) and pa.types.is_float16(field.type.value_type)):
         raise IngestError(
@@ -517,7 +505,7 @@ def load_scan(directory: Path) -> ScannedFiles:
         files = pq.read_table(directory / "files.parquet")
     except (OSError, ValueError, pa.ArrowException) as e:
         raise IngestError(
-            f"the scan under {directory} is unreadable ({_first_line(e)}); run the encoding again"
+            f"the scan under {directory} is unreadable ({first_line(e)}); run the encoding again"
         ) from None
     sources = [Source(key, kind) for key, kind in info["sources"]]
     scanned = ScannedFiles(
@@ -545,7 +533,7 @@ def read_rows(out_dir: Path) -> pa.Table:
         return pq.read_table(out_dir / "rows", schema=ROWS_SCHEMA)
     except (OSError, pa.ArrowException) as e:
         raise IngestError(
-            f"the rows under {out_dir / 'rows'} are unreadable ({_first_line(e)}); run the encoding again"
+            f"the rows under {out_dir / 'rows'} are unreadable ({first_line(e)}); run the encoding again"
         ) from None
 
 
@@ -559,194 +547,10 @@ def read_job(out_dir: str | os.PathLike) -> dict:
             f"{out_dir} holds no finished encoding job (no {JOB}); run the encoding (again)"
         ) from None
     except (OSError, ValueError) as e:
-        raise IngestError(f"{path} is unreadable ({_first_line(e)}); run the encoding again") from None
+        raise IngestError(f"{path} is unreadable ({first_line(e)}); run the encoding again") from None
     if job.get("format") != FORMAT:
         raise IngestError(f"{path} has format {job.get('format')!r}; this version reads format {FORMAT}")
     return job
 
 
 # -- the catalog side --------------------------------------------------------------------------
-def ingest_parts(cat: Catalog, out_dir: str | os.PathLike, *, reembed: bool = False) -> IngestReport:
-    """Take the output of :func:`encode_with_spark` into ``cat``, as a local ingestion of the
-    same scan would leave it: the same ids, rows, metadata, skipped files, removals, parts and
-    thumbnails. Every new or changed file is recorded in one transaction; files the catalog
-    already holds unchanged are left alone, so a second call adds nothing. ``reembed`` as in
-    :func:`engine.ingest.ingest`.
-    """
-    t0 = time.perf_counter()
-    if cat.read_only:
-        raise ReadOnlyError(f"{cat.path} is open read-only; open it with read_only=False to ingest")
-    out_dir = Path(out_dir)
-    job = read_job(out_dir)
-    scanned = load_scan(out_dir / "scan")
-    rows = read_rows(out_dir)
-    record = _EncoderRecord(job["encoder"], int(job["dim"] or 0))
-    report = IngestReport(
-        encoder=record.id, batch_size=int(job["batch_size"]), workers=int(job["parallelism"])
-    )
-    _check_encoder(cat, record, reembed)
-    store = PartStore(cat)
-    store.remove_debris()
-    meta = _metadata(cat, scanned, report)
-    plan = _plan(cat, scanned, record.id)
-    report.run_id = _start_run(cat, scanned, record.id)
-    report.unchanged = len(plan.unchanged)
-    writer = _BatchWriter(cat, store, scanned, plan, meta, record, report)
-    t1 = time.perf_counter()
-    missing = _take_in(cat, store, writer, plan, rows, out_dir, bool(job["thumbnails"]))
-    report.time_write_s = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    _finish(cat, store, scanned, plan, meta, writer.lost_ids, report)
-    report.time_finish_s = time.perf_counter() - t2
-    report.skipped_files += [(scanned.uris[e], NOT_STAGED) for e in missing]
-    report.skipped_files += plan.known_bad + scanned.problems
-    report.known_bad = len(plan.known_bad)
-    report.skipped = len(report.skipped_files)
-    report.time_scan_s = float(job["time_scan_s"])
-    report.time_embed_s = float(job["time_job_s"])
-    report.images_per_second = float(job.get("images_per_second", 0.0))
-    report.time_decode_s = float(job.get("time_decode_s", 0.0))
-    report.time_preprocess_s = float(job.get("time_preprocess_s", 0.0))
-    report.time_thumbs_s = float(job.get("time_thumb_s", 0.0))
-    report.time_encode_s = float(job.get("time_encode_s", 0.0))
-    report.time_total_s = time.perf_counter() - t0
-    _end_run(cat, report)
-    return report
-
-
-def _take_in(
-    cat: Catalog,
-    store: PartStore,
-    writer: _BatchWriter,
-    plan: Plan,
-    rows: pa.Table,
-    out_dir: Path,
-    thumbnails: bool,
-) -> np.ndarray:
-    """Bring the staged parts and thumbnails of the plan's files in and commit their rows;
-    returns the entries the plan wants that the output lacks."""
-    entry = rows.column("entry").to_numpy()
-    if len(np.unique(entry)) != len(entry):
-        raise IngestError(f"the rows under {out_dir / 'rows'} list a file twice; run the encoding again")
-    position = np.full(len(writer.scanned), -1, np.int64)
-    position[plan.todo] = np.arange(len(plan.todo))
-    if len(entry) and (entry.min() < 0 or entry.max() >= len(position)):
-        raise IngestError(
-            f"the rows under {out_dir / 'rows'} do not belong to its scan; run the encoding again"
-        )
-    keep = position[entry] >= 0
-    rows = rows.filter(pa.array(keep))
-    index = position[entry[keep]]
-    if len(index) == 0:
-        return plan.todo
-    ok = rows.column("reason").is_null().to_numpy(zero_copy_only=False)
-    staged = rows.column("id").to_numpy()
-    planned = plan.todo_ids[index]
-    names = rows.column("part").to_pylist()
-    parts: list[tuple[int, str, np.ndarray]] = []
-    try:
-        by_part: dict[str, list[int]] = {}
-        for k in np.flatnonzero(ok).tolist():
-            by_part.setdefault(names[k], []).append(k)
-        for name, ks in sorted(by_part.items()):
-            parts.append(_bring_part(store, out_dir / "embeddings" / name, staged[ks], planned[ks]))
-        if thumbnails:
-            for s, p in zip(staged[ok].tolist(), planned[ok].tolist(), strict=True):
-                _place_thumbnail(thumbnail_path(out_dir, s), thumbnail_path(cat.side_dir, p))
-    except BaseException:
-        for _, name, _ in parts:
-            (store.dir / name).unlink(missing_ok=True)
-        raise
-    width = rows.column("width").to_numpy()
-    height = rows.column("height").to_numpy()
-    writer.commit(index, ok, width, height, rows.column("reason").to_pylist(), parts)
-    return plan.todo[np.setdiff1d(np.arange(len(plan.todo)), index)]
-
-
-def _bring_part(
-    store: PartStore, src: Path, staged: np.ndarray, planned: np.ndarray
-) -> tuple[int, str, np.ndarray]:
-    """The staged part ``src`` in the store, for the rows whose staged ids are ``staged`` and
-    whose catalog ids are ``planned``: linked as it is when it holds exactly those rows under
-    those ids, else rewritten. Returns (part_id, file name, ids in the part)."""
-    try:
-        file_ids = pq.read_table(src, columns=["id"]).column("id").to_numpy()
-        dim = _part_dim(src)
-    except (OSError, pa.ArrowException, KeyError) as e:
-        raise IngestError(
-            f"embedding part {src} is missing or unreadable ({_first_line(e)}); run the encoding again"
-        ) from None
-    if np.array_equal(np.sort(file_ids), np.sort(staged)) and np.array_equal(staged, planned):
-        part_id, name = store.adopt(src)
-        return part_id, name, file_ids
-    emb = _read_part(src, staged, dim)
-    part_id, name = store.write(planned, emb)
-    return part_id, name, planned
-
-
-def _place_thumbnail(src: Path, dst: Path) -> None:
-    """Put the staged thumbnail ``src`` at ``dst`` (a link, else a copy), or remove ``dst``
-    when the image needs none, as local ingestion does."""
-    if not src.exists():
-        dst.unlink(missing_ok=True)
-        return
-    link_or_copy(src, dst, durable=False)
-
-
-def spark_ingest(
-    cat: Catalog,
-    sources: Sequence[str | os.PathLike] | str | os.PathLike,
-    encoder_id: str,
-    *,
-    spark=None,
-    master: str = DEFAULT_MASTER,
-    partitions: int | None = None,
-    batch_size: int = 64,
-    device: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    thumbnails: bool = True,
-    reembed: bool = False,
-    progress: bool = False,
-) -> IngestReport:
-    """:func:`engine.ingest.ingest` with the encoding done by a Spark job: plan against ``cat``,
-    encode the new and changed files with :func:`encode_with_spark` into a staging folder beside
-    the catalog, take it in with :func:`ingest_parts`, delete the staging folder.
-
-    The report's worker-side times add up over all tasks; ``time_embed_s`` is the Spark job's
-    wall time and ``time_write_s`` the commit's. With nothing to encode, no Spark session starts.
-    """
-    t0 = time.perf_counter()
-    _check_args(cat, batch_size, None, max_pixels)
-    _check_job_args(encoder_id, partitions, batch_size, max_pixels)
-    _check_encoder(cat, _EncoderRecord(encoder_id, 0), reembed)
-    scanned = scan_sources(sources)
-    _metadata(cat, scanned, IngestReport())  # refuse bad manifest values before any encoding
-    plan = _plan(cat, scanned, encoder_id)
-    time_scan = time.perf_counter() - t0
-    root = cat.side_dir / "staging"
-    shutil.rmtree(root, ignore_errors=True)  # an interrupted run's: the catalog's writer is this process
-    staging = root / f"spark-{uuid.uuid4().hex[:12]}"
-    try:
-        _run_job(
-            scanned,
-            plan.todo,
-            plan.todo_ids,
-            staging,
-            encoder_id=encoder_id,
-            spark=spark,
-            master=master,
-            partitions=partitions,
-            batch_size=batch_size,
-            device=device,
-            max_pixels=max_pixels,
-            thumbnails=thumbnails,
-            overwrite=False,
-            progress=progress,
-            time_scan=time_scan,
-            planned_against=str(cat.path),
-        )
-        report = ingest_parts(cat, staging, reembed=reembed)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    report.time_total_s = time.perf_counter() - t0
-    return report

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .catalog import Catalog
-from .errors import IngestError, UnknownIds
-from .store.files import atomic_path, link_or_copy
+from ..catalog import Catalog
+from ..errors import IngestError, UnknownIds
+from ..store.files import atomic_path, link_or_copy
 
 
 class PartStore:
@@ -131,7 +131,7 @@ def load_embeddings(
     out = np.empty((len(rows), dim), np.float32)
     for part_id, name in files.items():
         at = np.flatnonzero(part_of == part_id)
-        out[at] = _read_part(embeddings_dir(cat) / name, got_ids[at], dim)
+        out[at] = read_part(embeddings_dir(cat) / name, got_ids[at], dim)
     if want is None:
         return got_ids, out
     order = {int(i): k for k, i in enumerate(got_ids)}
@@ -156,7 +156,7 @@ def _rows_for(cat: Catalog, want: np.ndarray) -> list[tuple]:
     return [r[:5] for r in rows]
 
 
-def _read_part(path: Path, ids: np.ndarray, dim: int) -> np.ndarray:
+def read_part(path: Path, ids: np.ndarray, dim: int) -> np.ndarray:
     """float32 (len(ids), dim): the rows of part ``path`` for ``ids``."""
     try:
         table = pq.read_table(path, columns=["id", "embedding"])

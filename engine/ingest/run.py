@@ -1,14 +1,7 @@
-"""Ingestion: image files to raw embeddings in the catalog, incrementally and resumably.
-
-A run scans its sources (:mod:`engine.sources`), compares each file's path, size and mtime
-with the catalog to sort it into new, changed, unchanged or known-bad, and embeds the new and
-changed ones. Worker processes decode (:mod:`engine.imageio`), preprocess and write thumbnails;
-this process encodes and writes. Each batch is committed on its own: its float16 Parquet part is
-written and renamed into ``<catalog>.d/embeddings/`` first, then its ``images`` rows, its
-``embedding_parts`` row and its ``skipped`` rows land in one transaction. A run stopped at any
-point therefore leaves whole batches or nothing, and the next run picks up where it stopped.
-Files gone from a source are removed at the end with :meth:`Catalog.remove`.
-"""
+"""The stages of one ingestion run (:class:`IngestRun`) and the report it fills
+(:class:`IngestReport`): planning against the catalog, manifest metadata, committing batches
+(:class:`BatchWriter`) and the end of the run. The drivers (:mod:`engine.ingest.local`,
+:mod:`engine.ingest.parts`) run them."""
 
 from __future__ import annotations
 
@@ -22,14 +15,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from .catalog import Catalog
+from ..catalog import Catalog
+from ..encoders import Encoder
+from ..errors import IngestError, ReadOnlyError
+from ..store.sqlnames import quote_ident
 from .embeddings import PartStore
-from .encoders import Encoder
-from .errors import IngestError, ReadOnlyError
-from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, DecodedBatch, decoded_batches, thumbnail_path
-from .progress import Progress, reporter
-from .sources import MISSING, ScannedFiles, check_metadata_columns, scan_sources
-from .store.sqlnames import quote_ident
+from .imageio import DecodedBatch, thumbnail_path
+from .sources import MISSING, ScannedFiles, check_metadata_columns
 
 # DuckDB type names a metadata column may have: scalars, DECIMAL(p,s) and lists of them. Nested
 # types carry field names from the file into the DDL, so they are refused.
@@ -73,66 +65,45 @@ class IngestReport:
 
 
 # -- the run ---------------------------------------------------------------------------------
-def ingest(
-    cat: Catalog,
-    sources: Sequence[str | os.PathLike] | str | os.PathLike,
-    encoder: Encoder,
-    *,
-    batch_size: int = 64,
-    workers: int | None = None,
-    progress: Progress = True,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    thumbnails: bool = True,
-    reembed: bool = False,
-) -> IngestReport:
-    """Bring the catalog up to date with the image files of ``sources`` (folders, manifests).
+class IngestRun:
+    """One ingestion run over scanned files, in stages every driver runs in order: planning
+    (metadata columns checked and added, each file sorted into new, changed, unchanged or known
+    bad, the run recorded), writing (the driver embeds the planned files, locally or on Spark,
+    and commits them batch by batch through :attr:`writer`), and :meth:`finish`.
 
-    New files get ids after the largest one; changed files are re-embedded under their id;
-    files deleted from a source folder or no longer listed in a manifest are removed; files
-    that cannot be decoded are listed in the report and the ``skipped`` table and retried only
-    once they change. ``workers`` decoding processes (default: one per core; 0 decodes in
-    this process). ``progress``: a display on stderr, False, or ``callable(done, total)`` in images
-    (see :mod:`engine.progress`).
-    ``reembed`` allows an encoder other than the catalog's: every file in ``sources`` is then
-    embedded again (the head and index must be rebuilt afterwards).
-    """
-    t0 = time.perf_counter()
-    _check_args(cat, batch_size, workers, max_pixels)
-    report = IngestReport(encoder=encoder.id, batch_size=batch_size)
-    _check_encoder(cat, encoder, reembed)
-    scanned = scan_sources(sources)
-    store = PartStore(cat)
-    store.remove_debris()
-    meta = _metadata(cat, scanned, report)
-    plan = _plan(cat, scanned, encoder.id)
-    report.run_id = _start_run(cat, scanned, encoder.id)
-    report.unchanged = len(plan.unchanged)
-    report.time_scan_s = time.perf_counter() - t0
+    ``encoder``: what the catalog records about the encoder (``id``, ``dim``), which the driver
+    has checked against the catalog's (:func:`check_encoder`)."""
 
-    workers = _default_workers(len(plan.todo), batch_size) if workers is None else workers
-    report.workers = workers
-    writer = _BatchWriter(cat, store, scanned, plan, meta, encoder, report)
-    dataset = DecodeDataset(
-        [scanned.uris[e] for e in plan.todo],
-        plan.todo_ids,
-        encoder.preprocess,
-        cat.side_dir if thumbnails else None,
-        max_pixels,
-    )
-    _embed_all(dataset, encoder, writer, batch_size, workers, progress, report)
+    def __init__(self, cat: Catalog, scanned: ScannedFiles, encoder: Encoder, report: IngestReport):
+        self.cat, self.scanned, self.report = cat, scanned, report
+        self.parts = PartStore(cat)
+        self.parts.remove_debris()
+        self.meta = read_metadata(cat, scanned, report)
+        self.plan = plan_files(cat, scanned, encoder.id)
+        report.run_id = _start_run(cat, scanned, encoder.id)
+        report.unchanged = len(self.plan.unchanged)
+        self.writer = BatchWriter(cat, self.parts, scanned, self.plan, self.meta, encoder, report)
 
-    t1 = time.perf_counter()
-    _finish(cat, store, scanned, plan, meta, writer.lost_ids, report)
-    report.time_finish_s = time.perf_counter() - t1
-    report.skipped_files += plan.known_bad + scanned.problems
-    report.known_bad = len(plan.known_bad)
-    report.skipped = len(report.skipped_files)
-    report.time_total_s = time.perf_counter() - t0
-    _end_run(cat, report)
-    return report
+    def finish(self, not_written: Sequence[tuple[str, str]] = ()) -> None:
+        """Refresh unchanged rows, record unusable ones, remove deleted files' images and drop
+        unused parts; count the skipped files (``not_written``: planned files the driver did
+        not write, with why)."""
+        t0 = time.perf_counter()
+        _finish(self.cat, self.parts, self.scanned, self.plan, self.meta, self.writer.lost_ids, self.report)
+        report = self.report
+        report.time_finish_s = time.perf_counter() - t0
+        report.skipped_files += [*not_written, *self.plan.known_bad, *self.scanned.problems]
+        report.known_bad = len(self.plan.known_bad)
+        report.skipped = len(report.skipped_files)
+
+    def close(self, started: float) -> IngestReport:
+        """Record the run's end and totals (``started``: its ``perf_counter`` start)."""
+        self.report.time_total_s = time.perf_counter() - started
+        _end_run(self.cat, self.report)
+        return self.report
 
 
-def _check_args(cat: Catalog, batch_size: int, workers: int | None, max_pixels: int) -> None:
+def check_args(cat: Catalog, batch_size: int, workers: int | None, max_pixels: int) -> None:
     if cat.read_only:
         raise ReadOnlyError(f"{cat.path} is open read-only; open it with read_only=False to ingest")
     for name, value, low in (("batch_size", batch_size, 1), ("max_pixels", max_pixels, 1)):
@@ -142,16 +113,7 @@ def _check_args(cat: Catalog, batch_size: int, workers: int | None, max_pixels: 
         raise IngestError(f"workers must be an integer >= 0 (0: decode in this process), got {workers!r}")
 
 
-def _default_workers(n_files: int, batch_size: int) -> int:
-    """One decoding process per core (at most 8): with a slow encoder they fill their prefetch
-    queue and sleep, with a fast one they are the bottleneck and every core helps. None for a
-    batch or two, where starting processes costs more than it saves."""
-    if n_files <= 2 * batch_size:
-        return 0
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _check_encoder(cat: Catalog, encoder: Encoder, reembed: bool) -> None:
+def check_encoder(cat: Catalog, encoder: Encoder, reembed: bool) -> None:
     """Refuse to mix embedding spaces: the catalog keeps one encoder unless ``reembed``."""
     recorded = cat.setting("encoder")
     has_parts = cat.store.value("SELECT count(*) FROM embedding_parts") > 0
@@ -214,7 +176,7 @@ class Metadata:
         return self.table.take(pa.array(np.where(has, at, 0), mask=~has)), has
 
 
-def _metadata(cat: Catalog, scanned: ScannedFiles, report: IngestReport) -> Metadata:
+def read_metadata(cat: Catalog, scanned: ScannedFiles, report: IngestReport) -> Metadata:
     """Validate the manifests' columns, add the new ones to ``images`` and cast every value to
     its column's type up front, so no batch can fail halfway on a bad value."""
     row_of = np.full(len(scanned), -1, np.int64)
@@ -298,7 +260,7 @@ class Plan:
     gone_ids: np.ndarray  # images whose file changed into a known-bad one
 
 
-def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
+def plan_files(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
     scan = pa.table(
         {
             "entry": np.arange(len(scanned), dtype=np.int64),
@@ -351,69 +313,11 @@ def _plan(cat: Catalog, scanned: ScannedFiles, encoder_id: str) -> Plan:
     )
 
 
-def _embed_all(
-    dataset: DecodeDataset,
-    encoder: Encoder,
-    writer: _BatchWriter,
-    batch_size: int,
-    workers: int,
-    progress: Progress,
-    report: IngestReport,
-) -> None:
-    total = len(dataset)
-    if total == 0:
-        return
-    bar = reporter("ingest", "img", progress)
-    t_start = time.perf_counter()
-    done = 0
-    bar(done, total)
-    batches = decoded_batches(dataset, batch_size, workers)
-    try:
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            t1 = time.perf_counter()
-            if batch is None:
-                break
-            emb = _encode(encoder, batch)
-            t2 = time.perf_counter()
-            writer.write(batch, emb)
-            t3 = time.perf_counter()
-            report.time_wait_s += t1 - t0
-            report.time_encode_s += t2 - t1
-            report.time_write_s += t3 - t2
-            report.time_decode_s += batch.t_decode
-            report.time_preprocess_s += batch.t_preprocess
-            report.time_thumbs_s += batch.t_thumb
-            done += len(batch.index)
-            bar(done, total)
-    finally:
-        batches.close()
-        bar.close()
-        report.time_embed_s = time.perf_counter() - t_start
-        report.images_per_second = done / report.time_embed_s if report.time_embed_s > 0 else 0.0
-
-
-def _encode(encoder: Encoder, batch: DecodedBatch) -> np.ndarray:
-    """float32 (n_ok, dim) embeddings of the batch's decoded images."""
-    n_ok = int(batch.ok.sum())
-    if n_ok == 0:
-        return np.zeros((0, encoder.dim), np.float32)
-    emb = np.asarray(encoder.encode_images(batch.pixels), dtype=np.float32)
-    if emb.shape != (n_ok, encoder.dim):
-        raise IngestError(
-            f"encoder {encoder.id} returned shape {emb.shape} for {n_ok} images of dim {encoder.dim}"
-        )
-    if not np.isfinite(emb).all():
-        raise IngestError(f"encoder {encoder.id} returned non-finite embeddings; check the model weights")
-    return emb
-
-
 # -- writing ---------------------------------------------------------------------------------
 _FILE_COLUMNS = ("id", "uri", "source", "file_size", "file_mtime_ns", "width", "height", "embedding_part")
 
 
-class _BatchWriter:
+class BatchWriter:
     """Commits one decoded and encoded batch: part file, then rows in one transaction."""
 
     def __init__(

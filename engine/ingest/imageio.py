@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UnreadableImage
-from .store.files import atomic_path
+from ..errors import UnreadableImage
+from ..store.files import atomic_path
 
 # Plugins PIL may use. Naming them keeps PIL from probing every format it knows (EPS would
 # start Ghostscript, for one) on a file that only pretends to be an image.
