@@ -19,16 +19,24 @@ from . import layout, search
 from .boxes import BoxSet
 from .errors import CatalogError, CatalogNotFound, InvalidCodes
 from .head import Head
+from .limits import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_K,
+    DEFAULT_SAMPLED_NEGATIVES,
+    DEFAULT_SUGGESTIONS,
+    QUERY_MAX_BYTES,
+    QUERY_MAX_ROWS,
+    QUERY_TIME_LIMIT_S,
+    SANDBOX_MEMORY_LIMIT,
+    SANDBOX_TEMP_LIMIT,
+)
 from .progress import Progress, reporter
 from .quantize import Quantizer
-from .refine import DEFAULT_SAMPLED_NEGATIVES, Result, Training
+from .refine import Result, Training
 from .sandbox import QueryResult, read_sql, sandbox_config, user_query
 from .search import SelectResult
 from .snapshot import Snapshot
 from .store import Store, tables
-
-# Temp files a sandboxed catalog's queries may spill, all together.
-SANDBOX_TEMP_LIMIT = "256MB"
 
 
 class Catalog:
@@ -57,7 +65,7 @@ class Catalog:
         read_only: bool = False,
         *,
         sandbox: bool = False,
-        memory_limit: str = "1GB",
+        memory_limit: str = SANDBOX_MEMORY_LIMIT,
     ) -> Catalog:
         """Open an existing catalog. Writable catalogs with an older schema are migrated.
 
@@ -179,7 +187,7 @@ class Catalog:
 
     def build_index(
         self,
-        block_size: int = layout.DEFAULT_BLOCK_SIZE,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         *,
         codes: np.ndarray | None = None,
         ids: Sequence[int] | np.ndarray | None = None,
@@ -290,7 +298,7 @@ class Catalog:
         random_state=None,
         filter_sampled: bool = True,
         guide: bool = True,
-        suggestions: int = 60,
+        suggestions: int = DEFAULT_SUGGESTIONS,
     ) -> Result:
         """Train ``model`` on the labelled ids plus sampled negatives and return every image of
         the catalog it classifies as positive, ranked by votes, then by distance to the
@@ -338,7 +346,9 @@ class Catalog:
             self.snapshot, positives, negatives, sampled_negatives, negative_weight, filter_sampled, guide
         )
 
-    def search(self, text: str | None = None, *, image=None, id: int | None = None, k: int = 60) -> Result:
+    def search(
+        self, text: str | None = None, *, image=None, id: int | None = None, k: int = DEFAULT_K
+    ) -> Result:
         """The ``k`` images nearest to a text query, an image (path, bytes or PIL image) or the
         image ``id``, by exact squared L2 distance between 32-byte codes (ties: block position).
 
@@ -381,16 +391,16 @@ class Catalog:
         self,
         text: str,
         *,
-        time_limit_s: float = 5.0,
-        max_rows: int = 1000,
-        max_bytes: int = 10_000_000,
+        time_limit_s: float = QUERY_TIME_LIMIT_S,
+        max_rows: int = QUERY_MAX_ROWS,
+        max_bytes: int = QUERY_MAX_BYTES,
         relations: Mapping[str, pa.Table] | None = None,
     ) -> QueryResult:
         """Run one user query like :meth:`sql`, with limits on time, rows and bytes.
 
         At most ``max_rows`` rows and about ``max_bytes`` bytes come back (``truncated`` and
         ``cut`` say whether and why there were more; text values are cut at
-        :data:`engine.sandbox.MAX_VALUE_CHARS`); a query still running after ``time_limit_s``
+        :data:`engine.limits.MAX_VALUE_CHARS`); a query still running after ``time_limit_s``
         is interrupted and raises :class:`QueryInterrupted`. Table functions that read files or
         settings are refused (:func:`engine.sandbox.check_names`). ``relations`` are Arrow
         tables the query may name (e.g. the last refine result; ``last_result`` is empty unless

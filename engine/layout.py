@@ -18,8 +18,8 @@ import numba
 import numpy as np
 
 from .errors import InvalidArgument
+from .limits import DEFAULT_BLOCK_SIZE
 
-DEFAULT_BLOCK_SIZE = 2048
 # Rows sampled per node to choose the split dim; variance from 4096 rows is plenty to rank dims.
 _SPLIT_SAMPLE = 4096
 # Catalog.build_index writes the sorted codes in chunks of this many rows, one progress step

@@ -22,6 +22,7 @@ from . import head as head_mod
 from . import layout, quantize
 from .catalog import Catalog
 from .errors import CatalogError, InvalidArgument, StaleIndexError
+from .limits import DEFAULT_BLOCK_SIZE
 from .progress import Progress, reporter
 from .prompts import vocabulary
 
@@ -178,7 +179,7 @@ def index_embeddings(cat: Catalog, *, block_size: int | None = None, progress: P
     counts steps: loading the embeddings, each :data:`engine.head.APPLY_BATCH_ROWS` rows
     encoded, then the steps of :meth:`Catalog.build_index`. Returns a summary."""
     cat.store.check_writable()
-    block_size = layout.check_block_size(layout.DEFAULT_BLOCK_SIZE if block_size is None else block_size)
+    block_size = layout.check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
     with reporter("index", "steps", progress) as report:
         t0 = time.perf_counter()
         head = cat.head()

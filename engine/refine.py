@@ -18,9 +18,12 @@ from .boxes import BoxSet
 from .errors import InvalidArgument
 from .guide import Guide, Region, choose_min_votes, fit_guide, group_positives
 from .guide import suggest as suggest_by_guide
+from .limits import (
+    MAX_SAMPLED_NEGATIVES,
+    MAX_SEED,
+    MAX_SUGGESTIONS,
+)
 
-DEFAULT_SAMPLED_NEGATIVES = 500
-MAX_SAMPLED_NEGATIVES = 100_000
 # The pool's seed is fixed, so a given catalog state samples the same negatives every round and
 # results change only when the labels (or random_state, for the model) do.
 POOL_SEED = 0x5EED
@@ -86,7 +89,6 @@ SUGGEST_VOTE_MARGIN = 4
 # Suggestions come first from the vote band and from the ring between the region's balls and
 # this many times their radii.
 SUGGEST_REACH = 2.0
-DEFAULT_SUGGESTIONS = 60
 # At most this many of a round's rows near the vote threshold are candidates for suggestions,
 # so that a round selecting millions of rows still suggests in milliseconds.
 SUGGEST_CANDIDATES = 16_384
@@ -176,9 +178,6 @@ def check_labels(positives, negatives) -> tuple[np.ndarray, np.ndarray]:
     return pos, neg
 
 
-MAX_SEED = 2**32 - 1  # scikit-learn's limit; the decision branch models accept the same range
-
-
 def check_random_state(random_state):
     """None, a numpy Generator, or an integer seed in 0..2**32-1 (the range every model takes)."""
     if random_state is None or isinstance(random_state, np.random.Generator):
@@ -212,9 +211,6 @@ def check_options(model, sampled_negatives, negative_weight) -> tuple[object, in
     if isinstance(negative_weight, bool) or not np.isfinite(weight) or not 0 < weight <= 1e6:
         raise InvalidArgument(f"negative_weight must be a positive number up to 1e6, got {negative_weight!r}")
     return model, int(sampled_negatives), weight
-
-
-MAX_SUGGESTIONS = 1000
 
 
 def check_suggestions(n) -> int:

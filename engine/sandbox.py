@@ -39,13 +39,19 @@ import duckdb
 import pyarrow as pa
 
 from .errors import CatalogError, InvalidSql, QueryInterrupted, ServerBusy
+from .limits import (
+    MAX_QUERY_TEXT,
+    MAX_VALUE_CHARS,
+    QUERY_MAX_BYTES,
+    QUERY_MAX_ROWS,
+    QUERY_TIME_LIMIT_S,
+    SANDBOX_MEMORY_LIMIT,
+    SANDBOX_TEMP_LIMIT,
+)
 from .resources import sql_text
 from .store.database import Store, damage_error, file_damage
 from .store.sqlnames import quote_ident
 
-MAX_QUERY_TEXT = 100_000
-# Longest text (characters) or blob (bytes) value a console result shows; longer ones are cut.
-MAX_VALUE_CHARS = 10_000
 # Table functions a console query may call: generators, the console's table macros and the
 # schema listings. Everything else is refused: file readers, settings, pragma_*, query().
 TABLE_FUNCTIONS = frozenset(
@@ -265,9 +271,9 @@ def run_query(
     text: str,
     *,
     database: str,
-    time_limit_s: float = 5.0,
-    max_rows: int = 1000,
-    max_bytes: int = 10_000_000,
+    time_limit_s: float = QUERY_TIME_LIMIT_S,
+    max_rows: int = QUERY_MAX_ROWS,
+    max_bytes: int = QUERY_MAX_BYTES,
     relations: Mapping[str, pa.Table] | None = None,
 ) -> QueryResult:
     """Run one user query on ``cur`` (a fresh cursor of a sandboxed connection, closed by the
@@ -479,8 +485,8 @@ class QueryPool:
         path: str | os.PathLike,
         *,
         workers: int = 2,
-        memory_limit: str = "1GB",
-        temp_limit: str = "256MB",
+        memory_limit: str = SANDBOX_MEMORY_LIMIT,
+        temp_limit: str = SANDBOX_TEMP_LIMIT,
         wait_s: float = 1.0,
     ):
         if workers < 1:
@@ -561,9 +567,9 @@ class QueryPool:
         self,
         text: str,
         *,
-        time_limit_s: float = 5.0,
-        max_rows: int = 1000,
-        max_bytes: int = 10_000_000,
+        time_limit_s: float = QUERY_TIME_LIMIT_S,
+        max_rows: int = QUERY_MAX_ROWS,
+        max_bytes: int = QUERY_MAX_BYTES,
         relations: Mapping[str, pa.Table] | None = None,
         cancel: threading.Event | None = None,
         waited_s: float = 0.0,

@@ -16,10 +16,8 @@ from . import knn, query
 from . import refine as rf
 from .boxes import N_DIMS, BoxSet, distance_sql
 from .errors import CatalogError, InvalidArgument, StaleIndexError, UnknownIds
+from .limits import MAX_K, MAX_QUERY_CHARS
 from .snapshot import Snapshot
-
-MAX_K = 100_000
-MAX_QUERY_CHARS = 1000
 
 
 @dataclass

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from . import layout, query
+from . import query
 from .errors import UnknownIds
 from .head import Head
+from .limits import DEFAULT_BLOCK_SIZE
 from .quantize import Quantizer
 from .store import Store, tables
 
@@ -45,7 +46,7 @@ class Snapshot:
         cols, ids = tables.load_codes(store)
         index = settings.get("index") or {}
         blocks = tables.load_blocks(store, cols.shape[1], index)
-        block_size = int(index.get("block_size", layout.DEFAULT_BLOCK_SIZE))
+        block_size = int(index.get("block_size", DEFAULT_BLOCK_SIZE))
         return cls(store, key, settings, query.BlockIndex.from_arrays(cols, ids, blocks, block_size))
 
     def positions(self, ids: np.ndarray) -> np.ndarray:

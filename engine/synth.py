@@ -134,7 +134,7 @@ def synth_catalog(
     ``progress`` reports the index build (see :mod:`engine.progress`)."""
     from .catalog import Catalog
     from .errors import CatalogError
-    from .layout import DEFAULT_BLOCK_SIZE
+    from .limits import DEFAULT_BLOCK_SIZE
 
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
         raise CatalogError(f"rows must be a non-negative integer, got {n_rows!r}")

@@ -639,7 +639,7 @@ def _at_once(n: int, call) -> list:
 
 
 def attack_upload_bomb(run: Run) -> None:
-    from engine.ingest.imageio import QUERY_MAX_PIXELS
+    from engine.limits import QUERY_MAX_PIXELS
 
     limit_text = f"{QUERY_MAX_PIXELS:,}"
     bomb = flat_png(9400, 9400)

@@ -55,7 +55,7 @@ import duckdb
 import numpy as np
 
 import engine
-from engine import knn, query
+from engine import knn, limits, query
 from engine import refine as rf
 from engine.errors import CatalogError
 from engine.learn.trees import ForestBoxes
@@ -475,7 +475,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--models", nargs="+", default=list(rf.MODELS), choices=rf.MODELS)
-    ap.add_argument("--sampled-negatives", type=int, default=rf.DEFAULT_SAMPLED_NEGATIVES)
+    ap.add_argument("--sampled-negatives", type=int, default=limits.DEFAULT_SAMPLED_NEGATIVES)
     ap.add_argument(
         "--unguided",
         action="store_true",

@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 
 import engine
-from engine import layout, query, scan
+from engine import layout, limits, query, scan
 from engine.boxes import BoxSet
 from engine.synth import synth_catalog
 
@@ -297,7 +297,7 @@ def layout_experiment(path: Path, args) -> dict:
         for p in (1, 2, 4, 8):
             groups = np.array_split(np.arange(32), p)
             boxsets, _ = workloads(cat, labels, args.seed, groups)
-            idxs = [_index_for(cols, ids, g, layout.DEFAULT_BLOCK_SIZE) for g in groups]
+            idxs = [_index_for(cols, ids, g, limits.DEFAULT_BLOCK_SIZE) for g in groups]
             entry = {
                 "groups": [g.tolist() for g in groups],
                 "est_codes_plus_index_bytes_per_image": single_bytes * p,

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import engine
-from engine import knn, layout, query, synth
+from engine import knn, layout, limits, query, synth
 from engine import refine as rf
 from engine.learn.models import feature_subsets
 
@@ -298,7 +298,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--positives", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--models", nargs="+", default=list(rf.MODELS), choices=rf.MODELS)
-    ap.add_argument("--negatives", type=int, default=rf.DEFAULT_SAMPLED_NEGATIVES, help="sampled negatives")
+    ap.add_argument(
+        "--negatives", type=int, default=limits.DEFAULT_SAMPLED_NEGATIVES, help="sampled negatives"
+    )
     ap.add_argument("--negative-weight", type=float, default=1.0)
     ap.add_argument(
         "--no-guide",
@@ -329,7 +331,7 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic-rows", type=int, default=100_000)
     ap.add_argument("--synthetic-classes", type=int, default=10)
     ap.add_argument("--synthetic-seed", type=int, default=0)
-    ap.add_argument("--block-size", type=int, default=layout.DEFAULT_BLOCK_SIZE)
+    ap.add_argument("--block-size", type=int, default=limits.DEFAULT_BLOCK_SIZE)
     ap.add_argument(
         "--quick", action="store_true", help="smoke test: 3 classes, 1 seed, p in 1 4 16, 20k synthetic rows"
     )

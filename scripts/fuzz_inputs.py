@@ -75,11 +75,11 @@ from PIL import Image
 
 import engine
 from engine import BoxSet, CatalogError
-from engine.ingest.imageio import DEFAULT_MAX_PIXELS, DecodedImage, UnreadableImage, decode_image
+from engine.ingest.imageio import DecodedImage, UnreadableImage, decode_image
+from engine.limits import DEFAULT_MAX_PIXELS, MAX_K
 
 N_DIMS = 32
 N_ROWS = 2000
-MAX_K = 100_000
 MODELS = ("ensemble", "branch", "tree", "forest")
 ENGINE_DIR = Path(engine.__file__).resolve().parent
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine import layout
+from engine import layout, limits
 from engine import progress as P
 from engine.store import database
 from engine.store.database import track_statement
@@ -222,7 +222,7 @@ def test_build_index_with_given_codes_and_an_empty_catalog(make_catalog, codegen
     empty = make_catalog()
     rec = Recorder()
     empty.build_index(progress=rec)
-    assert rec.check() == layout.build_steps(0, layout.DEFAULT_BLOCK_SIZE, load=True)
+    assert rec.check() == layout.build_steps(0, limits.DEFAULT_BLOCK_SIZE, load=True)
 
 
 def test_compact_counts_the_rows_of_every_table(cat):

@@ -225,7 +225,7 @@ def test_results_are_capped_by_bytes_and_long_values_are_cut(sandboxed):
     values = r.table.column("v").to_pylist()
     assert r.truncated and r.cut == "bytes" and 0 < len(values) < 500
     assert r.table.nbytes <= 200_000
-    assert all(v == "<" * engine.sandbox.MAX_VALUE_CHARS + "…" for v in values)
+    assert all(v == "<" * engine.limits.MAX_VALUE_CHARS + "…" for v in values)
     r = cat.query("SELECT id FROM codes", max_rows=10, max_bytes=10_000_000)
     assert r.cut == "rows" and r.table.num_rows == 10
     r = cat.query("SELECT repeat('x', 20000000) AS v FROM range(120)", max_bytes=1_000_000)

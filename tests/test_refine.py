@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine import limits
 from engine import refine as rf
 from engine.errors import InvalidArgument, UnknownIds
 
@@ -306,7 +307,7 @@ def test_the_largest_seed_works_for_every_model(catalog):
     path, _, _ = catalog
     with engine.Catalog.open(path, read_only=True) as cat:
         for model in MODELS:
-            assert cat.refine([1000], model=model, random_state=rf.MAX_SEED).stats["model"] == model
+            assert cat.refine([1000], model=model, random_state=limits.MAX_SEED).stats["model"] == model
 
 
 # -- the guide and the suggestions ----------------------------------------------------------------

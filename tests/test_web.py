@@ -71,7 +71,7 @@ def test_search_page_has_every_control(client):
         "/static/htmx.min.js",
     ):
         assert needle in html, needle
-    from engine.refine import DEFAULT_SAMPLED_NEGATIVES
+    from engine.limits import DEFAULT_SAMPLED_NEGATIVES
 
     assert (
         f'step="50" value="{DEFAULT_SAMPLED_NEGATIVES}"' in html
@@ -444,7 +444,7 @@ def test_result_store_is_bounded_by_entries_and_ids():
 
 
 def test_a_crafted_png_of_88_megapixels_is_refused_before_it_is_decoded(client, png_bomb):
-    from engine.ingest.imageio import QUERY_MAX_PIXELS
+    from engine.limits import QUERY_MAX_PIXELS
 
     r = client.post("/search/image", files={"file": ("bomb.png", png_bomb, "image/png")}, headers=HX)
     assert r.status_code == 400 and f"the limit is {QUERY_MAX_PIXELS:,}" in r.text

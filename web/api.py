@@ -11,6 +11,7 @@ from litestar.params import JSONBody, Parameter
 from engine.errors import (
     InvalidArgument,
 )
+from engine.limits import WEB_FORM_BODY_BYTES as FORM_BODY_BYTES
 
 from .bodies import (
     DEFAULT_K,
@@ -27,7 +28,7 @@ from .bodies import (
 )
 from .console import api_last_result, in_console, rows_of, run_sql
 from .pages import checked_image, decoded_image, run_refine
-from .state import FORM_BODY_BYTES, CatalogParam, state_of
+from .state import CatalogParam, state_of
 
 # -- JSON twins ------------------------------------------------------------------------------
 RESULT_TOKEN_DOC = (

@@ -27,16 +27,21 @@ from msgspec import Meta, Struct
 import engine
 from engine import refine as rf
 from engine.errors import InvalidArgument
-from engine.sandbox import MAX_QUERY_TEXT
-from engine.search import MAX_QUERY_CHARS
+from engine.limits import (
+    DEFAULT_K,
+    DEFAULT_SAMPLED_NEGATIVES,
+    MAX_QUERY_CHARS,
+    MAX_QUERY_TEXT,
+    MAX_SEED,
+    MAX_SUGGESTIONS,
+)
+from engine.limits import WEB_MAX_K as MAX_K
+from engine.limits import WEB_MAX_NEGATIVE_WEIGHT as MAX_NEGATIVE_WEIGHT
+from engine.limits import WEB_MAX_SAMPLED as MAX_SAMPLED
 
-DEFAULT_K = 60
-MAX_K = 1000  # results one web search returns at most (the engine allows more: engine.search.MAX_K)
-# The page's sliders: negatives a fine-tune samples, and the weight of a labelled negative.
-MAX_SAMPLED = 2000
-MAX_NEGATIVE_WEIGHT = 100
-# Characters of a text query read at all; the engine refuses more than MAX_QUERY_CHARS with its own message.
-QUERY_TEXT_CAP = 20_000
+# A text query of up to WEB_QUERY_TEXT_CAP characters is read at all; the engine refuses more than
+# MAX_QUERY_CHARS with its own message.
+from engine.limits import WEB_QUERY_TEXT_CAP as QUERY_TEXT_CAP
 
 ImageId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 IdList = Annotated[
@@ -65,7 +70,7 @@ class RefineRequest(Struct, forbid_unknown_fields=True):
             le=MAX_SAMPLED,
             description=(f"an integer in 0..{MAX_SAMPLED}: catalog rows sampled as negatives"),
         ),
-    ] = rf.DEFAULT_SAMPLED_NEGATIVES
+    ] = DEFAULT_SAMPLED_NEGATIVES
     negative_weight: Annotated[
         float,
         Meta(
@@ -78,13 +83,13 @@ class RefineRequest(Struct, forbid_unknown_fields=True):
     ] = 1.0
     seed: Annotated[
         int,
-        Meta(ge=0, le=rf.MAX_SEED, description=(f"an integer in 0..{rf.MAX_SEED}: the model's random seed")),
+        Meta(ge=0, le=MAX_SEED, description=(f"an integer in 0..{MAX_SEED}: the model's random seed")),
     ] = 0
     suggestions: Annotated[
-        Annotated[int, Meta(ge=0, le=rf.MAX_SUGGESTIONS)] | None,
+        Annotated[int, Meta(ge=0, le=MAX_SUGGESTIONS)] | None,
         Meta(
             description=(
-                f"an integer in 0..{rf.MAX_SUGGESTIONS}: unlabelled ids to suggest for labelling next "
+                f"an integer in 0..{MAX_SUGGESTIONS}: unlabelled ids to suggest for labelling next "
                 "(default: the page size)"
             )
         ),

@@ -19,7 +19,8 @@ from engine.errors import (
     QueryInterrupted,
     ServerBusy,
 )
-from engine.sandbox import MAX_VALUE_CHARS
+from engine.limits import MAX_VALUE_CHARS
+from engine.limits import WEB_FORM_BODY_BYTES as FORM_BODY_BYTES
 
 from .bodies import (
     FORM,
@@ -28,7 +29,7 @@ from .bodies import (
 )
 from .middleware import CLIENT_GONE
 from .pages import render
-from .state import CONSOLE_POLL_S, FORM_BODY_BYTES, App, CatalogParam, Served, state_of
+from .state import CONSOLE_POLL_S, App, CatalogParam, Served, state_of
 
 
 @get("/console", sync_to_thread=False)

@@ -17,7 +17,6 @@ from litestar.plugins.htmx import HTMXRequest, HTMXTemplate
 from litestar.response import Template
 
 import engine
-from engine import refine as rf
 from engine.errors import (
     CatalogError,
     CorruptCatalog,
@@ -27,6 +26,8 @@ from engine.errors import (
     UnknownIds,
     UnsafeImage,
 )
+from engine.limits import DEFAULT_SAMPLED_NEGATIVES
+from engine.limits import WEB_FORM_BODY_BYTES as FORM_BODY_BYTES
 
 from .bodies import (
     DEFAULT_K,
@@ -37,7 +38,7 @@ from .bodies import (
     BodyRequest,
     RefineRequest,
 )
-from .state import FORM_BODY_BYTES, MODEL_LABELS, App, CatalogParam, Served, state_of
+from .state import MODEL_LABELS, App, CatalogParam, Served, state_of
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def index(request: HTMXRequest, catalog: CatalogParam = None) -> Template:
             "models": MODEL_LABELS,
             "page_size": app.settings.page_size,
             "max_negatives": MAX_SAMPLED,
-            "default_negatives": rf.DEFAULT_SAMPLED_NEGATIVES,
+            "default_negatives": DEFAULT_SAMPLED_NEGATIVES,
         },
     )
 

@@ -48,7 +48,8 @@ class Settings:
 
     @classmethod
     def parse(cls, assignments: list[str]) -> Settings:
-        """Settings from ``NAME=VALUE`` texts (the CLI's ``serve --set``), each value checked."""
+        """Settings from ``NAME=VALUE`` texts (the CLI's ``serve --setting NAME VALUE`` and
+        ``--set NAME=VALUE``), each value checked."""
         known = {f.name: f for f in fields(cls)}
         values: dict = {}
         for text in assignments:
@@ -56,15 +57,15 @@ class Settings:
             name = name.strip()
             if not sep or name not in known:
                 raise InvalidArgument(
-                    f"--set takes NAME=VALUE with NAME one of {', '.join(known)}; got {text!r}"
+                    f"a setting takes a NAME and a VALUE, with NAME one of {', '.join(known)}; got {text!r}"
                 )
             kind = {"int": int, "float": float, "str": str}[str(known[name].type)]
             try:
                 value = kind(raw.strip().replace("_", "") if kind is not str else raw.strip())
             except ValueError:
-                raise InvalidArgument(f"--set {name}: {raw!r} is not a valid {kind.__name__}") from None
+                raise InvalidArgument(f"setting {name}: {raw!r} is not a valid {kind.__name__}") from None
             if kind is not str and value <= 0:
-                raise InvalidArgument(f"--set {name}: must be positive, got {raw!r}")
+                raise InvalidArgument(f"setting {name}: must be positive, got {raw!r}")
             values[name] = value
         return cls(**values)
 

@@ -25,19 +25,15 @@ from engine.errors import (
     ServerBusy,
 )
 from engine.ingest.imageio import UnreadableImage, decode_query_image
+from engine.limits import WEB_BUSY_WAIT_S as BUSY_WAIT_S
+from engine.limits import WEB_DECODE_WAIT_S as DECODE_WAIT_S
+from engine.limits import WEB_DECODES_AT_ONCE as DECODES_AT_ONCE
 from engine.sandbox import QueryParser, QueryPool
 
 from .settings import Settings
 from .thumbs import Thumbnails
 
-BUSY_WAIT_S = 0.5
 CONSOLE_POLL_S = 0.02  # how often a console request waiting for a slot looks again
-# Query images decoded at once, over all catalogs, and how long a request waits for its turn.
-DECODES_AT_ONCE = 2
-DECODE_WAIT_S = 3.0
-# Bodies of the fine-tune and SQL endpoints: a query of MAX_QUERY_TEXT characters JSON-escaped (600 kB), or
-# about 45,000 labels of 20-digit ids.
-FORM_BODY_BYTES = 1_000_000
 # Bytes a request may add around an uploaded image (multipart or JSON framing, the other fields).
 UPLOAD_FRAMING_BYTES = 1_000_000
 MODEL_LABELS = {

@@ -14,7 +14,6 @@ from ..catalog import Catalog
 from ..errors import CatalogError
 
 DEFAULT_ENCODER = "demo:fashion-v1"
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
 EXIT_FAILURE = 1  # the command ran and failed; the message says what to do
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_PIPE = 141  # stdout closed early (128 + SIGPIPE), as a shell pipeline's tools end
@@ -471,7 +470,8 @@ def _tsv(value) -> str:
 
 
 def cmd_serve(args) -> int:
-    serve(args.catalogs, args.host, args.port, settings=args.set)
+    settings = [f"{name}={value}" for name, value in args.setting] + args.set
+    serve(args.catalogs, args.host, args.port, settings=settings)
     return 0
 
 

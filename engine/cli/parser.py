@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 
 from ..head import DEFAULT_KOLEO
-from ..layout import DEFAULT_BLOCK_SIZE
-from ..refine import DEFAULT_SAMPLED_NEGATIVES, DEFAULT_SUGGESTIONS, MODELS
+from ..limits import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_K,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_SAMPLED_NEGATIVES,
+    DEFAULT_SUGGESTIONS,
+    PRINT_LIMIT,
+)
+from ..refine import MODELS
 from .commands import (
     DEFAULT_ENCODER,
-    DEFAULT_MAX_PIXELS,
     EXIT_USAGE,
     cmd_add,
     cmd_compact,
@@ -348,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--limit",
         type=int,
-        default=1000,
+        default=PRINT_LIMIT,
         metavar="N",
         help="ids to print; 0: all (the total is always reported)",
     )
@@ -359,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query", nargs="?", help="text to search for")
     s.add_argument("--image", metavar="FILE", help="search with this image file instead of text")
     s.add_argument("--id", type=int, metavar="N", help="search with the image of this id (more like this)")
-    s.add_argument("-k", type=int, default=60, help="how many images")
+    s.add_argument("-k", type=int, default=DEFAULT_K, help="how many images")
     s.add_argument("--limit", type=int, default=0, metavar="N", help="ids to print; 0: all k")
     _json_flag(s)
 
@@ -412,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--limit",
         type=int,
-        default=1000,
+        default=PRINT_LIMIT,
         metavar="N",
         help="ids to print; 0: all (the total is always reported)",
     )
@@ -423,11 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument(
-        "--set",
+        "--setting",
+        nargs=2,
         action="append",
         default=[],
-        metavar="NAME=VALUE",
-        help="a web setting, e.g. sql_time_limit_s=10 (repeatable; the settings are listed below)",
+        metavar=("NAME", "VALUE"),
+        help="a web setting, e.g. --setting sql_time_limit_s 10 (repeatable; the settings are listed below)",
+    )
+    s.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a web setting, as NAME=VALUE"
     )
     s.epilog = _settings_help()
 
@@ -471,13 +481,13 @@ SCORED = ("search", "refine", "select")
 
 
 def _settings_help() -> str:
-    """The web settings ``serve --set`` takes, with their defaults."""
+    """The web settings ``serve --setting`` takes, with their defaults."""
     import textwrap
     from dataclasses import fields
 
     from web.settings import Settings
 
-    lines = ["settings (--set NAME=VALUE):"]
+    lines = ["settings (--setting NAME VALUE, or --set NAME=VALUE):"]
     for f in fields(Settings):
         text = f"{f.name} = {f.default!r}: {f.metadata['help']}"
         lines += textwrap.wrap(text, 96, initial_indent="  ", subsequent_indent="      ")

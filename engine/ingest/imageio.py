@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UnreadableImage
+from ..limits import DEFAULT_MAX_PIXELS, QUERY_MAX_PIXELS
 from ..store.files import atomic_path
 
 # Plugins PIL may use. Naming them keeps PIL from probing every format it knows (EPS would
@@ -32,15 +33,13 @@ from ..store.files import atomic_path
 PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's own decompression-bomb limit
 # JPEGs are decoded at a reduced DCT scale when even the reduced picture keeps at least this
 # many pixels on each side: a 12 MP photo decodes ~10x faster, and encoders (224-336 px) and
 # thumbnails (256 px) never look at the detail that is skipped.
 DRAFT_MIN_SIDE = 512
-# A query image (a search by example) is a stranger's file: it may have at most this many
-# pixels, and is reduced to at most QUERY_MAX_SIDE on its longer side before its colours are
+# A query image (a search by example) is a stranger's file: it may have at most
+# QUERY_MAX_PIXELS pixels, and is reduced to at most QUERY_MAX_SIDE on its longer side before its colours are
 # converted, so a crafted PNG costs a bounded decode and no full-size copies.
-QUERY_MAX_PIXELS = 25_000_000
 QUERY_MAX_SIDE = 1024
 
 THUMB_MAX_SIDE = 256

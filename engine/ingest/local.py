@@ -11,8 +11,9 @@ import numpy as np
 from ..catalog import Catalog
 from ..encoders import Encoder
 from ..errors import IngestError
+from ..limits import DEFAULT_MAX_PIXELS
 from ..progress import Progress, reporter
-from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, DecodedBatch, decoded_batches
+from .imageio import DecodeDataset, DecodedBatch, decoded_batches
 from .run import BatchWriter, IngestReport, IngestRun, check_args, check_encoder
 from .sources import scan_sources
 

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 
 from ..catalog import Catalog
 from ..errors import IngestError, ReadOnlyError
+from ..limits import DEFAULT_MAX_PIXELS
 from ..store.files import link_or_copy
 from .embeddings import PartStore, read_part
-from .imageio import DEFAULT_MAX_PIXELS, thumbnail_path
+from .imageio import thumbnail_path
 from .run import (
     BatchWriter,
     IngestReport,

@@ -49,9 +49,10 @@ import pyarrow.parquet as pq
 
 from ..catalog import Catalog
 from ..errors import IngestError
+from ..limits import DEFAULT_MAX_PIXELS
 from ..store.files import write_bytes
 from .embeddings import write_part_file
-from .imageio import DEFAULT_MAX_PIXELS, DecodeDataset, decoded_batches
+from .imageio import DecodeDataset, decoded_batches
 from .local import encode_batch
 from .run import plan_files
 from .sources import ManifestRows, ScannedFiles, Source, scan_sources
