@@ -40,8 +40,8 @@ _LAZY = {
     "N_DIMS": ".boxes",
     "BoxSet": ".boxes",
     "Catalog": ".catalog",
-    "SelectResult": ".search",
-    "Result": ".refine",
+    "SelectResult": ".index.search",
+    "Result": ".learn.refine",
 }
 
 

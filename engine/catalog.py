@@ -1,7 +1,7 @@
 """The catalog: one DuckDB file holding images, their 32-byte codes in block order and the
 block zone maps. ``Catalog`` is the door to everything: the CLI, the web app and the tests
 all go through it. It is a facade: the file behind :class:`~engine.store.Store`, loaded state
-in a :class:`~engine.snapshot.Snapshot`, queries in :mod:`engine.search`, user SQL in
+in a :class:`~engine.index.snapshot.Snapshot`, queries in :mod:`engine.index.search`, user SQL in
 :mod:`engine.sandbox`."""
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import layout, search
 from .boxes import BoxSet
+from .codes.head import Head
+from .codes.quantize import Quantizer
 from .errors import CatalogError, CatalogNotFound, InvalidCodes
-from .head import Head
+from .index import layout, search
+from .index.search import SelectResult
+from .index.snapshot import Snapshot
+from .learn.refine import Result, Training
 from .limits import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_K,
@@ -31,11 +35,7 @@ from .limits import (
     SANDBOX_TEMP_LIMIT,
 )
 from .progress import Progress, reporter
-from .quantize import Quantizer
-from .refine import Result, Training
 from .sandbox import QueryResult, read_sql, sandbox_config, user_query
-from .search import SelectResult
-from .snapshot import Snapshot
 from .store import Store, tables
 
 
@@ -202,9 +202,9 @@ class Catalog:
         leaves the old codes and index, never new codes without one. ``index_info``: more
         entries for the index settings. ``progress`` (see :mod:`engine.progress`) counts steps:
         loading the stored codes, each k-d level, each written chunk, the commit
-        (:func:`engine.layout.build_steps`). Returns timing stats.
+        (:func:`engine.index.layout.build_steps`). Returns timing stats.
         """
-        from .build import build_index
+        from .index.build import build_index
 
         self.store.check_writable()
         layout.check_block_size(block_size)
@@ -254,7 +254,7 @@ class Catalog:
         return (self.store.generation, settings.get("data_version"))
 
     def block_index(self):
-        """The in-memory scan index (:class:`engine.query.BlockIndex`) of the current snapshot."""
+        """The in-memory scan index (:class:`engine.index.query.BlockIndex`) of the current snapshot."""
         return self.snapshot().index
 
     def feature_subsets(self) -> list[tuple[int, ...]]:
@@ -309,10 +309,10 @@ class Catalog:
         or ``"forest"`` (scikit-learn models turned into boxes), or an unfitted box classifier
         of :mod:`engine.learn`. Sampled negatives come from a fixed random pool of catalog rows,
         skipping labelled ids, and (with ``filter_sampled``) those that look more like the
-        positives than like the catalog (:func:`engine.refine.reliable_negatives`); user
+        positives than like the catalog (:func:`engine.learn.refine.reliable_negatives`); user
         negatives weigh ``negative_weight`` times a sampled one. With ``guide`` (the default) a
         linear guide fitted on that set relabels the sample, adds pool rows it scores positive
-        to the positives and sets the ensemble's vote threshold (:mod:`engine.guide`);
+        to the positives and sets the ensemble's vote threshold (:mod:`engine.learn.guide`);
         ``guide=False`` trains on the labels and the sample alone, as the original system did.
         Works on read-only catalogs.
         """
@@ -339,7 +339,7 @@ class Catalog:
         guide: bool = False,
     ) -> Training:
         """The training set a refine round with these labels and options fits its model on
-        (:class:`engine.refine.Training`: codes ``X``, labels ``y``, weights ``w``), for
+        (:class:`engine.learn.refine.Training`: codes ``X``, labels ``y``, weights ``w``), for
         training other models on exactly what ``refine`` sees. ``guide`` as in :meth:`refine`
         (default off here: the labels and the sample alone)."""
         return search.training_set(

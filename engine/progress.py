@@ -1,7 +1,7 @@
 """Progress of long library calls: one ``progress`` argument, reported or shown.
 
-The long calls (:func:`engine.ingest.ingest`, :func:`engine.pipeline.train_head`,
-:func:`engine.pipeline.index_embeddings`, :meth:`Catalog.build_index`, :meth:`Catalog.compact`,
+The long calls (:func:`engine.ingest.ingest`, :func:`engine.codes.pipeline.train_head`,
+:func:`engine.codes.pipeline.index_embeddings`, :meth:`Catalog.build_index`, :meth:`Catalog.compact`,
 :meth:`Catalog.export_parquet`, :meth:`Catalog.import_parquet`) take ``progress``:
 
 * ``None`` or ``False``: nothing;

@@ -1,12 +1,12 @@
 """The guide's logistic regression: the hand-written Newton solver against scikit-learn's; prints JSON.
 
-Every refine round fits the guide (:func:`engine.guide.fit_guide`, a weighted L2 logistic
+Every refine round fits the guide (:func:`engine.learn.guide.fit_guide`, a weighted L2 logistic
 regression over 32 code dims) on the round's training set. This script builds the training sets
-that refine rounds see, from a clustered catalog (``engine.synth``, ``--rows`` rows, cached under
+that refine rounds see, from a clustered catalog (``engine.datasets.synth``, ``--rows`` rows, cached under
 ``--dir``): 60 labels from one cluster's search grid, and a second round that adds 60 labels
 from other clusters, and fits each one ``--repeats`` times with
 
-* ``newton``: :func:`engine.guide.fit_guide`;
+* ``newton``: :func:`engine.learn.guide.fit_guide`;
 * scikit-learn's ``LogisticRegression`` with each of its solvers that take sample weights
   (``lbfgs``, ``newton-cholesky``, ``newton-cg``, ``liblinear``), with the same ``C``, on the
   same ``X / 255``.
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from engine import guide, synth
+from engine.datasets import synth
+from engine.learn import guide
 
 SOLVERS = ("lbfgs", "newton-cholesky", "newton-cg", "liblinear")
 

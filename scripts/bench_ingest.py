@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 import engine
-from engine.demodata import DEBIAN_ROOT, read_split
+from engine.datasets.demodata import DEBIAN_ROOT, read_split
 from engine.encoders import load_encoder
 from engine.ingest import ingest
 

@@ -1,8 +1,8 @@
 """Benchmark exact top-k nearest neighbours over the 32-byte codes; prints JSON.
 
-For each row count it generates clustered codes (``engine.synth``) and times, on the same
+For each row count it generates clustered codes (``engine.datasets.synth``) and times, on the same
 queries (the codes of random rows):
-  1. ``engine.knn.topk`` on the codes in k-d block order, the layout of ``BlockIndex.cols``,
+  1. ``engine.index.knn.topk`` on the codes in k-d block order, the layout of ``BlockIndex.cols``,
      and on the codes in generation (random) order, where its pruning helps least; also
      the same call after the process sat idle for 50 ms (the thread pool has to wake up), and
      per query within a batch of 16 (``topk_many``);
@@ -36,9 +36,9 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from engine import knn, layout
 from engine.boxes import CODE_COLUMNS
-from engine.synth import clustered_codes
+from engine.datasets.synth import clustered_codes
+from engine.index import knn, layout
 
 IDLE_S = 0.05
 BATCH = 16
@@ -107,7 +107,7 @@ COLD_CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
-from engine import knn
+from engine.index import knn
 t1 = time.perf_counter()
 cols = np.load(sys.argv[1])
 query = np.array(json.loads(sys.argv[2]), dtype=np.uint8)

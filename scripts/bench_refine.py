@@ -1,6 +1,6 @@
 """Benchmark a full refine round (sample negatives, train, query the whole catalog); prints JSON.
 
-For each catalog size a synthetic catalog (``engine.synth``, cached under ``--dir`` between runs,
+For each catalog size a synthetic catalog (``engine.datasets.synth``, cached under ``--dir`` between runs,
 the files ``bench_select.py`` uses) gets 60 labelled images: 40 positives from one median-sized
 cluster and 20 negatives, the rows nearest to the positives' mean code outside that cluster
 (what a user sees and rejects among the first results). Each model (ensemble, branch, tree,
@@ -55,11 +55,12 @@ import duckdb
 import numpy as np
 
 import engine
-from engine import knn, limits, query
-from engine import refine as rf
+from engine import limits
+from engine.datasets.synth import synth_catalog
 from engine.errors import CatalogError
+from engine.index import knn, query
+from engine.learn import refine as rf
 from engine.learn.trees import ForestBoxes
-from engine.synth import synth_catalog
 
 PHASES = ("time_sample_ms", "time_train_ms", "time_query_ms", "time_suggest_ms", "time_total_ms")
 TARGETS = {

@@ -29,9 +29,10 @@ import duckdb
 import numpy as np
 
 import engine
-from engine import layout, limits, query, scan
+from engine import limits
 from engine.boxes import BoxSet
-from engine.synth import synth_catalog
+from engine.datasets.synth import synth_catalog
+from engine.index import layout, query, scan
 
 SUBSET_SIZES = (4, 6, 8)
 

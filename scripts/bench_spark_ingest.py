@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from engine.demodata import write_fashion_mnist
+from engine.datasets.demodata import write_fashion_mnist
 from engine.encoders import load_encoder
 from engine.ingest import ingest
 from engine.ingest.embeddings import load_embeddings

@@ -2,7 +2,7 @@
 and export, check what the kill left and that running the command again finishes the work;
 prints one JSON document and exits 1 if any check failed.
 
-Data: Fashion-MNIST images written by ``engine.demodata`` (``--images``, half from each split,
+Data: Fashion-MNIST images written by ``engine.datasets.demodata`` (``--images``, half from each split,
 with their ``labels.csv`` manifest) and a folder of six noise images (three large enough to get
 a thumbnail) and four corrupt files (empty, text, random bytes, a truncated PNG); the encoder is
 the bundled ``demo:fashion-v1``. Every command runs as ``python -m engine ...`` in a new session,
@@ -89,7 +89,7 @@ from PIL import Image
 import engine
 from engine import CatalogError
 from engine.boxes import CODE_COLUMNS
-from engine.demodata import write_fashion_mnist
+from engine.datasets.demodata import write_fashion_mnist
 from engine.ingest.embeddings import load_embeddings
 from engine.store.parquet import FILES as EXPORT_FILES
 

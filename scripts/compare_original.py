@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from engine import synth
+from engine.datasets import synth
 from engine.learn import DecisionBranchClassifier, DecisionBranchEnsemble
 
 # ours: the original's settings grown bottom-up and top-down, and the product's estimator as the
@@ -80,7 +80,7 @@ def load_catalog(name: str, args, tmp: Path):
 
 def ours(kind: str, growth: str, subsets, seed: int):
     if growth == "product":  # the product's own estimator and its defaults (top-down growth)
-        from engine import refine as rf
+        from engine.learn import refine as rf
 
         return rf.make_model(kind, subsets, seed)
     if kind == "ensemble":

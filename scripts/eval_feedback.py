@@ -4,14 +4,14 @@ nearest-neighbour search?
 For each class of a labelled catalog, each seed and each number ``p`` of positives, the script
 labels ``p`` images of the class as positive (the first ``p`` of a per-seed random order, so the
 labelled set grows with ``p``) and builds the training set the way ``Catalog.refine`` does
-(``engine.refine.assemble``): those positives plus ``--negatives`` rows sampled at random from
+(``engine.learn.refine.assemble``): those positives plus ``--negatives`` rows sampled at random from
 the whole catalog, skipping the labelled positives and dropping the rows nearer the positives'
 mean than the sample's (``--no-filter`` keeps them), then relabelled and extended by the linear
 guide (``--no-guide`` leaves them as they are). Random rows may be true positives; that is the
 realistic setting the product runs in. Each model (decision branch ensemble, single decision
 branch model, decision tree, random forest) is fitted as a refine round fits it
-(``engine.refine.fit_round``: vote threshold calibrated) and applied to the whole catalog through
-the block index (``engine.query.select`` with the model's ``min_votes_``, the product path); for
+(``engine.learn.refine.fit_round``: vote threshold calibrated) and applied to the whole catalog through
+the block index (``engine.index.query.select`` with the model's ``min_votes_``, the product path); for
 the first ``--verify-seeds`` seeds the model's own ``predict`` over every code is computed too
 and must select exactly the same rows.
 
@@ -49,8 +49,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import engine
-from engine import knn, layout, limits, query, synth
-from engine import refine as rf
+from engine import limits
+from engine.datasets import synth
+from engine.index import knn, layout, query
+from engine.learn import refine as rf
 from engine.learn.models import feature_subsets
 
 PAPER = {"branch": 22, "ensemble": 8}
@@ -340,7 +342,7 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_FLOOR=0 "
+        help="set a constant of engine.learn.refine or engine.learn.guide for this run, e.g. GUIDE_FLOOR=0 "
         "(repeatable), as scripts/eval_session.py does",
     )
     args = ap.parse_args(argv)

@@ -26,11 +26,11 @@ import time
 
 import numpy as np
 
-from engine import head as head_mod
-from engine import quantize
-from engine.demodata import DEBIAN_ROOT, read_split
+from engine.codes import head as head_mod
+from engine.codes import quantize
+from engine.codes.prompts import vocabulary
+from engine.datasets.demodata import DEBIAN_ROOT, read_split
 from engine.encoders import load_encoder
-from engine.prompts import vocabulary
 
 KS = (1, 10, 100)
 

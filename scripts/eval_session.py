@@ -23,10 +23,10 @@ Catalogs:
   with a message on stderr.
 - ``demo-concepts``: the same catalog, one session per concept of 2-4 classes
   (:data:`DEMO_CONCEPTS`); ``--skip-concepts`` leaves it out.
-- ``synthetic``: curved bands (:func:`engine.synth.curved_bands`), ``--starts`` sessions per class.
+- ``synthetic``: curved bands (:func:`engine.datasets.synth.curved_bands`), ``--starts`` sessions per class.
 - ``clusters``: ``--clusters`` (500) small classes of ``--clusters-rows`` rows, one session for
   each of the ``--clusters-sessions`` classes nearest the median size.
-- ``clusters-N``, for each ``--rows N``: N clustered codes (:func:`engine.synth.synth_catalog`)
+- ``clusters-N``, for each ``--rows N``: N clustered codes (:func:`engine.datasets.synth.synth_catalog`)
   with one cluster per ``--rows-per-cluster`` rows (2500: at 10M rows 4000 classes of
   0.01-0.1 %), kept under ``--dir`` and reused while its ``synth`` setting matches and its index
   is fresh. Two kinds of session, reported apart:
@@ -48,7 +48,7 @@ Baselines, scored in the same round on the same labels:
   best separates the labelled positives from the labelled negatives (the radius maximising F1
   on the labelled images; distances to the same mean code).
 - ``linear``: a logistic regression on the refine round's training set (labels plus the sampled
-  negatives, same weights; the guide's model, :mod:`engine.guide`), applied to every code of
+  negatives, same weights; the guide's model, :mod:`engine.learn.guide`), applied to every code of
   the catalog: what SeeSaw and Exquisitor do, at the price of a full scan.
 
 The ceiling: a random forest of ``--ceiling-trees`` trees trained on **every** label of the
@@ -67,7 +67,7 @@ the same ensemble without the guide: ``ensemble`` and ``ensemble[guide=False]``.
 
 ``--quick`` is a smoke run: 3 classes, 2 rounds, grid 30, small catalogs and ceiling; with
 ``--rows``, 100 rows per cluster (classes of 0.05%), 2 tight and 1 loose session.
-``--constant NAME=VALUE`` sets a constant of ``engine.refine`` or ``engine.guide`` for the run
+``--constant NAME=VALUE`` sets a constant of ``engine.learn.refine`` or ``engine.learn.guide`` for the run
 (``--constant HULL_DIMS=0`` turns the rare-class clip off, ``--constant STONES=0`` the chains
 through pool rows): the figures that the constants' comments quote come from such runs.
 
@@ -106,9 +106,11 @@ from typing import NamedTuple
 import numpy as np
 
 import engine
-from engine import guide, knn, synth
-from engine import refine as rf
+from engine.datasets import synth
 from engine.errors import CatalogError, CatalogNotFound
+from engine.index import knn
+from engine.learn import guide
+from engine.learn import refine as rf
 
 # One free-text query per demo class, none of them a training caption or a zero-shot prompt.
 DEMO_QUERIES = {
@@ -265,7 +267,7 @@ def synthetic_bench(
 
 
 def clusters_bench(path: Path, name: str, n_clusters: int) -> Bench:
-    """The clustered catalog at ``path`` (:func:`engine.synth.synth_catalog`, ``label`` = cluster)."""
+    """The clustered catalog at ``path`` (:func:`engine.datasets.synth.synth_catalog`, ``label`` = cluster)."""
     cat = engine.Catalog.open(path, read_only=True)
     cat.store.con.execute("SET enable_progress_bar = false")  # stdout carries the report
     tbl = cat.sql("SELECT id, label FROM images ORDER BY id")
@@ -323,7 +325,7 @@ def loose_sessions(bench: Bench, n: int, seed: int, skip: int) -> list[Session]:
 def rare_bench(
     directory: Path, rows: int, n_clusters: int, seed: int, sessions_wanted: int, classes: int | None
 ) -> tuple[Bench, list[Session]]:
-    """Many small classes: ``n_clusters`` elongated Gaussian clusters (:func:`engine.synth.clustered_codes`,
+    """Many small classes: ``n_clusters`` elongated Gaussian clusters (:func:`engine.datasets.synth.clustered_codes`,
     the catalogs of ``bench_refine.py``), so that each class is a fraction of a percent of the catalog,
     as a query's class is in a large real catalog. Sessions: the clusters nearest the median size, each
     started from an image query by one random member."""
@@ -403,7 +405,7 @@ def knn_baselines(bench: Bench, concept: np.ndarray, pos: np.ndarray, neg: np.nd
 
 
 def linear_baseline(bench: Bench, concept: np.ndarray, train: rf.Training) -> tuple[float, float, float]:
-    """The linear model of the guide (:func:`engine.guide.fit_guide`) fitted on the round's
+    """The linear model of the guide (:func:`engine.learn.guide.fit_guide`) fitted on the round's
     training set and applied to every code of the catalog."""
     g = guide.fit_guide(train.X, train.y, train.w)
     index = bench.cat.block_index()
@@ -807,9 +809,9 @@ def scale_targets(report: dict) -> dict:
 
 
 def set_constants(assignments: list[str]) -> dict:
-    """Set ``NAME=VALUE`` constants of :mod:`engine.refine` or :mod:`engine.guide` (numbers, each
+    """Set ``NAME=VALUE`` constants of :mod:`engine.learn.refine` or :mod:`engine.learn.guide` (numbers, each
     of the type of the constant it replaces); returns ``{"module.NAME": value}``."""
-    from engine import guide as guide_module
+    from engine.learn import guide as guide_module
 
     done = {}
     for text in assignments:
@@ -817,7 +819,7 @@ def set_constants(assignments: list[str]) -> dict:
         modules = [m for m in (rf, guide_module) if name.isupper() and hasattr(m, name)]
         if not sep or len(modules) != 1:
             raise ValueError(
-                f"--constant takes NAME=VALUE, NAME a constant of engine.refine or engine.guide; got {text!r}"
+                f"--constant takes NAME=VALUE, NAME a constant of engine.learn.refine or engine.learn.guide; got {text!r}"
             )
         old = getattr(modules[0], name)
         if isinstance(old, bool) or not isinstance(old, (int, float)):
@@ -907,7 +909,7 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="set a constant of engine.refine or engine.guide for this run, e.g. GUIDE_RADIUS=1.5 "
+        help="set a constant of engine.learn.refine or engine.learn.guide for this run, e.g. GUIDE_RADIUS=1.5 "
         "(repeatable): how the figures their comments cite are reproduced",
     )
     args = ap.parse_args(argv)

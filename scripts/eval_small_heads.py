@@ -16,12 +16,12 @@ the catalog would store:
 Heads: ``distill`` (as for a large catalog: the images, with the prompt vocabulary in the loss),
 ``distill_vocab`` (the vocabulary's texts also as training rows), ``distill_pp`` (the prompts'
 similarities among themselves also in the loss: ``train_distill(prompt_prompt=True)``, what
-:func:`engine.pipeline.train_head` does below ``SMALL_CATALOG_ROWS`` images), ``pca`` (n > 32
+:func:`engine.codes.pipeline.train_head` does below ``SMALL_CATALOG_ROWS`` images), ``pca`` (n > 32
 only), ``pca_vocab`` (PCA of the images and the vocabulary's texts), ``contrastive`` (captions
 "a photo of a <class>"), and ``reference`` (the catalog's own head, trained on every image).
 Quantizers: ``img`` (quantiles of the images' outputs, n >= 2), ``vocab`` (of the images' and
 the vocabulary texts' outputs together), and each with the per-dim range at least
-:func:`engine.quantize.sphere_range` (``img_floor``, ``vocab_floor``).
+:func:`engine.codes.quantize.sphere_range` (``img_floor``, ``vocab_floor``).
 
     python scripts/eval_small_heads.py --catalog demo/fashion.duckdb [--sizes 1 2 5 20 ...] [--seeds 3]
 
@@ -39,11 +39,11 @@ import time
 import numpy as np
 
 import engine
-from engine import head as head_mod
-from engine import quantize
+from engine.codes import head as head_mod
+from engine.codes import quantize
+from engine.codes.prompts import vocabulary
 from engine.encoders import load_encoder
 from engine.ingest.embeddings import load_embeddings
-from engine.prompts import vocabulary
 
 QUERIES = {  # class -> (its name as typed, a paraphrase the vocabulary does not hold)
     "T-shirt/top": ("t-shirt", "a short-sleeved top"),

@@ -63,7 +63,7 @@ from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 
 from engine.errors import CatalogError
-from engine.refine import MODELS
+from engine.learn.refine import MODELS
 from web import Settings, create_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pytest
 
 import engine
-from engine import errors, head, learn, quantize
+from engine import errors, learn
+from engine.codes import head, quantize
 from engine.ingest import imageio
 from engine.learn import base
 

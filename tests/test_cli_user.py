@@ -34,7 +34,7 @@ def cli(*args, check=True, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> tuple[Path, list[dict]]:
     """600 Fashion-MNIST PNGs and their manifest rows (uri, label, split)."""
-    from engine.demodata import write_fashion_mnist
+    from engine.datasets.demodata import write_fashion_mnist
 
     root = tmp_path_factory.mktemp("photos")
     manifest = write_fashion_mnist(root, limit=300)

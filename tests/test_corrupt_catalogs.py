@@ -24,7 +24,7 @@ import pytest
 import engine
 from engine import CorruptCatalog
 from engine.cli import main
-from engine.synth import synth_catalog
+from engine.datasets.synth import synth_catalog
 
 ROWS = 2000
 BLOCK_SIZE = 64

@@ -262,8 +262,8 @@ def test_text_search_needs_neither_torch_nor_transformers(tmp_path):
     with engine.Catalog.create(path) as cat:
         cat.add_codes(head_rng.integers(0, 256, (300, 32), dtype=np.uint8))
         cat.build_index()
-        from engine import head as head_mod
-        from engine import quantize
+        from engine.codes import head as head_mod
+        from engine.codes import quantize
 
         emb = head_rng.normal(size=(300, 384)).astype(np.float32)
         h = head_mod.fit_pca(emb)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import demodata
-from engine.demodata import CLASSES, DEBIAN_ROOT, read_idx, write_fashion_mnist
+from engine.datasets import demodata
+from engine.datasets.demodata import CLASSES, DEBIAN_ROOT, read_idx, write_fashion_mnist
 from engine.errors import IngestError
 
 

@@ -134,15 +134,15 @@ def test_figure3_quick(load_script, web_demo_copy, capsys):
 
 
 def test_constants_are_set_for_a_run_and_bad_ones_refused(load_script, monkeypatch):
-    from engine import guide
-    from engine import refine as rf
+    from engine.learn import guide
+    from engine.learn import refine as rf
 
     es = load_script("eval_session")
     monkeypatch.setattr(rf, "HULL_DIMS", rf.HULL_DIMS)  # restored after the test
     monkeypatch.setattr(guide, "GUIDE_C", guide.GUIDE_C)
     assert es.set_constants(["HULL_DIMS=0", "GUIDE_C=2.5"]) == {
-        "engine.refine.HULL_DIMS": 0,
-        "engine.guide.GUIDE_C": 2.5,
+        "engine.learn.refine.HULL_DIMS": 0,
+        "engine.learn.guide.GUIDE_C": 2.5,
     }
     assert rf.HULL_DIMS == 0 and guide.GUIDE_C == 2.5
     for bad, message in (

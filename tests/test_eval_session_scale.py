@@ -185,7 +185,7 @@ def test_a_catalog_of_other_settings_is_rebuilt(script, tmp_path):
     assert built["cached"] is False
     assert script.clusters_catalog(tmp_path, 3000, 6, 0) == (path, {"cached": True})
     path.unlink()
-    engine.synth.synth_catalog(path, 3000, 1, 6)  # another seed under the same name
+    engine.datasets.synth.synth_catalog(path, 3000, 1, 6)  # another seed under the same name
     assert script.clusters_catalog(tmp_path, 3000, 6, 0)[1]["cached"] is False
     with engine.Catalog.open(path, read_only=True) as cat:
         assert cat.setting("synth")["seed"] == 0 and not cat.index_status()["stale"]

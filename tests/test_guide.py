@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
-from engine.guide import Guide, Region, choose_min_votes, diverse, fit_guide, group_positives, suggest
+from engine.learn.guide import Guide, Region, choose_min_votes, diverse, fit_guide, group_positives, suggest
 
 
 @pytest.mark.parametrize("seed", range(4))

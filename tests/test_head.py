@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import engine
-from engine import head as H
-from engine import pipeline, quantize
+from engine.codes import head as H
+from engine.codes import pipeline, quantize
 
 torch = pytest.importorskip("torch")
 

@@ -652,7 +652,7 @@ def test_manifest_values_must_fit_existing_columns(make_catalog, tmp_path):
 
 
 def test_demo_manifest_gives_a_label_column(make_catalog, tmp_path):
-    from engine.demodata import write_fashion_mnist
+    from engine.datasets.demodata import write_fashion_mnist
 
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -1,4 +1,4 @@
-"""engine.knn against a brute-force numpy oracle.
+"""engine.index.knn against a brute-force numpy oracle.
 
 The oracle works on row-major codes and ranks with np.lexsort; it shares nothing with the
 kernels. Codes are drawn from small alphabets as well as from 0..255 so that equal distances,
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import knn
 from engine.errors import InvalidArgument
+from engine.index import knn
 
 N_DIMS = 32
 ALPHABETS = (2, 4, 256)  # codes in {0, 1} are nearly all ties

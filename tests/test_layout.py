@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from engine import layout, scan
 from engine.errors import CatalogError, InvalidArgument
+from engine.index import layout, scan
 
 
 @pytest.mark.parametrize(
@@ -91,8 +91,8 @@ def test_rank_by_votes_is_a_stable_descending_order():
 
 
 def test_serial_and_parallel_kernels_agree():
-    from engine import query
     from engine.boxes import BoxSet
+    from engine.index import query
 
     rng = np.random.default_rng(5)
     cols = rng.integers(0, 256, (32, 5000), dtype=np.uint8)

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
 
-from engine import query
 from engine.boxes import CODE_COLUMNS
 from engine.errors import CatalogError, InvalidArgument
-from engine.layout import kd_order, zone_maps
+from engine.index import query
+from engine.index.layout import kd_order, zone_maps
 from engine.learn.base import NotFittedError, box_votes
 from engine.learn.models import DecisionBranchClassifier, DecisionBranchEnsemble, feature_subsets
 

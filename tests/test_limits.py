@@ -48,7 +48,9 @@ def test_limit_names_are_unique_across_the_two_tables():
 def test_the_code_uses_the_declared_values():
     import inspect
 
-    from engine import layout, refine, sandbox, search
+    from engine import sandbox
+    from engine.index import layout, search
+    from engine.learn import refine
 
     assert search.MAX_K is limits.MAX_K and sandbox.MAX_QUERY_TEXT is limits.MAX_QUERY_TEXT
     assert layout.DEFAULT_BLOCK_SIZE == limits.DEFAULT_BLOCK_SIZE

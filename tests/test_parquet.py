@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import engine
+from engine.datasets.synth import synth_catalog
 from engine.store import parquet
-from engine.synth import synth_catalog
 
 
 @pytest.fixture(scope="module")

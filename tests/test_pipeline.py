@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import engine
-from engine import pipeline
-from engine.prompts import vocabulary
+from engine.codes import pipeline
+from engine.codes.prompts import vocabulary
 
 pytest.importorskip("torch")
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -247,7 +247,8 @@ def test_search_and_refine_through_the_cli(demo):
 KILLED_INDEX = """
 import os, signal, sys
 import engine
-from engine import layout, pipeline
+from engine.index import layout
+from engine.codes import pipeline
 
 def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -340,7 +341,7 @@ def fashion_rows(tmp_path_factory):
     """The first 25 images of each Fashion-MNIST split as PNGs; (folder, manifest rows)."""
     import csv
 
-    from engine.demodata import write_fashion_mnist
+    from engine.datasets.demodata import write_fashion_mnist
 
     manifest = write_fashion_mnist(tmp_path_factory.mktemp("fm") / "fm", limit=25, workers=1)
     with open(manifest, newline="") as f:
@@ -427,8 +428,8 @@ def test_no_embeddings_is_still_explained(tmp_path):
 def test_large_catalogs_train_exactly_as_before(tmp_path, demo, demo_encoder):
     """From SMALL_CATALOG_ROWS images up, the head is trained on the images alone and the
     quantizer fitted on their outputs alone: the same bytes as calling the two directly."""
-    from engine import head as head_mod
-    from engine import quantize
+    from engine.codes import head as head_mod
+    from engine.codes import quantize
     from engine.ingest.embeddings import load_embeddings
 
     copy = tmp_path / "c.duckdb"

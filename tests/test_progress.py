@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import engine
-from engine import layout, limits
+from engine import limits
 from engine import progress as P
+from engine.index import layout
 from engine.store import database
 from engine.store.database import track_statement
 
@@ -303,7 +304,7 @@ def embedded(tmp_path_factory):
     pytest.importorskip("torch")
     if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("needs the Debian package dataset-fashion-mnist")
-    from engine.demodata import write_fashion_mnist
+    from engine.datasets.demodata import write_fashion_mnist
     from engine.encoders import load_encoder
     from engine.ingest import ingest
 
@@ -328,8 +329,8 @@ def test_ingest_shows_lines_when_stderr_is_no_terminal(embedded):
 
 @pytest.mark.parametrize("method", ["distill", "pca"])
 def test_train_head_and_index_report_steps(embedded, method):
-    from engine import head as head_mod
-    from engine import pipeline
+    from engine.codes import head as head_mod
+    from engine.codes import pipeline
 
     with engine.Catalog.open(embedded[0]) as cat:
         rec = Recorder()

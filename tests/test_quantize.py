@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine import quantize
-from engine.quantize import Quantizer, QuantizerError
+from engine.codes import quantize
+from engine.codes.quantize import Quantizer, QuantizerError
 
 
 def _data(seed=0, n=5000, d=32):

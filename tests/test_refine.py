@@ -8,8 +8,8 @@ import pytest
 
 import engine
 from engine import limits
-from engine import refine as rf
 from engine.errors import InvalidArgument, UnknownIds
+from engine.learn import refine as rf
 
 MODELS = ("ensemble", "branch", "tree", "forest")
 
@@ -267,7 +267,7 @@ def test_bad_searches_are_refused_clearly(catalog, kwargs, error, match):
     "ids", [np.arange(50), np.arange(50)[::-1] * 3, np.arange(50) * 10**12 - 7, np.array([], np.int64)]
 )
 def test_block_index_id_lookup_dense_and_sparse(ids):
-    from engine.query import BlockIndex
+    from engine.index.query import BlockIndex
 
     rng = np.random.default_rng(0)
     ids = rng.permutation(ids).astype(np.int64)
@@ -368,8 +368,8 @@ def test_guided_rounds_add_pseudo_positives_and_calibrate_the_vote_threshold(cat
     # the threshold is the one agreeing best with the guide on the held-out rows
     assert train.held_positives >= rf.MIN_HELD_POSITIVES
     held = np.ascontiguousarray(index.cols[:, train.held])
-    from engine import query
-    from engine.guide import choose_min_votes
+    from engine.index import query
+    from engine.learn.guide import choose_min_votes
 
     votes = query.votes(held, res.model.boxes_)
     assert res.model.min_votes_ == choose_min_votes(votes, train.guide.positive(held.T), 25, 13)
@@ -396,7 +396,7 @@ def test_pool_halves_are_disjoint_and_neither_is_stripped_of_the_class(catalog):
 def test_a_rare_class_gets_no_pseudo_positives_from_other_classes(tmp_path):
     """One cluster of 200 among 100: the guide's halfspace reaches other clusters, its radius
     keeps them out of the positives, and the round stays precise."""
-    from engine import synth
+    from engine.datasets import synth
 
     codes, labels = (np.concatenate(p) for p in zip(*synth.clustered_codes(20_000, 3, 100), strict=True))
     sizes = np.bincount(labels, minlength=100)
@@ -434,8 +434,8 @@ def test_an_estimator_can_be_passed_instead_of_a_name(catalog):
 def test_suggestions_come_from_the_vote_band_just_above_the_threshold(catalog):
     """Rows whose votes lie within SUGGEST_VOTE_MARGIN of the threshold are where the members
     disagree; rows far above it are settled and are never suggested."""
-    from engine import query
-    from engine.guide import Guide
+    from engine.index import query
+    from engine.learn.guide import Guide
 
     path, _, _ = catalog
     with engine.Catalog.open(path, read_only=True) as cat:
@@ -468,7 +468,7 @@ def test_suggestions_come_from_the_vote_band_just_above_the_threshold(catalog):
 def rare_catalog(tmp_path_factory):
     """200,000 codes in 1,000 clusters (classes of 0.1%): the sampling pool is 8% of the catalog
     and holds a handful of a class's members."""
-    from engine import synth
+    from engine.datasets import synth
 
     codes, labels = (np.concatenate(p) for p in zip(*synth.clustered_codes(200_000, 5, 1000), strict=True))
     path = tmp_path_factory.mktemp("rare") / "rare.duckdb"
@@ -517,7 +517,8 @@ def test_the_calibrated_threshold_beats_the_majority_on_held_out_rows(tmp_path):
     """On curved bands, where the members' majority is too strict or too loose depending on the
     class, the threshold fitted to the guide on one half of the pool agrees better with the true
     class on rows no model trained on than the fixed majority (13 of 25) does."""
-    from engine import query, synth
+    from engine.datasets import synth
+    from engine.index import query
 
     path = tmp_path / "bands.duckdb"
     labels = synth.bands_catalog(path, 20_000, 10, 3)

@@ -383,7 +383,7 @@ def test_select_matches_oracle_large_box_sets(catalogs, data):
 def _force_parallel_kernels():
     """Lower the engine's size thresholds for its parallel kernels (if it has them) to zero, so
     small queries run the parallel prune and scan too."""
-    import engine.query as q
+    import engine.index.query as q
 
     names = [n for n in ("PARALLEL_MIN_BOXES", "PARALLEL_MIN_ROW_TESTS") if hasattr(q, n)]
     old = {n: getattr(q, n) for n in names}

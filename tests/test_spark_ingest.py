@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import engine
-from engine.demodata import write_fashion_mnist
+from engine.datasets.demodata import write_fashion_mnist
 from engine.ingest import ingest
 from engine.ingest.embeddings import embeddings_dir, load_embeddings
 from engine.ingest.parts import ingest_parts, spark_ingest
@@ -244,7 +244,7 @@ def test_output_taken_into_a_catalog_with_other_ids(local_catalog, staged, sourc
 
 @spark_test
 def test_search_gives_the_same_ids(local_catalog, spark_catalog):
-    from engine.pipeline import index_embeddings, train_head
+    from engine.codes.pipeline import index_embeddings, train_head
 
     results = []
     for path in (local_catalog, spark_catalog[0]):

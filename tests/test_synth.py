@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.synth import clustered_codes, synth_catalog
+from engine.datasets.synth import clustered_codes, synth_catalog
 
 
 def test_same_seed_same_codes_other_seed_other_codes():

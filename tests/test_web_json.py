@@ -395,7 +395,7 @@ def test_openapi_documents_the_json_bodies_and_answers(server):
         "guide",
         "catalog",
     } == set(refine["properties"])
-    assert sorted(refine["properties"]["model"]["enum"]) == sorted(engine.refine.MODELS)
+    assert sorted(refine["properties"]["model"]["enum"]) == sorted(engine.learn.refine.MODELS)
     assert refine["properties"]["sampled_negatives"]["maximum"] == 2000
     ids = {"type": "array", "items": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}}
     assert ids in refine["properties"]["positives"]["anyOf"]

@@ -25,8 +25,8 @@ from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from msgspec import Meta, Struct
 
 import engine
-from engine import refine as rf
 from engine.errors import InvalidArgument
+from engine.learn import refine as rf
 from engine.limits import (
     DEFAULT_K,
     DEFAULT_SAMPLED_NEGATIVES,

@@ -18,13 +18,13 @@ from litestar.params import Parameter
 from PIL import Image
 
 import engine
-from engine import refine as rf
 from engine.errors import (
     CatalogError,
     InvalidArgument,
     ServerBusy,
 )
 from engine.ingest.imageio import UnreadableImage, decode_query_image
+from engine.learn import refine as rf
 from engine.limits import WEB_BUSY_WAIT_S as BUSY_WAIT_S
 from engine.limits import WEB_DECODE_WAIT_S as DECODE_WAIT_S
 from engine.limits import WEB_DECODES_AT_ONCE as DECODES_AT_ONCE

@@ -64,7 +64,7 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from ..synth import synth_catalog
+    from ..datasets.synth import synth_catalog
 
     stats = synth_catalog(
         args.catalog,
@@ -84,7 +84,7 @@ def cmd_synth(args) -> int:
 def cmd_index(args) -> int:
     with Catalog.open(args.catalog) as cat:
         if cat.setting("head") is not None and not args.codes_only:
-            from ..pipeline import index_embeddings
+            from ..codes.pipeline import index_embeddings
 
             stats = index_embeddings(cat, block_size=args.block_size, progress=not args.quiet)
         else:
@@ -105,7 +105,7 @@ def cmd_index(args) -> int:
 
 
 def cmd_demo_data(args) -> int:
-    from ..demodata import write_fashion_mnist
+    from ..datasets.demodata import write_fashion_mnist
 
     manifest = write_fashion_mnist(args.directory, limit=args.limit)
     print(f"wrote the Fashion-MNIST images and their manifest {manifest}")
@@ -188,9 +188,9 @@ def _print_ingest(args, report, status: dict, has_head: bool) -> int:
 
 def cmd_add(args) -> int:
     """ingest, then train-head when the catalog has no head or has outgrown it, then index."""
+    from ..codes.pipeline import index_embeddings, train_head
     from ..encoders import load_encoder
     from ..ingest import ingest
-    from ..pipeline import index_embeddings, train_head
 
     out = {}
     with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
@@ -299,7 +299,7 @@ def cmd_ingest_parts(args) -> int:
 
 
 def cmd_train_head(args) -> int:
-    from ..pipeline import train_head
+    from ..codes.pipeline import train_head
 
     with Catalog.open(args.catalog) as cat:
         summary = train_head(
@@ -319,10 +319,10 @@ def cmd_train_head(args) -> int:
 
 def cmd_demo(args) -> int:
     """demo-data, ingest, train-head and index in one go."""
-    from ..demodata import write_fashion_mnist
+    from ..codes.pipeline import index_embeddings, train_head
+    from ..datasets.demodata import write_fashion_mnist
     from ..encoders import load_encoder
     from ..ingest import ingest
-    from ..pipeline import index_embeddings, train_head
 
     catalog = Path(args.catalog)
     data = Path(args.data) if args.data else catalog.parent / "fashion-mnist"

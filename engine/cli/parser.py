@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..head import DEFAULT_KOLEO
+from ..codes.head import DEFAULT_KOLEO
+from ..learn.refine import MODELS
 from ..limits import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_K,
@@ -13,7 +14,6 @@ from ..limits import (
     DEFAULT_SUGGESTIONS,
     PRINT_LIMIT,
 )
-from ..refine import MODELS
 from .commands import (
     DEFAULT_ENCODER,
     EXIT_USAGE,

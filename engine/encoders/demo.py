@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from ..demodata import CLASSES, DEBIAN_ROOT, SPLITS, idx_files, read_split
+from ..datasets.demodata import CLASSES, DEBIAN_ROOT, SPLITS, idx_files, read_split
 from ..errors import EncoderError, IngestError
 from . import minilm
 from .base import DEFAULT_BATCH_SIZE, DEMO_WEIGHTS, choose_device

@@ -7,6 +7,11 @@ through the block index, and ``model.boxes_.to_sql(...)`` gives the same rows in
 - :class:`DecisionBranchClassifier` and :class:`DecisionBranchEnsemble` (numba)
 - :class:`TreeBoxes` and :class:`ForestBoxes`: scikit-learn's tree and forest, their positive
   leaves turned into boxes
+
+:mod:`~engine.learn.refine` assembles a refine round's training set (labels, sampled negatives)
+and fits one of these on it; :mod:`~engine.learn.guide` is the linear guide that relabels the
+sample and sets the vote threshold. This package imports numpy, numba, scikit-learn and
+:mod:`engine.boxes`; :mod:`~engine.learn.refine` also reads the block index's arrays.
 """
 
 from .base import NotFittedError

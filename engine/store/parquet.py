@@ -23,9 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-from .. import layout
 from ..boxes import CODE_COLUMNS
 from ..errors import CatalogError, CorruptCatalog
+from ..index import layout
 from ..progress import Progress, reporter
 from . import schema, tables
 from .database import Store

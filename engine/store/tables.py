@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .. import layout
 from ..boxes import CODE_COLUMNS, N_DIMS
+from ..codes.head import Head
+from ..codes.quantize import Quantizer
 from ..errors import CatalogError, CorruptCatalog, InvalidCodes, UnknownIds
-from ..head import Head
-from ..quantize import Quantizer
+from ..index import layout
 from ..resources import sql_text
 from .database import DatabaseError, Store
 from .integrity import REINDEX, tiling_problem
@@ -156,7 +156,7 @@ def write_index(
 ) -> None:
     """Replace the codes by ``codes`` (in block order, from :func:`codes_table`) and the zone
     maps by ``blocks``, and record ``index`` in the settings, in one transaction. One insert per
-    :data:`engine.layout.WRITE_CHUNK_ROWS` rows, each followed by ``on_chunk()``."""
+    :data:`engine.index.layout.WRITE_CHUNK_ROWS` rows, each followed by ``on_chunk()``."""
     with store.write(_blocks=_blocks_table(blocks), _chunk=codes.slice(0, 0)) as con:
         if check_known:
             con.register("_sorted", codes)

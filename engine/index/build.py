@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from ..boxes import N_DIMS
+from ..progress import Progress, reporter
+from ..store import Store, tables
 from . import layout, query
-from .boxes import N_DIMS
-from .progress import Progress, reporter
-from .store import Store, tables
 
 
 def build_index(
@@ -30,8 +30,8 @@ def build_index(
 
     Rows start from id order, so the result does not depend on the current physical order.
     ``progress`` counts steps: loading the stored codes, each k-d level, each written chunk,
-    the commit (:func:`engine.layout.build_steps`)."""
-    from .learn.models import feature_subsets
+    the commit (:func:`engine.index.layout.build_steps`)."""
+    from ..learn.models import feature_subsets
 
     with reporter("index", "steps", progress) as report:
         t0 = time.perf_counter()

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import query
-from .boxes import BoxSet
-from .errors import InvalidArgument
-from .guide import Guide, Region, choose_min_votes, fit_guide, group_positives
-from .guide import suggest as suggest_by_guide
-from .limits import (
+from ..boxes import BoxSet
+from ..errors import InvalidArgument
+from ..index import query
+from ..limits import (
     MAX_SAMPLED_NEGATIVES,
     MAX_SEED,
     MAX_SUGGESTIONS,
 )
+from .guide import Guide, Region, choose_min_votes, fit_guide, group_positives
+from .guide import suggest as suggest_by_guide
 
 # The pool's seed is fixed, so a given catalog state samples the same negatives every round and
 # results change only when the labels (or random_state, for the model) do.
@@ -191,7 +191,7 @@ def check_random_state(random_state):
 
 def check_options(model, sampled_negatives, negative_weight) -> tuple[object, int, float]:
     """``model`` is a name of :data:`MODELS` or an unfitted box classifier of :mod:`engine.learn`."""
-    from .learn.base import BoxClassifierMixin
+    from .base import BoxClassifierMixin
 
     if not isinstance(model, BoxClassifierMixin) and (not isinstance(model, str) or model not in MODELS):
         raise InvalidArgument(
@@ -237,7 +237,7 @@ class Training:
     """A refine round's training set: ``X`` uint8 (n, 32), ``y`` int64, ``w`` float64; the
     labelled positives' codes; how many rows were sampled and how many of them were dropped.
 
-    Every round also holds a :class:`~engine.guide.Guide` fitted on the labels and the sample
+    Every round also holds a :class:`~engine.learn.guide.Guide` fitted on the labels and the sample
     (it ranks the suggestions), ``free``: row positions of every unlabelled pool row and of the
     unlabelled rows near the positives (suggestion candidates), and ``held``: pool rows no model
     trains on. A ``guided`` round let the guide relabel the sample and add ``n_pseudo`` rows as
@@ -310,7 +310,7 @@ def guide_region(
     radius_factor: float | None = None,
 ) -> Region:
     """The union of balls the guide's positives must lie in: one ball per ``group`` of positives
-    (int64, from :func:`engine.guide.group_positives` with links of :data:`LINK_FACTOR` times
+    (int64, from :func:`engine.learn.guide.group_positives` with links of :data:`LINK_FACTOR` times
     the local ``scales``), around the group's mean, :data:`GUIDE_RADIUS` times its farthest
     member's distance, and at least :data:`GUIDE_FLOOR` times the nearest of
     ``negative_codes`` over the root of the number of positives."""
@@ -359,7 +359,7 @@ def assemble(
     ``starts``: int64 (n_blocks + 1,), the k-d block boundaries of ``cols``; the blocks that hold
     the positives (:func:`near_rows`) give the guide rows near them, and suggestion candidates.
 
-    ``guided``: a :class:`~engine.guide.Guide` is fitted on that set, its positives confined to
+    ``guided``: a :class:`~engine.learn.guide.Guide` is fitted on that set, its positives confined to
     :func:`guide_region`; the sampled rows among its positives are dropped from the negatives,
     up to ``pseudo_positives`` (:data:`PSEUDO_POSITIVES`) further unlabelled rows among them join the positives, taken from
     one half of the rest of the pool and from the rows near the positives, and up to
@@ -516,7 +516,7 @@ def clip_boxes(
 
 def calibrate(estimator, train: Training, cols: np.ndarray) -> int:
     """Set a fitted ensemble's ``min_votes_`` to the threshold on which it agrees best with the
-    round's guide on the held-out pool rows (:func:`engine.guide.choose_min_votes`); returns it.
+    round's guide on the held-out pool rows (:func:`engine.learn.guide.choose_min_votes`); returns it.
     Single models, unguided rounds and rounds whose guide marks fewer than
     :data:`MIN_HELD_POSITIVES` held-out rows keep the model's own threshold."""
     n_members = int(getattr(estimator, "n_estimators", 1))
@@ -546,7 +546,7 @@ def suggest(
     random sample of the catalog, which reaches rows no box holds) and near the positives. They
     are ranked by the round's guide's uncertainty, those within :data:`SUGGEST_REACH` times its
     region first, and the picks spread out so that no two are near-duplicates
-    (:func:`engine.guide.suggest`).
+    (:func:`engine.learn.guide.suggest`).
     """
     if n <= 0:
         return np.zeros(0, np.int64)
@@ -592,13 +592,13 @@ def reliable_negatives(sampled_codes: np.ndarray, pos_codes: np.ndarray) -> np.n
 
 
 def _ensemble(subsets, random_state):
-    from .learn.models import DecisionBranchEnsemble
+    from .models import DecisionBranchEnsemble
 
     return DecisionBranchEnsemble(n_estimators=25, subsets=subsets, random_state=random_state)
 
 
 def _branch(subsets, random_state):
-    from .learn.models import DecisionBranchClassifier
+    from .models import DecisionBranchClassifier
 
     return DecisionBranchClassifier(subsets=subsets, random_state=random_state)
 
@@ -611,13 +611,13 @@ def _sklearn_seed(random_state):
 
 
 def _tree(subsets, random_state):
-    from .learn.trees import TreeBoxes
+    from .trees import TreeBoxes
 
     return TreeBoxes(random_state=_sklearn_seed(random_state))
 
 
 def _forest(subsets, random_state):
-    from .learn.trees import ForestBoxes
+    from .trees import ForestBoxes
 
     return ForestBoxes(n_estimators=25, random_state=_sklearn_seed(random_state))
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import IngestError
-from .store.files import atomic_path, write_bytes
+from ..errors import IngestError
+from ..store.files import atomic_path, write_bytes
 
 CLASSES: tuple[str, ...] = (
     "T-shirt/top",

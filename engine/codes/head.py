@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HeadError
+from ..errors import HeadError
 
 DEFAULT_OUT_DIM = 32
 DEFAULT_HIDDEN = 512
@@ -324,7 +324,7 @@ def train_distill(
     ``koleo`` times KoLeo on the images' outputs spreads them for quantization.
     ``prompt_prompt`` adds the same target for the prompts' similarities among themselves: a
     catalog of a few images says little about the rest of the embedding space, the prompts'
-    geometry does (:data:`engine.pipeline.SMALL_CATALOG_ROWS`).
+    geometry does (:data:`engine.codes.pipeline.SMALL_CATALOG_ROWS`).
     images: float (n, d); prompts: float (m, d) text embeddings, or None. ``progress`` as for
     :func:`train_contrastive`.
     """

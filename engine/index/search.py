@@ -1,4 +1,4 @@
-"""The catalog's queries over a :class:`~engine.snapshot.Snapshot`: box-set selection
+"""The catalog's queries over a :class:`~engine.index.snapshot.Snapshot`: box-set selection
 (:func:`select`), search by classification (:func:`refine`, :func:`training_set`) and
 nearest-neighbour search by text, image or id (:func:`search`). Plain functions: ``Catalog``
 hands them the loader of its current snapshot (called once arguments are checked, so a bad
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..boxes import N_DIMS, BoxSet, distance_sql
+from ..errors import CatalogError, InvalidArgument, StaleIndexError, UnknownIds
+from ..learn import refine as rf
+from ..limits import MAX_K, MAX_QUERY_CHARS
 from . import knn, query
-from . import refine as rf
-from .boxes import N_DIMS, BoxSet, distance_sql
-from .errors import CatalogError, InvalidArgument, StaleIndexError, UnknownIds
-from .limits import MAX_K, MAX_QUERY_CHARS
 from .snapshot import Snapshot
 
 
@@ -220,7 +220,7 @@ def encode_query(snap: Snapshot, enc, text, image) -> np.ndarray:
     else:
         from PIL import Image
 
-        from .ingest.imageio import UnreadableImage, decode_query_image
+        from ..ingest.imageio import UnreadableImage, decode_query_image
 
         if isinstance(image, Image.Image):
             pil = image.convert("RGB")

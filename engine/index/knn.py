@@ -23,8 +23,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .boxes import N_DIMS
-from .errors import InvalidArgument
+from ..boxes import N_DIMS
+from ..errors import InvalidArgument
 
 # int32 partial distances of one chunk: 16 KiB, which leaves L1 room for the columns streaming in.
 CHUNK_ROWS = 4096

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import QuantizerError
+from ..errors import QuantizerError
 
 DEFAULT_QUANTILES = (0.001, 0.999)
 # The narrowest per-dim range a fit on a few rows may take, in units of 1/sqrt(d): one coordinate

@@ -14,19 +14,19 @@ from typing import Any
 
 import numpy as np
 
+from ..codes.head import Head
+from ..codes.quantize import Quantizer
+from ..errors import UnknownIds
+from ..limits import DEFAULT_BLOCK_SIZE
+from ..store import Store, tables
 from . import query
-from .errors import UnknownIds
-from .head import Head
-from .limits import DEFAULT_BLOCK_SIZE
-from .quantize import Quantizer
-from .store import Store, tables
 
 
 class Snapshot:
     """One state of a catalog, as its queries read it. Threads may share it."""
 
     def __init__(self, store: Store, key: tuple, settings: dict[str, Any], index: query.BlockIndex):
-        from .learn.models import feature_subsets
+        from ..learn.models import feature_subsets
 
         self.key = key
         self.path = store.path
@@ -59,7 +59,7 @@ class Snapshot:
     def pool(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The fixed negative sampling pool of at least ``size`` rows: row positions and their
         codes (uint8 (n, 32)); gathering 16k random rows of a 10M-row index costs milliseconds."""
-        from . import refine as rf
+        from ..learn import refine as rf
 
         size = max(size, rf.POOL_SIZE)
         with self._lock:

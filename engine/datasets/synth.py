@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .boxes import N_DIMS
+from ..boxes import N_DIMS
 
 CHUNK_ROWS = 500_000
 
@@ -94,7 +94,7 @@ def curved_bands(
     is spherical or aligned with the axes. Half the classes are 2-d bands (``W > 0``). Class
     sizes vary (log-normal weights). Codes come from the per-dim affine quantizer.
     """
-    from .quantize import fit_affine
+    from ..codes.quantize import fit_affine
 
     rng = np.random.default_rng(seed)
     weight = rng.lognormal(0, 0.3, n_classes)
@@ -132,9 +132,9 @@ def synth_catalog(
 ) -> dict:
     """Write a new catalog of ``n_rows`` clustered codes with a ``label`` column; returns stats.
     ``progress`` reports the index build (see :mod:`engine.progress`)."""
-    from .catalog import Catalog
-    from .errors import CatalogError
-    from .limits import DEFAULT_BLOCK_SIZE
+    from ..catalog import Catalog
+    from ..errors import CatalogError
+    from ..limits import DEFAULT_BLOCK_SIZE
 
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
         raise CatalogError(f"rows must be a non-negative integer, got {n_rows!r}")
@@ -163,7 +163,7 @@ def synth_catalog(
 def bands_catalog(path: str | os.PathLike, rows: int, n_classes: int, seed: int = 0) -> np.ndarray:
     """Write a new, indexed catalog of :func:`curved_bands` codes, ids ``0..rows-1`` and a
     ``label`` column ``band<c>``; returns the class of each id (int64 (rows,))."""
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     codes, labels, _ = curved_bands(rows, n_classes, seed)
     with Catalog.create(Path(path)) as cat:

@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..catalog import Catalog
+from ..errors import CatalogError, InvalidArgument, StaleIndexError
+from ..index import layout
+from ..limits import DEFAULT_BLOCK_SIZE
+from ..progress import Progress, reporter
 from . import head as head_mod
-from . import layout, quantize
-from .catalog import Catalog
-from .errors import CatalogError, InvalidArgument, StaleIndexError
-from .limits import DEFAULT_BLOCK_SIZE
-from .progress import Progress, reporter
+from . import quantize
 from .prompts import vocabulary
 
 METHODS = ("auto", "contrastive", "distill", "pca")
@@ -42,7 +43,7 @@ SMALL_CATALOG_ROWS = 256
 
 
 def _load_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
-    from .ingest.embeddings import load_embeddings
+    from ..ingest.embeddings import load_embeddings
 
     ids, emb = load_embeddings(cat)
     if len(ids) == 0:
@@ -68,7 +69,7 @@ def train_head(
     """Train the head on the catalog's raw embeddings and fit the quantizer on its outputs.
 
     ``method``: ``contrastive`` needs a ``caption`` column in ``images``; ``distill`` uses a
-    prompt vocabulary (``prompts``, default :func:`engine.prompts.vocabulary`) encoded by the
+    prompt vocabulary (``prompts``, default :func:`engine.codes.prompts.vocabulary`) encoded by the
     catalog's encoder; ``pca`` is the baseline; ``auto`` picks contrastive when captions exist.
     Catalogs of fewer than :data:`SMALL_CATALOG_ROWS` images take the vocabulary's help (see the
     module docstring; every method), so any size from one image up works.
@@ -165,7 +166,7 @@ def _encode(encoder, texts: Sequence[str]) -> np.ndarray:
 
 
 def _catalog_encoder(cat: Catalog):
-    from .encoders import load_encoder
+    from ..encoders import load_encoder
 
     enc_id = cat.setting("encoder")
     if not enc_id:
@@ -176,7 +177,7 @@ def _catalog_encoder(cat: Catalog):
 def index_embeddings(cat: Catalog, *, block_size: int | None = None, progress: Progress = None) -> dict:
     """Encode every image's raw embedding with the stored head and quantizer, and replace the
     codes and the block index in one transaction. ``progress`` (see :mod:`engine.progress`)
-    counts steps: loading the embeddings, each :data:`engine.head.APPLY_BATCH_ROWS` rows
+    counts steps: loading the embeddings, each :data:`engine.codes.head.APPLY_BATCH_ROWS` rows
     encoded, then the steps of :meth:`Catalog.build_index`. Returns a summary."""
     cat.store.check_writable()
     block_size = layout.check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)

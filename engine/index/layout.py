@@ -17,8 +17,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .errors import InvalidArgument
-from .limits import DEFAULT_BLOCK_SIZE
+from ..errors import InvalidArgument
+from ..limits import DEFAULT_BLOCK_SIZE
 
 # Rows sampled per node to choose the split dim; variance from 4096 rows is plenty to rank dims.
 _SPLIT_SAMPLE = 4096

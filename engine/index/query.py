@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..boxes import BoxSet
 from . import scan
-from .boxes import BoxSet
 from .layout import Blocks, zone_maps
 
 # Below these sizes a query runs on one thread: waking the pool costs more than it saves.
