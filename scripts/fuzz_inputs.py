@@ -359,7 +359,11 @@ class CatalogView:
     def sql_rows(self, text: str) -> list[tuple]:
         """The rows of generated SQL run on the catalog file by DuckDB itself (not through the
         console's checks, whose length limit is for typed queries)."""
-        return [tuple(r) for r in self.cat.store.con.cursor().execute(text).fetchall()]
+        cur = self.cat.store.cursor()
+        try:
+            return [tuple(r) for r in cur.execute(text).fetchall()]
+        finally:
+            cur.close()
 
 
 def vote_oracle(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, members: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Shared fixtures: deterministic code generators and a catalog factory.
 
-Helpers are exposed as fixtures (not imported from this module) so that test files stay
-independent of how pytest puts ``tests/`` on ``sys.path``.
+Helpers are exposed as fixtures (not imported from this module); what test modules import by
+name lives in ``tests/support.py`` (``pythonpath`` in pyproject.toml puts ``tests/`` on the path).
 """
 
 from __future__ import annotations
@@ -139,21 +139,10 @@ def web_demo_copy(web_demo, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def load_script() -> Callable[[str], object]:
-    """Factory: ``scripts/NAME.py`` as a module (the scripts folder is not a package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    """Factory: ``scripts/NAME.py`` as a module (see :func:`support.load_script`)."""
+    from support import load_script
 
-    def load(name: str):
-        if name not in sys.modules:
-            path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # dataclasses look their module up while the class is built
-            spec.loader.exec_module(module)
-        return sys.modules[name]
-
-    return load
+    return load_script
 
 
 @pytest.fixture(scope="session")
@@ -235,6 +224,7 @@ def png_bomb() -> bytes:
 E2E_FILES = frozenset(
     {
         "test_chaos.py",
+        "test_console_pool.py",
         "test_cli.py",
         "test_cli_user.py",
         "test_pipeline.py",
@@ -252,6 +242,14 @@ E2E_FILES = frozenset(
     }
 )
 E2E_FIXTURES = frozenset({"web_demo", "web_demo_copy", "serve", "load_script"})
+
+
+def pytest_ignore_collect(collection_path, config):
+    """The fast tier (``-m "not e2e"``) does not even import the end-to-end files: their
+    imports (Playwright, Spark, schemathesis, open_clip) cost seconds of the tier's budget."""
+    if config.getoption("markexpr", "").replace(" ", "") == "note2e" and collection_path.name in E2E_FILES:
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config, items):

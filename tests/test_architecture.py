@@ -99,6 +99,17 @@ def test_only_the_storage_layer_and_the_sandbox_import_duckdb():
     assert users == DUCKDB_MODULES
 
 
+def test_nothing_else_holds_the_raw_connection():
+    # Store.con is for the storage layer, the sandbox and tests; the rest reads through the
+    # store's methods and writes through the Transaction of Store.write.
+    users = set()
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("con", "_con"):
+                users.add(name)
+    assert users <= DUCKDB_MODULES
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_stay_readable_in_one_sitting(name):
     lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())

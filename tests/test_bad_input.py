@@ -762,6 +762,7 @@ def test_closed_catalog_releases_file(work, read_only):
     work.assert_intact()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("read_only", [False, True])
 def test_open_while_another_process_writes(work, read_only):
     code = (

@@ -470,6 +470,7 @@ Catalog.create({path!r})
 """
 
 
+@pytest.mark.e2e
 def test_create_killed_before_the_schema_leaves_no_file_that_blocks_the_next_run(tmp_path):
     # The file used to be created in place, so a kill between DuckDB making it and the schema
     # being written left a file that every later open refused as "not a clip-branches catalog".

@@ -222,6 +222,7 @@ def test_cli_names_the_damage_and_the_repair(damaged, boxes, capsys, kind, comma
     assert_untouched(path, digest)
 
 
+@pytest.mark.e2e
 def test_cli_subprocess_prints_no_traceback(damaged, boxes):
     """The real entry point, as a user runs it: one line on stderr, exit status 1."""
     for kind, args in [

@@ -15,33 +15,21 @@ script (loaded from its path, so the test and the long run check the same things
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
-import sys
 import tracemalloc
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
+from support import load_script
 
 from engine import BoxSet, CatalogError, InvalidArgument, InvalidBoxes
 from engine.ingest.imageio import UnreadableImage, decode_image
 
-
-def _load_fuzz_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_inputs.py"
-    spec = importlib.util.spec_from_file_location("fuzz_inputs", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz_script()
+fuzz = load_script("fuzz_inputs")
 
 SETTINGS = settings(database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
@@ -69,9 +57,16 @@ def test_box_json_fuzz(views, case):
     fuzz.check_box_case(views[0], fuzz.Tally(), case)
 
 
-@settings(SETTINGS, max_examples=250)
+@settings(SETTINGS, max_examples=40)
 @given(case=fuzz.refine_cases())
 def test_refine_and_search_fuzz(views, case):
+    fuzz.check_refine_case(views[1], fuzz.Tally(), case)
+
+
+@pytest.mark.e2e
+@settings(SETTINGS, max_examples=250)
+@given(case=fuzz.refine_cases())
+def test_refine_and_search_fuzz_longer(views, case):
     fuzz.check_refine_case(views[1], fuzz.Tally(), case)
 
 

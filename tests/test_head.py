@@ -68,6 +68,7 @@ def test_numpy_apply_matches_the_torch_network():
     assert np.allclose(np.linalg.norm(head.apply(x), axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_training_is_deterministic_for_a_seed():
     x, _, c = _clustered(n=800)
     a = H.train_distill(x, c, out_dim=8, epochs=2, seed=3)
@@ -77,6 +78,7 @@ def test_training_is_deterministic_for_a_seed():
     assert a.sha256 != other.sha256
 
 
+@pytest.mark.e2e
 def test_distillation_keeps_neighbourhoods_and_prompt_rankings():
     x, labels, centres = _clustered(n=2000)
     head = H.train_distill(x, centres, out_dim=8, epochs=5, seed=0)
@@ -88,6 +90,7 @@ def test_distillation_keeps_neighbourhoods_and_prompt_rankings():
     assert zs > 0.9
 
 
+@pytest.mark.e2e
 def test_koleo_spreads_the_outputs():
     x, _, c = _clustered(n=1500, noise=0.3)
     plain = H.train_distill(x, c, out_dim=8, epochs=3, koleo=0.0, seed=0).apply(x)
@@ -101,6 +104,7 @@ def test_koleo_spreads_the_outputs():
     assert mean_nn_dist(spread) > 1.2 * mean_nn_dist(plain)
 
 
+@pytest.mark.e2e
 def test_contrastive_head_aligns_pairs():
     rng = np.random.default_rng(1)
     img, _, _ = _clustered(n=2000, k=40, noise=0.2)
@@ -166,6 +170,7 @@ def test_catalog_stores_the_head_and_checks_its_checksum(tmp_path):
             cat.head()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("n", [1, 2, 5, 20, 32, 33, 50, 200, 512])
 def test_small_catalogs_train_a_head(n):
     """Up to 512 rows are one batch an epoch: 10 epochs were 10 steps, too few for the

@@ -480,6 +480,7 @@ with engine.Catalog.open({catalog!r}) as cat:
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_resume_after_kill(make_catalog, tmp_path):
     root = tmp_path / "killed"

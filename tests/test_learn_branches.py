@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import duckdb
@@ -54,12 +55,18 @@ def _sql_rows(model, Z: np.ndarray) -> list[tuple[int, int]]:
             **{c: pa.array(Z[:, d], pa.uint8()) for d, c in enumerate(CODE_COLUMNS)},
         }
     )
-    con = duckdb.connect()
+    con = _duckdb()
+    con.register("codes", tbl)
     try:
-        con.register("codes", tbl)
         return con.execute(model.boxes_.to_sql("codes", min_votes=model.min_votes_)).fetchall()
     finally:
-        con.close()
+        con.unregister("codes")
+
+
+@functools.cache
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    """One in-memory database for the module: opening one costs more than a query here."""
+    return duckdb.connect()
 
 
 def _index(Z: np.ndarray, block_size: int) -> query.BlockIndex:

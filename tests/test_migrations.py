@@ -43,6 +43,7 @@ def test_older_catalog_opened_read_only_is_refused_with_a_hint(tmp_path):
         engine.Catalog.open(path, read_only=True)
 
 
+@pytest.mark.e2e
 def test_info_never_writes_and_migrate_upgrades(tmp_path):
     import hashlib
     import subprocess

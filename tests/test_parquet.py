@@ -132,6 +132,7 @@ with engine.Catalog.open(sys.argv[1], read_only=True) as cat:
 """
 
 
+@pytest.mark.e2e
 def test_overwrite_killed_while_deleting_the_old_export_leaves_a_whole_export(tmp_path):
     # The old export used to be deleted in place before the new one was renamed in: a kill
     # midway left a half-deleted directory under the name that still looked complete.
@@ -164,6 +165,7 @@ engine.Catalog.import_parquet(sys.argv[1], sys.argv[2])
 """
 
 
+@pytest.mark.e2e
 def test_import_killed_before_it_completes_leaves_nothing_in_the_way(catalog, tmp_path):
     out, path = tmp_path / "export", tmp_path / "imported.duckdb"
     with engine.Catalog.open(catalog, read_only=True) as cat:

@@ -513,6 +513,7 @@ def test_a_catalog_ten_times_the_pool_guides_from_rows_near_the_positives(rare_c
     assert 2 * p * r / (p + r) >= 2 * p0 * r0 / (p0 + r0) - 0.01  # no worse than without the guide
 
 
+@pytest.mark.e2e
 def test_the_calibrated_threshold_beats_the_majority_on_held_out_rows(tmp_path):
     """On curved bands, where the members' majority is too strict or too loose depending on the
     class, the threshold fitted to the guide on one half of the pool agrees better with the true

@@ -66,13 +66,13 @@ class PartStore:
 
     def collect_garbage(self) -> int:
         """Delete parts no image points to any more (all rows re-embedded or removed)."""
-        with self.cat.store.write() as con:
-            dead = con.execute(
+        with self.cat.store.write() as tx:
+            dead = tx.execute(
                 "SELECT part_id, file FROM embedding_parts p WHERE NOT EXISTS "
                 "(SELECT 1 FROM images i WHERE i.embedding_part = p.part_id)"
-            ).fetchall()
+            )
             if dead:
-                con.execute(
+                tx.execute(
                     "DELETE FROM embedding_parts WHERE part_id IN (SELECT unnest(?))", [[d[0] for d in dead]]
                 )
         for _, name in dead:  # after the commit: a crash in between leaves debris, never a dangling row

@@ -18,6 +18,7 @@ import pyarrow as pa
 from ..catalog import Catalog
 from ..encoders import Encoder
 from ..errors import IngestError, ReadOnlyError
+from ..store.database import Transaction
 from ..store.sqlnames import quote_ident
 from .embeddings import PartStore
 from .imageio import DecodedBatch, thumbnail_path
@@ -410,20 +411,20 @@ class BatchWriter:
         self, rows: pa.Table, parts: list[tuple[int, str, np.ndarray]], uris: list[str], failed: list[tuple]
     ) -> None:
         meta_cols = self.meta.columns
-        with self.cat.store.write() as con:
+        with self.cat.store.write() as tx:
             if rows.num_rows:
-                _upsert_images(con, rows, meta_cols)
+                _upsert_images(tx, rows, meta_cols)
             if parts:
-                con.executemany(
+                tx.executemany(
                     "INSERT INTO embedding_parts (part_id, file, encoder, dim, n_rows) VALUES (?, ?, ?, ?, ?)",
                     [
                         [part_id, name, self.encoder.id, self.encoder.dim, len(part_ids)]
                         for part_id, name, part_ids in parts
                     ],
                 )
-            con.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [uris])
+            tx.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [uris])
             if failed:
-                con.executemany(
+                tx.executemany(
                     "INSERT INTO skipped (uri, reason, file_size, file_mtime_ns) VALUES (?, ?, ?, ?)",
                     [list(f) for f in failed],
                 )
@@ -448,7 +449,7 @@ def _part_of(ids: np.ndarray, parts: list[tuple[int, str, np.ndarray]]) -> np.nd
     return owner[order[at]]
 
 
-def _upsert_images(con, rows: pa.Table, meta_cols: list[str]) -> None:
+def _upsert_images(tx: Transaction, rows: pa.Table, meta_cols: list[str]) -> None:
     """Insert the ``_new`` rows of ``rows`` and update the others by id; metadata columns only
     change for rows that have a manifest row (``_has_meta``)."""
     cols = [*_FILE_COLUMNS, *meta_cols]
@@ -461,14 +462,11 @@ def _upsert_images(con, rows: pa.Table, meta_cols: list[str]) -> None:
         ]
     )
     new = rows.column("_new").to_numpy(zero_copy_only=False)
-    con.register("_rows", rows)
-    try:
+    with tx.registered(_rows=rows):
         if new.any():
-            con.execute(f"INSERT INTO images ({names}) SELECT {names} FROM _rows WHERE _new")
+            tx.execute(f"INSERT INTO images ({names}) SELECT {names} FROM _rows WHERE _new")
         if not new.all():
-            con.execute(f"UPDATE images SET {sets} FROM _rows r WHERE images.id = r.id AND NOT r._new")
-    finally:
-        con.unregister("_rows")
+            tx.execute(f"UPDATE images SET {sets} FROM _rows r WHERE images.id = r.id AND NOT r._new")
 
 
 # -- the end of a run ------------------------------------------------------------------------
@@ -486,19 +484,19 @@ def _finish(
     # A file that is listed but cannot be read right now keeps its image; one that is gone does not.
     present = [u for u, reason in scanned.problems if reason != MISSING]
     seen = pa.table({"uri": pa.array(scanned.uris + present, pa.string())})
-    with cat.store.write(_seen=seen) as con:
-        _refresh_unchanged(con, scanned, plan, meta)
-        stale_skips = con.execute(
+    with cat.store.write(_seen=seen) as tx:
+        _refresh_unchanged(tx, scanned, plan, meta)
+        stale_skips = tx.execute(
             "SELECT uri FROM skipped k WHERE NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = k.uri)"
-        ).fetchall()
+        )
         forget = [u for (u,) in stale_skips if _under(u, scanned.folder_prefixes()) or not os.path.exists(u)]
         problems = dict(scanned.problems)  # one row per uri
-        con.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [forget + list(problems)])
+        tx.execute("DELETE FROM skipped WHERE uri IN (SELECT unnest(?))", [forget + list(problems)])
         if problems:
-            con.executemany(
+            tx.executemany(
                 "INSERT INTO skipped (uri, reason) VALUES (?, ?)", [list(p) for p in problems.items()]
             )
-        gone = _deleted_images(con, scanned)
+        gone = _deleted_images(tx, scanned)
     remove = np.unique(np.concatenate([gone, plan.gone_ids, np.asarray(lost_ids, np.int64)]).astype(np.int64))
     report.removed = cat.remove(remove) if len(remove) else 0
     for i in remove.tolist():
@@ -506,7 +504,7 @@ def _finish(
     store.collect_garbage()
 
 
-def _refresh_unchanged(con, scanned: ScannedFiles, plan: Plan, meta: Metadata) -> None:
+def _refresh_unchanged(tx: Transaction, scanned: ScannedFiles, plan: Plan, meta: Metadata) -> None:
     """Unchanged files keep their embedding but take their current source and manifest values."""
     if not len(plan.unchanged):
         return
@@ -535,25 +533,22 @@ def _refresh_unchanged(con, scanned: ScannedFiles, plan: Plan, meta: Metadata) -
             for c in meta.columns
         ]
     )
-    con.register("_unchanged", pa.table(cols))
-    try:
-        con.execute(f"UPDATE images SET {sets} FROM _unchanged r WHERE images.id = r.id AND ({differs})")
-    finally:
-        con.unregister("_unchanged")
+    with tx.registered(_unchanged=pa.table(cols)):
+        tx.execute(f"UPDATE images SET {sets} FROM _unchanged r WHERE images.id = r.id AND ({differs})")
 
 
-def _deleted_images(con, scanned: ScannedFiles) -> np.ndarray:
+def _deleted_images(tx: Transaction, scanned: ScannedFiles) -> np.ndarray:
     """Ids of images whose file this run's sources no longer hold: listed by one of these
     sources before and not now, or under one of these folders and gone from disk. Images under
-    a folder that could not be listed are kept. Runs in the write ``con``, with ``_seen`` registered."""
+    a folder that could not be listed are kept. Runs in the write ``tx``, with ``_seen`` registered."""
     prefixes = scanned.folder_prefixes()
     keys = [s.key for s in scanned.sources]
-    rows = con.execute(
+    rows = tx.execute(
         "SELECT id, uri, source FROM images i WHERE uri IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM _seen s WHERE s.uri = i.uri) "
         "AND (source IN (SELECT unnest(?)) OR list_bool_or([starts_with(uri, p) FOR p IN ?]))",
         [keys, prefixes],
-    ).fetchall()
+    )
     unlisted = [p if p.endswith(os.sep) else p + os.sep for p in scanned.unlisted_dirs]
     key_set = set(keys)
     return np.array(

@@ -195,21 +195,21 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def write(self, **tables: pa.Table) -> Iterator[duckdb.DuckDBPyConnection]:
+    def write(self, **tables: pa.Table) -> Iterator[Transaction]:
         """One write transaction, with the Arrow ``tables`` readable under their names for its
         duration: committed when the block ends, rolled back if anything in it raises."""
         self.check_writable()
         with self.lock:
             try:
                 with transaction(self.con, **tables) as con:
-                    yield con
+                    yield Transaction(con)
             finally:
                 self.generation += 1
 
     def execute(self, sql: str, params: Sequence | Mapping | None = None, **tables: pa.Table) -> list[tuple]:
         """One statement that changes the file, committed on its own; its rows."""
-        with self.write(**tables) as con:
-            return con.execute(sql, params).fetchall()
+        with self.write(**tables) as tx:
+            return tx.execute(sql, params)
 
     def refresh_views(self) -> None:
         """Redefine the views over ``images`` (after columns were added to it)."""
@@ -268,10 +268,10 @@ class Store:
             rows = self.read("SELECT sha256, data FROM artifacts WHERE name = ?", [name])
         return (rows[0][0], bytes(rows[0][1])) if rows else None
 
-    def put_artifact(self, con: duckdb.DuckDBPyConnection, name: str, digest: str, data: bytes) -> None:
-        """Store an artifact inside the write transaction ``con``."""
-        con.execute("DELETE FROM artifacts WHERE name = ?", [name])
-        con.execute("INSERT INTO artifacts (name, sha256, data) VALUES (?, ?, ?)", [name, digest, data])
+    def put_artifact(self, tx: Transaction, name: str, digest: str, data: bytes) -> None:
+        """Store an artifact inside the write transaction ``tx``."""
+        tx.execute("DELETE FROM artifacts WHERE name = ?", [name])
+        tx.execute("INSERT INTO artifacts (name, sha256, data) VALUES (?, ?, ?)", [name, digest, data])
 
     # -- whole-file work ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -343,6 +343,34 @@ class Store:
             for name in tables:
                 with contextlib.suppress(duckdb.Error):
                     self.con.unregister(name)
+
+
+class Transaction:
+    """The statements of one :meth:`Store.write`: everything run here commits together."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+
+    def execute(self, sql: str, params: Sequence | Mapping | None = None) -> list[tuple]:
+        return self._con.execute(sql, params).fetchall()
+
+    def value(self, sql: str, params: Sequence | Mapping | None = None) -> Any:
+        return self.execute(sql, params)[0][0]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        self._con.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def registered(self, **tables: pa.Table) -> Iterator[None]:
+        """The Arrow ``tables`` readable under their names inside the block."""
+        for name, table in tables.items():
+            self._con.register(name, table)
+        try:
+            yield
+        finally:
+            for name in tables:
+                with contextlib.suppress(duckdb.Error):
+                    self._con.unregister(name)
 
 
 @contextlib.contextmanager

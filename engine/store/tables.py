@@ -22,7 +22,7 @@ from ..codes.quantize import Quantizer
 from ..errors import CatalogError, CorruptCatalog, InvalidCodes, UnknownIds
 from ..index import layout
 from ..resources import sql_text
-from .database import DatabaseError, Store
+from .database import DatabaseError, Store, Transaction
 from .integrity import REINDEX, tiling_problem
 from .sqlnames import RESERVED_COLUMNS, is_metadata_name, quote_ident
 
@@ -74,19 +74,17 @@ def add_codes(store: Store, codes: np.ndarray, ids: np.ndarray | None, meta: pa.
         new["_new_meta"] = meta.append_column("id", pa.array(ids))
     meta_cols: list[str] = []
     try:
-        with store.write(**new) as con:
-            clash = con.execute(
-                "SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10"
-            ).fetchall()
+        with store.write(**new) as tx:
+            clash = tx.execute("SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10")
             if clash:
                 raise InvalidCodes(f"ids already in the catalog: {', '.join(str(r[0]) for r in clash)}")
             if meta is not None:
-                meta_cols = _ensure_metadata_columns(store, con, meta)
+                meta_cols = _ensure_metadata_columns(store, tx, meta)
                 cols = ", ".join(quote_ident(c) for c in meta_cols)
-                con.execute(f"INSERT INTO images (id, {cols}) SELECT id, {cols} FROM _new_meta")
+                tx.execute(f"INSERT INTO images (id, {cols}) SELECT id, {cols} FROM _new_meta")
             else:
-                con.execute("INSERT INTO images (id) SELECT id FROM _new_codes")
-            con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
+                tx.execute("INSERT INTO images (id) SELECT id FROM _new_codes")
+            tx.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
             store.bump_data_version()
     except DatabaseError as e:
         raise InvalidCodes(f"could not add rows: {str(e).splitlines()[0]}") from None
@@ -95,53 +93,49 @@ def add_codes(store: Store, codes: np.ndarray, ids: np.ndarray | None, meta: pa.
     return ids
 
 
-def _ensure_metadata_columns(store: Store, con, meta: pa.Table) -> list[str]:
+def _ensure_metadata_columns(store: Store, tx: Transaction, meta: pa.Table) -> list[str]:
     existing = {name for name, _ in store.columns("images")}
-    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _new_meta)").fetchall())
+    types = dict(tx.execute("SELECT column_name, column_type FROM (DESCRIBE _new_meta)"))
     for name in meta.column_names:
         if name not in existing:
             dtype = types[name] if types[name] != '"NULL"' else "VARCHAR"
-            con.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {dtype}")
+            tx.execute(f"ALTER TABLE images ADD COLUMN {quote_ident(name)} {dtype}")
     return list(meta.column_names)
 
 
-def drop_index(store: Store, con) -> None:
-    """Forget the block index inside the write ``con``: selection then scans every row through
+def drop_index(store: Store, tx: Transaction) -> None:
+    """Forget the block index inside the write ``tx``: selection then scans every row through
     insertion-order zone maps until the next index build."""
-    con.execute("DELETE FROM blocks")
+    tx.execute("DELETE FROM blocks")
     store.set_settings({"index": None})
     store.bump_data_version()
 
 
 def replace_codes(store: Store, codes: np.ndarray, ids: np.ndarray) -> None:
     """Make ``codes`` (checked by :func:`check_replacement`) the catalog's codes, in one transaction."""
-    with store.write(_new_codes=codes_table(codes.T, ids)) as con:
-        _check_known(con, "_new_codes")
-        con.execute("DELETE FROM codes")
-        con.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
-        drop_index(store, con)
+    with store.write(_new_codes=codes_table(codes.T, ids)) as tx:
+        _check_known(tx, "_new_codes")
+        tx.execute("DELETE FROM codes")
+        tx.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
+        drop_index(store, tx)
 
 
 def remove(store: Store, ids: np.ndarray) -> int:
     """Delete images and their codes (unknown ids are ignored); how many images went."""
     if len(ids) == 0:
         return 0
-    with store.write(_gone=pa.table({"id": ids})) as con:
-        n_images = con.execute("SELECT count(*) FROM images WHERE id IN (SELECT id FROM _gone)").fetchall()[
-            0
-        ][0]
-        n_codes = con.execute("SELECT count(*) FROM codes WHERE id IN (SELECT id FROM _gone)").fetchall()[0][
-            0
-        ]
-        con.execute("DELETE FROM images WHERE id IN (SELECT id FROM _gone)")
+    with store.write(_gone=pa.table({"id": ids})) as tx:
+        n_images = tx.value("SELECT count(*) FROM images WHERE id IN (SELECT id FROM _gone)")
+        n_codes = tx.value("SELECT count(*) FROM codes WHERE id IN (SELECT id FROM _gone)")
+        tx.execute("DELETE FROM images WHERE id IN (SELECT id FROM _gone)")
         if n_codes:
-            con.execute("DELETE FROM codes WHERE id IN (SELECT id FROM _gone)")
+            tx.execute("DELETE FROM codes WHERE id IN (SELECT id FROM _gone)")
             # keep positions dense (0..n-1) so that exports and the tail blocks stay simple
-            con.execute(
+            tx.execute(
                 "UPDATE codes SET pos = r.new_pos FROM (SELECT id, row_number() OVER (ORDER BY pos) - 1 "
                 "AS new_pos FROM codes) AS r WHERE codes.id = r.id"
             )
-            drop_index(store, con)
+            drop_index(store, tx)
     return int(n_images)
 
 
@@ -157,20 +151,19 @@ def write_index(
     """Replace the codes by ``codes`` (in block order, from :func:`codes_table`) and the zone
     maps by ``blocks``, and record ``index`` in the settings, in one transaction. One insert per
     :data:`engine.index.layout.WRITE_CHUNK_ROWS` rows, each followed by ``on_chunk()``."""
-    with store.write(_blocks=_blocks_table(blocks), _chunk=codes.slice(0, 0)) as con:
+    with store.write(_blocks=_blocks_table(blocks)) as tx:
         if check_known:
-            con.register("_sorted", codes)
-            _check_known(con, "_sorted")
-            con.unregister("_sorted")
-        con.execute("DELETE FROM codes")
+            with tx.registered(_sorted=codes):
+                _check_known(tx, "_sorted")
+        tx.execute("DELETE FROM codes")
         for s in range(0, max(codes.num_rows, 1), layout.WRITE_CHUNK_ROWS):
             # one statement per chunk, for progress; the rows land in pos order all the same
-            con.register("_chunk", codes.slice(s, layout.WRITE_CHUNK_ROWS))
-            con.execute("INSERT INTO codes BY NAME SELECT * FROM _chunk")
+            with tx.registered(_chunk=codes.slice(s, layout.WRITE_CHUNK_ROWS)):
+                tx.execute("INSERT INTO codes BY NAME SELECT * FROM _chunk")
             if on_chunk is not None:
                 on_chunk()
-        con.execute("DELETE FROM blocks")
-        con.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
+        tx.execute("DELETE FROM blocks")
+        tx.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
         store.set_settings({"index": dict(index)})
         store.bump_data_version()
     store.checkpoint()
@@ -180,8 +173,8 @@ def store_head(store: Store, head: Head, quantizer: Quantizer) -> str:
     """Store the head's weights and its quantizer; the head's sha256."""
     blob = head.to_bytes()
     digest = hashlib.sha256(blob).hexdigest()
-    with store.write() as con:
-        store.put_artifact(con, "head", digest, blob)
+    with store.write() as tx:
+        store.put_artifact(tx, "head", digest, blob)
         store.set_settings(
             {
                 "head": {
@@ -307,11 +300,9 @@ def check_codes(codes: Any) -> np.ndarray:
     return codes
 
 
-def _check_known(con, relation: str) -> None:
+def _check_known(tx: Transaction, relation: str) -> None:
     """UnknownIds (the first ten) when ``relation`` has ids that ``images`` does not."""
-    missing = con.execute(
-        f"SELECT n.id FROM {relation} n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10"
-    ).fetchall()
+    missing = tx.execute(f"SELECT n.id FROM {relation} n ANTI JOIN images i USING (id) ORDER BY 1 LIMIT 10")
     if missing:
         raise UnknownIds([r[0] for r in missing])
 
