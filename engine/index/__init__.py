@@ -6,5 +6,6 @@
 :mod:`~engine.index.query` selects a box set's rows from a :class:`~engine.index.query.BlockIndex`;
 :mod:`~engine.index.snapshot` holds one loaded state of a catalog; :mod:`~engine.index.search`
 answers ``Catalog.select``, ``refine`` and ``search`` over it. This package imports the storage
-layer (:mod:`engine.store`) and the learners (:mod:`engine.learn`), never the catalog or the web app.
+layer (:mod:`engine.store`), the learners (:mod:`engine.learn`), the codes' head and quantizer and
+the query-image decoder, never the catalog or the web app.
 """

@@ -10,8 +10,9 @@ through the block index, and ``model.boxes_.to_sql(...)`` gives the same rows in
 
 :mod:`~engine.learn.refine` assembles a refine round's training set (labels, sampled negatives)
 and fits one of these on it; :mod:`~engine.learn.guide` is the linear guide that relabels the
-sample and sets the vote threshold. This package imports numpy, numba, scikit-learn and
-:mod:`engine.boxes`; :mod:`~engine.learn.refine` also reads the block index's arrays.
+sample and sets the vote threshold. This package imports numpy, numba, scikit-learn,
+:mod:`engine.boxes` and :mod:`engine.limits`; :mod:`~engine.learn.refine` also reads the block
+index (:mod:`engine.index.query`).
 """
 
 from .base import NotFittedError

@@ -8,7 +8,8 @@ sound catalog holds; :mod:`~engine.store.files` writes other files atomically;
 :mod:`~engine.store.sqlnames` checks and quotes SQL identifiers. Apart from the user-SQL sandbox
 (:mod:`engine.sandbox`), nothing outside this package imports duckdb or holds a connection.
 This package imports only :mod:`engine.errors`, :mod:`engine.resources`, :mod:`engine.boxes`,
-:mod:`engine.index.layout` and the model classes it stores (:mod:`engine.codes.head`, :mod:`engine.codes.quantize`).
+:mod:`engine.progress`, :mod:`engine.index.layout` and the model classes it stores
+(:mod:`engine.codes.head`, :mod:`engine.codes.quantize`).
 """
 
 from .database import DatabaseError, Store
