@@ -24,6 +24,7 @@ from .index.search import SelectResult
 from .index.snapshot import Snapshot
 from .learn.refine import Result, Training
 from .limits import (
+    COMPACT_MIN_BYTES,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_K,
     DEFAULT_SAMPLED_NEGATIVES,
@@ -192,6 +193,7 @@ class Catalog:
         codes: np.ndarray | None = None,
         ids: Sequence[int] | np.ndarray | None = None,
         index_info: Mapping[str, Any] | None = None,
+        compact: bool = True,
         progress: Progress = None,
     ) -> dict:
         """Sort the codes into k-d block order and write the zone maps.
@@ -203,6 +205,10 @@ class Catalog:
         entries for the index settings. ``progress`` (see :mod:`engine.progress`) counts steps:
         loading the stored codes, each k-d level, each written chunk, the commit
         (:func:`engine.index.layout.build_steps`). Returns timing stats.
+
+        The build then compacts a file of ``compact_min_bytes`` or more (:meth:`compact`, shown
+        only with ``progress=True``): the old codes' space stays in it until then. ``compacted``
+        in the stats says whether it did, ``compaction`` why not (``Store.why_not_compact``).
         """
         from .index.build import build_index
 
@@ -217,6 +223,9 @@ class Catalog:
             stats, index = build_index(
                 self.store, block_size, codes=codes, ids=ids, index_info=index_info, progress=progress
             )
+            why_not = self.store.why_not_compact(compact, COMPACT_MIN_BYTES)
+            done = {"compacted": True, **self.compact(progress=progress is True)} if why_not is None else {}
+            stats.update(done or {"compacted": False, "compaction": why_not})
             settings = self.store.settings()  # the index just written, not loaded again
             self._snapshot = Snapshot(self.store, self._key(settings), settings, index)
         return stats
@@ -262,15 +271,8 @@ class Catalog:
         return self.snapshot().subsets
 
     def index_status(self) -> dict:
-        """Rows, indexed rows and blocks, and what makes the index ``stale``:
-
-        - ``unindexed_rows``: codes added after the last build (scanned, but not pruned well);
-        - ``images_without_codes``: ingested images that have no codes yet (never returned);
-        - ``stale_codes``: images re-embedded after their codes were computed (returned at
-          their old position).
-
-        The last two clear with ``clip-branches index``. CorruptCatalog when the stored blocks
-        do not tile the indexed rows."""
+        """Rows, indexed rows and blocks, and what makes the index ``stale``
+        (:func:`engine.store.tables.index_status`)."""
         return tables.index_status(self.store)
 
     def codes(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:

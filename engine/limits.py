@@ -64,6 +64,9 @@ DEFAULT_MAX_PIXELS = _declare(
 )
 QUERY_MAX_PIXELS = _declare("query_max_pixels", 25_000_000, "pixels of a query image")
 DEFAULT_BLOCK_SIZE = _declare("block_size", 2048, "rows per k-d block (scripts/bench_select.py chose it)")
+COMPACT_MIN_BYTES = _declare(
+    "compact_min_bytes", 32 << 20, "catalog file size from which an index build compacts the file"
+)
 
 # -- the web app's fixed caps (its settable ones are web.settings.Settings) --------------------
 WEB_MAX_K = _declare("web_max_k", 1000, "images one web search returns at most", "web")

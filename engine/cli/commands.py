@@ -86,7 +86,9 @@ def cmd_index(args) -> int:
         if cat.setting("head") is not None and not args.codes_only:
             from ..codes.pipeline import index_embeddings
 
-            stats = index_embeddings(cat, block_size=args.block_size, progress=not args.quiet)
+            stats = index_embeddings(
+                cat, block_size=args.block_size, compact=args.compact, progress=not args.quiet
+            )
         else:
             if (
                 not args.codes_only
@@ -97,10 +99,16 @@ def cmd_index(args) -> int:
                     f"run `clip-branches train-head {args.catalog}` first, then index "
                     "(--codes-only indexes only the codes already stored)"
                 )
-            stats = cat.build_index(block_size=args.block_size, progress=not args.quiet)
-        if args.compact:
-            stats.update(cat.compact(progress=not args.quiet))
-    print_json(stats) if args.json else print(f"indexed {stats['rows']} rows in {stats['blocks']} blocks")
+            stats = cat.build_index(block_size=args.block_size, compact=args.compact, progress=not args.quiet)
+    if args.json:
+        print_json(stats)
+    else:
+        shrunk = (
+            f"; the file shrank from {stats['bytes_before']:,} to {stats['bytes_after']:,} bytes"
+            if stats["compacted"]
+            else ""
+        )
+        print(f"indexed {stats['rows']} rows in {stats['blocks']} blocks{shrunk}")
     return 0
 
 

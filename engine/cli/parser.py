@@ -204,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--block-size", type=int, default=DEFAULT_BLOCK_SIZE, metavar="N", help="rows per k-d block"
     )
-    s.add_argument("--compact", action="store_true", help="rewrite the file afterwards to drop freed space")
+    s.add_argument(
+        "--compact",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rewrite the file afterwards to drop the old codes' space (default: yes)",
+    )
     s.add_argument(
         "--codes-only",
         action="store_true",

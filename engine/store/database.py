@@ -189,6 +189,24 @@ class Store:
             )
         ]
 
+    def why_not_compact(self, compact: bool, min_bytes: int) -> str | None:
+        """Why not to compact the file now, or None to compact it: never when ``compact`` is
+        False, nor while other connections in this process hold the file (compaction reopens
+        it), nor for a file under ``min_bytes``, where what it frees is not worth a rewrite.
+        DuckDB's own count of free blocks misses the row groups a rewrite of a table left
+        behind, so the size is the test."""
+        if not compact:
+            return "not asked for"
+        size = self.path.stat().st_size
+        if size < min_bytes:
+            return f"the file has {size:,} bytes, under {min_bytes:,}: `clip-branches compact` rewrites it anyway"
+        if self.connection_count() > 1:
+            return (
+                "other connections to the file are open in this process (queries in flight, or "
+                "another Catalog); run `clip-branches compact` once they are closed"
+            )
+        return None
+
     def schema_version(self) -> int | None:
         with self.lock:
             return current_version(self.con)

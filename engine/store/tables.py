@@ -254,7 +254,15 @@ def check_tiling(store: Store, blocks: pa.Table, n_rows: int, index: Mapping[str
 
 
 def index_status(store: Store) -> dict:
-    """Rows, indexed rows and blocks, and what makes the index stale (see ``Catalog.index_status``)."""
+    """Rows, indexed rows and blocks, and what makes the index ``stale``:
+
+    - ``unindexed_rows``: codes added after the last build (scanned, but not pruned well);
+    - ``images_without_codes``: ingested images that have no codes yet (never returned);
+    - ``stale_codes``: images re-embedded after their codes were computed (returned at their
+      old position).
+
+    The last two clear with ``clip-branches index``. CorruptCatalog when the stored blocks do
+    not tile the indexed rows."""
     index = store.setting("index")
     indexed = int(index["indexed_rows"]) if index else 0
     watermark = (index or {}).get("embedding_part_max")
