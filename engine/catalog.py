@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,17 +232,17 @@ class Catalog:
         return stats
 
     def compact(self, *, progress: Progress = None) -> dict:
-        """Rewrite the file without the space freed by deletes and index rebuilds.
-
-        DuckDB reuses freed blocks but never shrinks its file, so a catalog that was loaded and
-        then sorted holds its codes twice over until compacted. The copy is made beside the
-        file and renamed over it; this object must be the only one holding the file.
-        ``progress`` (see :mod:`engine.progress`) counts the rows copied, over all tables.
-        """
-        before = self.path.stat().st_size
+        """Rewrite the file without the space freed by deletes and rebuilds, which DuckDB never
+        gives back: a copy beside the file, renamed over it; this object must be the only one
+        holding the file. ``progress`` (see :mod:`engine.progress`) counts the rows copied."""
+        before, t0 = self.path.stat().st_size, time.perf_counter()
         with reporter("compact", "rows", progress) as report:
             self.store.compact(report)
-        return {"bytes_before": before, "bytes_after": self.path.stat().st_size}
+        return {
+            "bytes_before": before,
+            "bytes_after": self.path.stat().st_size,
+            "time_compact_s": time.perf_counter() - t0,
+        }
 
     # -- reading -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -154,3 +154,21 @@ def test_constants_are_set_for_a_run_and_bad_ones_refused(load_script, monkeypat
     ):
         with pytest.raises(ValueError, match=message):
             es.set_constants([bad])
+
+
+def test_scale_benchmark_small(load_script, tmp_path, capsys):
+    argv = ["--rows", "30000", "--repeats", "1", "--dir", str(tmp_path)]
+    report = _run(load_script, "bench_scale", argv, capsys)
+    assert report["rows"] == 30000 and report["build"]["cached"] is False
+    assert report["build"]["peak_rss_bytes"] > 0 and report["file_bytes"] > 30000 * 32
+    rounds = report["rounds"]
+    assert set(rounds) == {"ensemble_tight", "branch_tight", "ensemble_loose", "branch_loose"}
+    assert all(0 < r["share_touched"] <= 1 and r["time_total_ms"] > 0 for r in rounds.values())
+    assert rounds["ensemble_tight"]["results"] > 0
+    cold = report["cold_start"]
+    assert 0 < cold["open_and_load_s"] <= cold["first_refine_s"] and cold["rss_after_load_bytes"] > 0
+    assert report["knn_top60_ms"] > 0
+    targets = report["targets_at_100m"]
+    assert set(targets) == set(load_script("bench_scale").TARGETS)
+    assert all(isinstance(t["met"], bool) for t in targets.values())
+    assert _run(load_script, "bench_scale", argv, capsys)["build"]["cached"] is True
