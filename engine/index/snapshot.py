@@ -47,7 +47,9 @@ class Snapshot:
         index = settings.get("index") or {}
         blocks = tables.load_blocks(store, cols.shape[1], index)
         block_size = int(index.get("block_size", DEFAULT_BLOCK_SIZE))
-        return cls(store, key, settings, query.BlockIndex.from_arrays(cols, ids, blocks, block_size))
+        snap = cls(store, key, settings, query.BlockIndex.from_arrays(cols, ids, blocks, block_size))
+        store.release_cache()  # the codes now live in the index, not in DuckDB's buffers
+        return snap
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of int64 ``ids`` in the block index; UnknownIds for any id not there."""
