@@ -224,11 +224,12 @@ class Catalog:
             stats, index = build_index(
                 self.store, block_size, codes=codes, ids=ids, index_info=index_info, progress=progress
             )
-            why_not = self.store.why_not_compact(compact, COMPACT_MIN_BYTES)
-            done = {"compacted": True, **self.compact(progress=progress is True)} if why_not is None else {}
-            stats.update(done or {"compacted": False, "compaction": why_not})
+            if why_not := self.store.why_not_compact(compact, COMPACT_MIN_BYTES):
+                stats.update(compacted=False, compaction=why_not)
+            else:
+                stats.update(compacted=True, **self.compact(progress=progress is True))
             settings = self.store.settings()  # the index just written, not loaded again
-            self._snapshot = Snapshot(self.store, self._key(settings), settings, index)
+            self._snapshot = Snapshot(self.store, self._key(settings.get("data_version")), settings, index)
         return stats
 
     def compact(self, *, progress: Progress = None) -> dict:
@@ -253,15 +254,14 @@ class Catalog:
         if snap is not None and self.read_only:
             return snap
         with self._lock, self.store.reading():
-            settings = self.store.settings()
-            key = self._key(settings)
+            key = self._key(self.store.setting("data_version"))  # one setting, not all, per call
             if self._snapshot is None or self._snapshot.key != key:
                 self._snapshot = None  # the old index is freed before the new one loads
-                self._snapshot = Snapshot.load(self.store, key, settings)
+                self._snapshot = Snapshot.load(self.store, key, self.store.settings())
             return self._snapshot
 
-    def _key(self, settings: Mapping[str, Any]) -> tuple:
-        return (self.store.generation, settings.get("data_version"))
+    def _key(self, data_version: Any) -> tuple:
+        return (self.store.generation, data_version)
 
     def block_index(self):
         """The in-memory scan index (:class:`engine.index.query.BlockIndex`) of the current snapshot."""

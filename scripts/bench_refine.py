@@ -72,7 +72,7 @@ N_POSITIVES, N_NEGATIVES = 40, 20
 
 
 # -- catalogs and labels ----------------------------------------------------------------------
-def _catalog_ok(cat, rows: int, seed: int) -> bool:
+def catalog_ok(cat, rows: int, seed: int) -> bool:
     s = cat.setting("synth") or {}
     return s.get("rows") == rows and s.get("seed") == seed and not cat.index_status()["stale"]
 
@@ -83,12 +83,12 @@ def ensure_catalog(path: Path, rows: int, seed: int) -> dict:
         try:
             with engine.Catalog.open(path, read_only=True) as cat:
                 _quiet(cat)
-                if _catalog_ok(cat, rows, seed):
+                if catalog_ok(cat, rows, seed):
                     return {"cached": True}
         except CatalogError:
             with engine.Catalog.open(path) as cat:  # writable: migrates an older schema
                 _quiet(cat)
-                if _catalog_ok(cat, rows, seed):
+                if catalog_ok(cat, rows, seed):
                     return {"cached": True}
         path.unlink()
     t = time.perf_counter()

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_refine import labelled, meminfo  # noqa: E402
+from bench_refine import catalog_ok, labelled, meminfo  # noqa: E402
 
 import engine  # noqa: E402
 from engine.errors import CatalogError  # noqa: E402
@@ -138,8 +138,7 @@ def ensure(path: Path, rows: int, seed: int) -> dict:
     if path.exists():
         try:
             with engine.Catalog.open(path, read_only=True) as cat:
-                s = cat.setting("synth") or {}
-                if s.get("rows") == rows and s.get("seed") == seed and not cat.index_status()["stale"]:
+                if catalog_ok(cat, rows, seed):
                     return {"cached": True}
         except CatalogError:
             pass

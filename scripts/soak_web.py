@@ -62,21 +62,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_web import MODELS  # noqa: E402
+from bench_web import QUERIES as WEB_QUERIES  # noqa: E402
+
+from engine.datasets.demodata import CLASSES as LABELS  # noqa: E402
+
+# The load test's queries, and more the soak cycles through.
 QUERIES = [
-    "sneaker",
-    "ankle boot",
-    "a bag to carry things",
-    "summer dress",
-    "warm winter coat",
-    "trousers",
-    "t-shirt",
-    "shirt with buttons",
-    "pullover",
-    "sandals",
-    "running shoes",
-    "handbag",
-    "jeans",
-    "blouse",
+    *WEB_QUERIES,
     "leather boots",
     "a long evening dress",
     "sports shoes",
@@ -85,19 +79,6 @@ QUERIES = [
     "something to wear on the beach",
     "footwear for running",
     "a jacket for the rain",
-]
-MODELS = ["ensemble", "branch", "tree", "forest"]
-LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
 ]
 # Console queries: {label} is filled in at random; last_result is the refine the client ran last.
 CONSOLE = [

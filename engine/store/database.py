@@ -256,11 +256,14 @@ class Store:
         """Every setting, decoded from JSON. A read-only store reads them once: nothing can
         change them while it is open, and the hot paths then never touch the connection."""
         if self.read_only:
-            with self.lock:
-                if self._settings is None:
-                    self._settings = self._read_settings()
-                return copy.deepcopy(self._settings)
+            return copy.deepcopy(self._cached_settings())
         return self._read_settings()
+
+    def _cached_settings(self) -> dict[str, Any]:
+        with self.lock:
+            if self._settings is None:
+                self._settings = self._read_settings()
+            return self._settings
 
     def _read_settings(self) -> dict[str, Any]:
         with self.reading():
@@ -271,7 +274,7 @@ class Store:
         """One setting, decoded from JSON; :class:`CorruptCatalog` if it does not hold what it
         must (see :data:`engine.store.integrity.SETTING_CHECKS`)."""
         if self.read_only:
-            return self.settings().get(key, default)
+            return copy.deepcopy(self._cached_settings().get(key, default))
         with self.reading():
             rows = self.read("SELECT value FROM settings WHERE key = ?", [key])
         return default if not rows else decode_setting(self.path, key, rows[0][0])
