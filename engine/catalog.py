@@ -237,7 +237,7 @@ class Catalog:
         gives back: a copy beside the file, renamed over it; this object must be the only one
         holding the file. ``progress`` (see :mod:`engine.progress`) counts the rows copied."""
         before, t0 = self.path.stat().st_size, time.perf_counter()
-        with reporter("compact", "rows", progress) as report:
+        with reporter("compact", "rows", progress) as report, self.store.memory_limit():
             self.store.compact(report)
         return {
             "bytes_before": before,

@@ -15,6 +15,11 @@ from ..store import Store, tables
 from . import layout, query
 
 
+def _increasing(ids: np.ndarray) -> bool:
+    """Whether ``ids`` are already in id order (a first build of rows added in id order)."""
+    return bool((ids[1:] > ids[:-1]).all())
+
+
 def build_index(
     store: Store,
     block_size: int,
@@ -29,16 +34,18 @@ def build_index(
     their zone maps; the timing stats and the in-memory index of what was written.
 
     Rows start from id order, so the result does not depend on the current physical order.
+    Memory: the codes, ids and permutation (41 bytes per row under 2**31 rows) and DuckDB's
+    :data:`engine.store.database.BULK_MEMORY`; the rows are permuted in place, one dim at a time.
     ``progress`` counts steps: loading the stored codes, each k-d level, each written chunk,
     the commit (:func:`engine.index.layout.build_steps`)."""
     from ..learn.models import feature_subsets
 
-    with reporter("index", "steps", progress) as report:
+    with reporter("index", "steps", progress) as report, store.memory_limit():
         t0 = time.perf_counter()
         if codes is None:
             cols, ids = tables.load_codes(store)
         else:
-            cols = np.ascontiguousarray(codes.T)
+            cols = np.array(codes.T, order="C")  # sorted in place below: never the caller's array
         n = len(ids)
         total = layout.build_steps(n, block_size, load=codes is None)
         done = [int(codes is None)]
@@ -47,12 +54,13 @@ def build_index(
         perm, starts = layout.kd_order(
             cols,
             block_size=block_size,
-            initial=np.argsort(ids, kind="stable"),
+            initial=None if _increasing(ids) else np.argsort(ids, kind="stable"),
             on_level=lambda level: report(done[0] + level, total),
         )
         done[0] += layout.n_levels(n, block_size)
-        cols = np.ascontiguousarray(cols[:, perm])
+        layout.permute_columns(cols, perm)
         ids = ids[perm]
+        del perm
         blocks = layout.zone_maps(cols, starts)
         t2 = time.perf_counter()
         index = {
@@ -71,12 +79,7 @@ def build_index(
             report(done[0], total)
 
         tables.write_index(
-            store,
-            tables.codes_table(cols, ids),
-            blocks,
-            index,
-            check_known=codes is not None,
-            on_chunk=chunk_written,
+            store, cols, ids, blocks, index, check_known=codes is not None, on_chunk=chunk_written
         )
         report(total, total)
     t3 = time.perf_counter()

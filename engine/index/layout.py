@@ -134,12 +134,14 @@ def kd_order(
         by id) makes the result independent of the current physical order.
     on_level : called with the number of levels done after each of the ``n_levels`` levels.
 
-    Returns ``(perm, starts)``: ``cols[:, perm]`` is in block order and block b holds rows
-    ``starts[b]:starts[b+1]`` of it.
+    Returns ``(perm, starts)``, ``perm`` int32 (int64 from 2**31 rows): ``cols[:, perm]`` is in
+    block order and block b holds rows ``starts[b]:starts[b+1]`` of it.
     """
     n_dims, n_rows = cols.shape
     dims = np.arange(n_dims, dtype=np.int64) if dims is None else np.asarray(dims, dtype=np.int64)
-    perm = np.arange(n_rows, dtype=np.int64) if initial is None else np.array(initial, dtype=np.int64)
+    # int32 positions while they fit: the permutation is the largest array of a build after the codes
+    itype = np.int32 if n_rows < 2**31 else np.int64
+    perm = np.arange(n_rows, dtype=itype) if initial is None else np.array(initial, dtype=itype)
     levels = n_levels(n_rows, block_size)
     # Each level refines every node of the level above: a node is sorted on its split dim and
     # cut at its middle, which is what block_starts() produces for the next level.
@@ -148,6 +150,12 @@ def kd_order(
         if on_level is not None:
             on_level(level + 1)
     return perm, block_starts(n_rows, levels) if n_rows else np.zeros(1, dtype=np.int64)
+
+
+def permute_columns(cols: np.ndarray, perm: np.ndarray) -> None:
+    """``cols[:] = cols[:, perm]`` in place, one dim at a time: the only temporary is one row."""
+    for d in range(cols.shape[0]):
+        cols[d] = cols[d][perm]
 
 
 def build_steps(n_rows: int, block_size: int, *, load: bool) -> int:

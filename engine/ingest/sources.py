@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import IngestError
-from ..store.database import DatabaseError, read_csv
+from ..store.database import DatabaseError
+from ..store.parquet import read_csv
 from ..store.sqlnames import IDENT
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})

@@ -52,6 +52,10 @@ _TABLE_COLUMNS_SQL = (
 )
 # How often a long statement's own progress is polled (see :meth:`Store.tracking`).
 POLL_INTERVAL_S = 0.25
+# DuckDB's memory limit in the bulk rewrites (index build, compaction), in place of its default
+# of 80% of the machine, which its cache of the rows read filled: at 100M rows a build then held
+# 22 GB. Half of this made the build's write twice as slow (scripts/bench_scale.py).
+BULK_MEMORY = "1GB"
 
 
 class Store:
@@ -178,6 +182,12 @@ class Store:
         with self.lock, self._registered(tables):
             return self.con.sql(sql, params=params).to_arrow_table()
 
+    def batches(self, sql: str, rows: int) -> Iterator[pa.RecordBatch]:
+        """The result of one query in Arrow batches of about ``rows`` rows, streamed: the whole
+        result is never held. The store stays locked until the last batch is read."""
+        with self.lock:
+            yield from self.con.sql(sql).to_arrow_reader(rows)
+
     def columns(self, table: str) -> list[tuple[str, str]]:
         """(name, DuckDB type) of a table's columns, in order."""
         return [
@@ -208,17 +218,24 @@ class Store:
         return None
 
     def release_cache(self) -> None:
-        """Drop DuckDB's cache of the file's blocks, which keeps what a load read (up to its
-        memory limit, 80% of the machine by default): the limit is lowered, then reset to that
-        default, which is what every catalog but a sandboxed one runs with. At 10M rows this
-        frees about 0.85 GB after the index loads (scripts/bench_scale.py). A sandboxed
-        catalog's configuration is locked, and its own limit bounds the cache: it is left as it is."""
-        with self.lock:
-            try:
-                self.con.execute("SET memory_limit = '1MB'")
-            except duckdb.Error:
-                return  # a locked configuration
-            self.con.execute("RESET memory_limit")
+        """Drop DuckDB's cache of what a load read (up to 80% of the machine by default)."""
+        with self.memory_limit("1MB"):
+            pass
+
+    @contextlib.contextmanager
+    def memory_limit(self, limit: str = BULK_MEMORY) -> Iterator[None]:
+        """DuckDB's memory limit (its cache of the file's blocks too) at ``limit`` inside the
+        block, then reset to the default, which frees what the cache held beyond. A sandboxed
+        catalog's configuration is locked, and its own limit bounds it: it is left as it is."""
+        try:
+            self.read(f"SET memory_limit = {literal(limit)}")
+        except duckdb.Error:
+            yield  # a locked configuration
+            return
+        try:
+            yield
+        finally:
+            self.read("RESET memory_limit")
 
     def schema_version(self) -> int | None:
         with self.lock:
@@ -425,22 +442,6 @@ def transaction(con: duckdb.DuckDBPyConnection, **tables: pa.Table) -> Iterator[
         for name in tables:
             with contextlib.suppress(duckdb.Error):
                 con.unregister(name)
-
-
-def read_csv(path: str, text_column: str) -> pa.Table:
-    """A CSV file with a header as an Arrow table, types sniffed from every row, with
-    ``text_column`` (when present) read as text; no columns' rows when it is absent."""
-    with duckdb.connect(":memory:") as con:
-        names = [
-            r[0]
-            for r in con.sql("DESCRIBE SELECT * FROM read_csv(?, header = true)", params=[path]).fetchall()
-        ]
-        if text_column not in names:
-            return con.sql("SELECT * FROM read_csv(?, header = true) LIMIT 0", params=[path]).to_arrow_table()
-        return con.sql(
-            f"SELECT * FROM read_csv(?, header = true, sample_size = -1, types = {{{literal(text_column)}: 'VARCHAR'}})",
-            params=[path],
-        ).to_arrow_table()
 
 
 # -- schema ---------------------------------------------------------------------------------

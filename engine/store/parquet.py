@@ -1,4 +1,4 @@
-"""Parquet export and import of a whole catalog.
+"""Parquet export and import of a whole catalog, and reading CSV manifests (:func:`read_csv`).
 
 An export is a directory::
 
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from ..boxes import CODE_COLUMNS
 from ..errors import CatalogError, CorruptCatalog
@@ -106,6 +107,19 @@ def export_catalog(store: Store, out: Path, *, overwrite: bool = False, progress
         "directory": str(out),
         "bytes": {f: (out / f).stat().st_size for f in FILES},
     }
+
+
+def read_csv(path: str, text_column: str) -> pa.Table:
+    """A CSV file with a header as an Arrow table, types sniffed from every row, with
+    ``text_column`` (when present) read as text; no columns' rows when it is absent."""
+    with duckdb.connect(":memory:") as con:
+        names = [r[0] for r in con.sql("DESCRIBE FROM read_csv(?, header = true)", params=[path]).fetchall()]
+        if text_column not in names:
+            return con.sql("SELECT * FROM read_csv(?, header = true) LIMIT 0", params=[path]).to_arrow_table()
+        return con.sql(
+            f"SELECT * FROM read_csv(?, header = true, sample_size = -1, types = {{{literal(text_column)}: 'VARCHAR'}})",
+            params=[path],
+        ).to_arrow_table()
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

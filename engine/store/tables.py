@@ -26,6 +26,9 @@ from .database import DatabaseError, Store, Transaction
 from .integrity import REINDEX, tiling_problem
 from .sqlnames import RESERVED_COLUMNS, is_metadata_name, quote_ident
 
+# Rows per batch of the streamed code load: 64 MB of codes, few enough Python steps at 100M.
+LOAD_BATCH_ROWS = 1 << 21
+
 
 def new_settings() -> dict[str, Any]:
     """The settings of a new, empty catalog."""
@@ -74,7 +77,7 @@ def add_codes(store: Store, codes: np.ndarray, ids: np.ndarray | None, meta: pa.
         new["_new_meta"] = meta.append_column("id", pa.array(ids))
     meta_cols: list[str] = []
     try:
-        with store.write(**new) as tx:
+        with store.memory_limit(), store.write(**new) as tx:  # bounds DuckDB's cache of the file
             clash = tx.execute("SELECT i.id FROM images i JOIN _new_codes n USING (id) ORDER BY 1 LIMIT 10")
             if clash:
                 raise InvalidCodes(f"ids already in the catalog: {', '.join(str(r[0]) for r in clash)}")
@@ -141,24 +144,27 @@ def remove(store: Store, ids: np.ndarray) -> int:
 
 def write_index(
     store: Store,
-    codes: pa.Table,
+    cols: np.ndarray,
+    ids: np.ndarray,
     blocks: layout.Blocks,
     index: Mapping[str, Any],
     *,
     check_known: bool,
     on_chunk=None,
 ) -> None:
-    """Replace the codes by ``codes`` (in block order, from :func:`codes_table`) and the zone
+    """Replace the codes by ``cols`` uint8 (32, n) and ``ids`` (in block order) and the zone
     maps by ``blocks``, and record ``index`` in the settings, in one transaction. One insert per
-    :data:`engine.index.layout.WRITE_CHUNK_ROWS` rows, each followed by ``on_chunk()``."""
+    :data:`engine.index.layout.WRITE_CHUNK_ROWS` rows, each followed by ``on_chunk()``; a chunk
+    is a view of the arrays, so the write holds no copy of them."""
+    n = len(ids)
     with store.write(_blocks=_blocks_table(blocks)) as tx:
         if check_known:
-            with tx.registered(_sorted=codes):
+            with tx.registered(_sorted=pa.table({"id": ids})):
                 _check_known(tx, "_sorted")
         tx.execute("DELETE FROM codes")
-        for s in range(0, max(codes.num_rows, 1), layout.WRITE_CHUNK_ROWS):
-            # one statement per chunk, for progress; the rows land in pos order all the same
-            with tx.registered(_chunk=codes.slice(s, layout.WRITE_CHUNK_ROWS)):
+        for s in range(0, max(n, 1), layout.WRITE_CHUNK_ROWS):
+            e = min(s + layout.WRITE_CHUNK_ROWS, n)
+            with tx.registered(_chunk=codes_table(cols[:, s:e], ids[s:e], s)):
                 tx.execute("INSERT INTO codes BY NAME SELECT * FROM _chunk")
             if on_chunk is not None:
                 on_chunk()
@@ -216,14 +222,32 @@ def load_quantizer(store: Store) -> Quantizer:
 
 
 def load_codes(store: Store) -> tuple[np.ndarray, np.ndarray]:
-    """All codes in pos order: uint8 (32, n) column-major and int64 ids."""
-    with store.reading():
-        tbl = store.arrow(sql_text("load_codes"))
-    n = tbl.num_rows
-    cols = np.empty((N_DIMS, n), dtype=np.uint8)
-    for d, c in enumerate(CODE_COLUMNS):
-        cols[d] = tbl.column(c).to_numpy()
-    return cols, tbl.column("id").to_numpy().astype(np.int64, copy=False)
+    """All codes in pos order: uint8 (32, n) column-major and int64 ids. Streamed in batches
+    into arrays of their final size, each row put at its ``pos`` (no sort, no second copy);
+    CorruptCatalog unless the positions are exactly ``0..n-1``."""
+    with store.reading(), store.lock:
+        n = int(store.value("SELECT count(*) FROM codes"))
+        cols, ids = np.empty((N_DIMS, n), dtype=np.uint8), np.empty(n, dtype=np.int64)
+        seen = np.zeros(n, dtype=bool)
+        for batch in store.batches(sql_text("load_codes"), LOAD_BATCH_ROWS):
+            pos = batch.column("pos").to_numpy()
+            if len(pos) and (pos.min() < 0 or pos.max() >= n):
+                raise CorruptCatalog(
+                    f"{store.path}: the codes table has a position outside 0..{n - 1}; {REINDEX}"
+                )
+            # rows come in insertion order, which is pos order unless a removal renumbered them
+            at = slice(pos[0], pos[0] + len(pos)) if _consecutive(pos) else pos
+            seen[at] = True
+            ids[at] = batch.column("id").to_numpy()
+            for d, c in enumerate(CODE_COLUMNS):
+                cols[d, at] = batch.column(c).to_numpy()
+    if not seen.all():
+        raise CorruptCatalog(f"{store.path}: two rows of the codes table share a position; {REINDEX}")
+    return cols, ids
+
+
+def _consecutive(pos: np.ndarray) -> bool:
+    return len(pos) > 0 and int(pos[-1]) - int(pos[0]) == len(pos) - 1 and bool((np.diff(pos) == 1).all())
 
 
 def load_blocks(store: Store, n_rows: int, index: Mapping[str, Any]) -> layout.Blocks | None:
