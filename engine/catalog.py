@@ -195,17 +195,19 @@ class Catalog:
         ids: Sequence[int] | np.ndarray | None = None,
         index_info: Mapping[str, Any] | None = None,
         compact: bool = True,
+        mapped: bool | None = None,
         progress: Progress = None,
     ) -> dict:
-        """Sort the codes into k-d block order and write the zone maps.
+        """Sort the codes into k-d block order and write the zone maps; returns timing stats.
 
         Idempotent: rows start from id order, so the result does not depend on the current
         physical order. ``codes`` and ``ids`` (as for :meth:`replace_codes`) replace the
         catalog's codes in the transaction that writes their index, so an interrupted build
         leaves the old codes and index, never new codes without one. ``index_info``: more
-        entries for the index settings. ``progress`` (see :mod:`engine.progress`) counts steps:
-        loading the stored codes, each k-d level, each written chunk, the commit
-        (:func:`engine.index.layout.build_steps`). Returns timing stats.
+        entries for the index settings. ``mapped``: write a memory-mapped copy of the codes
+        beside the file too, for a fast cold start (:mod:`engine.index.mapped`); None keeps what
+        the last build did. ``progress`` (see :mod:`engine.progress`) counts steps: loading the
+        stored codes, each k-d level, each written chunk, the commit (``layout.build_steps``).
 
         The build then compacts a file of ``compact_min_bytes`` or more (:meth:`compact`, shown
         only with ``progress=True``): the old codes' space stays in it until then. ``compacted``
@@ -217,13 +219,11 @@ class Catalog:
         layout.check_block_size(block_size)
         if (codes is None) != (ids is None):
             raise InvalidCodes("give codes and ids together, or neither to sort the stored codes")
-        if codes is not None:
-            codes, ids = tables.check_replacement(codes, ids)
+        codes, ids = tables.check_replacement(codes, ids) if codes is not None else (None, None)
         with self._lock:
             self._snapshot = None
-            stats, index = build_index(
-                self.store, block_size, codes=codes, ids=ids, index_info=index_info, progress=progress
-            )
+            built = dict(codes=codes, ids=ids, index_info=index_info, mapped_copy=mapped, progress=progress)
+            stats, index = build_index(self.store, block_size, **built)
             if why_not := self.store.why_not_compact(compact, COMPACT_MIN_BYTES):
                 stats.update(compacted=False, compaction=why_not)
             else:
@@ -421,15 +421,15 @@ class Catalog:
         )
 
     # -- Parquet -----------------------------------------------------------------------------
-    def export_parquet(
-        self, directory: str | os.PathLike, *, overwrite: bool = False, progress: Progress = None
-    ) -> dict:
+    def export_parquet(self, directory: str | os.PathLike, **options) -> dict:
         """Write codes, images, blocks and settings as Parquet; see :mod:`engine.store.parquet`.
-        ``progress`` (see :mod:`engine.progress`) counts the rows written, over all files."""
+        ``overwrite``: replace an earlier export; ``shards=N``: N subtrees of the k-d tree, one
+        directory each (:mod:`engine.store.shards`); ``progress`` (see :mod:`engine.progress`)
+        counts the rows written, over all files."""
         from .store.parquet import export_catalog
 
         with self.store.reading():
-            return export_catalog(self.store, Path(directory), overwrite=overwrite, progress=progress)
+            return export_catalog(self.store, Path(directory), **options)
 
     @classmethod
     def import_parquet(

@@ -42,6 +42,11 @@ MAX_SUGGESTIONS = _declare("max_suggestions", 1000, "suggestions one round may a
 MAX_SEED = _declare("max_seed", 2**32 - 1, "largest random_state (scikit-learn's limit)")
 
 PRINT_LIMIT = _declare("print_limit", 1000, "ids the CLI prints unless --limit says otherwise")
+SPARK_TOP = _declare(
+    "spark_top",
+    60,
+    "ids of its ranking a refine on Spark returns; the whole ranking goes to its Parquet output",
+)
 
 # -- SQL ---------------------------------------------------------------------------------------
 MAX_QUERY_TEXT = _declare("max_query_text", 100_000, "characters of one SQL query")

@@ -230,6 +230,7 @@ E2E_FILES = frozenset(
         "test_pipeline.py",
         "test_spark_ingest.py",
         "test_spark_parquet.py",
+        "test_spark_refine.py",
         "test_openclip_encoder.py",
         "test_demo_encoder.py",
         "test_web_browser.py",

@@ -113,6 +113,20 @@ def test_export_import_round_trip(synth, tmp_path):
     assert a["ids"] == b["ids"] and a["votes"] == b["votes"]
 
 
+def test_export_in_shards_and_bad_shard_counts(synth, tmp_path):
+    out = json.loads(run("export", synth, tmp_path / "pq", "--shards", 4, "--json", "--quiet").stdout)
+    assert [s["directory"] for s in out["shards"]] == [f"shard-{i:03d}" for i in range(4)]
+    assert sum(s["rows"] for s in out["shards"]) == out["rows"] == 5000
+    assert (
+        "in 2 shards" in run("export", synth, tmp_path / "pq", "--shards", 2, "--overwrite", "--quiet").stdout
+    )
+    proc = run("export", synth, tmp_path / "bad", "--shards", 3, check=False)
+    assert proc.returncode == 1 and "shards must be a power of two" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+    proc = run("refine", synth, "--positive", 1, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "--out and --overwrite go with --spark" in proc.stderr
+
+
 def test_create_index_info(tmp_path):
     path = tmp_path / "c.duckdb"
     run("create", path)

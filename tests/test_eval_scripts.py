@@ -165,10 +165,14 @@ def test_scale_benchmark_small(load_script, tmp_path, capsys):
     assert set(rounds) == {"ensemble_tight", "branch_tight", "ensemble_loose", "branch_loose"}
     assert all(0 < r["share_touched"] <= 1 and r["time_total_ms"] > 0 for r in rounds.values())
     assert rounds["ensemble_tight"]["results"] > 0
-    cold = report["cold_start"]
-    assert 0 < cold["open_and_load_s"] <= cold["first_refine_s"] and cold["rss_after_load_bytes"] > 0
+    cold, without = report["cold_start"], report["cold_start_without_copy"]
+    assert cold["index_from"] == "mapped copy" and without["index_from"] == "catalog"
+    for c in (cold, without):
+        assert 0 < c["open_and_load_s"] <= c["first_refine_s"] and c["rss_after_load_bytes"] > 0
+    assert report["mapped_copy_bytes"] > 30000 * 40 and (tmp_path / "scale-30000-0.duckdb.kd").exists()
     assert report["knn_top60_ms"] > 0
     targets = report["targets_at_100m"]
-    assert set(targets) == set(load_script("bench_scale").TARGETS)
+    names = set(load_script("bench_scale").TARGETS)
+    assert set(targets) == names | {"cold_start_s_without_copy", "rss_after_load_gb_without_copy"}
     assert all(isinstance(t["met"], bool) for t in targets.values())
     assert _run(load_script, "bench_scale", argv, capsys)["build"]["cached"] is True

@@ -15,6 +15,7 @@ import pytest
 
 import engine
 from engine.datasets.synth import synth_catalog
+from engine.index import layout
 from engine.store import parquet
 
 
@@ -117,6 +118,7 @@ def test_import_rejects_incomplete_or_foreign_directories(catalog, tmp_path):
 KILLED_OVERWRITE = """
 import os, signal, sys
 import engine
+from engine.index import layout
 from engine.store import parquet
 
 def killed(path, *args, **kwargs):
@@ -155,6 +157,7 @@ def test_overwrite_killed_while_deleting_the_old_export_leaves_a_whole_export(tm
 KILLED_IMPORT = """
 import os, signal, sys
 import engine
+from engine.index import layout
 from engine.store import parquet
 
 def killed(store):  # after the import commits its rows, before the file takes its name
@@ -322,3 +325,133 @@ def test_import_refuses_positions_other_than_0_to_n_minus_1(exported, tmp_path, 
         _tampered(exported, tmp_path, "codes.parquet", lambda t: _set(t, "pos", row, pos)), tmp_path
     )
     assert "codes.parquet holds 20300 rows, expected 20300 (catalog.json) with positions 0..n-1" in msg
+
+
+# -- sharded exports: subtrees of the k-d tree, one export directory each --------------------
+@pytest.fixture(scope="module")
+def sharded(catalog, tmp_path_factory):
+    """The catalog exported whole and in 2 and 4 shards; the index settings and the exports."""
+    root = tmp_path_factory.mktemp("pq-shards")
+    with engine.Catalog.open(catalog, read_only=True) as cat:
+        index = cat.setting("index")
+        stats = {n: cat.export_parquet(root / f"s{n}", shards=n) for n in (2, 4)}
+        cat.export_parquet(root / "whole")
+    return index, root, stats
+
+
+def _concat(root, n, name):
+    return pa.concat_tables([pq.read_table(root / f"s{n}" / f"shard-{i:03d}" / name) for i in range(n)])
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_shards_partition_the_rows_of_the_whole_export(sharded, n):
+    _, root, _ = sharded
+    for name, key in (("codes.parquet", "pos"), ("images.parquet", "id"), ("blocks.parquet", "block_id")):
+        whole = pq.read_table(root / "whole" / name)
+        assert _concat(root, n, name).sort_by(key).equals(whole.sort_by(key)), name
+    assert _concat(root, n, "codes.parquet").column("pos").to_numpy().tolist() == list(range(20_300))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_each_shard_is_one_subtree_and_holds_its_blocks_rows(sharded, n):
+    index, root, stats = sharded
+    manifest = json.loads((root / f"s{n}" / "catalog.json").read_text())
+    assert manifest["format"] == "clip-branches-parquet-shards" and manifest["rows"] == 20_300
+    assert manifest["shards"] == stats[n]["shards"]
+    # the subtrees at depth log2(n) of the balanced halving the index build made
+    bounds = layout.block_starts(index["indexed_rows"], n.bit_length() - 1)
+    per = index["n_blocks"] // n
+    for i, entry in enumerate(manifest["shards"]):
+        d = root / f"s{n}" / entry["directory"]
+        meta = json.loads((d / "catalog.json").read_text())
+        assert meta["shard"]["number"] == i and meta["shard"]["count"] == n
+        assert meta["shard"]["catalog_rows"] == 20_300 and meta["rows"] == entry["rows"]
+        assert (entry["block_start"], entry["block_end"]) == (i * per, (i + 1) * per)
+        assert entry["row_start"] == bounds[i]
+        assert entry["row_end"] == (20_300 if i == n - 1 else bounds[i + 1])  # the last takes the tail
+        pos = pq.read_table(d / "codes.parquet", columns=["pos"]).column(0).to_numpy()
+        blocks = pq.read_table(d / "blocks.parquet")
+        first, last = blocks["row_start"][0].as_py(), blocks["row_end"][-1].as_py()
+        assert pos.min() == first and (pos.max() < last or (i == n - 1 and last == index["indexed_rows"]))
+        assert blocks["block_id"].to_pylist() == list(range(entry["block_start"], entry["block_end"]))
+        ids = pq.read_table(d / "images.parquet", columns=["id"]).column(0).to_numpy()
+        codes_ids = pq.read_table(d / "codes.parquet", columns=["id"]).column(0).to_numpy()
+        assert np.array_equal(np.sort(ids), np.sort(codes_ids))
+
+
+def test_each_shard_imports_as_a_catalog_of_its_rows(sharded, catalog, tmp_path):
+    _, root, _ = sharded
+    with engine.Catalog.open(catalog, read_only=True) as cat:
+        whole = [set(cat.select(_boxes(s), mv).ids.tolist()) for s in range(2) for mv in (1, 3)]
+    found = [set() for _ in whole]
+    for i in range(4):
+        with engine.Catalog.import_parquet(root / "s4" / f"shard-{i:03d}", tmp_path / f"{i}.duckdb") as part:
+            status = part.index_status()
+            assert status["index"]["n_blocks"] == 32 and status["unindexed_rows"] == (300 if i == 3 else 0)
+            for got, (s, mv) in zip(found, [(s, mv) for s in range(2) for mv in (1, 3)], strict=True):
+                got.update(part.select(_boxes(s), mv).ids.tolist())
+    assert found == whole and sum(map(len, whole)) > 0
+
+
+def test_a_sharded_export_names_its_shards_when_imported_whole(sharded, tmp_path):
+    _, root, _ = sharded
+    with pytest.raises(engine.CatalogError, match="sharded export of 4 shards; import one of them"):
+        engine.Catalog.import_parquet(root / "s4", tmp_path / "x.duckdb")
+    assert not (tmp_path / "x.duckdb").exists()
+
+
+@pytest.mark.parametrize(
+    "shards,message",
+    [
+        (3, "power of two"),
+        (0, "power of two"),
+        (-2, "power of two"),
+        (True, "power of two"),
+        (2.0, "power of two"),
+        (256, "has 128 blocks; shards must be a power of two up to 128, got 256"),
+    ],
+)
+def test_bad_shard_counts_are_refused_and_leave_nothing(catalog, tmp_path, shards, message):
+    with (
+        engine.Catalog.open(catalog, read_only=True) as cat,
+        pytest.raises(engine.InvalidArgument, match=message),
+    ):
+        cat.export_parquet(tmp_path / "out", shards=shards)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_catalog_without_an_index_cannot_be_sharded(tmp_path):
+    with engine.Catalog.create(tmp_path / "c.duckdb") as cat:
+        cat.add_codes(np.zeros((10, 32), np.uint8))
+        with pytest.raises(engine.CatalogError, match="no block index.*clip-branches index"):
+            cat.export_parquet(tmp_path / "out", shards=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.duckdb"]
+
+
+# -- a refine round trained from an export's files is the catalog's --------------------------
+@pytest.mark.parametrize("directory", ["whole", "s2", "s4"])
+@pytest.mark.parametrize("model,guide", [("ensemble", True), ("branch", True), ("ensemble", False)])
+def test_a_round_trained_on_an_export_is_the_catalogs(sharded, catalog, directory, model, guide):
+    from engine.index.search import RefineRequest
+    from engine.spark_refine import train_on_export
+    from engine.store.exports import Export
+
+    _, root, _ = sharded
+    with engine.Catalog.open(catalog, read_only=True) as cat:
+        labels = cat.sql("SELECT id, label FROM images ORDER BY id")
+        ids, lab = labels.column("id").to_numpy(), labels.column("label").to_numpy()
+        pos, neg = ids[lab == lab[7]][:6], ids[lab == lab[8]][:2]
+        pos = np.append(pos, 20_100)  # a positive among the unindexed rows
+        expected = cat.refine(pos, neg, model=model, random_state=0, guide=guide)
+        train = cat.training_set(pos, neg, guide=guide)
+    export = Export.open(root / directory)
+    request = RefineRequest.check(pos, neg, model, 500, 1.0, 0, True, guide, 0)
+    round_, stats = train_on_export(export, request)
+    assert round_.sql == expected.sql and round_.min_votes == expected.stats["min_votes"]
+    assert stats["guided"] == guide and stats["shards"] == (
+        None if directory == "whole" else int(directory[1])
+    )
+    if not guide:  # the catalog's training set, row for row
+        assert np.array_equal(round_.train.X, train.X) and np.array_equal(round_.train.w, train.w)
+        assert np.array_equal(round_.train.free, train.free)
+    assert 0 < stats["rows_read"] <= 20_300 and stats["row_groups_read"] <= stats["row_groups"]

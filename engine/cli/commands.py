@@ -87,7 +87,11 @@ def cmd_index(args) -> int:
             from ..codes.pipeline import index_embeddings
 
             stats = index_embeddings(
-                cat, block_size=args.block_size, compact=args.compact, progress=not args.quiet
+                cat,
+                block_size=args.block_size,
+                compact=args.compact,
+                mapped=args.mapped,
+                progress=not args.quiet,
             )
         else:
             if (
@@ -99,7 +103,9 @@ def cmd_index(args) -> int:
                     f"run `clip-branches train-head {args.catalog}` first, then index "
                     "(--codes-only indexes only the codes already stored)"
                 )
-            stats = cat.build_index(block_size=args.block_size, compact=args.compact, progress=not args.quiet)
+            stats = cat.build_index(
+                block_size=args.block_size, compact=args.compact, mapped=args.mapped, progress=not args.quiet
+            )
     if args.json:
         print_json(stats)
     else:
@@ -429,6 +435,10 @@ def cmd_search(args) -> int:
 
 
 def cmd_refine(args) -> int:
+    if args.spark is not None:
+        return _refine_on_spark(args)
+    if args.out is not None or args.overwrite:
+        args.parser.error("--out and --overwrite go with --spark MASTER (the ranking of a refine on Spark)")
     with Catalog.open(args.catalog, read_only=True) as cat:
         result = cat.refine(
             args.positive,
@@ -441,6 +451,36 @@ def cmd_refine(args) -> int:
             suggestions=args.suggestions,
         )
         return _print_result(cat, result, args)
+
+
+def _refine_on_spark(args) -> int:
+    """``refine --spark``: the first ``--limit`` ids come back from Spark, the rest go to ``--out``."""
+    from ..spark_refine import refine_on_spark
+
+    result = refine_on_spark(
+        args.catalog,
+        args.positive,
+        args.negative or (),
+        master=args.spark,
+        out=args.out,
+        overwrite=args.overwrite,
+        model=args.model,
+        sampled_negatives=args.sampled_negatives,
+        negative_weight=args.negative_weight,
+        random_state=args.seed,
+        guide=not args.no_guide,
+        top=args.limit or None,
+    )
+    if args.json:
+        print_json({**result.to_json(), **_shown(len(result.ids), result.count)})
+    else:
+        print("id\tscore")
+        for i, score in zip(result.ids.tolist(), result.scores.tolist(), strict=True):
+            print(f"{i}\t{score}")
+        where = f"; the whole ranking is in {result.out}" if result.out else ""
+        print(f"# {result.count} results; {result.stats['time_total_ms']:.1f} ms{where}", file=sys.stderr)
+    _say_capped(len(result.ids), result.count)
+    return 0
 
 
 def _print_result(cat: Catalog, result, args) -> int:
@@ -566,8 +606,13 @@ def cmd_export(args) -> int:
             "the export it holds"
         )
     with Catalog.open(args.catalog, read_only=True) as cat:
-        stats = cat.export_parquet(args.directory, overwrite=args.overwrite, progress=not args.quiet)
-    print_json(stats) if args.json else print(f"exported {stats['rows']} rows to {stats['directory']}")
+        stats = cat.export_parquet(
+            args.directory, overwrite=args.overwrite, shards=args.shards, progress=not args.quiet
+        )
+    shards = f" in {len(stats['shards'])} shards" if "shards" in stats else ""
+    print_json(stats) if args.json else print(
+        f"exported {stats['rows']} rows to {stats['directory']}{shards}"
+    )
     return 0
 
 

@@ -211,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite the file afterwards to drop the old codes' space (default: yes)",
     )
     s.add_argument(
+        "--mapped",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write a memory-mapped copy of the codes beside the file (CATALOG.kd, 40 bytes "
+        "per image), which a restarted server or a CLI query opens in a fraction of the load "
+        "from the catalog (default: as the last index build did)",
+    )
+    s.add_argument(
         "--codes-only",
         action="store_true",
         help="only re-sort the stored codes (default: recompute them from the embeddings when a head exists)",
@@ -378,8 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
         "refine",
         "train on labelled ids and return every image of the catalog it classifies positive",
         cmd_refine,
+        description=(
+            "Train on labelled ids and return every image of the catalog it classifies positive.\n"
+            "With --spark MASTER, the catalog argument is a folder `clip-branches export` wrote (plain or\n"
+            "with --shards): the round trains here on the rows it needs, Spark SQL runs its SQL over the\n"
+            "Parquet files, and --out gets the whole ranking (id, votes, rank) as Parquet:\n\n"
+            "  clip-branches export photos.duckdb photos-export --shards 4\n"
+            "  clip-branches refine --spark local[4] photos-export --positive 12,40,7 --out ranked"
+        ),
     )
-    s.add_argument("catalog", help=catalog_help)
+    s.add_argument("catalog", help=f"{catalog_help}; with --spark, an export folder (path or URI)")
     s.add_argument("--positive", required=True, metavar="IDS", help="comma-separated positive ids")
     s.add_argument("--negative", default="", metavar="IDS", help="comma-separated negative ids")
     s.add_argument(
@@ -418,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_SUGGESTIONS,
         metavar="N",
-        help="unlabelled ids to suggest labelling next (printed on stderr, or in the JSON)",
+        help="unlabelled ids to suggest labelling next (printed on stderr, or in the JSON; none with --spark)",
     )
     s.add_argument(
         "--limit",
@@ -427,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="ids to print; 0: all (the total is always reported)",
     )
+    s.add_argument(
+        "--spark",
+        default=None,
+        metavar="MASTER",
+        help="run on Spark over an export folder, e.g. local[4] or spark://host:7077 (needs pyspark, Java)",
+    )
+    s.add_argument(
+        "--out", default=None, metavar="DIR", help="with --spark: write the whole ranking there as Parquet"
+    )
+    s.add_argument("--overwrite", action="store_true", help="with --out: replace what the folder holds")
     _json_flag(s)
 
     s = command("serve", "serve the search-and-refine web UI over one or more catalogs", cmd_serve)
@@ -472,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog", help=catalog_help)
     s.add_argument("directory", help="the output folder")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier export in that folder")
+    s.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write N subtrees of the k-d tree (a power of two, at most the blocks), one folder each",
+    )
     _quiet_flag(s)
     _json_flag(s)
 

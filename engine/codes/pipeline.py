@@ -175,13 +175,18 @@ def _catalog_encoder(cat: Catalog):
 
 
 def index_embeddings(
-    cat: Catalog, *, block_size: int | None = None, compact: bool = True, progress: Progress = None
+    cat: Catalog,
+    *,
+    block_size: int | None = None,
+    compact: bool = True,
+    mapped: bool | None = None,
+    progress: Progress = None,
 ) -> dict:
     """Encode every image's raw embedding with the stored head and quantizer, and replace the
     codes and the block index in one transaction. ``progress`` (see :mod:`engine.progress`)
     counts steps: loading the embeddings, each :data:`engine.codes.head.APPLY_BATCH_ROWS` rows
     encoded, then the steps of :meth:`Catalog.build_index`, which compacts the file as its
-    ``compact`` says. Returns a summary."""
+    ``compact`` says and writes the mapped copy of the codes as ``mapped`` says. Returns a summary."""
     cat.store.check_writable()
     block_size = layout.check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
     with reporter("index", "steps", progress) as report:
@@ -222,6 +227,7 @@ def index_embeddings(
             ids=ids,
             progress=build_progress,
             compact=compact,
+            mapped=mapped,
             index_info={"head_sha256": head.sha256, "embedding_part_max": part_max},
         )
     return {"rows": int(n), "time_encode_s": t1 - t0, **stats}

@@ -128,10 +128,12 @@ def synth_catalog(
     elongation: float = 40.0,
     block_size: int | None = None,
     build_index: bool = True,
+    mapped: bool = False,
     progress=None,
 ) -> dict:
     """Write a new catalog of ``n_rows`` clustered codes with a ``label`` column; returns stats.
-    ``progress`` reports the index build (see :mod:`engine.progress`)."""
+    ``progress`` reports the index build (see :mod:`engine.progress`); ``mapped`` writes the
+    memory-mapped copy of the codes beside it (:mod:`engine.index.mapped`)."""
     from ..catalog import Catalog
     from ..errors import CatalogError
     from ..limits import DEFAULT_BLOCK_SIZE
@@ -149,8 +151,7 @@ def synth_catalog(
         t1 = time.perf_counter()
         built = None
         if build_index:
-            built = cat.build_index(block_size or DEFAULT_BLOCK_SIZE, progress=progress)
-            cat.compact()
+            built = cat.build_index(block_size or DEFAULT_BLOCK_SIZE, mapped=mapped, progress=progress)
     return {
         "rows": n_rows,
         "clusters": k,

@@ -10,14 +10,25 @@ from typing import Any
 import numpy as np
 
 from ..boxes import N_DIMS
+from ..errors import CatalogError
 from ..progress import Progress, reporter
 from ..store import Store, tables
-from . import layout, query
+from . import layout, mapped, query
 
 
 def _increasing(ids: np.ndarray) -> bool:
     """Whether ``ids`` are already in id order (a first build of rows added in id order)."""
     return bool((ids[1:] > ids[:-1]).all())
+
+
+def _had_copy(store: Store) -> bool:
+    """Whether the last build wrote the mapped copy of the codes (False when its record is
+    damaged: this build replaces it)."""
+    try:
+        index = store.setting("index")
+    except CatalogError:
+        return False
+    return isinstance(index, dict) and bool(index.get("mapped"))
 
 
 def build_index(
@@ -27,6 +38,7 @@ def build_index(
     codes: np.ndarray | None = None,
     ids: np.ndarray | None = None,
     index_info: Mapping[str, Any] | None = None,
+    mapped_copy: bool | None = None,
     progress: Progress = None,
 ) -> tuple[dict, query.BlockIndex]:
     """Sort the stored codes, or ``codes`` uint8 (n, 32) with int64 ``ids`` (checked by
@@ -37,7 +49,9 @@ def build_index(
     Memory: the codes, ids and permutation (41 bytes per row under 2**31 rows) and DuckDB's
     :data:`engine.store.database.BULK_MEMORY`; the rows are permuted in place, one dim at a time.
     ``progress`` counts steps: loading the stored codes, each k-d level, each written chunk,
-    the commit (:func:`engine.index.layout.build_steps`)."""
+    the commit (:func:`engine.index.layout.build_steps`). ``mapped_copy``: write the codes'
+    memory-mapped copy beside the file too (:mod:`engine.index.mapped`); None keeps what the
+    last build did."""
     from ..learn.models import feature_subsets
 
     with reporter("index", "steps", progress) as report, store.memory_limit():
@@ -74,6 +88,13 @@ def build_index(
             **(index_info or {}),
         }
 
+        if mapped_copy is None:
+            mapped_copy = _had_copy(store)
+        if mapped_copy:
+            t_map = time.perf_counter()
+            index["mapped"] = mapped.write(store.path, cols, ids)
+            index["mapped"]["time_write_s"] = round(time.perf_counter() - t_map, 3)
+
         def chunk_written() -> None:
             done[0] += 1
             report(done[0], total)
@@ -81,6 +102,8 @@ def build_index(
         tables.write_index(
             store, cols, ids, blocks, index, check_known=codes is not None, on_chunk=chunk_written
         )
+        if not mapped_copy:
+            mapped.remove(store.path)  # a copy of an older build would only take space
         report(total, total)
     t3 = time.perf_counter()
     stats = {
@@ -89,5 +112,6 @@ def build_index(
         "time_load_s": t1 - t0,
         "time_sort_s": t2 - t1,
         "time_write_s": t3 - t2,
+        "mapped_bytes": index["mapped"]["bytes"] if mapped_copy else 0,
     }
     return stats, query.BlockIndex.from_arrays(cols, ids, blocks, block_size)

@@ -56,6 +56,126 @@ def select(
     return SelectResult(sel.ids, sel.votes, boxset.to_sql("codes", min_votes=int(min_votes)), sel.stats)
 
 
+@dataclass(frozen=True)
+class RefineRequest:
+    """The checked arguments of a refine round (see ``Catalog.refine``): labelled ids ``pos``
+    and ``neg`` (int64, sorted, unique, disjoint) and the options, as every path that runs a
+    round (:func:`refine`, :mod:`engine.spark_refine`) takes them."""
+
+    pos: np.ndarray
+    neg: np.ndarray
+    model: object
+    sampled_negatives: int
+    negative_weight: float
+    random_state: object
+    filter_sampled: bool
+    guide: bool
+    suggestions: int
+
+    @classmethod
+    def check(
+        cls,
+        positives,
+        negatives,
+        model,
+        sampled_negatives,
+        negative_weight,
+        random_state,
+        filter_sampled,
+        guide,
+        suggestions,
+    ) -> RefineRequest:
+        """:class:`InvalidArgument` for any malformed argument, before any row is read."""
+        model, sampled_negatives, negative_weight = rf.check_options(
+            model, sampled_negatives, negative_weight
+        )
+        random_state = rf.check_random_state(random_state)
+        n_suggest = rf.check_suggestions(suggestions)
+        pos, neg = rf.check_labels(positives, negatives)
+        return cls(
+            pos,
+            neg,
+            model,
+            sampled_negatives,
+            negative_weight,
+            random_state,
+            bool(filter_sampled),
+            bool(guide),
+            n_suggest,
+        )
+
+
+@dataclass
+class Round:
+    """A refine round's training set and fitted model, with its vote threshold, the centre
+    that orders ties, and the SELECT over a relation named ``codes`` that applies it."""
+
+    train: rf.Training
+    estimator: object
+    min_votes: int
+    n_members: int
+    center: np.ndarray
+    sql: str
+
+    def stats(self, request: RefineRequest) -> dict:
+        """What the round trained on and learned, as its result's stats report it."""
+        train = self.train
+        return {
+            "model": rf.model_name(request.model),
+            "positives": int(len(request.pos)),
+            "negatives": int(len(request.neg)),
+            "sampled_negatives": train.n_sampled,
+            "sampled_dropped": train.n_dropped,
+            "negative_weight": request.negative_weight,
+            "guided": train.guided,
+            "pseudo_positives": train.n_pseudo,
+            "guide_groups": train.n_groups,
+            "held_guide_positives": train.held_positives,
+            "boxes": len(self.estimator.boxes_),
+            "members": self.n_members,
+            "min_votes": self.min_votes,
+        }
+
+
+def round_training(
+    request: RefineRequest,
+    cols: np.ndarray,
+    starts: np.ndarray,
+    pos_rows: np.ndarray,
+    neg_rows: np.ndarray,
+    pool: np.ndarray,
+    pool_codes: np.ndarray,
+) -> rf.Training:
+    """The training set of a round (:func:`engine.learn.refine.assemble`) from row positions
+    into ``cols`` (uint8 (32, n)): the labelled rows, the negative pool ``pool`` (int64, of
+    :func:`engine.learn.refine.negative_pool`) with its codes ``pool_codes`` (uint8 (len(pool),
+    32)), and the block boundaries ``starts`` (int64 (n_blocks + 1,))."""
+    return rf.assemble(
+        cols,
+        pos_rows,
+        neg_rows,
+        pool,
+        request.sampled_negatives,
+        request.negative_weight,
+        request.filter_sampled,
+        request.guide,
+        pool_codes=pool_codes,
+        starts=starts,
+    )
+
+
+def compile_round(
+    request: RefineRequest, train: rf.Training, cols: np.ndarray, subsets: Sequence[Sequence[int]]
+) -> Round:
+    """Fit the round's model on ``train`` (feature ``subsets`` of the catalog's index) and
+    compile it to SQL; ``cols`` as for :func:`round_training`."""
+    estimator = rf.fit_round(train, cols, request.model, subsets, request.random_state)
+    min_votes = int(estimator.min_votes_)
+    center = rf.center_code(train.pos_codes)
+    sql = estimator.boxes_.to_sql("codes", min_votes=min_votes, center=center.tolist())
+    return Round(train, estimator, min_votes, int(getattr(estimator, "n_estimators", 1)), center, sql)
+
+
 def refine(
     snapshot: Callable[[], Snapshot],
     positives,
@@ -69,40 +189,34 @@ def refine(
     suggestions: int,
 ) -> rf.Result:
     """One refine round (see ``Catalog.refine``)."""
-    model, sampled_negatives, negative_weight = rf.check_options(model, sampled_negatives, negative_weight)
-    random_state = rf.check_random_state(random_state)
-    n_suggest = rf.check_suggestions(suggestions)
-    pos, neg = rf.check_labels(positives, negatives)
+    request = RefineRequest.check(
+        positives,
+        negatives,
+        model,
+        sampled_negatives,
+        negative_weight,
+        random_state,
+        filter_sampled,
+        guide,
+        suggestions,
+    )
     t0 = time.perf_counter()
     snap = snapshot()
     index = snap.index
-    train = _training_set(snap, pos, neg, sampled_negatives, negative_weight, filter_sampled, bool(guide))
+    train = _training_set(snap, request)
     t1 = time.perf_counter()
-    estimator = rf.fit_round(train, index.cols, model, snap.subsets, random_state)
-    min_votes = int(estimator.min_votes_)
-    n_members = int(getattr(estimator, "n_estimators", 1))
+    round_ = compile_round(request, train, index.cols, snap.subsets)
     t2 = time.perf_counter()
-    center = rf.center_code(train.pos_codes)
-    sel = query.select(index, estimator.boxes_, min_votes, center=center)
+    sel = query.select(index, round_.estimator.boxes_, round_.min_votes, center=round_.center)
     n_results = len(sel.ids)
     t3 = time.perf_counter()
-    suggested = rf.suggest(index, sel, min_votes, n_members, train, np.concatenate([pos, neg]), n_suggest)
+    labelled = np.concatenate([request.pos, request.neg])
+    suggested = rf.suggest(
+        index, sel, round_.min_votes, round_.n_members, train, labelled, request.suggestions
+    )
     t4 = time.perf_counter()
-    sql = estimator.boxes_.to_sql("codes", min_votes=min_votes, center=center.tolist())
     stats = {
-        "model": rf.model_name(model),
-        "positives": int(len(pos)),
-        "negatives": int(len(neg)),
-        "sampled_negatives": train.n_sampled,
-        "sampled_dropped": train.n_dropped,
-        "negative_weight": negative_weight,
-        "guided": train.guided,
-        "pseudo_positives": train.n_pseudo,
-        "guide_groups": train.n_groups,
-        "held_guide_positives": train.held_positives,
-        "boxes": len(estimator.boxes_),
-        "members": n_members,
-        "min_votes": min_votes,
+        **round_.stats(request),
         "time_sample_ms": (t1 - t0) * 1e3,
         "time_train_ms": (t2 - t1) * 1e3,
         "time_query_ms": (t3 - t2) * 1e3,
@@ -117,7 +231,12 @@ def refine(
         "suggestions": int(len(suggested)),
     }
     return rf.Result(
-        sel.ids[:n_results], sel.votes[:n_results].astype(np.int64), sql, stats, estimator, suggested
+        sel.ids[:n_results],
+        sel.votes[:n_results].astype(np.int64),
+        round_.sql,
+        stats,
+        round_.estimator,
+        suggested,
     )
 
 
@@ -131,38 +250,20 @@ def training_set(
     guide: bool,
 ) -> rf.Training:
     """The training set a refine round with these labels and options fits its model on."""
-    _, sampled_negatives, negative_weight = rf.check_options("ensemble", sampled_negatives, negative_weight)
-    pos, neg = rf.check_labels(positives, negatives)
-    return _training_set(
-        snapshot(), pos, neg, sampled_negatives, negative_weight, filter_sampled, bool(guide)
+    request = RefineRequest.check(
+        positives, negatives, "ensemble", sampled_negatives, negative_weight, None, filter_sampled, guide, 0
     )
+    return _training_set(snapshot(), request)
 
 
-def _training_set(
-    snap: Snapshot,
-    pos: np.ndarray,
-    neg: np.ndarray,
-    sampled_negatives: int,
-    negative_weight: float,
-    filter_sampled: bool,
-    guide: bool,
-) -> rf.Training:
+def _training_set(snap: Snapshot, request: RefineRequest) -> rf.Training:
     index = snap.index
     if index.n_rows == 0:
-        raise UnknownIds(pos.tolist())
-    pos_rows = snap.positions(pos)
-    pool, pool_codes = snap.pool(sampled_negatives)
-    return rf.assemble(
-        index.cols,
-        pos_rows,
-        snap.positions(neg),
-        pool,
-        sampled_negatives,
-        negative_weight,
-        filter_sampled,
-        guide,
-        pool_codes=pool_codes,
-        starts=index.blocks.start,
+        raise UnknownIds(request.pos.tolist())
+    pos_rows = snap.positions(request.pos)
+    pool, pool_codes = snap.pool(request.sampled_negatives)
+    return round_training(
+        request, index.cols, index.blocks.start, pos_rows, snap.positions(request.neg), pool, pool_codes
     )
 
 

@@ -19,7 +19,7 @@ from ..codes.quantize import Quantizer
 from ..errors import UnknownIds
 from ..limits import DEFAULT_BLOCK_SIZE
 from ..store import Store, tables
-from . import query
+from . import mapped, query
 
 
 class Snapshot:
@@ -42,9 +42,12 @@ class Snapshot:
 
     @classmethod
     def load(cls, store: Store, key: tuple, settings: dict[str, Any]) -> Snapshot:
-        """Read the codes and zone maps of ``store`` (whose settings are ``settings``)."""
-        cols, ids = tables.load_codes(store)
+        """Read the codes and zone maps of ``store`` (whose settings are ``settings``): the codes
+        from the mapped copy beside the file when the last build wrote one that still matches
+        (:mod:`engine.index.mapped`), else from DuckDB."""
         index = settings.get("index") or {}
+        loaded = mapped.load(store, index.get("mapped"), tables.count(store))
+        cols, ids = loaded or tables.load_codes(store)
         blocks = tables.load_blocks(store, cols.shape[1], index)
         block_size = int(index.get("block_size", DEFAULT_BLOCK_SIZE))
         snap = cls(store, key, settings, query.BlockIndex.from_arrays(cols, ids, blocks, block_size))

@@ -62,6 +62,13 @@ def feature_subsets(
     return out
 
 
+def recorded_subsets(index: dict | None) -> list[tuple[int, ...]]:
+    """The feature subsets an index build recorded in a catalog's ``index`` settings, or the
+    default family (:func:`feature_subsets`) when it recorded none."""
+    recorded = (index or {}).get("feature_subsets")
+    return [tuple(s) for s in recorded] if recorded else feature_subsets()
+
+
 def _subset_arrays(subsets) -> tuple[np.ndarray, np.ndarray]:
     """Padded int64 (S, max_k) dims and (S,) sizes, smaller subsets first (they win ties)."""
     if subsets is None:

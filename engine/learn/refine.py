@@ -358,6 +358,8 @@ def assemble(
     ``pool_codes``: uint8 (len(pool), 32), the pool's codes when the caller keeps them.
     ``starts``: int64 (n_blocks + 1,), the k-d block boundaries of ``cols``; the blocks that hold
     the positives (:func:`near_rows`) give the guide rows near them, and suggestion candidates.
+    No other rows of ``cols`` are read, which lets a caller pass only those
+    (:func:`engine.spark_refine.train_on_export`).
 
     ``guided``: a :class:`~engine.learn.guide.Guide` is fitted on that set, its positives confined to
     :func:`guide_region`; the sampled rows among its positives are dropped from the negatives,

@@ -7,6 +7,10 @@ An export is a directory::
     images.parquet   id, uri, added_at and the metadata columns
     blocks.parquet   the zone maps of the last index build
     catalog.json     format tag, schema version and settings
+    artifacts.parquet  the head and quantizer
+
+A sharded export (:mod:`engine.store.shards`) holds one such directory per subtree of the k-d
+tree, with a manifest above them; each shard imports as a catalog of its own rows.
 
 It is written into a temporary sibling directory and renamed into place at the end, so an
 interrupted export never leaves a half-written directory under the final name; with
@@ -22,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ..boxes import CODE_COLUMNS
@@ -31,9 +36,10 @@ from ..progress import Progress, reporter
 from . import schema, tables
 from .database import Store
 from .files import fsync_path
+from .shards import FORMAT, SHARDED_FORMAT, Shard, shard_directory, shard_index
+from .shards import plan as shard_plan
 from .sqlnames import is_metadata_name, literal, quote_ident
 
-FORMAT = "clip-branches-parquet"
 FILES = ("codes.parquet", "images.parquet", "blocks.parquet", "catalog.json")
 # A row group spans many blocks: Parquet readers pay per row group, and the statistics of 64
 # consecutive k-d blocks are still tight, since they form one subtree.
@@ -56,9 +62,15 @@ _INTEGER_TYPES = frozenset(
 _CODE_TYPE = "UTINYINT"
 
 
-def export_catalog(store: Store, out: Path, *, overwrite: bool = False, progress: Progress = None) -> dict:
+def export_catalog(
+    store: Store, out: Path, *, overwrite: bool = False, progress: Progress = None, shards: int | None = None
+) -> dict:
     """Write the catalog of ``store`` to the directory ``out``; returns the row count and file sizes.
-    ``progress`` (see :mod:`engine.progress`) counts rows written, over all files."""
+
+    ``shards``: write that many subtrees of the k-d tree instead, each a complete export
+    directory of its own, with a manifest above them (:mod:`engine.store.shards`); a power of
+    two, at most the number of blocks. ``progress`` (see :mod:`engine.progress`) counts rows
+    written, over all files."""
     if out.exists() and not overwrite:
         raise CatalogError(f"{out} already exists; choose another directory or pass overwrite")
     if not out.parent.is_dir():
@@ -66,47 +78,97 @@ def export_catalog(store: Store, out: Path, *, overwrite: bool = False, progress
     index = store.setting("index") or {}
     row_group = max(2048, int(index.get("block_size", 2048)) * ROW_GROUP_BLOCKS)
     con = store.con
-    copies = [  # (file, table, sort key, COPY options)
-        ("codes.parquet", "codes", "pos", f"(FORMAT parquet, ROW_GROUP_SIZE {row_group}, COMPRESSION zstd)"),
-        ("images.parquet", "images", "id", "(FORMAT parquet, COMPRESSION zstd)"),
-        ("blocks.parquet", "blocks", "block_id", "(FORMAT parquet)"),
-        ("artifacts.parquet", "artifacts", "name", "(FORMAT parquet)"),
+    n_rows = tables.count(store)
+    if shards is None:
+        parts: list[tuple[str, Shard | None]] = [("", None)]
+    else:
+        blocks = tables.load_blocks(store, n_rows, index)
+        starts = np.zeros(1, np.int64) if blocks is None else blocks.start
+        parts = [(s.directory, s) for s in shard_plan(starts, n_rows, shards, catalog=store.path)]
+    copies = [(sub, *copy) for sub, shard in parts for copy in _copies(shard, row_group)]
+    rows = [
+        int(con.execute(f"SELECT count(*) FROM ({select})").fetchall()[0][0]) for _, _, select, _ in copies
     ]
-    rows = [int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]) for _, table, _, _ in copies]
     total = sum(rows)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with reporter("export", "rows", progress) as report:
             report(0, total)
             done = 0
-            for (name, table, key, options), n in zip(copies, rows, strict=True):
+            for (sub, name, select, options), n in zip(copies, rows, strict=True):
+                (tmp / sub).mkdir(exist_ok=True)
                 with store.tracking(report, done, n, total):
-                    con.execute(
-                        f"COPY (SELECT * FROM {table} ORDER BY {key}) TO {literal(tmp / name)} {options}"
-                    )
+                    con.execute(f"COPY ({select}) TO {literal(tmp / sub / name)} {options}")
                 done += n
                 if done < total:  # the last report waits for the export to be in place
                     report(done, total)
             meta = {
                 "format": FORMAT,
                 "schema_version": schema.latest_version(),
-                "rows": tables.count(store),
+                "rows": n_rows,
                 "settings": store.settings(),
             }
-            (tmp / "catalog.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            for f in tmp.iterdir():
-                fsync_path(f)
+            for sub, shard in parts:
+                _write_json(tmp / sub / "catalog.json", meta if shard is None else _shard_meta(meta, shard))
+            if shards is not None:
+                shard_list = [shard.to_json() for _, shard in parts]
+                _write_json(tmp / "catalog.json", {**meta, "format": SHARDED_FORMAT, "shards": shard_list})
+            for sub, _ in parts:
+                for f in (tmp / sub).iterdir():
+                    fsync_path(f)
+                fsync_path(tmp / sub)
             fsync_path(tmp)
             _swap_in(tmp, out)
             report(total, total)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    sizes = {f: sum((out / sub / f).stat().st_size for sub, _ in parts) for f in FILES}
+    stats = {"rows": n_rows, "directory": str(out), "bytes": sizes}
+    if shards is not None:
+        stats["shards"] = [shard.to_json() for _, shard in parts]
+    return stats
+
+
+def _copies(shard: Shard | None, row_group: int) -> list[tuple[str, str, str]]:
+    """``(file, SELECT, COPY options)`` of one export directory: the whole catalog, or the rows
+    of ``shard`` (its codes, their images, its blocks) and every artifact. The last shard also
+    takes the images without codes, so that the shards hold every image once."""
+    codes = images = blocks = ""
+    if shard is not None:
+        rows = f"pos >= {shard.row_start} AND pos < {shard.row_end}"
+        codes = f" WHERE {rows}"
+        images = f" WHERE id IN (SELECT id FROM codes WHERE {rows})"
+        if shard.last:
+            images += " OR NOT EXISTS (SELECT 1 FROM codes c WHERE c.id = images.id)"
+        blocks = f" WHERE block_id >= {shard.block_start} AND block_id < {shard.block_end}"
+    return [
+        (
+            "codes.parquet",
+            f"SELECT * FROM codes{codes} ORDER BY pos",
+            f"(FORMAT parquet, ROW_GROUP_SIZE {row_group}, COMPRESSION zstd)",
+        ),
+        ("images.parquet", f"SELECT * FROM images{images} ORDER BY id", "(FORMAT parquet, COMPRESSION zstd)"),
+        ("blocks.parquet", f"SELECT * FROM blocks{blocks} ORDER BY block_id", "(FORMAT parquet)"),
+        ("artifacts.parquet", "SELECT * FROM artifacts ORDER BY name", "(FORMAT parquet)"),
+    ]
+
+
+def _shard_meta(meta: dict, shard: Shard) -> dict:
+    """The ``catalog.json`` of one shard: its rows, the index settings of its rows alone, and
+    where they lie in the whole catalog (its files keep the catalog's positions)."""
+    settings = dict(meta["settings"])
+    settings["index"] = shard_index(settings.get("index") or {}, shard)
     return {
-        "rows": meta["rows"],
-        "directory": str(out),
-        "bytes": {f: (out / f).stat().st_size for f in FILES},
+        **meta,
+        "rows": shard.row_end - shard.row_start,
+        "settings": settings,
+        "shard": {**shard.to_json(), "catalog_rows": meta["rows"]},
     }
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
 
 
 def read_csv(path: str, text_column: str) -> pa.Table:
@@ -156,7 +218,7 @@ def import_catalog(src: Path, path: Path, *, progress: Progress = None) -> None:
     ``path``."""
     missing = [f for f in FILES if not (src / f).is_file()]
     if missing:
-        raise CatalogError(f"{src} is not a clip-branches export: missing {', '.join(missing)}")
+        raise CatalogError(_not_an_export(src, missing))
     try:
         meta = json.loads((src / "catalog.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -178,10 +240,18 @@ def import_catalog(src: Path, path: Path, *, progress: Progress = None) -> None:
         _check_columns(con, src / "blocks.parquet", ("block_id", "row_start", "row_end"), ZONE_COLUMNS)
         img_types = _check_columns(con, src / "images.parquet", ("id",), ())
         existing = {name.lower() for name, _ in store.columns("images")}
+        blocks_sql = literal(src / "blocks.parquet")
+        row0, block0 = _shard_offsets(src, meta)
+        if row0 or block0:  # a shard keeps the whole catalog's positions; its catalog starts at 0
+            codes_sql = f"(SELECT * REPLACE (pos - {row0} AS pos) FROM {codes_sql})"
+            blocks_sql = (
+                f"(SELECT * REPLACE (block_id - {block0} AS block_id, row_start - {row0} AS row_start, "
+                f"row_end - {row0} AS row_end) FROM {blocks_sql})"
+            )
         inserts = [  # (table, parquet file, ORDER BY)
             ("images", images_sql, ""),
             ("codes", codes_sql, " ORDER BY pos"),
-            ("blocks", literal(src / "blocks.parquet"), " ORDER BY block_id"),
+            ("blocks", blocks_sql, " ORDER BY block_id"),
         ]
         if (src / "artifacts.parquet").is_file():
             inserts.append(("artifacts", literal(src / "artifacts.parquet"), ""))
@@ -223,6 +293,36 @@ def import_catalog(src: Path, path: Path, *, progress: Progress = None) -> None:
         raise
     report(total, total)
     report.close()
+
+
+def _not_an_export(src: Path, missing: list[str]) -> str:
+    """Why ``src``, which lacks the files ``missing``, cannot be imported, and what to do."""
+    try:
+        meta = json.loads((src / "catalog.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = None
+    if isinstance(meta, dict) and meta.get("format") == SHARDED_FORMAT:
+        return (
+            f"{src} is a sharded export of {len(meta.get('shards') or [])} shards; import one of them "
+            f"(e.g. {src / shard_directory(0)}) as a catalog of its rows, or export the catalog "
+            "without --shards to import it whole"
+        )
+    return f"{src} is not a clip-branches export: missing {', '.join(missing)}"
+
+
+def _shard_offsets(src: Path, meta: dict) -> tuple[int, int]:
+    """``(first row position, first block number)`` of the export at ``src``: (0, 0) unless
+    it is a shard, whose files keep the whole catalog's positions and block numbers."""
+    shard = meta.get("shard")
+    if shard is None:
+        return 0, 0
+    offsets = (shard.get("row_start"), shard.get("block_start")) if isinstance(shard, dict) else (None,)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets):
+        raise CorruptCatalog(
+            f"{src / 'catalog.json'}: the shard entry {shard!r} gives no row_start and block_start; "
+            "export the catalog again"
+        )
+    return offsets
 
 
 def _check_columns(
