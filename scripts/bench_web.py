@@ -10,6 +10,14 @@ The script starts ``clip-branches serve CATALOG`` on 127.0.0.1 (or uses ``--url`
 4. ``GET /results/<token>?offset=60`` (load more), when the refine found more than 60;
 5. ``POST /console`` with a metadata query over the refine result.
 
+Then, with ``--paging-to N`` (default 7,000), one client pages deep into a large result: a
+fine-tune with every image of a search for bags labelled positive (about 7,000 results on the
+demo catalog), then ``GET /results/<token>?offset=...`` page after page up to the N-th result;
+with ``--browser`` the same in chromium (Debian's, through playwright): "Load more" scrolled
+into view page after page, each page timed from the scroll to its thumbnails painted. The
+per-page times of the first and of the last 10 pages are reported: a page must cost the same at
+any depth.
+
 The run is bounded by ``--rounds`` per client and ``--seconds`` overall. Per endpoint the script
 reports the client's p50/p99 latency, the server's own time (its ``Server-Timing`` header: from
 request arrival to response headers, without the client's queueing) and, for search and refine,
@@ -170,6 +178,72 @@ def client_loop(base: str, client_no: int, rounds: int, stop_at: float, rec: Rec
 
 catalog_name = "fashion"
 
+PAGE = 60
+PAGING_QUERY = "bag"
+
+
+def paging_http(base: str, upto: int) -> dict:
+    """Page through one large refine result over HTTP; per-page times at its start and end."""
+    with httpx.Client(base_url=base, timeout=120, headers={"HX-Request": "true"}) as c:
+        r = c.get("/search", params={"q": PAGING_QUERY})
+        ids = re.findall(r'data-id="(\d+)"', r.text)
+        r = c.post("/refine", data={"positives": ",".join(ids), "negatives": "", "model": "ensemble"})
+        r.raise_for_status()
+        token = re.search(r'data-token="([^"]+)"', r.text).group(1)
+        total = int(re.search(r'id="result-count">([\d,]+)<', r.text).group(1).replace(",", ""))
+        times = []
+        for offset in range(PAGE, min(total, upto), PAGE):
+            t = time.perf_counter()
+            c.get(f"/results/{token}", params={"offset": offset}).raise_for_status()
+            times.append((time.perf_counter() - t) * 1e3)
+    return _ends(total, times)
+
+
+def paging_browser(base: str, upto: int) -> dict:
+    """The same in chromium: each page timed from scrolling "Load more" into view to its
+    thumbnails painted."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        page.goto(base + "/")
+        page.fill("#q", PAGING_QUERY)
+        page.press("#q", "Enter")
+        page.wait_for_selector("#grid .thumb")
+        page.click("#all-positive")
+        page.click("#refine-button")
+        page.wait_for_selector(".result[data-kind=refine]")
+        total = int(page.inner_text("#result-count").replace(",", ""))
+        times = []
+        while page.locator("#load-more").count() and page.locator("#grid .thumb").count() < upto:
+            n = page.locator("#grid .thumb").count()
+            t = time.perf_counter()
+            page.locator("#load-more button").scroll_into_view_if_needed()
+            page.wait_for_function(
+                "n => document.querySelectorAll('#grid .thumb[aria-pressed]').length > n",
+                arg=n,
+                polling="raf",
+            )
+            times.append((time.perf_counter() - t) * 1e3)
+        browser.close()
+    return _ends(total, times)
+
+
+def _ends(total: int, times: list[float]) -> dict:
+    return {
+        "results": total,
+        "pages": len(times),
+        "first_10_median_ms": float(np.median(times[:10])) if times else None,
+        "last_10_median_ms": float(np.median(times[-10:])) if times else None,
+        "max_ms": float(max(times)) if times else None,
+    }
+
 
 def _summary(values: list[float]) -> dict:
     if not values:
@@ -192,6 +266,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=10, help="search-and-refine rounds per client")
     ap.add_argument("--seconds", type=float, default=300, help="stop starting rounds after this long")
     ap.add_argument("--start-timeout", type=float, default=300)
+    ap.add_argument("--paging-to", type=int, default=7000, help="page a large result up to this many (0: no)")
+    ap.add_argument("--browser", action="store_true", help="page in chromium too (playwright)")
     args = ap.parse_args(argv)
     catalog_name = os.path.splitext(os.path.basename(args.catalog))[0]
     proc = None
@@ -218,6 +294,11 @@ def main(argv=None) -> int:
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
+    paging = {}
+    if args.paging_to:
+        paging["http"] = paging_http(base, args.paging_to)
+        if args.browser:
+            paging["browser"] = paging_browser(base, args.paging_to)
     if proc is not None:
         proc.terminate()
         proc.wait(timeout=30)
@@ -243,6 +324,7 @@ def main(argv=None) -> int:
         "error_samples": rec.error_samples,
         "endpoints": endpoints,
         "requests_per_s": sum(len(v) for v in rec.latency.values()) / wall,
+        "paging": paging,
     }
     print(json.dumps(report, indent=1))
     return 0 if report["errors"] == 0 else 1

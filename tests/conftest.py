@@ -234,6 +234,7 @@ E2E_FILES = frozenset(
         "test_openclip_encoder.py",
         "test_demo_encoder.py",
         "test_web_browser.py",
+        "test_web_session.py",
         "test_fuzz_http.py",
         "test_attack_web_script.py",
         "test_soak.py",

@@ -182,6 +182,9 @@ def test_thumbnails_keep_aspect_ratio_and_are_cached(client, web_demo, tmp_path)
         "/thumb/nosuchcatalog/1",
         "/thumb/fashion/12abc",
         "/results/expired-token",
+        "/result/expired-token",
+        "/image-info/fashion/424242424",
+        "/image-info/nosuchcatalog/1",
     ],
 )
 def test_unknown_ids_catalogs_and_tokens_are_404(client, url):
@@ -545,3 +548,36 @@ def test_an_image_sent_as_a_form_field_without_a_filename_gets_a_400(client):
         "/search/image", content=body, headers={"Content-Type": "multipart/form-data; boundary=xx"}
     )
     assert r.status_code == 400 and "with a filename" in r.json()["detail"]
+
+
+def test_a_kept_result_is_shown_again_as_it_was(client):
+    r = client.get("/search", params={"q": "bag"}, headers=HX)
+    ids = _ids(r.text)
+    form = {"positives": ",".join(map(str, ids[:10])), "negatives": "", "model": "branch", "seed": "1"}
+    refined = client.post("/refine", data=form, headers=HX)
+    token = re.search(r'data-token="([^"]+)"', refined.text).group(1)
+    total = int(re.search(r'id="result-count">([\d,]+)<', refined.text).group(1).replace(",", ""))
+    again = client.get(f"/result/{token}", params={"shown": 1000}, headers=HX)
+    assert again.status_code == 200 and f'data-token="{token}"' in again.text  # not recomputed
+    pages, offset = _ids(refined.text), 24
+    while offset < min(total, 1000):
+        pages += _ids(client.get(f"/results/{token}", params={"offset": offset}, headers=HX).text)
+        offset += 24
+    assert _ids(again.text) == pages[:1000] and len(pages) == total
+    assert 'id="end-of-results"' in again.text or total > 1000
+    assert "votes" in again.text  # the score's meaning, for a fine-tune
+    assert client.get(f"/result/{token}", params={"shown": 10**9}, headers=HX).status_code == 400
+
+
+def test_the_viewer_gets_an_images_metadata_without_bookkeeping(client):
+    r = client.get("/image-info/fashion/5", headers=HX)
+    assert r.status_code == 200
+    assert "<dt>label</dt><dd>" + _LABELS[5] + "</dd>" in r.text
+    assert "file_mtime_ns" not in r.text and "embedding_part" not in r.text
+
+
+def test_the_console_lists_the_catalogs_tables_not_duckdbs_own(client):
+    r = client.get("/console")
+    listed = re.findall(r"<li><code>([^<]+)</code>", r.text)
+    assert "images" in listed and "codes" in listed
+    assert not [t for t in listed if t.startswith(("duckdb_", "sqlite_", "pragma_"))]

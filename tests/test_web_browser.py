@@ -85,11 +85,12 @@ def test_labelling_by_click_keyboard_and_all_buttons(page):
     page.keyboard.press("n")
     assert "neg" in thumbs.nth(1).get_attribute("class")
     assert page.inner_text("#label-counts") == "0 positive, 1 negative"
-    page.click("#all-positive")
-    assert page.locator("#grid .thumb.pos").count() == 60
-    assert page.inner_text("#label-counts") == "60 positive, 0 negative"
-    page.click("#all-negative")
-    assert page.locator("#grid .thumb.neg").count() == 60
+    page.click("#all-positive")  # the unlabelled ones only: the negative stays
+    assert page.locator("#grid .thumb.pos").count() == 59
+    assert "neg" in thumbs.nth(1).get_attribute("class")
+    assert page.inner_text("#label-counts") == "59 positive, 1 negative"
+    page.click("#all-negative")  # nothing left unlabelled: nothing changes
+    assert page.inner_text("#label-counts") == "59 positive, 1 negative"
     page.click("#clear-labels")
     assert page.locator("#grid .thumb.pos, #grid .thumb.neg").count() == 0
 
@@ -174,8 +175,8 @@ def test_reload_keeps_labels_and_results(page):
 def test_errors_show_a_message(page):
     page.fill("#q", "   ")
     page.click("#search-button")
-    page.wait_for_selector("#results .error")
-    assert "empty" in page.inner_text("#results .error")
+    page.wait_for_selector("#messages .error")
+    assert "empty" in page.inner_text("#messages .error")
 
 
 def test_label_next_view_shows_suggestions_to_label_and_fine_tune_again(browser, server):

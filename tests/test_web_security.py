@@ -523,8 +523,8 @@ def test_the_cli_server_refuses_rebinding_and_cross_site_posts(crafted, serve):
 
 def test_the_page_works_in_a_browser_under_the_csp(web_demo_copy, serve):
     """In chromium: no Content-Security-Policy violation on the search page, the refine and the
-    console; the sliders and the catalog chooser work without inline handlers; "open" shows the
-    image in a tab, and a page of another origin cannot post to the server."""
+    console; the sliders and the catalog chooser work without inline handlers; "view" opens the
+    viewer, whose link shows the image in a tab; a page of another origin cannot post to the server."""
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists("/usr/bin/chromium"):
         pytest.skip("needs Debian's chromium")
@@ -558,8 +558,10 @@ def test_the_page_works_in_a_browser_under_the_csp(web_demo_copy, serve):
         assert page.evaluate("getComputedStyle(document.getElementById('busy')).opacity") == "0"
         out.mkdir(exist_ok=True)
         page.screenshot(path=str(out / "security_csp_refine.png"), full_page=True)
+        page.locator("#grid a.open").first.click()  # the viewer, then the file in a tab of its own
+        page.wait_for_selector("#lightbox[open] #lightbox-info dl.info")
         with context.expect_page() as opened:
-            page.locator("#grid a.open").first.click()
+            page.click("#lightbox-open")
         tab = opened.value
         tab.wait_for_load_state()
         assert tab.evaluate("document.contentType") == "image/png"

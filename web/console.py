@@ -38,7 +38,8 @@ def console_page(request: HTMXRequest, catalog: CatalogParam = None) -> Template
     served = app.catalog(catalog)
     tables = served.cat.sql(
         "SELECT table_name, string_agg(column_name, ', ' ORDER BY column_index) AS columns FROM duckdb_columns() "
-        "WHERE schema_name = 'main' AND NOT starts_with(table_name, '_') GROUP BY table_name ORDER BY table_name"
+        "WHERE schema_name = 'main' AND database_name = current_database() AND NOT internal "
+        "AND NOT starts_with(table_name, '_') GROUP BY table_name ORDER BY table_name"
     ).to_pylist()
     return Template(
         template_name="console.html",

@@ -40,11 +40,16 @@ from .bodies import (
 )
 from .state import MODEL_LABELS, App, CatalogParam, Served, state_of
 
+# Results a kept result shows again at once: the pages a user loaded, up to this many.
+MAX_SHOWN = 12_000
+
 
 # -- rendering -------------------------------------------------------------------------------
-def _page(app: App, served: Served, result: engine.Result, offset: int, token: str | None) -> dict:
-    """Template context of one page of result thumbnails."""
-    size = app.settings.page_size
+def _page(
+    app: App, served: Served, result: engine.Result, offset: int, token: str | None, size: int | None = None
+) -> dict:
+    """Template context of one page of result thumbnails (``size`` of them, default a page)."""
+    size = size or app.settings.page_size
     ids = result.ids[offset : offset + size].tolist()
     scores = result.scores[offset : offset + size].tolist()
     next_offset = offset + size if token is not None and offset + size < len(result.ids) else None
@@ -58,8 +63,12 @@ def _page(app: App, served: Served, result: engine.Result, offset: int, token: s
     }
 
 
-def _result_context(app: App, served: Served, result: engine.Result, kind: str) -> dict:
-    token = app.results.put(served.name, result)
+def _result_context(
+    app: App, served: Served, result: engine.Result, kind: str, token: str | None = None, shown: int = 0
+) -> dict:
+    """The results fragment's context; a new result is kept under a new token, a kept one
+    (``token``) is shown again with its first ``shown`` results (at least a page)."""
+    token = token or app.results.put(served.name, result, kind)
     stats = dict(result.stats)
     suggestions = [(i, "label next") for i in result.suggestions[: app.settings.page_size].tolist()]
     return {
@@ -69,8 +78,16 @@ def _result_context(app: App, served: Served, result: engine.Result, kind: str) 
         "total": len(result.ids),
         "rows": served.rows,
         "suggestions": suggestions,
-        **_page(app, served, result, 0, token),
+        "score_hint": SCORE_HINTS[kind],
+        **_page(app, served, result, 0, token, max(shown, app.settings.page_size)),
     }
+
+
+# What a result's score means, for its tooltip.
+SCORE_HINTS = {
+    "refine": "votes: how many of the model's members classify it positive (higher is surer)",
+    **dict.fromkeys(("search", "similar", "image"), "distance to the query (lower is nearer)"),
+}
 
 
 def render(request: Request, name: str, context: dict) -> Template:
@@ -290,6 +307,22 @@ def _count_ids(ids: list[int] | str) -> int:
     return len(ids) if isinstance(ids, list) else sum(1 for part in ids.split(",") if part.strip())
 
 
+@get("/result/{token:str}", sync_to_thread=False)
+def kept_result(
+    request: HTMXRequest,
+    token: FromPath[str],
+    shown: Annotated[int, Parameter(ge=0, le=MAX_SHOWN, description="results to show at once")] = 0,
+) -> Template:
+    """A kept result shown again as it was (its statistics, SQL and the pages loaded), for a
+    reload or a shared link: never recomputed, so it is what was on screen."""
+    app = state_of(request)
+    name, result, kind = app.results.entry(token)
+    return HTMXTemplate(
+        template_name="_results.html",
+        context=_result_context(app, app.catalog(name), result, kind, token, shown),
+    )
+
+
 @get("/results/{token:str}", sync_to_thread=False)
 def results_page(
     request: HTMXRequest,
@@ -297,8 +330,9 @@ def results_page(
     offset: Annotated[int, Parameter(ge=0, description="first result to show")] = 0,
 ) -> Template:
     app = state_of(request)
-    name, result = app.results.get(token)
-    return render(request, "_page.html", _page(app, app.catalog(name), result, offset, token))
+    name, result, kind = app.results.entry(token)
+    context = _page(app, app.catalog(name), result, offset, token)
+    return render(request, "_page.html", {**context, "score_hint": SCORE_HINTS[kind]})
 
 
 def _image_response(request: Request, image: tuple[bytes, str, str]) -> Response:
@@ -312,6 +346,21 @@ def _image_response(request: Request, image: tuple[bytes, str, str]) -> Response
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     return Response(data, media_type=media_type, headers=headers)
+
+
+# Columns of ``images`` the viewer leaves out: bookkeeping, not what a searcher asks about.
+_HIDDEN_INFO = ("file_mtime_ns", "embedding_part", "source")
+
+
+@get("/image-info/{catalog:str}/{image_id:int}", sync_to_thread=True)
+def image_info(request: HTMXRequest, catalog: FromPath[str], image_id: FromPath[int]) -> Template:
+    """The metadata of one image, for the viewer: its row of ``images`` but the bookkeeping."""
+    served = state_of(request).catalog(catalog)
+    rows = served.cat.sql("SELECT * FROM images WHERE id = ?", [image_id]).to_pylist()
+    if not rows:
+        raise UnknownIds([image_id])
+    info = [(k, v) for k, v in rows[0].items() if k not in _HIDDEN_INFO and v is not None]
+    return render(request, "_info.html", {"info": info})
 
 
 @get("/thumb/{catalog:str}/{image_id:int}", sync_to_thread=True)

@@ -1,48 +1,137 @@
-// Labels and the last request live in sessionStorage: per browser tab, kept across reloads.
+// The search page's state: labels, the request behind the results and its kept result, per
+// catalog, in sessionStorage (per browser tab, kept across reloads) and in the URL (a link or a
+// reload shows the same screen). Labels belong to a search session: a new query asks first.
 (function () {
   "use strict";
   const KEY = "clip-branches";
   const STATES = ["", "pos", "neg"];
+  const UNDO_DEPTH = 200;
   const load = () => { try { return JSON.parse(sessionStorage.getItem(KEY)) || {}; } catch (e) { return {}; } };
-  const state = Object.assign({ labels: {}, last: {}, token: {} }, load());
+  const state = Object.assign({ labels: {}, last: {}, token: {}, shown: {}, previous: {}, undo: {} }, load());
   const save = () => sessionStorage.setItem(KEY, JSON.stringify(state));
   const app = document.getElementById("app");
   const catalog = app ? app.dataset.catalog : (document.querySelector("input[name=catalog]") || {}).value;
   const labels = () => (state.labels[catalog] = state.labels[catalog] || {});
+  const undo = () => (state.undo[catalog] = state.undo[catalog] || []);
+  const $ = (id) => document.getElementById(id);
+  const ids = (l, s) => Object.keys(l).filter((k) => l[k] === s).join(",");
+  let pending = null;   // the main request in flight: what it asks, to remember once it succeeds
+  let anchor = null;    // the last thumbnail clicked, for shift-click ranges
 
-  // Error responses (4xx/5xx) carry a message fragment: show it instead of dropping it.
+  // Error responses (4xx/5xx) carry a message fragment: shown in #messages, never over the grid.
   htmx.config.responseHandling = [
     { code: "204", swap: false },
     { code: "[23]..", swap: true },
     { code: "[45]..", swap: true, error: false },
   ];
 
-  function paint(root) {
+  const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
+  function paint(root, onlyNew) {
     const l = labels();
-    (root || document).querySelectorAll(".thumb").forEach((b) => {
+    (root || document).querySelectorAll(onlyNew ? ".thumb:not([aria-pressed])" : ".thumb").forEach((b) => {
       const s = l[b.dataset.id] || "";
       b.classList.toggle("pos", s === "pos");
       b.classList.toggle("neg", s === "neg");
       b.setAttribute("aria-label", `image ${b.dataset.id}, ${s === "pos" ? "positive" : s === "neg" ? "negative" : "unlabelled"}`);
       b.setAttribute("aria-pressed", s ? "true" : "false");
     });
+    counts();
+  }
+
+  function counts() {
+    const l = labels();
     const vals = Object.values(l);
-    const counts = document.getElementById("label-counts");
-    if (counts) {
-      counts.textContent = `${vals.filter((v) => v === "pos").length} positive, ${vals.filter((v) => v === "neg").length} negative`;
+    const pos = vals.filter((v) => v === "pos").length;
+    const neg = vals.filter((v) => v === "neg").length;
+    if ($("label-counts")) $("label-counts").textContent = `${pos} positive, ${neg} negative`;
+    const refine = $("refine-button");
+    if (refine) {
+      refine.disabled = pos === 0;
+      refine.title = pos ? "Train a classifier on your labels and apply it to the whole catalog"
+        : "Label at least one image positive first";
     }
+    if ($("undo")) $("undo").disabled = undo().length === 0;
+    tray();
+    const prev = state.previous[catalog];
+    const back = $("previous-session");
+    if (back) {
+      back.hidden = !prev;
+      const query = prev && prev.last && (prev.last.kind === "refine" ? prev.last.query : prev.last);
+      const q = query && query.params && query.params.q;
+      if (prev) back.textContent = `Back to the previous session (${plural(Object.keys(prev.labels || {}).length, "label", "labels")}${q ? `, “${q}”` : ""})`;
+    }
+  }
+
+  // The tray: every labelled image, removable one by one.
+  function tray() {
+    const box = $("tray");
+    if (!box) return;
+    const l = labels();
+    const keys = Object.keys(l);
+    box.hidden = keys.length === 0;
+    const list = $("tray-items");
+    const have = new Map([...list.children].map((li) => [li.dataset.id, li]));
+    keys.forEach((id) => {
+      let li = have.get(id);
+      if (!li) {
+        li = document.createElement("li");
+        li.dataset.id = id;
+        const img = document.createElement("img");
+        img.src = `/thumb/${encodeURIComponent(catalog)}/${id}`;
+        img.alt = `image ${id}`;
+        const rm = document.createElement("button");
+        rm.type = "button";
+        rm.className = "tray-remove";
+        rm.dataset.id = id;
+        rm.textContent = "×";
+        li.append(img, rm);
+        list.append(li);
+      }
+      li.className = l[id];
+      li.lastChild.setAttribute("aria-label", `remove the ${l[id] === "pos" ? "positive" : "negative"} label of image ${id}`);
+      have.delete(id);
+    });
+    have.forEach((li) => li.remove());
+  }
+
+  // Every change of labels goes through here, as one undoable step.
+  function change(updates) {
+    const l = labels();
+    const before = {};
+    let changed = false;
+    Object.entries(updates).forEach(([id, s]) => {
+      if ((l[id] || "") === s) return;
+      before[id] = l[id] || "";
+      if (s) l[id] = s; else delete l[id];
+      changed = true;
+    });
+    if (!changed) return;
+    undo().push(before);
+    if (undo().length > UNDO_DEPTH) undo().shift();
+    save();
+    paint();
+  }
+
+  function undoLast() {
+    const step = undo().pop();
+    if (!step) return;
+    const l = labels();
+    Object.entries(step).forEach(([id, s]) => { if (s) l[id] = s; else delete l[id]; });
+    save();
+    paint();
   }
 
   // Results and Label next: two views of one refine result; "All" buttons act on the one shown.
   function visibleGrid() {
-    const next = document.getElementById("next-panel");
-    return next && !next.hidden ? document.getElementById("next-grid") : (document.getElementById("grid") || document);
+    const next = $("next-panel");
+    return next && !next.hidden ? $("next-grid") : ($("grid") || document);
   }
 
   function showView(id) {
     const next = id === "tab-next";
-    const panel = document.getElementById("next-panel");
-    const grid = document.getElementById("grid");
+    const panel = $("next-panel");
+    const grid = $("grid");
     if (!panel || !grid) return;
     panel.hidden = !next;
     grid.hidden = next;
@@ -53,34 +142,250 @@
     });
   }
 
-  function setLabel(id, s) {
-    if (s) labels()[id] = s; else delete labels()[id];
-    save();
+  // -- the URL: what is on screen, so that a link or a reload reproduces it ---------------------
+  function toUrl() {
+    const last = state.last[catalog];
+    const u = new URL(location.href);
+    ["q", "similar", "kind", "model", "negatives_sampled", "weight", "pos", "neg", "result"].forEach((k) => u.searchParams.delete(k));
+    u.searchParams.set("catalog", catalog);
+    if (last) {
+      const p = last.params || {};
+      if (last.kind === "search") u.searchParams.set("q", p.q || "");
+      if (last.kind === "similar") u.searchParams.set("similar", p.id);
+      if (last.kind === "image") u.searchParams.set("kind", "image");
+      if (last.kind === "refine") {
+        u.searchParams.set("kind", "refine");
+        if (last.query && last.query.kind === "search") u.searchParams.set("q", last.query.params.q || "");
+        u.searchParams.set("model", p.model);
+        u.searchParams.set("negatives_sampled", p.sampled_negatives);
+        u.searchParams.set("weight", p.negative_weight);
+        u.searchParams.set("pos", p.positives || "");
+        if (p.negatives) u.searchParams.set("neg", p.negatives);
+      }
+      if (state.token[catalog]) u.searchParams.set("result", state.token[catalog]);
+    }
+    history.replaceState(null, "", u);
   }
 
+  // The request a URL describes, when it describes one (a shared link).
+  function fromUrl() {
+    const p = new URL(location.href).searchParams;
+    const kind = p.get("kind") || (p.has("similar") ? "similar" : p.has("q") ? "search" : null);
+    if (!kind) return null;
+    const req = { kind, token: p.get("result") || "", params: {} };
+    if (kind === "search") req.params.q = p.get("q") || "";
+    if (kind === "similar") req.params.id = p.get("similar");
+    if (kind === "refine") {
+      Object.assign(req.params, {
+        q: p.get("q") || "",
+        model: p.get("model") || "ensemble",
+        sampled_negatives: p.get("negatives_sampled") || "",
+        negative_weight: p.get("weight") || "1",
+        positives: p.get("pos") || "",
+        negatives: p.get("neg") || "",
+      });
+    }
+    return req;
+  }
+
+  function setControls(params) {
+    if (!params) return;
+    if (params.q !== undefined && $("q")) $("q").value = params.q;
+    if (params.model && $("model")) $("model").value = params.model;
+    const sliders = { sampled_negatives: ["sampled-negatives", "neg-out"], negative_weight: ["negative-weight", "weight-out"] };
+    Object.entries(sliders).forEach(([name, [input, out]]) => {
+      if (params[name] !== undefined && params[name] !== "" && $(input)) { $(input).value = params[name]; $(out).value = $(input).value; }
+    });
+  }
+
+  // Show the request's kept result (as it was), or, when the server no longer keeps it, run the
+  // request again with the labels it was made with. An image search cannot be run again.
+  function restore(last) {
+    const token = state.token[catalog];
+    const again = () => {
+      if (last.kind === "image") {
+        message("The image search's result is no longer kept by the server: search with the image again.");
+        return;
+      }
+      const path = { search: "/search", similar: "/similar", refine: "/refine" }[last.kind];
+      const params = Object.assign({ catalog }, last.params);
+      pending = Object.assign({}, last);
+      htmx.ajax(last.kind === "refine" ? "POST" : "GET", path, { target: "#results", values: params });
+    };
+    if (!token) { again(); return; }
+    fetch(`/result/${encodeURIComponent(token)}?shown=${state.shown[catalog] || 0}`, { headers: { "HX-Request": "true" } })
+      .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+      .then((html) => { const r = $("results"); r.innerHTML = html; htmx.process(r); afterResult(); })
+      .catch(again);
+  }
+
+  function message(text) {
+    const box = $("messages");
+    if (!box) return;
+    box.innerHTML = "";
+    if (text) { const d = document.createElement("div"); d.className = "error"; d.setAttribute("role", "alert"); d.textContent = text; box.append(d); }
+  }
+
+  function afterResult() {
+    const result = document.querySelector("#results .result");
+    if (result && result.dataset.token) {
+      state.token[catalog] = result.dataset.token;
+      state.shown[catalog] = document.querySelectorAll("#grid .thumb").length;
+      save();
+    }
+    paint(document.getElementById("results"));
+    toUrl();
+  }
+
+  // -- a new query while labels exist: keep them, or start a new session -------------------------
+  function describe(elt, params) {
+    if (elt.id === "search-form") return { kind: "search", params: { q: params.q } };
+    if (elt.id === "image-form") return { kind: "image", params: {} };
+    if (elt.classList && elt.classList.contains("similar")) {
+      return { kind: "similar", params: { id: new URL(elt.getAttribute("hx-get"), location.href).searchParams.get("id") } };
+    }
+    if (elt.id === "refine-form") return { kind: "refine", params: Object.assign({}, params) };
+    return null;
+  }
+
+  function isNewQuery(req) {
+    if (!req || req.kind === "refine") return false;
+    const last = state.last[catalog];
+    const sessionQuery = last && (last.kind === "refine" ? last.query : last);
+    if (!sessionQuery) return true;
+    return sessionQuery.kind !== req.kind || JSON.stringify(sessionQuery.params) !== JSON.stringify(req.params) || req.kind === "image";
+  }
+
+  document.body.addEventListener("htmx:confirm", (ev) => {
+    const elt = ev.detail.elt;
+    const req = describe(elt, Object.fromEntries(elt.tagName === "FORM" ? new FormData(elt) : []));
+    if (!req || req.kind === "refine" || Object.keys(labels()).length === 0 || !isNewQuery(req)) return;
+    const dialog = $("new-query");
+    if (!dialog) return;
+    ev.preventDefault();
+    $("new-query-count").textContent = plural(Object.keys(labels()).length, "label", "labels");
+    dialog.returnValue = "";
+    dialog.onclose = () => {
+      if (dialog.returnValue === "keep") ev.detail.issueRequest(true);
+      if (dialog.returnValue === "new") {
+        state.previous[catalog] = { labels: labels(), last: state.last[catalog], token: state.token[catalog], shown: state.shown[catalog], undo: undo() };
+        state.labels[catalog] = {};
+        state.undo[catalog] = [];
+        save();
+        paint();
+        ev.detail.issueRequest(true);
+      }
+    };
+    dialog.showModal();
+  });
+
+  function swapSessions() {
+    const prev = state.previous[catalog];
+    if (!prev) return;
+    state.previous[catalog] = { labels: labels(), last: state.last[catalog], token: state.token[catalog], shown: state.shown[catalog], undo: undo() };
+    state.labels[catalog] = prev.labels || {};
+    state.last[catalog] = prev.last;
+    state.token[catalog] = prev.token;
+    state.shown[catalog] = prev.shown;
+    state.undo[catalog] = prev.undo || [];
+    save();
+    paint();
+    if (prev.last) { setControls(prev.last.kind === "refine" ? Object.assign({}, prev.last.params, prev.last.query && prev.last.query.params) : prev.last.params); restore(prev.last); }
+    else { $("results").innerHTML = ""; toUrl(); }
+  }
+
+  // -- the viewer: one image large, with its score and metadata, labelled by keys ----------------
+  let viewing = null;  // the thumbnail shown in the viewer
+
+  function view(thumb) {
+    const box = $("lightbox");
+    if (!box || !thumb) return;
+    viewing = thumb;
+    const id = thumb.dataset.id;
+    const img = $("lightbox-image");
+    img.classList.remove("small");
+    img.onload = () => img.classList.toggle("small", img.naturalWidth * 2 <= img.clientWidth);
+    img.src = `/image/${encodeURIComponent(catalog)}/${id}`;
+    img.alt = `image ${id}`;
+    $("lightbox-title").textContent = `Image ${id}`;
+    $("lightbox-open").href = img.src;
+    const score = thumb.closest(".cell").querySelector(".score");
+    $("lightbox-score").textContent = score ? `${score.title}: ${score.textContent}` : "";
+    $("lightbox-info").textContent = "";
+    htmx.ajax("GET", `/image-info/${encodeURIComponent(catalog)}/${id}`, { target: "#lightbox-info", swap: "innerHTML" });
+    viewState();
+    if (!box.open) box.showModal();
+  }
+
+  function viewState() {
+    if (!viewing) return;
+    const s = labels()[viewing.dataset.id] || "";
+    $("lightbox-state").textContent = s === "pos" ? "✓ positive" : s === "neg" ? "✗ negative" : "unlabelled";
+    $("lightbox-state").className = s;
+  }
+
+  function viewStep(step) {
+    if (!viewing) return;
+    const grid = viewing.closest(".grid") || document;
+    const all = [...grid.querySelectorAll(".thumb")];
+    const next = all[all.indexOf(viewing) + step];
+    if (next) view(next);
+  }
+
+  // -- clicks, keys, inputs -------------------------------------------------------------------
   document.addEventListener("click", (ev) => {
     const b = ev.target.closest(".thumb");
     if (b) {
       const cur = labels()[b.dataset.id] || "";
-      setLabel(b.dataset.id, STATES[(STATES.indexOf(cur) + 1) % STATES.length]);
-      paint();
+      const next = STATES[(STATES.indexOf(cur) + 1) % STATES.length];
+      const grid = b.closest(".grid");
+      if (ev.shiftKey && anchor && grid && grid.contains(anchor) && anchor !== b) {
+        const all = [...grid.querySelectorAll(".thumb")];
+        const [i, j] = [all.indexOf(anchor), all.indexOf(b)].sort((x, y) => x - y);
+        const target = labels()[anchor.dataset.id] || next;
+        change(Object.fromEntries(all.slice(i, j + 1).map((t) => [t.dataset.id, target])));
+      } else {
+        change({ [b.dataset.id]: next });
+      }
+      anchor = b;
       return;
     }
+    const open = ev.target.closest("a.open");
+    if (open && !ev.ctrlKey && !ev.metaKey && !ev.shiftKey) {
+      ev.preventDefault();
+      view(open.closest(".cell").querySelector(".thumb"));
+      return;
+    }
+    const rm = ev.target.closest(".tray-remove");
+    if (rm) { change({ [rm.dataset.id]: "" }); return; }
     const tab = ev.target.closest(".view-tab");
     if (tab) { showView(tab.id); return; }
-    const all = (s) => { visibleGrid().querySelectorAll(".thumb").forEach((t) => setLabel(t.dataset.id, s)); paint(); };
+    // "All" label only the unlabelled images of the view shown: labels given are never overwritten.
+    const all = (s) => {
+      const l = labels();
+      change(Object.fromEntries([...visibleGrid().querySelectorAll(".thumb")].filter((t) => !l[t.dataset.id]).map((t) => [t.dataset.id, s])));
+    };
     switch (ev.target.id) {
       case "all-positive": all("pos"); break;
       case "all-negative": all("neg"); break;
-      case "clear-labels": state.labels[catalog] = {}; save(); paint(); break;
+      case "undo": undoLast(); break;
+      case "lightbox-pos": change({ [viewing.dataset.id]: "pos" }); viewState(); break;
+      case "lightbox-neg": change({ [viewing.dataset.id]: "neg" }); viewState(); break;
+      case "lightbox-clear": change({ [viewing.dataset.id]: "" }); viewState(); break;
+      case "lightbox-prev": viewStep(-1); break;
+      case "lightbox-next": viewStep(1); break;
+      case "lightbox-close": $("lightbox").close(); break;
+      case "previous-session": swapSessions(); break;
+      case "clear-labels": change(Object.fromEntries(Object.keys(labels()).map((id) => [id, ""]))); break;
       case "reset":
-        state.labels[catalog] = {}; delete state.last[catalog]; delete state.token[catalog]; save();
-        document.getElementById("results").innerHTML = ""; paint(); break;
+        change(Object.fromEntries(Object.keys(labels()).map((id) => [id, ""])));
+        delete state.last[catalog]; delete state.token[catalog]; delete state.shown[catalog]; save();
+        $("results").innerHTML = ""; message(""); toUrl(); break;
       case "copy-sql": {
-        const text = document.getElementById("sql-text").textContent;
+        const text = $("sql-text").textContent;
         const done = () => { ev.target.textContent = "Copied"; setTimeout(() => (ev.target.textContent = "Copy"), 1500); };
         if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done, done);
-        else { const r = document.createRange(); r.selectNodeContents(document.getElementById("sql-text"));
+        else { const r = document.createRange(); r.selectNodeContents($("sql-text"));
                const sel = getSelection(); sel.removeAllRanges(); sel.addRange(r); document.execCommand("copy"); done(); }
         break;
       }
@@ -93,56 +398,109 @@
   });
   document.addEventListener("input", (ev) => {
     const out = { "sampled-negatives": "neg-out", "negative-weight": "weight-out" }[ev.target.id];
-    if (out) document.getElementById(out).value = ev.target.value;
+    if (out) $(out).value = ev.target.value;
   });
 
   document.addEventListener("keydown", (ev) => {
+    if ((ev.ctrlKey || ev.metaKey) && ev.key === "z" && !/^(INPUT|TEXTAREA)$/.test(ev.target.tagName)) {
+      undoLast(); ev.preventDefault(); return;
+    }
+    if ($("lightbox") && $("lightbox").open) {
+      const s = { p: "pos", n: "neg", u: "" }[ev.key];
+      if (s !== undefined) { change({ [viewing.dataset.id]: s }); viewState(); ev.preventDefault(); }
+      if (ev.key === "ArrowRight") { viewStep(1); ev.preventDefault(); }
+      if (ev.key === "ArrowLeft") { viewStep(-1); ev.preventDefault(); }
+      return;
+    }
     const tab = ev.target.closest && ev.target.closest(".view-tab");
     if (tab && (ev.key === "ArrowRight" || ev.key === "ArrowLeft")) {
       const other = tab.id === "tab-results" ? "tab-next" : "tab-results";
-      showView(other); document.getElementById(other).focus(); ev.preventDefault(); return;
+      showView(other); $(other).focus(); ev.preventDefault(); return;
     }
     const b = ev.target.closest && ev.target.closest(".thumb");
     if (!b) return;
     const s = { p: "pos", n: "neg", u: "" }[ev.key];
-    if (s !== undefined) { setLabel(b.dataset.id, s); paint(); ev.preventDefault(); }
+    if (s !== undefined) { change({ [b.dataset.id]: s }); ev.preventDefault(); }
   });
 
+  // -- requests ---------------------------------------------------------------------------------
   document.body.addEventListener("htmx:configRequest", (ev) => {
     const elt = ev.detail.elt;
     if (elt.id === "refine-form") {
       const l = labels();
-      ev.detail.parameters.positives = Object.keys(l).filter((k) => l[k] === "pos").join(",");
-      ev.detail.parameters.negatives = Object.keys(l).filter((k) => l[k] === "neg").join(",");
+      ev.detail.parameters.positives = ids(l, "pos");
+      ev.detail.parameters.negatives = ids(l, "neg");
     }
     if (elt.id === "console-form") {
       ev.detail.parameters.result = state.token[catalog] || "";
     }
-    // Remember what produced the results, to show them again after a reload.
-    if (["search-form", "refine-form"].includes(elt.id) || (elt.classList && elt.classList.contains("similar"))) {
-      state.last[catalog] = { verb: ev.detail.verb, path: ev.detail.path, params: Object.assign({}, ev.detail.parameters) };
-      save();
+    const req = describe(elt, ev.detail.parameters);
+    if (req) {
+      message("");
+      if (req.kind === "refine") {
+        delete req.params.catalog;
+        const last = state.last[catalog];
+        req.query = last && (last.kind === "refine" ? last.query : last);
+      }
+      pending = req;
+    }
+  });
+
+  document.body.addEventListener("htmx:beforeSwap", (ev) => {
+    if (ev.detail.xhr.status >= 400) {  // errors go above the grid, which stays as it was
+      ev.detail.target = $("messages") || ev.detail.target;
+      ev.detail.swapOverride = "innerHTML";
+      pending = null;
     }
   });
 
   document.body.addEventListener("htmx:afterSwap", (ev) => {
-    const result = ev.detail.target.querySelector && ev.detail.target.querySelector(".result");
-    if (result && result.dataset.token) { state.token[catalog] = result.dataset.token; save(); }
-    paint();
+    if (ev.detail.xhr.status >= 400) return;
+    if (ev.detail.target.id === "results" && pending) {
+      state.last[catalog] = pending;
+      pending = null;
+      save();
+      afterResult();
+      return;
+    }
+    // a page of results: paint only its new thumbnails, so a page costs the same at any depth
+    paint(document, true);
+    if ($("grid")) { state.shown[catalog] = $("grid").querySelectorAll(".thumb").length; save(); }
   });
 
+  document.body.addEventListener("htmx:sendError", () => message("The server did not answer: is clip-branches serve still running?"));
+
   document.addEventListener("DOMContentLoaded", () => {
-    paint();
-    const last = app && state.last[catalog];
-    if (last && last.path) {
-      const params = Object.assign({}, last.params);
-      if (last.path === "/refine") {  // with the labels as they are now
-        const l = labels();
-        params.positives = Object.keys(l).filter((k) => l[k] === "pos").join(",");
-        params.negatives = Object.keys(l).filter((k) => l[k] === "neg").join(",");
+    if (!app) { paint(); return; }
+    const linked = fromUrl();
+    const last = state.last[catalog];
+    const differs = linked && (linked.token
+      ? linked.token !== (state.token[catalog] || "")
+      : !last || last.kind !== linked.kind || JSON.stringify(last.params) !== JSON.stringify(linked.params));
+    if (differs) {
+      // A link from elsewhere (or another tab): its labels and request, its result if still kept.
+      if (linked.kind === "refine") {
+        const l = {};
+        (linked.params.positives || "").split(",").filter(Boolean).forEach((id) => { l[id] = "pos"; });
+        (linked.params.negatives || "").split(",").filter(Boolean).forEach((id) => { l[id] = "neg"; });
+        if (Object.keys(labels()).length && JSON.stringify(l) !== JSON.stringify(labels())) {
+          state.previous[catalog] = { labels: labels(), last, token: state.token[catalog], shown: state.shown[catalog], undo: undo() };
+        }
+        state.labels[catalog] = l;
+        state.undo[catalog] = [];
+        linked.query = linked.params.q ? { kind: "search", params: { q: linked.params.q } } : undefined;
+        delete linked.params.q;
       }
-      if (last.params && last.params.q) document.getElementById("q").value = last.params.q;
-      htmx.ajax(last.verb.toUpperCase(), last.path, { target: "#results", values: params });
+      state.last[catalog] = { kind: linked.kind, params: linked.params, query: linked.query };
+      state.token[catalog] = linked.token;
+      state.shown[catalog] = 0;
+      save();
+    }
+    const now = state.last[catalog];
+    paint();
+    if (now) {
+      setControls(now.kind === "refine" ? Object.assign({}, now.params, now.query && now.query.params) : now.params);
+      restore(now);
     }
   });
 })();
