@@ -581,3 +581,34 @@ def test_the_console_lists_the_catalogs_tables_not_duckdbs_own(client):
     listed = re.findall(r"<li><code>([^<]+)</code>", r.text)
     assert "images" in listed and "codes" in listed
     assert not [t for t in listed if t.startswith(("duckdb_", "sqlite_", "pragma_"))]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_result_exports_with_its_metadata_in_order(client, fmt):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    r = client.get("/search", params={"q": "sandal"}, headers=HX)
+    token = re.search(r'data-token="([^"]+)"', r.text).group(1)
+    got = client.get(f"/export/{token}", params={"format": fmt})
+    assert got.status_code == 200 and "attachment" in got.headers["content-disposition"]
+    table = (pacsv.read_csv if fmt == "csv" else pq.read_table)(io.BytesIO(got.content))
+    total = int(re.search(r'id="result-count">([\d,]+)<', r.text).group(1))
+    shown = _ids(r.text)  # the first page
+    assert table.num_rows == total > len(shown) and table.column("id").to_pylist()[: len(shown)] == shown
+    assert table.column("rank").to_pylist() == list(range(1, total + 1))
+    assert table.column("label").to_pylist() == [_LABELS[i] for i in table.column("id").to_pylist()]
+    assert "distance" in table.column_names and "file_mtime_ns" not in table.column_names
+    assert client.get(f"/export/{token}", params={"format": "xlsx"}).status_code == 400
+    assert client.get("/export/no-such-token").status_code == 404
+
+
+def test_the_console_downloads_csv_under_its_limits(client):
+    r = client.post("/console/csv", data={"sql": "SELECT id, label FROM images ORDER BY id LIMIT 5"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    lines = r.text.strip().splitlines()
+    assert lines[0] == '"id","label"' and len(lines) == 6
+    capped = client.post("/console/csv", data={"sql": "SELECT id FROM images"})
+    assert len(capped.text.strip().splitlines()) == 100 + 1  # the console's row limit (sql_max_rows)
+    bad = client.post("/console/csv", data={"sql": "SELECT * FROM read_csv('/etc/passwd')"})
+    assert bad.status_code == 400 and "root:" not in bad.text

@@ -289,3 +289,125 @@ def test_the_viewer_shows_an_image_large_and_labels_it(page):
     response = page.request.get(href)
     assert response.ok and response.headers["content-type"].startswith("image/")
     assert "attachment" not in response.headers.get("content-disposition", "")
+
+
+def test_labels_save_and_load_and_exports_download(page, tmp_path):
+    import json
+
+    _search(page, "dress")
+    ids = _ids(page)
+    page.locator("#grid .thumb").nth(0).click()
+    page.locator("#grid .thumb").nth(1).click()
+    page.locator("#grid .thumb").nth(1).click()
+    with page.expect_download() as saved:
+        page.click("#export-labels")
+    data = json.loads(Path(saved.value.path()).read_text())
+    assert data["positives"] == [int(ids[0])] and data["negatives"] == [int(ids[1])]
+    page.click("#clear-labels")
+    page.set_input_files("#import-labels", saved.value.path())
+    page.wait_for_function(
+        "() => document.getElementById('label-counts').innerText === '1 positive, 1 negative'"
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"positives": ["x"]}')
+    page.set_input_files("#import-labels", str(bad))
+    page.wait_for_selector("#messages .error")
+    assert "not a labels file" in page.inner_text("#messages .error")
+    assert page.inner_text("#label-counts") == "1 positive, 1 negative"  # nothing lost
+    with page.expect_download() as csv:
+        page.click("#export-csv")
+    lines = Path(csv.value.path()).read_text().splitlines()
+    assert lines[0].startswith('"rank","id","distance"') and len(lines) == 61
+
+
+def test_the_console_downloads_a_csv(browser, server):
+    errors: list[str] = []
+    context, pg = _open(browser, server + "/console", errors)
+    try:
+        pg.fill("#sql", "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY label")
+        with pg.expect_download() as got:
+            pg.click("#download-csv")
+        lines = Path(got.value.path()).read_text().splitlines()
+        assert lines[0] == '"label","n"' and len(lines) == 11
+    finally:
+        context.close()
+    assert errors == []
+
+
+def test_a_phone_gets_a_sticky_bar_big_targets_and_no_overflow(browser, server):
+    errors: list[str] = []
+    context, pg = _open(browser, server + "/", errors, width=390, height=844)
+    try:
+        assert pg.evaluate("() => document.documentElement.scrollWidth") <= 390
+        assert (
+            pg.locator("#catalog-chooser").bounding_box()["x"]
+            + pg.locator("#catalog-chooser").bounding_box()["width"]
+            <= 390
+        )
+        _search(pg, "sneaker")
+        assert pg.evaluate("() => document.documentElement.scrollWidth") <= 390
+        for link in (".cell a.similar", ".cell a.open"):
+            box = pg.locator(link).first.bounding_box()
+            assert box["width"] >= 44 and box["height"] >= 44, (link, box)
+        pg.locator("#grid .thumb").nth(0).click()
+        pg.mouse.wheel(0, 4000)  # deep in the grid, the bar stays at the bottom of the screen
+        pg.wait_for_timeout(300)
+        bar = pg.locator("#action-bar").bounding_box()
+        assert bar["y"] + bar["height"] <= 844 + 1 and bar["y"] > 844 - 120
+        assert pg.inner_text("#bar-counts") == "1 positive, 0 negative" and pg.is_enabled("#bar-refine")
+        pg.click("#bar-refine")
+        pg.wait_for_selector(".result[data-kind=refine]")
+        OUT.mkdir(exist_ok=True)
+        pg.screenshot(path=str(OUT / "phone_refine_390.png"))
+    finally:
+        context.close()
+    assert errors == []
+
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"  # axe-core 4.14.1, MPL-2.0
+
+
+def _axe(pg) -> list[dict]:
+    """axe-core's violations on the page as it is now (WCAG 2.x A and AA rules, and best practices)."""
+    pg.evaluate(AXE.read_text(encoding="utf-8"))
+    return pg.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))"
+    )
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_axe_finds_no_violations_on_any_page(browser, server, width):
+    context = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    try:
+        pg.goto(server + "/")
+        assert _axe(pg) == []
+        _search(pg, "sandal")
+        pg.locator("#grid .thumb").nth(0).click()
+        pg.locator("#grid .thumb").nth(1).click()
+        pg.locator("#grid .thumb").nth(1).click()
+        assert _axe(pg) == []
+        _refine(pg)
+        pg.click("#sql-panel summary")
+        assert _axe(pg) == []
+        pg.click("#tab-next")
+        assert _axe(pg) == []
+        pg.locator("#grid a.open").first.click() if pg.locator("#grid").is_visible() else pg.locator(
+            "#next-grid a.open"
+        ).first.click()
+        pg.wait_for_selector("#lightbox[open] dl.info")
+        assert _axe(pg) == []
+        pg.keyboard.press("Escape")
+        pg.fill("#q", "ankle boot")
+        pg.press("#q", "Enter")
+        pg.wait_for_selector("#new-query[open]")
+        assert _axe(pg) == []
+        pg.click("#cancel-query")
+        pg.goto(server + "/console")
+        pg.click("#run-sql")
+        pg.wait_for_selector("table.sql-result")
+        assert _axe(pg) == []
+    finally:
+        context.close()

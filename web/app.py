@@ -40,12 +40,13 @@ from .bodies import (
     SqlResponse,
     _document_bodies,
 )
-from .console import console_page, console_run
+from .console import console_csv, console_page, console_run
 from .guard import AllowedHosts, site_guard
 from .middleware import cancel_on_disconnect, server_timing
 from .pages import (
     base64_chars,
     catalog_error,
+    export_result,
     http_error,
     image_info,
     index,
@@ -84,6 +85,8 @@ def create_app(
             results_page,
             kept_result,
             image_info,
+            export_result,
+            console_csv,
             thumbnail,
             original,
             console_page,

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import numpy as np
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody
 from litestar.plugins.htmx import HTMXRequest
@@ -28,7 +28,7 @@ from .bodies import (
     SqlRequest,
 )
 from .middleware import CLIENT_GONE
-from .pages import render
+from .pages import csv_response, render
 from .state import CONSOLE_POLL_S, App, CatalogParam, Served, state_of
 
 
@@ -67,6 +67,25 @@ async def console_run(request: BodyRequest, data: JSONBody[SqlRequest]) -> Templ
     return await in_console(
         request, app, served, lambda waited: _console_table(request, app, served, data, waited)
     )
+
+
+@post(
+    "/console/csv",
+    status_code=200,
+    request_class=BodyRequest,
+    operation_class=FORM,
+    request_max_body_size=FORM_BODY_BYTES,
+)
+async def console_csv(request: BodyRequest, data: JSONBody[SqlRequest]) -> Response:
+    """The console query's rows as a CSV download, under the console's limits (rows, bytes, time)."""
+    app = state_of(request)
+    served = app.catalog(data.catalog)
+
+    def work(waited: float) -> Response:
+        res = run_sql(request, app, served, data.sql, _page_last_result(app, served, data.result), waited)
+        return csv_response(res.table, "query.csv")
+
+    return await in_console(request, app, served, work)
 
 
 def _console_table(

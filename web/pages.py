@@ -4,10 +4,15 @@ and originals, and the error pages of every handler."""
 from __future__ import annotations
 
 import base64
+import io
 import re
 from dataclasses import dataclass
 from typing import Annotated
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
@@ -348,8 +353,52 @@ def _image_response(request: Request, image: tuple[bytes, str, str]) -> Response
     return Response(data, media_type=media_type, headers=headers)
 
 
-# Columns of ``images`` the viewer leaves out: bookkeeping, not what a searcher asks about.
-_HIDDEN_INFO = ("file_mtime_ns", "embedding_part", "source")
+def csv_response(table: pa.Table, filename: str) -> Response:
+    """``table`` as a CSV file the browser saves as ``filename``."""
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf)
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+# Columns of ``images`` the viewer and exports leave out: bookkeeping, not what a searcher asks about.
+_HIDDEN_INFO = ("file_mtime_ns", "embedding_part")
+
+
+@get("/export/{token:str}", sync_to_thread=True)
+def export_result(
+    request: Request,
+    token: FromPath[str],
+    format: Annotated[str, Parameter(pattern="^(csv|parquet)$", description="csv or parquet")] = "csv",
+) -> Response:
+    """A kept result as a file: rank, id, score and the image's row of ``images`` (uri and
+    metadata), in the result's order."""
+    app = state_of(request)
+    name, result, kind = app.results.entry(token)
+    ranked = pa.table(
+        {
+            "rank": np.arange(1, len(result.ids) + 1, dtype=np.int64),
+            "id": result.ids,
+            "votes" if kind == "refine" else "distance": result.scores,
+        }
+    )
+    images = app.catalog(name).cat.sql(
+        "SELECT * FROM images WHERE id IN (SELECT unnest(?))", [result.ids.tolist()]
+    )
+    images = images.drop_columns([c for c in _HIDDEN_INFO if c in images.column_names])
+    table = ranked.join(images, "id", join_type="left outer").sort_by("rank")
+    if format == "csv":
+        return csv_response(table, f"{kind}-{len(result.ids)}.csv")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return Response(
+        buf.getvalue(),
+        media_type="application/vnd.apache.parquet",
+        headers={"Content-Disposition": f'attachment; filename="{kind}-{len(result.ids)}.parquet"'},
+    )
 
 
 @get("/image-info/{catalog:str}/{image_id:int}", sync_to_thread=True)

@@ -44,13 +44,14 @@
     const vals = Object.values(l);
     const pos = vals.filter((v) => v === "pos").length;
     const neg = vals.filter((v) => v === "neg").length;
-    if ($("label-counts")) $("label-counts").textContent = `${pos} positive, ${neg} negative`;
-    const refine = $("refine-button");
-    if (refine) {
+    ["label-counts", "bar-counts"].forEach((id) => { if ($(id)) $(id).textContent = `${pos} positive, ${neg} negative`; });
+    ["refine-button", "bar-refine"].forEach((id) => {
+      const refine = $(id);
+      if (!refine) return;
       refine.disabled = pos === 0;
       refine.title = pos ? "Train a classifier on your labels and apply it to the whole catalog"
         : "Label at least one image positive first";
-    }
+    });
     if ($("undo")) $("undo").disabled = undo().length === 0;
     tray();
     const prev = state.previous[catalog];
@@ -294,6 +295,14 @@
     else { $("results").innerHTML = ""; toUrl(); }
   }
 
+  function save_file(blob, name) {
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    document.body.append(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
   // -- the viewer: one image large, with its score and metadata, labelled by keys ----------------
   let viewing = null;  // the thumbnail shown in the viewer
 
@@ -381,6 +390,29 @@
         change(Object.fromEntries(Object.keys(labels()).map((id) => [id, ""])));
         delete state.last[catalog]; delete state.token[catalog]; delete state.shown[catalog]; save();
         $("results").innerHTML = ""; message(""); toUrl(); break;
+      case "export-labels": {
+        const blob = new Blob([JSON.stringify({ catalog, positives: ids(labels(), "pos").split(",").filter(Boolean).map(Number), negatives: ids(labels(), "neg").split(",").filter(Boolean).map(Number) }, null, 1)], { type: "application/json" });
+        save_file(blob, `labels-${catalog}.json`);
+        break;
+      }
+      case "download-csv": {
+        // the console's query under its limits, posted as htmx posts (a native form post from a
+        // page sent without a referrer carries "Origin: null", which the server refuses)
+        const body = new URLSearchParams({ sql: $("sql").value, catalog, result: state.token[catalog] || "" });
+        fetch("/console/csv", { method: "POST", body })
+          .then((r) => (r.ok ? r.blob() : r.text().then((t) => Promise.reject(new Error(t)))))
+          .then((blob) => save_file(blob, "query.csv"))
+          .catch((e) => {
+            const box = $("console-result");
+            box.innerHTML = "";
+            const d = document.createElement("div");
+            d.className = "error"; d.setAttribute("role", "alert");
+            let text = e.message;
+            try { text = JSON.parse(text).detail || text; } catch (x) { text = text.replace(/<[^>]*>/g, ""); }
+            d.textContent = text; box.append(d);
+          });
+        break;
+      }
       case "copy-sql": {
         const text = $("sql-text").textContent;
         const done = () => { ev.target.textContent = "Copied"; setTimeout(() => (ev.target.textContent = "Copy"), 1500); };
@@ -395,6 +427,24 @@
   // No inline handlers: the Content-Security-Policy allows scripts from /static only.
   document.addEventListener("change", (ev) => {
     if (ev.target.id === "catalog-chooser") ev.target.form.submit();
+    if (ev.target.id === "import-labels" && ev.target.files.length) {
+      const file = ev.target.files[0];
+      file.text().then((text) => {
+        let data;
+        try { data = JSON.parse(text); } catch (e) { data = null; }
+        const good = (a) => Array.isArray(a) && a.every((x) => Number.isInteger(x) && x >= 0);
+        if (!data || !good(data.positives || []) || !good(data.negatives || [])) {
+          message(`${file.name} is not a labels file: it must be JSON with "positives" and "negatives", lists of image ids (as "Save labels" writes).`);
+          return;
+        }
+        message("");
+        const updates = {};
+        (data.positives || []).forEach((id) => { updates[id] = "pos"; });
+        (data.negatives || []).forEach((id) => { updates[id] = "neg"; });
+        change(updates);  // one undoable step
+      });
+      ev.target.value = "";
+    }
   });
   document.addEventListener("input", (ev) => {
     const out = { "sampled-negatives": "neg-out", "negative-weight": "weight-out" }[ev.target.id];
