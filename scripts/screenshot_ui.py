@@ -1,8 +1,10 @@
-"""Screenshot of the refine page for the README: serve a catalog, search, label every result
-positive, fine-tune with the ensemble, and save a PNG (Debian's chromium via playwright).
+"""Screenshots of the refine page for the README, on a desktop and on a phone: serve a catalog,
+search, label every result positive, fine-tune with the ensemble, mark two results negative,
+and save PNGs (Debian's chromium via playwright).
 
     python scripts/screenshot_ui.py [--catalog demo/fashion.duckdb] [--query sneaker]
                                     [--out web/static/refine-page.png]
+                                    [--phone-out web/static/refine-phone.png]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--query", default="sneaker")
     ap.add_argument("--model", default="ensemble")
     ap.add_argument("--out", default="web/static/refine-page.png")
+    ap.add_argument("--phone-out", default="web/static/refine-phone.png")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -34,23 +37,27 @@ def main(argv=None) -> int:
                 headless=True,
                 args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.set_default_timeout(120_000)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.fill("#q", args.query)
-            page.press("#q", "Enter")
-            page.wait_for_selector("#grid .thumb")
-            page.click("#all-positive")
-            page.select_option("#model", args.model)
-            page.click("#refine-button")
-            page.wait_for_selector(".result[data-kind=refine]")
-            for n in (3, 8):  # two negatives, to show both colours
-                thumb = page.locator("#grid .thumb").nth(n)
-                while "neg" not in (thumb.get_attribute("class") or ""):
-                    thumb.click()
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=args.out, full_page=False)
-            print(page.inner_text("#stats"))
+            for viewport, out in (((1280, 860), args.out), ((390, 844), args.phone_out)):
+                page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+                page.set_default_timeout(120_000)
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.fill("#q", args.query)
+                page.press("#q", "Enter")
+                page.wait_for_selector("#grid .thumb")
+                page.click("#all-positive")
+                page.select_option("#model", args.model)
+                page.click("#refine-button")
+                page.wait_for_selector(".result[data-kind=refine]")
+                for n in (3, 8):  # two negatives, to show both marks
+                    thumb = page.locator("#grid .thumb").nth(n)
+                    while "neg" not in (thumb.get_attribute("class") or ""):
+                        thumb.click()
+                if viewport[0] < 700:  # on a phone, the results under the sticky bar
+                    page.locator("#stats").scroll_into_view_if_needed()
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=out, full_page=False)
+                print(page.inner_text("#stats"))
+                page.close()
             browser.close()
     finally:
         proc.terminate()

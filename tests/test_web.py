@@ -612,3 +612,18 @@ def test_the_console_downloads_csv_under_its_limits(client):
     assert len(capped.text.strip().splitlines()) == 100 + 1  # the console's row limit (sql_max_rows)
     bad = client.post("/console/csv", data={"sql": "SELECT * FROM read_csv('/etc/passwd')"})
     assert bad.status_code == 400 and "root:" not in bad.text
+
+
+@pytest.mark.parametrize(
+    "sql, cell",
+    [
+        ("SELECT '\\xAA'::BLOB AS v", '"\\xaa"'),
+        ("SELECT [1, 2] AS v", '"[1, 2]"'),
+        ("SELECT '101'::BITSTRING AS v", None),
+    ],
+)
+def test_the_console_csv_writes_values_arrow_cannot(client, sql, cell):
+    r = client.post("/console/csv", data={"sql": sql})
+    assert r.status_code == 200 and r.text.splitlines()[0] == '"v"'
+    if cell is not None:
+        assert r.text.splitlines()[1] == cell

@@ -411,3 +411,34 @@ def test_axe_finds_no_violations_on_any_page(browser, server, width):
         assert _axe(pg) == []
     finally:
         context.close()
+
+
+def test_the_query_shows_beside_its_results_and_an_image_can_be_dropped(page, tmp_path):
+    import base64
+
+    from PIL import Image
+
+    _search(page, "ankle boot")
+    assert "“ankle boot”" in page.inner_text("#stats")
+    first = _ids(page)[0]
+    page.locator(".cell a.similar").first.click()
+    page.wait_for_selector(".result[data-kind=similar]")
+    assert f"image {first}" in page.inner_text("#stats")
+    assert page.get_attribute("#query-shown img", "src").endswith(f"/{first}")
+    # an image dropped on the page searches by it, and is shown beside the results
+    Image.new("L", (28, 28), 90).save(tmp_path / "drop.png")
+    data = base64.b64encode((tmp_path / "drop.png").read_bytes()).decode()
+    page.evaluate(
+        """b64 => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "drop.png", {type: "image/png"}));
+            document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        data,
+    )
+    page.wait_for_selector(".result[data-kind=image]")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('query-image'); return i && !i.hidden && i.complete && i.naturalWidth === 28; }"
+    )
+    assert "uploaded image" in page.inner_text("#stats")

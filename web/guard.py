@@ -32,8 +32,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Sec-Fetch-Site values of a request the user's own page (or the user, typing a URL) made.
 OWN_SITE = frozenset({"same-origin", "none"})
 DEFAULT_PORTS = {"http": "80", "https": "443"}
+# img-src blob: lets the page show the image a user searches with (an object URL its own script
+# made from the file); no other origin can create a blob: URL of this one.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )

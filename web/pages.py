@@ -4,6 +4,7 @@ and originals, and the error pages of every handler."""
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import re
 from dataclasses import dataclass
@@ -69,11 +70,17 @@ def _page(
 
 
 def _result_context(
-    app: App, served: Served, result: engine.Result, kind: str, token: str | None = None, shown: int = 0
+    app: App,
+    served: Served,
+    result: engine.Result,
+    kind: str,
+    token: str | None = None,
+    shown: int = 0,
+    query: dict | None = None,
 ) -> dict:
     """The results fragment's context; a new result is kept under a new token, a kept one
     (``token``) is shown again with its first ``shown`` results (at least a page)."""
-    token = token or app.results.put(served.name, result, kind)
+    token = token or app.results.put(served.name, result, kind, query)
     stats = dict(result.stats)
     suggestions = [(i, "label next") for i in result.suggestions[: app.settings.page_size].tolist()]
     return {
@@ -84,6 +91,7 @@ def _result_context(
         "rows": served.rows,
         "suggestions": suggestions,
         "score_hint": SCORE_HINTS[kind],
+        "query": query or {},
         **_page(app, served, result, 0, token, max(shown, app.settings.page_size)),
     }
 
@@ -99,11 +107,13 @@ def render(request: Request, name: str, context: dict) -> Template:
     return HTMXTemplate(template_name=name, context=context)
 
 
-def _render_result(request: Request, app: App, served: Served, result: engine.Result, kind: str) -> Template:
+def _render_result(
+    request: Request, app: App, served: Served, result: engine.Result, kind: str, query: dict | None = None
+) -> Template:
     """The results fragment, with the engine's own time in ``X-Engine-Ms`` for load tests."""
     return HTMXTemplate(
         template_name="_results.html",
-        context=_result_context(app, served, result, kind),
+        context=_result_context(app, served, result, kind, query=query),
         headers={"X-Engine-Ms": f"{result.stats['time_total_ms']:.2f}"},
     )
 
@@ -231,7 +241,7 @@ def search_text(
     served = app.catalog(catalog)
     with served.working():
         result = served.cat.search(q, k=k)
-    return _render_result(request, app, served, result, "search")
+    return _render_result(request, app, served, result, "search", {"text": q})
 
 
 @get("/similar", sync_to_thread=True)
@@ -245,7 +255,7 @@ def search_similar(
     served = app.catalog(catalog)
     with served.working():
         result = served.cat.search(id=id, k=k)
-    return _render_result(request, app, served, result, "similar")
+    return _render_result(request, app, served, result, "similar", {"id": id})
 
 
 @dataclass
@@ -321,10 +331,10 @@ def kept_result(
     """A kept result shown again as it was (its statistics, SQL and the pages loaded), for a
     reload or a shared link: never recomputed, so it is what was on screen."""
     app = state_of(request)
-    name, result, kind = app.results.entry(token)
+    name, result, kind, query = app.results.entry(token)
     return HTMXTemplate(
         template_name="_results.html",
-        context=_result_context(app, app.catalog(name), result, kind, token, shown),
+        context=_result_context(app, app.catalog(name), result, kind, token, shown, query),
     )
 
 
@@ -335,7 +345,7 @@ def results_page(
     offset: Annotated[int, Parameter(ge=0, description="first result to show")] = 0,
 ) -> Template:
     app = state_of(request)
-    name, result, kind = app.results.entry(token)
+    name, result, kind, _ = app.results.entry(token)
     context = _page(app, app.catalog(name), result, offset, token)
     return render(request, "_page.html", {**context, "score_hint": SCORE_HINTS[kind]})
 
@@ -354,14 +364,39 @@ def _image_response(request: Request, image: tuple[bytes, str, str]) -> Response
 
 
 def csv_response(table: pa.Table, filename: str) -> Response:
-    """``table`` as a CSV file the browser saves as ``filename``."""
+    """``table`` as a CSV file the browser saves as ``filename``. Arrow writes the usual types;
+    a column it cannot write as text (bytes that are no UTF-8, lists, structs) is written value by
+    value: bytes as ``\\x`` and hex, like DuckDB prints a BLOB, anything else as Python's ``str``."""
     buf = io.BytesIO()
-    pacsv.write_csv(table, buf)
+    try:
+        pacsv.write_csv(table, buf)
+        data = buf.getvalue()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        try:
+            rows = table.to_pylist()
+        except (OverflowError, ValueError) as e:
+            raise InvalidArgument(
+                f"a value in the result cannot be written ({e}); CAST it to VARCHAR"
+            ) from None
+        text = io.StringIO()
+        writer = csv.writer(text, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(table.column_names)
+        for row in rows:
+            writer.writerow([_csv_value(v) for v in row.values()])
+        data = text.getvalue().encode("utf-8")
     return Response(
-        buf.getvalue(),
+        data,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+def _csv_value(v: object) -> object:
+    if v is None or isinstance(v, (int, float)):
+        return "" if v is None else v
+    if isinstance(v, bytes):
+        return "\\x" + v.hex()
+    return str(v)
 
 
 # Columns of ``images`` the viewer and exports leave out: bookkeeping, not what a searcher asks about.
@@ -377,7 +412,7 @@ def export_result(
     """A kept result as a file: rank, id, score and the image's row of ``images`` (uri and
     metadata), in the result's order."""
     app = state_of(request)
-    name, result, kind = app.results.entry(token)
+    name, result, kind, _ = app.results.entry(token)
     ranked = pa.table(
         {
             "rank": np.arange(1, len(result.ids) + 1, dtype=np.int64),

@@ -80,26 +80,29 @@ class Results:
     def __init__(self, capacity: int, max_ids: int):
         self.capacity = capacity
         self.max_ids = max_ids
-        self._items: OrderedDict[str, tuple[str, engine.Result, str]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str, engine.Result, str, dict]] = OrderedDict()
         self._ids = 0
         self._lock = threading.Lock()
 
-    def put(self, catalog: str, result: engine.Result, kind: str = "search") -> str:
-        """Keep ``result`` (of a ``kind`` of request: search, similar, image, refine); its token."""
+    def put(
+        self, catalog: str, result: engine.Result, kind: str = "search", query: dict | None = None
+    ) -> str:
+        """Keep ``result`` (of a ``kind`` of request: search, similar, image, refine, asked by
+        ``query``: its text or example id); its token."""
         token = secrets.token_urlsafe(12)
         with self._lock:
-            self._items[token] = (catalog, result, kind)
+            self._items[token] = (catalog, result, kind, query or {})
             self._ids += len(result.ids)
             while len(self._items) > 1 and (len(self._items) > self.capacity or self._ids > self.max_ids):
-                _, (_, old, _) = self._items.popitem(last=False)
+                _, (_, old, _, _) = self._items.popitem(last=False)
                 self._ids -= len(old.ids)
         return token
 
     def get(self, token: str) -> tuple[str, engine.Result]:
         return self.entry(token)[:2]
 
-    def entry(self, token: str) -> tuple[str, engine.Result, str]:
-        """The catalog, result and kind kept under ``token``; a 404 when it is no longer kept."""
+    def entry(self, token: str) -> tuple[str, engine.Result, str, dict]:
+        """The catalog, result, kind and query kept under ``token``; a 404 when it is no longer kept."""
         with self._lock:
             item = self._items.get(token)
             if item is None:

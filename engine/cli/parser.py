@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_SUGGESTIONS,
         metavar="N",
-        help="unlabelled ids to suggest labelling next (printed on stderr, or in the JSON; none with --spark)",
+        help="unlabelled ids to suggest labelling next (on stderr or in the JSON; not with --spark)",
     )
     s.add_argument(
         "--limit",

@@ -228,6 +228,8 @@
   }
 
   function afterResult() {
+    const shown = $("query-image");
+    if (shown && queryImage) { shown.src = queryImage; shown.hidden = false; }
     const result = document.querySelector("#results .result");
     if (result && result.dataset.token) {
       state.token[catalog] = result.dataset.token;
@@ -473,6 +475,38 @@
     if (s !== undefined) { change({ [b.dataset.id]: s }); ev.preventDefault(); }
   });
 
+  // -- an image dropped on the page or pasted searches by that image ----------------------------
+  let queryImage = null;  // an object URL of the image the last image search sent
+
+  function searchWithFile(file) {
+    const input = $("image-file");
+    if (!input || !file || !file.type.startsWith("image/")) return false;
+    const dt = new DataTransfer();
+    dt.items.add(file);
+    input.files = dt.files;
+    htmx.trigger($("image-form"), "submit");
+    return true;
+  }
+
+  const imageOf = (items) => [...(items || [])].map((i) => (i.getAsFile ? i.getAsFile() : i)).find((f) => f && f.type && f.type.startsWith("image/"));
+  document.addEventListener("dragover", (ev) => {
+    if (!app || ![...ev.dataTransfer.types].includes("Files")) return;
+    ev.preventDefault();
+    document.body.classList.add("dropping");
+  });
+  document.addEventListener("dragleave", (ev) => { if (!ev.relatedTarget) document.body.classList.remove("dropping"); });
+  document.addEventListener("drop", (ev) => {
+    document.body.classList.remove("dropping");
+    if (!app) return;
+    const file = imageOf(ev.dataTransfer.files);
+    if (file) { ev.preventDefault(); searchWithFile(file); }
+  });
+  document.addEventListener("paste", (ev) => {
+    if (!app || /^(INPUT|TEXTAREA)$/.test(ev.target.tagName) && !imageOf(ev.clipboardData.items)) return;
+    const file = imageOf(ev.clipboardData.items);
+    if (file) { ev.preventDefault(); searchWithFile(file); }
+  });
+
   // -- requests ---------------------------------------------------------------------------------
   document.body.addEventListener("htmx:configRequest", (ev) => {
     const elt = ev.detail.elt;
@@ -485,6 +519,10 @@
       ev.detail.parameters.result = state.token[catalog] || "";
     }
     const req = describe(elt, ev.detail.parameters);
+    if (req && req.kind === "image" && $("image-file").files.length) {
+      if (queryImage) URL.revokeObjectURL(queryImage);
+      queryImage = URL.createObjectURL($("image-file").files[0]);
+    }
     if (req) {
       message("");
       if (req.kind === "refine") {
