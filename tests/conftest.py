@@ -14,6 +14,7 @@ import pytest
 import engine
 
 N_DIMS = 32
+CHROMIUM = "/usr/bin/chromium"
 
 
 def uniform_codes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -193,6 +194,46 @@ def serve() -> Callable:
                 proc.kill()
 
     return run
+
+
+@pytest.fixture(scope="module")
+def server(web_demo_copy, serve):
+    """`clip-branches serve` on a copy of the demo catalog, for a module's tests: its URL."""
+    with serve(web_demo_copy()) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through playwright (never `playwright install`), headless."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """A Spark session in local mode (the machine's Java) for a module's tests."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("clip-branches-test")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.driver.memory", "1g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
 
 
 def flat_png(width: int, height: int, *, depth: int = 16, colour_type: int = 6) -> bytes:

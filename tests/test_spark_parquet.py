@@ -41,23 +41,6 @@ def exported(tmp_path_factory):
     return root / "export", results
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("clip-branches-test")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.driver.memory", "1g")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 @pytest.mark.parametrize("name", ["ensemble", "branch", "tree", "forest", "search"])
 def test_spark_sql_returns_the_engines_ids_in_order(exported, spark, name):
     directory, results = exported

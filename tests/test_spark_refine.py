@@ -50,24 +50,6 @@ def exported(tmp_path_factory):
     return root, path, positives, negatives
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("clip-branches-test")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.driver.memory", "1g")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 def _expected(exported, **options):
     _, path, positives, negatives = exported
     with engine.Catalog.open(path, read_only=True) as cat:

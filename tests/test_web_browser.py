@@ -14,24 +14,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 OUT = Path(__file__).resolve().parent.parent / "test-output"
 
 
-@pytest.fixture(scope="module")
-def server(web_demo_copy, serve):
-    with serve(web_demo_copy()) as (url, _):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser, server, request):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
