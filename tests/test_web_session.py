@@ -424,3 +424,12 @@ def test_the_query_shows_beside_its_results_and_an_image_can_be_dropped(page, tm
         "() => { const i = document.getElementById('query-image'); return i && !i.hidden && i.complete && i.naturalWidth === 28; }"
     )
     assert "uploaded image" in page.inner_text("#stats")
+
+
+def test_the_tray_folds_away(page):
+    _search(page, "coat")
+    page.click("#all-positive")
+    assert page.inner_text("#tray-count") == "(60)" and page.locator("#tray-items li").first.is_visible()
+    page.click("#tray summary")
+    assert not page.locator("#tray-items li").first.is_visible()
+    assert page.inner_text("#label-counts") == "60 positive, 0 negative"

@@ -71,6 +71,7 @@
     const l = labels();
     const keys = Object.keys(l);
     box.hidden = keys.length === 0;
+    $("tray-count").textContent = `(${keys.length})`;
     const list = $("tray-items");
     const have = new Map([...list.children].map((li) => [li.dataset.id, li]));
     keys.forEach((id) => {
