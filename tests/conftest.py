@@ -7,6 +7,7 @@ name lives in ``tests/support.py`` (``pythonpath`` in pyproject.toml puts ``test
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import engine
 
 N_DIMS = 32
 CHROMIUM = "/usr/bin/chromium"
+TEST_OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
 
 
 def uniform_codes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -215,6 +217,23 @@ def browser():
         )
         yield b
         b.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    """A 1280x900 page on the module's server with no script error, screenshotted to
+    test-output/ when the test ends."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server + "/")
+    yield pg
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    pg.screenshot(path=str(TEST_OUTPUT / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert errors == [], errors
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 OUT = Path(__file__).resolve().parent.parent / "test-output"
 
 
-@pytest.fixture
-def page(browser, server, request):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(server + "/")
-    yield pg
-    OUT.mkdir(exist_ok=True)
-    pg.screenshot(path=str(OUT / f"{request.node.name}.png"), full_page=True)
-    context.close()
-    assert errors == [], errors
-
-
 def _search(pg, text: str) -> None:
     pg.fill("#q", text)
     pg.press("#q", "Enter")

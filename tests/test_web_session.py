@@ -24,17 +24,6 @@ def _open(browser, url, errors, width=1280, height=900):
     return context, pg
 
 
-@pytest.fixture
-def page(browser, server, request):
-    errors: list[str] = []
-    context, pg = _open(browser, server + "/", errors)
-    yield pg
-    OUT.mkdir(exist_ok=True)
-    pg.screenshot(path=str(OUT / f"{request.node.name}.png"), full_page=True)
-    context.close()
-    assert errors == [], errors
-
-
 def _search(pg, text: str) -> None:
     pg.fill("#q", text)
     pg.press("#q", "Enter")

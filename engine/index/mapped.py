@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..boxes import CODE_COLUMNS, N_DIMS
-from ..store import Store
+from ..store import Store, tables
 from ..store.files import fsync_path
 
 MAGIC = b"clip-branches kd codes\n"
@@ -79,12 +79,15 @@ def remove(catalog: Path) -> None:
     path_for(catalog).unlink(missing_ok=True)
 
 
-def load(store: Store, record: dict | None, n_rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+def load(store: Store, record: dict | None) -> tuple[np.ndarray, np.ndarray] | None:
     """The codes and ids of the copy beside ``store``'s file that ``record`` (the ``mapped``
     entry of the index settings) describes, mapped copy-on-write; None when there is no record,
-    the catalog has ``n_rows`` rows other than the copy's, or the copy is missing or fails a
-    check (a warning says which)."""
-    if not isinstance(record, dict) or record.get("rows") != n_rows or record.get("dims") != N_DIMS:
+    the catalog holds rows other than the copy's (rows added since), or the copy is missing or
+    fails a check (a warning says which)."""
+    if not isinstance(record, dict) or record.get("dims") != N_DIMS:
+        return None
+    n_rows = tables.count(store)
+    if record.get("rows") != n_rows:
         return None
     path = path_for(store.path)
     try:

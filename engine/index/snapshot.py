@@ -26,14 +26,13 @@ class Snapshot:
     """One state of a catalog, as its queries read it. Threads may share it."""
 
     def __init__(self, store: Store, key: tuple, settings: dict[str, Any], index: query.BlockIndex):
-        from ..learn.models import feature_subsets
+        from ..learn.models import recorded_subsets
 
         self.key = key
         self.path = store.path
         self.settings = settings
         self.index = index
-        recorded = (settings.get("index") or {}).get("feature_subsets")
-        self.subsets: list[tuple[int, ...]] = [tuple(s) for s in recorded] if recorded else feature_subsets()
+        self.subsets: list[tuple[int, ...]] = recorded_subsets(settings.get("index"))
         self._store = store
         self._lock = threading.Lock()
         self._pools: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -46,7 +45,7 @@ class Snapshot:
         from the mapped copy beside the file when the last build wrote one that still matches
         (:mod:`engine.index.mapped`), else from DuckDB."""
         index = settings.get("index") or {}
-        loaded = mapped.load(store, index.get("mapped"), tables.count(store))
+        loaded = mapped.load(store, index.get("mapped"))
         cols, ids = loaded or tables.load_codes(store)
         blocks = tables.load_blocks(store, cols.shape[1], index)
         block_size = int(index.get("block_size", DEFAULT_BLOCK_SIZE))
