@@ -19,6 +19,7 @@ import pyarrow as pa
 from .boxes import BoxSet
 from .codes.head import Head
 from .codes.quantize import Quantizer
+from .concepts import Concept, Concepts
 from .errors import CatalogError, CatalogNotFound, InvalidCodes
 from .index import layout, search
 from .index.search import SelectResult
@@ -106,9 +107,8 @@ class Catalog:
         return f"Catalog({str(self.path)!r}, {state})"
 
     def connection_count(self) -> int:
-        """DuckDB connections open to this catalog's database in this process, as DuckDB counts
-        them: the catalog's own connection plus every cursor not yet closed (one per query in
-        flight), and other ``Catalog`` objects open on the same file. 0 once closed."""
+        """DuckDB connections to this file in this process: the catalog's own, every cursor not
+        yet closed and other ``Catalog`` objects on the same file (see ``Store.connection_count``)."""
         return self.store.connection_count()
 
     @property
@@ -310,15 +310,11 @@ class Catalog:
 
         ``model`` is ``"ensemble"`` (25 decision branch models voting), ``"branch"``, ``"tree"``
         or ``"forest"`` (scikit-learn models turned into boxes), or an unfitted box classifier
-        of :mod:`engine.learn`. Sampled negatives come from a fixed random pool of catalog rows,
-        skipping labelled ids, and (with ``filter_sampled``) those that look more like the
-        positives than like the catalog (:func:`engine.learn.refine.reliable_negatives`); user
-        negatives weigh ``negative_weight`` times a sampled one. With ``guide`` (the default) a
-        linear guide fitted on that set relabels the sample, adds pool rows it scores positive
-        to the positives and sets the ensemble's vote threshold (:mod:`engine.learn.guide`);
-        ``guide=False`` trains on the labels and the sample alone, as the original system did.
-        Works on read-only catalogs.
-        """
+        of :mod:`engine.learn`. Sampled negatives come from a fixed random pool of unlabelled
+        rows, less (``filter_sampled``) those more like the positives than like the catalog; user
+        negatives weigh ``negative_weight`` times a sampled one. ``guide``: a linear guide
+        relabels the sample, adds pool rows it scores positive and sets the ensemble's vote
+        threshold (:mod:`engine.learn.guide`); without, as the original system did. Read-only too."""
         return search.refine(
             self.snapshot,
             positives,
@@ -366,20 +362,25 @@ class Catalog:
 
     def _query_encoder(self, text: bool):
         """The encoder for a query; a text query needs only the text side (no torch for the demo's)."""
-        from .encoders import load_encoder, load_text_encoder
+        from .encoders import QueryEncoders
 
         enc_id = self.setting("encoder")
         if not enc_id:
             raise CatalogError(f"{self.path} records no encoder, so it cannot encode queries; search by id=")
-        with self._lock:
-            full = self._encoders.get((enc_id, False))
-            if full is not None or not text:
-                if full is None:
-                    full = self._encoders[(enc_id, False)] = load_encoder(enc_id)
-                return full
-            if (enc_id, True) not in self._encoders:
-                self._encoders[(enc_id, True)] = load_text_encoder(enc_id)
-            return self._encoders[(enc_id, True)]
+        return QueryEncoders.get(self._encoders, self._lock, enc_id, text)
+
+    # -- saved concepts ----------------------------------------------------------------------
+    @property
+    def concepts(self) -> Concepts:
+        """The saved concepts: list, apply, rename, delete, retrain, export (:mod:`engine.concepts`)."""
+        return Concepts(self)
+
+    def save_concept(self, name: str, result: Result, *, replace: bool = False, note: str = "") -> Concept:
+        """Keep a refine ``result`` as concept ``name``, with a view ``concept_<name>`` in the file."""
+        return self.concepts.save(name, result, replace=replace, note=note)
+
+    def concept(self, name: str) -> Concept:
+        return self.concepts.get(name)  # applied by Catalog.concepts.result(name)
 
     # -- user SQL ----------------------------------------------------------------------------
     def sql(self, text: str, params: Sequence | Mapping | None = None) -> pa.Table:

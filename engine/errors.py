@@ -29,6 +29,10 @@ class StaleIndexError(CatalogError):
     """The block index no longer describes the rows in the catalog."""
 
 
+class StaleConcept(CatalogError):
+    """A saved concept was fitted on codes the catalog no longer holds; retrain it."""
+
+
 class InvalidBoxes(CatalogError, ValueError):
     """A box set is malformed: bad JSON, a dim out of range, lo > hi, ..."""
 

@@ -63,6 +63,8 @@ TABLE_FUNCTIONS = frozenset(
         "json_tree",
         "result_images",
         "added_after",
+        "concept",  # the saved concepts, macros stored in the catalog (engine.concepts)
+        "concept_new",
         "duckdb_tables",
         "duckdb_columns",
         "duckdb_views",

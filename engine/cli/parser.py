@@ -39,6 +39,16 @@ from .commands import (
     cmd_train_head,
     print_json,
 )
+from .concepts import (
+    cmd_concept_delete,
+    cmd_concept_export,
+    cmd_concept_import,
+    cmd_concept_list,
+    cmd_concept_rename,
+    cmd_concept_retrain,
+    cmd_concept_save,
+    cmd_concept_show,
+)
 
 DESCRIPTION = """\
 Text-to-image search with fine-tuning: search a catalog of images by text, label some results
@@ -122,6 +132,41 @@ def _encode_options(s: argparse.ArgumentParser, encoder_help: str) -> None:
         "--reembed",
         action="store_true",
         help="allow an encoder other than the catalog's: every image is embedded again",
+    )
+
+
+def _round_options(s: argparse.ArgumentParser) -> None:
+    """The options of a refine round: model, sampled negatives, weight, seed, guide."""
+    s.add_argument(
+        "--model",
+        default="ensemble",
+        choices=MODELS,
+        help="the classifier: 25 decision branch models voting, one model, a tree or a forest",
+    )
+    s.add_argument(
+        "--sampled-negatives",
+        type=int,
+        default=DEFAULT_SAMPLED_NEGATIVES,
+        metavar="N",
+        help="random catalog rows added as negatives",
+    )
+    s.add_argument(
+        "--negative-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="how much one of your negatives counts against one sampled row",
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random_state of the model; the same labels and seed give the same result",
+    )
+    s.add_argument(
+        "--no-guide",
+        action="store_true",
+        help="train on the labels and the sampled negatives alone, without the linear guide",
     )
 
 
@@ -398,37 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog", help=f"{catalog_help}; with --spark, an export folder (path or URI)")
     s.add_argument("--positive", required=True, metavar="IDS", help="comma-separated positive ids")
     s.add_argument("--negative", default="", metavar="IDS", help="comma-separated negative ids")
-    s.add_argument(
-        "--model",
-        default="ensemble",
-        choices=MODELS,
-        help="the classifier: 25 decision branch models voting, one model, a tree or a forest",
-    )
-    s.add_argument(
-        "--sampled-negatives",
-        type=int,
-        default=DEFAULT_SAMPLED_NEGATIVES,
-        metavar="N",
-        help="random catalog rows added as negatives",
-    )
-    s.add_argument(
-        "--negative-weight",
-        type=float,
-        default=1.0,
-        metavar="W",
-        help="how much one of your negatives counts against one sampled row",
-    )
-    s.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="random_state of the model; the same labels and seed give the same result",
-    )
-    s.add_argument(
-        "--no-guide",
-        action="store_true",
-        help="train on the labels and the sampled negatives alone, without the linear guide",
-    )
+    _round_options(s)
     s.add_argument(
         "--suggestions",
         type=int,
@@ -454,6 +469,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--overwrite", action="store_true", help="with --out: replace what the folder holds")
     _json_flag(s)
+
+    s = command(
+        "concept",
+        "save a fine-tune under a name and query it from any DuckDB client; list, show, retrain, ...",
+        None,
+        description=(
+            "Saved concepts: a fine-tuned box set kept in the catalog under a name, with the labels it was\n"
+            "trained on. Each is a view concept_NAME (id, votes, rank) in the file, so any DuckDB client\n"
+            "queries it without clip-branches, and it classifies images as they arrive:\n\n"
+            "  clip-branches concept save photos.duckdb sneakers --positive 12,40,7 --negative 3\n"
+            '  duckdb -readonly photos.duckdb "SELECT uri FROM concept_sneakers JOIN images USING (id)"'
+        ),
+    )
+    csub = s.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=CommandParser)
+
+    def action(name: str, help: str, func) -> argparse.ArgumentParser:
+        a = csub.add_parser(
+            name, help=help, description=help[0].upper() + help[1:] + ".", formatter_class=_Formatter
+        )
+        a.set_defaults(func=func, parser=a)
+        a.add_argument("catalog", help=catalog_help)
+        return a
+
+    a = action("save", "fine-tune on labelled ids and keep the result under a name", cmd_concept_save)
+    a.add_argument("name", help="the concept's name: letters, digits, underscores (its view: concept_NAME)")
+    a.add_argument("--positive", required=True, metavar="IDS", help="comma-separated positive ids")
+    a.add_argument("--negative", default="", metavar="IDS", help="comma-separated negative ids")
+    _round_options(a)
+    a.add_argument("--note", default="", help="a line saying what the concept is")
+    a.add_argument("--replace", action="store_true", help="replace a concept of that name")
+    _json_flag(a)
+    a = action("list", "the saved concepts, with their sizes and whether they are stale", cmd_concept_list)
+    _json_flag(a)
+    a = action("show", "one concept: its definition, and its images now, best first", cmd_concept_show)
+    a.add_argument("name", help="the concept's name")
+    a.add_argument("--new", action="store_true", help="only images added since it was last opened")
+    a.add_argument("--seen", action="store_true", help="then record it as opened: those are no longer new")
+    a.add_argument(
+        "--limit",
+        type=int,
+        default=PRINT_LIMIT,
+        metavar="N",
+        help="ids to print; 0: all (the total is always reported)",
+    )
+    _json_flag(a)
+    a = action("rename", "give a concept another name (its view is renamed with it)", cmd_concept_rename)
+    a.add_argument("name", help="the concept's name")
+    a.add_argument("new_name", help="its new name")
+    a = action("delete", "delete a concept and its view", cmd_concept_delete)
+    a.add_argument("name", help="the concept's name")
+    a = action(
+        "retrain",
+        "fit a stale concept again from its stored labels on the current codes",
+        cmd_concept_retrain,
+    )
+    a.add_argument("name", help="the concept's name")
+    _json_flag(a)
+    a = action("export", "write a concept as a JSON file (- for stdout)", cmd_concept_export)
+    a.add_argument("name", help="the concept's name")
+    a.add_argument("file", help="the JSON file to write, or - for stdout")
+    a = action("import", "save the concept of a JSON file written by export", cmd_concept_import)
+    a.add_argument("file", help="a JSON file written by `concept export`")
+    a.add_argument("--name", default=None, help="save it under this name instead of the file's")
+    a.add_argument("--replace", action="store_true", help="replace a concept of that name")
 
     s = command("serve", "serve the search-and-refine web UI over one or more catalogs", cmd_serve)
     s.add_argument("catalogs", nargs="+", metavar="CATALOG", help="catalog files, opened read-only")

@@ -23,6 +23,7 @@ from ..errors import CatalogError, InvalidArgument, StaleIndexError
 from ..index import layout
 from ..limits import DEFAULT_BLOCK_SIZE
 from ..progress import Progress, reporter
+from ..store import tables
 from . import head as head_mod
 from . import quantize
 from .prompts import vocabulary
@@ -228,6 +229,10 @@ def index_embeddings(
             progress=build_progress,
             compact=compact,
             mapped=mapped,
-            index_info={"head_sha256": head.sha256, "embedding_part_max": part_max},
+            index_info={
+                "head_sha256": head.sha256,
+                "embedding_part_max": part_max,
+                "codes_space": tables.head_space(head.sha256, cat.setting("quantizer")),
+            },
         )
     return {"rows": int(n), "time_encode_s": t1 - t0, **stats}

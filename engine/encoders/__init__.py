@@ -63,3 +63,20 @@ __all__ = [
     "load_encoder",
     "load_text_encoder",
 ]
+
+
+class QueryEncoders:
+    """The encoders a catalog keeps for queries, loaded once each: the full encoder, or for
+    text queries only its text side while the full one is not loaded (no torch for the demo's)."""
+
+    @staticmethod
+    def get(cache: dict, lock, encoder_id: str, text: bool) -> Any:
+        with lock:
+            full = cache.get((encoder_id, False))
+            if full is not None or not text:
+                if full is None:
+                    full = cache[(encoder_id, False)] = load_encoder(encoder_id)
+                return full
+            if (encoder_id, True) not in cache:
+                cache[(encoder_id, True)] = load_text_encoder(encoder_id)
+            return cache[(encoder_id, True)]

@@ -117,6 +117,20 @@ class Round:
     center: np.ndarray
     sql: str
 
+    def record(self, request: RefineRequest) -> dict:
+        """The labels and options of the round, as a result keeps them (``Result.request``)."""
+        seed = request.random_state
+        return {
+            "positives": request.pos.tolist(),
+            "negatives": request.neg.tolist(),
+            "model": rf.model_name(request.model),
+            "sampled_negatives": request.sampled_negatives,
+            "negative_weight": request.negative_weight,
+            "filter_sampled": request.filter_sampled,
+            "guide": request.guide,
+            "random_state": seed if isinstance(seed, int) else None,
+        }
+
     def stats(self, request: RefineRequest) -> dict:
         """What the round trained on and learned, as its result's stats report it."""
         train = self.train
@@ -237,6 +251,8 @@ def refine(
         stats,
         round_.estimator,
         suggested,
+        round_.center,
+        round_.record(request),
     )
 
 

@@ -107,6 +107,9 @@ class Result:
     model : the fitted estimator of a refine round (its ``boxes_`` are what the SQL tests)
     suggestions : int64, refine only: unlabelled ids to label next, near the model's boundary
         and spread out (see :func:`suggest`)
+    center : int64 (32,), refine only: the code whose distance ranks rows of equal votes
+    request : refine only: the labels and options the round ran with (``positives``,
+        ``negatives``, ``model``, ...), what a saved concept keeps to be trained again
     """
 
     ids: np.ndarray
@@ -115,6 +118,8 @@ class Result:
     stats: dict
     model: object = field(default=None, repr=False)
     suggestions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    center: np.ndarray | None = field(default=None, repr=False)
+    request: dict = field(default_factory=dict, repr=False)
 
     def to_json(self, limit: int | None = None) -> dict:
         ids = self.ids if limit is None else self.ids[:limit]

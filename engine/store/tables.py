@@ -9,6 +9,8 @@ int64 ids, an Arrow table of metadata columns.
 from __future__ import annotations
 
 import hashlib
+import json
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -121,6 +123,7 @@ def replace_codes(store: Store, codes: np.ndarray, ids: np.ndarray) -> None:
         tx.execute("DELETE FROM codes")
         tx.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
         drop_index(store, tx)
+        store.set_settings({"codes_space": fresh_space()})
 
 
 def remove(store: Store, ids: np.ndarray) -> int:
@@ -171,8 +174,22 @@ def write_index(
         tx.execute("DELETE FROM blocks")
         tx.execute("INSERT INTO blocks BY NAME SELECT * FROM _blocks")
         store.set_settings({"index": dict(index)})
+        if check_known:  # new codes: what computed them is what the index records, or unknown
+            store.set_settings({"codes_space": index.get("codes_space") or fresh_space()})
         store.bump_data_version()
     store.checkpoint()
+
+
+def head_space(head_sha256: str, quantizer: Mapping[str, Any] | None) -> str:
+    """The name of the codes a head and quantizer compute (the ``codes_space`` setting): the
+    same head and quantizer always give the same name, any change another."""
+    text = f"{head_sha256}\n{json.dumps(quantizer, sort_keys=True)}"
+    return "head:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def fresh_space() -> str:
+    """A ``codes_space`` for codes of unknown origin (given by the caller, not by a head)."""
+    return f"codes:{uuid.uuid4().hex}"
 
 
 def store_head(store: Store, head: Head, quantizer: Quantizer) -> str:
