@@ -51,7 +51,6 @@ class Catalog:
         self.path = store.path
         self.read_only = store.read_only
         self._snapshot: Snapshot | None = None
-        self._encoders: dict[tuple[str, bool], object] = {}
         self._lock = threading.RLock()  # guards loading, so threads can share a read-only catalog
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -367,7 +366,7 @@ class Catalog:
         enc_id = self.setting("encoder")
         if not enc_id:
             raise CatalogError(f"{self.path} records no encoder, so it cannot encode queries; search by id=")
-        return QueryEncoders.get(self._encoders, self._lock, enc_id, text)
+        return QueryEncoders.get(enc_id, text)
 
     # -- saved concepts ----------------------------------------------------------------------
     @property

@@ -14,6 +14,15 @@ index       the same with head B, codes still A     ``index c.duckdb --block-siz
 export      indexed with head B; an export of the head-A catalog already at ``exp``
                                                     ``export c.duckdb exp --overwrite``
 
+serve-ingest  indexed with head B, served by ``clip-branches serve``
+                                                    ``ingest c.duckdb arrivals --batch-size 32``
+  (``arrivals``: 48 new images, Fashion-MNIST ones mirrored, and a truncated PNG). The command
+  stages the files and hands them to the server, which takes them in. Trials alternate: odd
+  ones kill the ingest command, even ones the server (the command must then exit with a message,
+  not hang); a killed server is started again and must answer and take in what was handed to
+  it. After each trial the server must settle (nothing pending); the checks below then run with
+  the server up, and the re-run goes through it too.
+
 The head is fitted by PCA unless ``--head-method distill`` (the CLI's default, one epoch): how a
 head is stored does not depend on how it was fitted (one transaction at the end), and
 distillation first spends about ten seconds encoding the prompt vocabulary, where a kill can
@@ -39,7 +48,8 @@ attempts). After the kill no process of the group may be left. Then, without tou
   disk; codes have unique ids of known images at positions 0..n-1; blocks cover the codes
   contiguously from 0, their zone maps hold the codes' real minima and maxima, and agree with
   the index settings; the stored head matches its checksum; ``index_status`` answers;
-* against the start state S and the reference R: ingest leaves no catalog, or a catalog whose
+* against the start state S and the reference R: serve-ingest keeps every image of S and holds
+  a subset of R's; ingest leaves no catalog, or a catalog whose
   images are a subset of R's (same uri, id, metadata, float16 embedding, thumbnail), and
   skipped files a subset of R's; train-head changes nothing but the head and quantizer, which
   are S's or R's, and text search answers as that state does; index changes nothing but the
@@ -59,7 +69,7 @@ rows gone), duplicates, reruns completed, invariant failures (with details), orp
 debris the kills left (files only a later run, or nobody, deletes), the states the kills left
 (outcomes), where the kills landed (as a share of d), and times.
 
-    python scripts/chaos_kill.py --kills 100 --seed 0 [--operations ingest train-head index export] [--images 1000]
+    python scripts/chaos_kill.py --kills 100 --seed 0 [--operations ingest train-head index export serve-ingest] [--images 1000]
 """
 
 from __future__ import annotations
@@ -72,10 +82,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +105,9 @@ from engine.datasets.demodata import write_fashion_mnist
 from engine.ingest.embeddings import load_embeddings
 from engine.store.parquet import FILES as EXPORT_FILES
 
-OPERATIONS = ("ingest", "train-head", "index", "export")
+OPERATIONS = ("ingest", "train-head", "index", "export", "serve-ingest")
+SERVED = "serve-ingest"  # ingest into a catalog `clip-branches serve` holds: the server adopts
+ARRIVALS = 48  # new image files the served catalog takes in (plus one corrupt file)
 CATALOG = "c.duckdb"
 EXPORT = "exp"
 TEXT_QUERIES = ("ankle boot",)
@@ -163,6 +177,16 @@ class Config:
             return ["index", cat, "--block-size", str(self.block_size), "--json"]
         if op == "export":
             return ["export", cat, str(self.work / EXPORT), "--overwrite", "--json"]
+        if op == SERVED:
+            return [
+                "ingest",
+                cat,
+                str(self.data / "arrivals"),
+                "--batch-size",
+                str(self.batch_size),
+                "--quiet",
+                "--json",
+            ]
         raise ValueError(f"unknown operation {op!r}")
 
 
@@ -188,6 +212,88 @@ def build_data(cfg: Config) -> None:
     (extra / "f_garbage.jpg").write_bytes(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
     png = (extra / "c_photo.png").read_bytes()
     (extra / "h_truncated.png").write_bytes(png[: len(png) // 3])
+    arrivals = cfg.data / "arrivals"
+    arrivals.mkdir(parents=True, exist_ok=True)
+    for src in sorted((cfg.data / "images").rglob("*.png"))[:ARRIVALS]:
+        Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(arrivals / f"new-{src.stem}.png")
+    (arrivals / "z_broken.png").write_bytes(png[: len(png) // 4])
+
+
+# -- a server holding the catalog --------------------------------------------------------------
+class Server:
+    """``clip-branches serve`` on the work catalog, in a session of its own."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            # No folding into the k-d order when idle: the result must not depend on timing.
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "serve",
+                str(cfg.work / CATALOG),
+                "--port",
+                str(self.port),
+                "--set",
+                "fold_idle_s=1000000",
+            ],
+            cwd=cfg.root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/health", timeout=5) as r:
+                return next(iter(json.loads(r.read())["catalogs"].values()))
+        except (OSError, ValueError):
+            return None
+
+    def wait_up(self, timeout: float = 300.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if self.health() is not None:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def wait_idle(self, timeout: float = 120.0) -> bool:
+        """Until nothing waits in the inbox and the writer waits for nothing."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            h = self.health()
+            if h is not None and h["pending"] == 0 and not h["status"]:
+                time.sleep(TICK_WAIT_S)  # an item submitted just now is seen at the next tick
+                h = self.health()
+                if h is not None and h["pending"] == 0 and not h["status"]:
+                    return True
+            time.sleep(0.2)
+        return False
+
+    def kill(self) -> int:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        return _orphans(self.proc.pid)
+
+    def stop(self) -> int:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+        return _orphans(self.proc.pid)
+
+
+TICK_WAIT_S = 1.0
 
 
 # -- running the CLI ---------------------------------------------------------------------------
@@ -342,6 +448,8 @@ def snapshot(cfg: Config) -> Snapshot:
     path = cfg.work / CATALOG
     snap.debris["catalog temp files"] = len(list(cfg.work.glob(f".{CATALOG}.*")))
     snap.debris["export temp dirs"] = len(list(cfg.work.glob(f".{EXPORT}.*")))
+    inbox = cfg.work / f"{CATALOG}.d" / "inbox"
+    snap.debris["unfinished inbox items"] = len(list(inbox.glob(".writing-*"))) if inbox.is_dir() else 0
     if (cfg.work / EXPORT).exists():
         snap.export = read_export(cfg.work / EXPORT)
     if not path.exists():
@@ -743,6 +851,21 @@ def check_after_kill(op: Operation, snap: Snapshot, f: Findings) -> None:
     where = "after the kill"
     c = check_catalog(snap, f, where)
     base, ref = op.base.catalog, op.reference.catalog
+    if op.name == SERVED:
+        if c is None:
+            f.losses += len(base.uris)
+            f.fail(f"{where}: the served catalog does not open")
+            return
+        lost = _lost(base, c)
+        if lost:
+            f.losses += lost
+            f.fail(f"{where}: {lost} image(s) or code(s) of the start state are gone")
+        _check_ingest_subset(c, ref, f, where)
+        new = len(set(c.uris) - set(base.uris))
+        f.outcome = (
+            "none taken in" if not new else ("all taken in" if set(c.uris) == set(ref.uris) else "partial")
+        )
+        return
     if op.name == "ingest":
         if snap.catalog is None and snap.open_error is None:
             f.outcome = "no catalog"
@@ -886,7 +1009,13 @@ def reference(cfg: Config, name: str, start: str, runs: int) -> Operation:
     durations, snaps = [], []
     for i in range(runs):
         restore_state(cfg, start)
+        server = Server(cfg) if name == SERVED else None
+        if server is not None and not server.wait_up():
+            raise RuntimeError("the server did not start")
         r = run_cli(cfg, cfg.command(name))
+        if server is not None:
+            server.wait_idle()
+            server.stop()
         if r.returncode != 0:
             raise RuntimeError(f"{name} failed without a kill ({r.returncode}): {r.stderr}")
         durations.append(r.seconds)
@@ -972,6 +1101,8 @@ def prepare(cfg: Config, operations: list[str], references: int = 2) -> dict[str
         shutil.copytree(cfg.state_dir("old-export"), cfg.work / EXPORT)
         save_state(cfg, "start-export")
         ops["export"] = reference(cfg, "export", "start-export", runs("export"))
+    if last >= 4:
+        ops[SERVED] = reference(cfg, SERVED, "ref-index", runs(SERVED))
     return {name: ops[name] for name in operations}
 
 
@@ -991,9 +1122,12 @@ class Tally:
     kill_fractions: list = field(default_factory=list)
 
 
-def trial(cfg: Config, op: Operation, delay: float, tally: Tally) -> None:
+def trial(cfg: Config, op: Operation, delay: float, tally: Tally, attempt: int = 0) -> None:
     """Restore the start state, run the command with a kill after ``delay`` s, check, run it
     again, check; add the counts to ``tally``."""
+    if op.name == SERVED:
+        served_trial(cfg, op, delay, tally, kill_server=attempt % 2 == 1)
+        return
     restore_state(cfg, op.start)
     run = run_cli(cfg, cfg.command(op.name), kill_after=delay)
     f = Findings()
@@ -1031,6 +1165,90 @@ def trial(cfg: Config, op: Operation, delay: float, tally: Tally) -> None:
         tally.failures += [f"{label}: {m}" for m in f.failures][: max(0, MAX_DETAILS - len(tally.failures))]
 
 
+def served_trial(cfg: Config, op: Operation, delay: float, tally: Tally, kill_server: bool) -> None:
+    """Ingest into a served catalog and SIGKILL, after ``delay`` s, either the ingest command or
+    the server. A server that survives must keep answering; a killed one must start again and
+    take in what was handed to it. Then the ingest runs again, and the result must be the
+    reference's."""
+    restore_state(cfg, op.start)
+    f = Findings()
+    server = Server(cfg)
+    if not server.wait_up():
+        f.fail("the server did not start")
+        server.kill()
+        _record(tally, f, delay, killed=False)
+        return
+    if kill_server:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *cfg.command(op.name)],
+            cwd=cfg.root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        time.sleep(delay)
+        killed = proc.poll() is None
+        orphans = server.kill()
+        try:
+            _, err = proc.communicate(timeout=cfg.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            f.fail("the ingest command hung after its server was killed")
+        if proc.returncode not in (0, 1):
+            f.fail(
+                f"the ingest command exited with {proc.returncode} after its server was killed: {err[-300:]!r}"
+            )
+        server = Server(cfg)
+        if not server.wait_up():
+            f.fail("the server did not start again after the kill")
+    else:
+        run = run_cli(cfg, cfg.command(op.name), kill_after=delay)
+        killed, orphans = run.killed, run.orphans
+        if not killed and run.returncode != 0:
+            f.fail(f"the run exited with {run.returncode}: {run.stderr}")
+        if server.health() is None:
+            f.fail("the server stopped answering after the ingest command was killed")
+    if orphans:
+        tally.orphans += orphans
+        f.fail(f"{orphans} process(es) of the killed group still alive")
+    if not server.wait_idle():
+        f.fail(f"the server did not settle after the kill: {server.health()}")
+    if killed:
+        tally.kills += 1
+        tally.kill_fractions.append(delay / float(np.mean(op.durations)))
+        after = snapshot(cfg)
+        tally.debris.update({k: v for k, v in after.debris.items() if v})
+        check_after_kill(op, after, f)
+        tally.outcomes[
+            ("server killed: " if kill_server else "ingest killed: ") + (f.outcome or "unexpected")
+        ] += 1
+    else:
+        tally.missed += 1
+    rerun = run_cli(cfg, cfg.command(op.name))
+    if rerun.returncode == 0:
+        tally.reruns_completed += killed
+    else:
+        f.fail(f"the re-run exited with {rerun.returncode}: {rerun.stderr}")
+    server.wait_idle()
+    tally.orphans += server.stop()
+    check_final(cfg, op, snapshot(cfg), f)
+    if killed and not f.failures:
+        tally.survived += 1
+    _record(tally, f, delay, killed)
+
+
+def _record(tally: Tally, f: Findings, delay: float, killed: bool) -> None:
+    tally.losses += f.losses
+    tally.duplicates += f.duplicates
+    if f.failures:
+        tally.invariant_failures += len(f.failures)
+        label = f"kill at {delay:.2f} s" if killed else f"missed kill at {delay:.2f} s"
+        tally.failures += [f"{label}: {m}" for m in f.failures][: max(0, MAX_DETAILS - len(tally.failures))]
+
+
 def run_chaos(
     root: Path,
     *,
@@ -1058,7 +1276,7 @@ def run_chaos(
         attempts = 0
         while tally.kills < want and attempts < 3 * want:
             attempts += 1
-            trial(cfg, op, float(rng.uniform(0.0, duration)), tally)
+            trial(cfg, op, float(rng.uniform(0.0, duration)), tally, attempts)
         fr = np.array(tally.kill_fractions)
         report[name] = {
             "command": " ".join(["clip-branches", *cfg.command(name)]).replace(str(cfg.root) + os.sep, ""),

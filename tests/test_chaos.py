@@ -1,6 +1,7 @@
 """SIGKILL fault injection, short version: two kills per operation with ``scripts/chaos_kill.py``.
 
-The script kills ingest, train-head, index and export at random points, checks DuckDB-level and
+The script kills ingest, train-head, index and export at random points, and ingest into a served
+catalog (the ingest command, then the server), checks DuckDB-level and
 engine invariants after each kill, runs the command again and compares the result with an
 unkilled run (see its docstring). Here every kill must have landed while the command was running
 and been survived: the re-run completed, and nothing was lost, duplicated or left running.
@@ -22,7 +23,7 @@ def test_kills_at_random_points_lose_nothing(tmp_path, load_script):
     chaos = load_script("chaos_kill")
     report = chaos.run_chaos(
         tmp_path,
-        kills=8,
+        kills=2 * len(chaos.OPERATIONS),
         seed=0,
         operations=list(chaos.OPERATIONS),
         images=200,

@@ -12,6 +12,7 @@ from engine.errors import (
     InvalidArgument,
 )
 from engine.limits import WEB_FORM_BODY_BYTES as FORM_BODY_BYTES
+from engine.live import Inbox
 
 from .bodies import (
     DEFAULT_K,
@@ -129,12 +130,18 @@ async def api_sql(request: BodyRequest, data: JSONBody[SqlRequest]) -> SqlRespon
 
 @dataclass
 class CatalogHealth:
-    """One served catalog: its rows, the DuckDB connections open to it now, and the console
-    queries running in its worker processes."""
+    """One served catalog: its rows, the DuckDB connections open to it now, the console
+    queries running in its worker processes, how many times it changed while served
+    (``version``), its images waiting in the inbox, what its writer waits for, if anything, and
+    how long its last write held requests back (``write_ms``)."""
 
     rows: int
     duckdb_connections: int
     console_queries: int
+    version: int
+    pending: int
+    status: str
+    write_ms: float
 
 
 @dataclass
@@ -165,6 +172,17 @@ def api_health(
 ) -> Health:
     app = state_of(request)
     served = [app.catalog(catalog)] if catalog else list(app.catalogs.values())
-    catalogs = {s.name: CatalogHealth(s.rows, s.cat.connection_count(), s.console.busy()) for s in served}
+    catalogs = {
+        s.name: CatalogHealth(
+            s.rows,
+            s.cat.connection_count(),
+            s.console.busy(),
+            s.version,
+            len(Inbox.of(s.path).pending()),
+            s.status,
+            round(s.write_ms, 1),
+        )
+        for s in served
+    }
     kept, ids = app.results.size()
     return Health("ok", catalogs, kept, ids)

@@ -16,6 +16,7 @@ This module assembles the app; the handlers live in :mod:`web.pages`, :mod:`web.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from litestar import Litestar
@@ -42,6 +43,7 @@ from .bodies import (
 )
 from .console import console_csv, console_page, console_run
 from .guard import AllowedHosts, site_guard
+from .live import Writer
 from .middleware import cancel_on_disconnect, server_timing
 from .pages import (
     base64_chars,
@@ -67,14 +69,27 @@ HERE = Path(__file__).parent
 
 
 def create_app(
-    paths: list[str | Path], settings: Settings | None = None, *, warm_up: bool = True
+    paths: list[str | Path],
+    settings: Settings | None = None,
+    *,
+    warm_up: bool = True,
+    watch: Sequence[str | Path] = (),
 ) -> Litestar:
-    """The Litestar app serving ``paths`` (catalog files, opened read-only and sandboxed)."""
+    """The Litestar app serving ``paths`` (catalog files, opened read-only and sandboxed), with
+    the writer that takes new images in while they are served (:mod:`web.live`); ``watch``:
+    folders whose new, changed and deleted files it takes into the first catalog."""
     settings = settings or Settings()
     hosts = AllowedHosts.parse(settings.allowed_hosts)  # a malformed setting fails before the catalogs load
     state = App(list(paths), settings)
+    try:
+        writer = Writer(state, watch)
+    except BaseException:
+        state.close()
+        raise
+    state.writer = writer
     if warm_up:
         state.warm_up()
+    writer.start()
     app = Litestar(
         route_handlers=[
             index,
@@ -106,7 +121,7 @@ def create_app(
             UnicodeDecodeError: undecodable_form,
         },
         request_max_body_size=base64_chars(state.settings.max_upload_bytes) + UPLOAD_FRAMING_BYTES,
-        on_shutdown=[state.close],
+        on_shutdown=[writer.stop, state.close],
         middleware=[server_timing, cancel_on_disconnect],
         # The schema as data only: the HTML viewers load scripts from a CDN, which the CSP refuses.
         openapi_config=OpenAPIConfig(

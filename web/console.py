@@ -36,11 +36,12 @@ from .state import CONSOLE_POLL_S, App, CatalogParam, Served, state_of
 def console_page(request: HTMXRequest, catalog: CatalogParam = None) -> Template:
     app = state_of(request)
     served = app.catalog(catalog)
-    tables = served.cat.sql(
-        "SELECT table_name, string_agg(column_name, ', ' ORDER BY column_index) AS columns FROM duckdb_columns() "
-        "WHERE schema_name = 'main' AND database_name = current_database() AND NOT internal "
-        "AND NOT starts_with(table_name, '_') GROUP BY table_name ORDER BY table_name"
-    ).to_pylist()
+    with served.reading():
+        tables = served.cat.sql(
+            "SELECT table_name, string_agg(column_name, ', ' ORDER BY column_index) AS columns FROM duckdb_columns() "
+            "WHERE schema_name = 'main' AND database_name = current_database() AND NOT internal "
+            "AND NOT starts_with(table_name, '_') GROUP BY table_name ORDER BY table_name"
+        ).to_pylist()
     return Template(
         template_name="console.html",
         context={
@@ -214,12 +215,13 @@ def run_sql(
                 "rank": np.arange(1, len(ids) + 1, dtype=np.int64),
             }
         )
-    return served.console.run(
-        sql,
-        time_limit_s=app.settings.sql_time_limit_s,
-        waited_s=waited,
-        cancel=request.scope.get(CLIENT_GONE),
-        max_rows=app.settings.sql_max_rows,
-        max_bytes=app.settings.sql_max_bytes if max_bytes is None else max_bytes,
-        relations=relations,
-    )
+    with served.reading():
+        return served.console.run(
+            sql,
+            time_limit_s=app.settings.sql_time_limit_s,
+            waited_s=waited,
+            cancel=request.scope.get(CLIENT_GONE),
+            max_rows=app.settings.sql_max_rows,
+            max_bytes=app.settings.sql_max_bytes if max_bytes is None else max_bytes,
+            relations=relations,
+        )

@@ -420,9 +420,9 @@ def export_result(
             "votes" if kind == "refine" else "distance": result.scores,
         }
     )
-    images = app.catalog(name).cat.sql(
-        "SELECT * FROM images WHERE id IN (SELECT unnest(?))", [result.ids.tolist()]
-    )
+    served = app.catalog(name)
+    with served.reading():
+        images = served.cat.sql("SELECT * FROM images WHERE id IN (SELECT unnest(?))", [result.ids.tolist()])
     images = images.drop_columns([c for c in _HIDDEN_INFO if c in images.column_names])
     table = ranked.join(images, "id", join_type="left outer").sort_by("rank")
     if format == "csv":
@@ -440,7 +440,8 @@ def export_result(
 def image_info(request: HTMXRequest, catalog: FromPath[str], image_id: FromPath[int]) -> Template:
     """The metadata of one image, for the viewer: its row of ``images`` but the bookkeeping."""
     served = state_of(request).catalog(catalog)
-    rows = served.cat.sql("SELECT * FROM images WHERE id = ?", [image_id]).to_pylist()
+    with served.reading():
+        rows = served.cat.sql("SELECT * FROM images WHERE id = ?", [image_id]).to_pylist()
     if not rows:
         raise UnknownIds([image_id])
     info = [(k, v) for k, v in rows[0].items() if k not in _HIDDEN_INFO and v is not None]
@@ -449,7 +450,9 @@ def image_info(request: HTMXRequest, catalog: FromPath[str], image_id: FromPath[
 
 @get("/thumb/{catalog:str}/{image_id:int}", sync_to_thread=True)
 def thumbnail(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> Response:
-    return _image_response(request, state_of(request).catalog(catalog).thumbs.get(image_id))
+    served = state_of(request).catalog(catalog)
+    with served.reading():
+        return _image_response(request, served.thumbs.get(image_id))
 
 
 @get(
@@ -461,4 +464,6 @@ def thumbnail(request: Request, catalog: FromPath[str], image_id: FromPath[int])
     ),
 )
 def original(request: Request, catalog: FromPath[str], image_id: FromPath[int]) -> Response:
-    return _image_response(request, state_of(request).catalog(catalog).thumbs.viewable(image_id))
+    served = state_of(request).catalog(catalog)
+    with served.reading():
+        return _image_response(request, served.thumbs.viewable(image_id))

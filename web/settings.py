@@ -36,6 +36,21 @@ class Settings:
     )
     max_upload_bytes: int = field(default=20_000_000, metadata={"help": "largest query image accepted"})
     thumb_max_age_s: int = field(default=86_400, metadata={"help": "Cache-Control max-age of thumbnails"})
+    fold_idle_s: float = field(
+        default=20.0,
+        metadata={
+            "help": "seconds without requests after which images added while serving join the k-d order"
+        },
+    )
+    fold_max_rows: int = field(
+        default=5_000_000,
+        metadata={
+            "help": "largest catalog the server re-indexes itself; larger ones wait for `clip-branches index`"
+        },
+    )
+    watch_every_s: float = field(
+        default=2.0, metadata={"help": "how often --watch folders are scanned, seconds"}
+    )
     allowed_hosts: str = field(
         default="",
         metadata={

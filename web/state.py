@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,9 @@ from engine.sandbox import QueryParser, QueryPool
 from .settings import Settings
 from .thumbs import Thumbnails
 
+# How long a request waits while the writer has the catalog alone, and the writer for requests
+# to finish before it tries again later.
+SWAP_WAIT_S = 30.0
 CONSOLE_POLL_S = 0.02  # how often a console request waiting for a slot looks again
 # Bytes a request may add around an uploaded image (multipart or JSON framing, the other fields).
 UPLOAD_FRAMING_BYTES = 1_000_000
@@ -44,9 +48,57 @@ MODEL_LABELS = {
 }
 
 
+class SwapGate:
+    """Lets requests read the catalog together, and the writer (:mod:`web.live`) have it alone
+    for the moment it takes new images in: a waiting writer holds back new readers, so it is not
+    starved; a reader that waits longer than its timeout gets ServerBusy (a 503)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = False
+        self.last_read = time.monotonic()  # when a request last read the catalog
+
+    @contextlib.contextmanager
+    def reading(self, timeout: float, request: bool = True):
+        """``request``: a request reads (False: the writer itself, which does not count as use)."""
+        if request:
+            self.last_read = time.monotonic()
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._writer and not self._waiting, timeout):
+                raise ServerBusy("the catalog is taking new images in; try again in a moment")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    def acquire_alone(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the readers to finish, holding new ones back; True once
+        this thread has the catalog alone (then :meth:`release_alone`), False if they did not."""
+        with self._cond:
+            if self._writer or self._waiting:
+                return False
+            self._waiting = True
+            ok = self._cond.wait_for(lambda: self._readers == 0, timeout)
+            self._waiting = False
+            self._writer = ok
+            self._cond.notify_all()
+            return ok
+
+    def release_alone(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
 @dataclass
 class Served:
-    """One catalog the app serves."""
+    """One catalog the app serves. ``cat``, ``thumbs``, ``rows`` and ``console`` are replaced
+    when the writer takes new images in: use them inside :meth:`reading` (or :meth:`working`)."""
 
     name: str
     path: Path
@@ -56,6 +108,15 @@ class Served:
     console: QueryPool
     gate: threading.BoundedSemaphore
     console_slots: threading.BoundedSemaphore
+    swap: SwapGate = field(default_factory=SwapGate)
+    version: int = 0  # how many times the writer changed the catalog since the server started
+    status: str = ""  # what the writer is waiting for, when it is
+    write_ms: float = 0.0  # how long requests last waited on the writer (it had the catalog alone)
+
+    def reading(self, request: bool = True):
+        """Hold the catalog open (not swapped) while the block runs; ``request=False`` for the
+        writer's own reads, which do not keep the catalog from counting as idle."""
+        return self.swap.reading(SWAP_WAIT_S, request)
 
     @contextlib.contextmanager
     def working(self):
@@ -67,7 +128,8 @@ class Served:
                 f"the catalog {self.name!r} is busy with other searches and fine-tunes; try again in a moment"
             )
         try:
-            yield
+            with self.reading():
+                yield
         finally:
             self.gate.release()
 
@@ -160,6 +222,20 @@ class App:
         self.results = Results(settings.results_kept, settings.result_ids_kept)
         self.decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
         self.parser = QueryParser()
+        self.writer = None  # the catalog writer (web.live.Writer), once the app has one
+
+    def open_served(self, served: Served) -> None:
+        """Open ``served``'s file read-only again after the writer changed it (the writer holds
+        it alone): a new catalog, thumbnails and console, the index loaded before any request."""
+        settings = self.settings
+        cat = engine.Catalog.open(
+            served.path, read_only=True, sandbox=True, memory_limit=settings.sql_memory_limit
+        )
+        served.rows = cat.block_index().n_rows
+        served.cat, served.thumbs = cat, Thumbnails(cat)
+        served.console = QueryPool(
+            served.path, workers=settings.sql_workers, memory_limit=settings.sql_memory_limit
+        )
 
     def query_image(self, blob: bytes) -> Image.Image:
         """The uploaded image ``blob`` decoded for a search (see ``decode_query_image``), at most

@@ -12,8 +12,10 @@ import numpy as np
 from ..boxes import BoxSet
 from ..catalog import Catalog
 from ..errors import CatalogError
+from ..live import served_by
 
 DEFAULT_ENCODER = "demo:fashion-v1"
+HANDOVER_WAIT_S = 600.0  # how long `ingest` on a served catalog waits for the server's report
 EXIT_FAILURE = 1  # the command ran and failed; the message says what to do
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_PIPE = 141  # stdout closed early (128 + SIGPIPE), as a shell pipeline's tools end
@@ -130,6 +132,8 @@ def cmd_ingest(args) -> int:
     from ..encoders import load_encoder
     from ..ingest import ingest
 
+    if Path(args.catalog).exists() and served_by(args.catalog) is not None:
+        return _ingest_served(args)
     with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
         enc_id = args.encoder or cat.setting("encoder") or DEFAULT_ENCODER
         if args.spark:
@@ -165,6 +169,40 @@ def cmd_ingest(args) -> int:
     return _print_ingest(args, report, status, has_head)
 
 
+def _ingest_served(args) -> int:
+    """``ingest`` on a catalog a server holds: stage here, hand over, print the server's report."""
+    from ..encoders import load_encoder
+    from ..ingest.run import IngestReport
+    from ..live import hand_over, open_reading, wait_report
+
+    if args.spark or args.reembed:
+        raise CatalogError(
+            f"{args.catalog} is being served; ingest into it without --spark and --reembed, or stop "
+            "`clip-branches serve` first"
+        )
+    with open_reading(args.catalog, 60.0) as cat:
+        enc_id = args.encoder or cat.setting("encoder") or DEFAULT_ENCODER
+    encoder = load_encoder(enc_id, device=args.device, batch_size=args.batch_size)
+    name = hand_over(
+        args.catalog,
+        args.sources,
+        encoder,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        thumbnails=not args.no_thumbnails,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print("# staged; the server is taking the images in", file=sys.stderr)
+    body = wait_report(args.catalog, name, HANDOVER_WAIT_S)
+    fields = IngestReport.__dataclass_fields__
+    report = IngestReport(**{k: v for k, v in body.items() if k in fields and k != "skipped_files"})
+    report.skipped_files = [tuple(p) for p in body.get("skipped_files", [])]
+    with open_reading(args.catalog, 60.0) as cat:
+        status, has_head = cat.index_status(), cat.setting("head") is not None
+    return _print_ingest(args, report, status, has_head)
+
+
 # DuckDB marks deleted rows and reuses their space, but does not erase it.
 _REMOVED_HINT = (
     "the catalog file still holds the bytes of the removed images (their paths and metadata) until "
@@ -196,6 +234,7 @@ def _print_ingest(args, report, status: dict, has_head: bool) -> int:
     print(
         f"{args.catalog}: {summary['added']} added, {summary['updated']} updated, {summary['removed']} removed, "
         f"{summary['skipped']} skipped; {summary['images_per_second']:.0f} images/s"
+        + (f"; {report.coded} searchable now, before the next index" if report.coded else "")
     )
     return 0
 
@@ -206,6 +245,10 @@ def cmd_add(args) -> int:
     from ..encoders import load_encoder
     from ..ingest import ingest
 
+    if Path(args.catalog).exists() and served_by(args.catalog) is not None:
+        # The server takes the images in, codes them with its head and indexes them when idle.
+        args.spark, args.no_thumbnails = None, False
+        return _ingest_served(args)
     out = {}
     with Catalog.open(args.catalog) if Path(args.catalog).exists() else Catalog.create(args.catalog) as cat:
         enc_id = args.encoder or cat.setting("encoder") or DEFAULT_ENCODER
@@ -519,11 +562,13 @@ def _tsv(value) -> str:
 
 def cmd_serve(args) -> int:
     settings = [f"{name}={value}" for name, value in args.setting] + args.set
-    serve(args.catalogs, args.host, args.port, settings=settings)
+    serve(args.catalogs, args.host, args.port, settings=settings, watch=args.watch)
     return 0
 
 
-def serve(catalogs: list[str], host: str, port: int, settings: list[str] | None = None) -> None:
+def serve(
+    catalogs: list[str], host: str, port: int, settings: list[str] | None = None, watch: list[str] = ()
+) -> None:
     """Serve the web UI over ``catalogs`` until interrupted."""
     try:
         import uvicorn
@@ -545,7 +590,7 @@ def serve(catalogs: list[str], host: str, port: int, settings: list[str] | None 
         "machine compiles them, about a minute)",
         flush=True,
     )
-    app = create_app(catalogs, config)
+    app = create_app(catalogs, config, watch=watch)
     print(f"clip-branches: serving {', '.join(catalogs)} at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -6,8 +6,33 @@ import json
 import sys
 
 from ..catalog import Catalog
-from ..concepts import Concept
+from ..concepts import Concept, export, from_result
+from ..live import open_reading, served_by, submit_op, wait_report
 from .commands import _limit, _say_capped, _shown, print_json
+
+SERVER_WAIT_S = 120.0  # how long a change handed to the server may take
+
+
+def _via_server(catalog: str, op: dict) -> dict | None:
+    """When a server holds ``catalog``, hand it the concept change ``op`` and return its report
+    (the concept as saved); None when nobody serves it (change the file here)."""
+    if served_by(catalog) is None:
+        return None
+    return wait_report(catalog, submit_op(catalog, op), SERVER_WAIT_S, what="the concept change")
+
+
+def _served_summary(doc: dict) -> dict:
+    return {
+        "name": doc["name"],
+        "view": doc["view"],
+        "stale": doc["stale"],
+        "results": None,
+        "positives": len(doc["request"].get("positives") or []),
+        "negatives": len(doc["request"].get("negatives") or []),
+        "model": doc["request"].get("model"),
+        "updated_at": doc["updated_at"],
+        "note": doc.get("note", ""),
+    }
 
 
 def _summary(concept: Concept, results: int | None) -> dict:
@@ -30,6 +55,8 @@ def _count(cat: Catalog, concept: Concept) -> int | None:
 
 
 def cmd_concept_save(args) -> int:
+    if served_by(args.catalog) is not None:
+        return _save_served(args)
     with Catalog.open(args.catalog) as cat:
         result = cat.refine(
             args.positive,
@@ -47,6 +74,30 @@ def cmd_concept_save(args) -> int:
         print_json(out)
     else:
         print(f"saved concept {concept.name!r}: {out['results']} images; query it as {concept.view}")
+    return 0
+
+
+def _save_served(args) -> int:
+    """``concept save`` on a served catalog: fine-tune here, read-only; the server saves it."""
+    with open_reading(args.catalog, 60.0) as cat:
+        result = cat.refine(
+            args.positive,
+            args.negative or (),
+            model=args.model,
+            sampled_negatives=args.sampled_negatives,
+            negative_weight=args.negative_weight,
+            random_state=args.seed,
+            guide=not args.no_guide,
+            suggestions=0,
+        )
+        concept = from_result(args.name, result, args.note)
+        concept.codes_space = cat.setting("codes_space") or ""
+    doc = _via_server(args.catalog, {"op": "save", "doc": export(concept), "replace": args.replace})
+    out = {**_served_summary(doc), "results": len(result.ids)}
+    if args.json:
+        print_json(out)
+    else:
+        print(f"saved concept {doc['name']!r}: {out['results']} images; query it as {doc['view']}")
     return 0
 
 
@@ -72,11 +123,18 @@ def cmd_concept_list(args) -> int:
 
 
 def cmd_concept_show(args) -> int:
-    with Catalog.open(args.catalog, read_only=not args.seen) as cat:
+    served = args.seen and served_by(args.catalog) is not None
+    with (
+        open_reading(args.catalog, 60.0)
+        if served
+        else Catalog.open(args.catalog, read_only=not args.seen) as cat
+    ):
         concept = cat.concept(args.name)
         ids = cat.concepts.new_ids(concept.name) if args.new else cat.concepts.result(concept.name).ids
-        if args.seen:
+        if args.seen and not served:
             cat.concepts.mark_seen(concept.name)
+    if served:
+        _via_server(args.catalog, {"op": "seen", "name": concept.name})
     limit = _limit(args, len(ids))
     if args.json:
         print_json(
@@ -100,23 +158,32 @@ def cmd_concept_show(args) -> int:
 
 
 def cmd_concept_rename(args) -> int:
-    with Catalog.open(args.catalog) as cat:
-        concept = cat.concepts.rename(args.name, args.new_name)
-    print(f"renamed; query it as {concept.view}")
+    doc = _via_server(args.catalog, {"op": "rename", "name": args.name, "new_name": args.new_name})
+    if doc is None:
+        with Catalog.open(args.catalog) as cat:
+            doc = cat.concepts.rename(args.name, args.new_name).to_json()
+    print(f"renamed; query it as {doc['view']}")
     return 0
 
 
 def cmd_concept_delete(args) -> int:
-    with Catalog.open(args.catalog) as cat:
-        cat.concepts.delete(args.name)
+    if _via_server(args.catalog, {"op": "delete", "name": args.name}) is None:
+        with Catalog.open(args.catalog) as cat:
+            cat.concepts.delete(args.name)
     print(f"deleted concept {args.name.strip().lower()!r}")
     return 0
 
 
 def cmd_concept_retrain(args) -> int:
-    with Catalog.open(args.catalog) as cat:
-        concept = cat.concepts.retrain(args.name)
-        out = _summary(concept, _count(cat, concept))
+    doc = _via_server(args.catalog, {"op": "retrain", "name": args.name})
+    if doc is not None:
+        with open_reading(args.catalog, 60.0) as cat:
+            concept = cat.concept(doc["name"])
+            out = _summary(concept, _count(cat, concept))
+    else:
+        with Catalog.open(args.catalog) as cat:
+            concept = cat.concepts.retrain(args.name)
+            out = _summary(concept, _count(cat, concept))
     if args.json:
         print_json(out)
     else:
@@ -136,12 +203,30 @@ def cmd_concept_export(args) -> int:
 
 def cmd_concept_import(args) -> int:
     source = sys.stdin.buffer.read() if args.file == "-" else args.file
-    with Catalog.open(args.catalog) as cat:
-        concept = cat.concepts.import_file(source, name=args.name, replace=args.replace)
+    if served_by(args.catalog) is not None:
+        doc = _import_served(args, source)
+    else:
+        with Catalog.open(args.catalog) as cat:
+            doc = cat.concepts.import_file(source, name=args.name, replace=args.replace).to_json()
     state = (
         "stale: this catalog's codes are not those it was fitted on; run `concept retrain`"
-        if concept.stale
+        if doc["stale"]
         else "ready"
     )
-    print(f"imported concept {concept.name!r} ({state}); query it as {concept.view}")
+    print(f"imported concept {doc['name']!r} ({state}); query it as {doc['view']}")
     return 0
+
+
+def _import_served(args, source) -> dict:
+    """``concept import`` on a served catalog: the file is checked here, saved by the server."""
+    from pathlib import Path
+
+    from ..concepts import read_export
+    from ..errors import InvalidArgument
+
+    if isinstance(source, str) and not Path(source).is_file():
+        raise InvalidArgument(f"no concept file at {source}")
+    data = Path(source).read_bytes() if isinstance(source, str) else source
+    concept, space = read_export(data, args.name)
+    concept.codes_space = space
+    return _via_server(args.catalog, {"op": "save", "doc": export(concept), "replace": args.replace})

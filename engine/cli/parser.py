@@ -536,6 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("serve", "serve the search-and-refine web UI over one or more catalogs", cmd_serve)
     s.add_argument("catalogs", nargs="+", metavar="CATALOG", help="catalog files, opened read-only")
+    s.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="take new and changed image files under DIR into the first catalog as they appear, and "
+        "remove deleted ones (repeatable)",
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument(

@@ -54,6 +54,44 @@ def _load_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
     return ids, emb
 
 
+def code_new_images(cat: Catalog) -> int:
+    """Give images ingested since the last index build their codes from the stored head and
+    quantizer, appended after the indexed rows, so they are searchable before the next
+    ``index``; returns how many. Nothing happens unless the catalog's codes were computed by
+    that head and quantizer (the ``codes_space`` setting): codes of two heads never mix."""
+    from ..ingest.embeddings import read_part
+
+    cat.store.check_writable()
+    head_meta, quantizer = cat.setting("head"), cat.setting("quantizer")
+    if not head_meta or not quantizer:
+        return 0
+    space, expected = cat.setting("codes_space"), tables.head_space(head_meta["sha256"], quantizer)
+    if space is None and (cat.setting("index") or {}).get("head_sha256") == head_meta["sha256"]:
+        cat.store.set_settings({"codes_space": expected})  # built before builds recorded it
+        space = expected
+    if space != expected:
+        return 0
+    rows = cat.store.arrow(
+        "SELECT i.id, p.file, p.dim FROM images i JOIN embedding_parts p ON p.part_id = i.embedding_part "
+        "WHERE NOT EXISTS (SELECT 1 FROM codes c WHERE c.id = i.id) ORDER BY i.id"
+    )
+    if rows.num_rows == 0:
+        return 0
+    head, quant = cat.head(), cat.quantizer()
+    ids = rows.column("id").to_numpy()
+    files = rows.column("file").to_pylist()
+    dims = rows.column("dim").to_numpy()
+    codes = np.empty((len(ids), head.out_dim), np.uint8)
+    for name in sorted(set(files)):
+        at = np.flatnonzero(np.asarray(files, dtype=object) == name)
+        emb = read_part(cat.side_dir / "embeddings" / name, ids[at], int(dims[at[0]]))
+        if emb.shape[1] != head.in_dim:
+            return 0  # embeddings of another encoder: `index` after `train-head` codes them
+        codes[at] = quant.encode(head.apply(emb))
+    tables.append_codes(cat.store, codes, ids)
+    return int(len(ids))
+
+
 def train_head(
     cat: Catalog,
     *,

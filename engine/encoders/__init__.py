@@ -13,6 +13,7 @@ torch and open_clip are imported only when an encoder is loaded, so ``import eng
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ..errors import EncoderError
@@ -66,17 +67,22 @@ __all__ = [
 
 
 class QueryEncoders:
-    """The encoders a catalog keeps for queries, loaded once each: the full encoder, or for
-    text queries only its text side while the full one is not loaded (no torch for the demo's)."""
+    """The encoders loaded for queries, once per process and encoder id (an encoder does not
+    change, so every catalog object that uses it shares it, including one opened again after a
+    write): the full encoder, or for text queries only its text side while the full one is not
+    loaded (no torch for the demo's)."""
 
-    @staticmethod
-    def get(cache: dict, lock, encoder_id: str, text: bool) -> Any:
-        with lock:
-            full = cache.get((encoder_id, False))
+    _cache: dict[tuple[str, bool], Any] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls, encoder_id: str, text: bool) -> Any:
+        with cls._lock:
+            full = cls._cache.get((encoder_id, False))
             if full is not None or not text:
                 if full is None:
-                    full = cache[(encoder_id, False)] = load_encoder(encoder_id)
+                    full = cls._cache[(encoder_id, False)] = load_encoder(encoder_id)
                 return full
-            if (encoder_id, True) not in cache:
-                cache[(encoder_id, True)] = load_text_encoder(encoder_id)
-            return cache[(encoder_id, True)]
+            if (encoder_id, True) not in cls._cache:
+                cls._cache[(encoder_id, True)] = load_text_encoder(encoder_id)
+            return cls._cache[(encoder_id, True)]

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..catalog import Catalog
+from ..codes.pipeline import code_new_images
 from ..encoders import Encoder
 from ..errors import IngestError, ReadOnlyError
 from ..store.database import Transaction
@@ -39,6 +40,7 @@ class IngestReport:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    coded: int = 0  # new images given codes by the stored head, searchable before the next index
     skipped: int = 0  # len(skipped_files): failed now, known bad from earlier runs, unusable rows
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason)
     known_bad: int = 0  # of those, unchanged bad files not retried
@@ -92,6 +94,7 @@ class IngestRun:
         t0 = time.perf_counter()
         _finish(self.cat, self.parts, self.scanned, self.plan, self.meta, self.writer.lost_ids, self.report)
         report = self.report
+        report.coded = code_new_images(self.cat)
         report.time_finish_s = time.perf_counter() - t0
         report.skipped_files += [*not_written, *self.plan.known_bad, *self.scanned.problems]
         report.known_bad = len(self.plan.known_bad)

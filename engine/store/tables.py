@@ -98,6 +98,24 @@ def add_codes(store: Store, codes: np.ndarray, ids: np.ndarray | None, meta: pa.
     return ids
 
 
+def append_codes(store: Store, codes: np.ndarray, ids: np.ndarray) -> None:
+    """Codes for images that have none yet, after the last position (outside the k-d order, in
+    insertion-order blocks until the next build), in one transaction."""
+    if len(ids) == 0:
+        return
+    with store.memory_limit(), store.write() as tx:
+        n_rows = int(tx.value("SELECT count(*) FROM codes"))
+        with tx.registered(_new_codes=codes_table(codes.T, ids, n_rows)):
+            bad = tx.value(
+                "SELECT count(*) FROM _new_codes n WHERE EXISTS (SELECT 1 FROM codes c WHERE c.id = n.id) "
+                "OR NOT EXISTS (SELECT 1 FROM images i WHERE i.id = n.id)"
+            )
+            if bad:
+                raise InvalidCodes(f"{bad} of the codes are for unknown images or images that have codes")
+            tx.execute("INSERT INTO codes BY NAME SELECT * FROM _new_codes")
+        store.bump_data_version()
+
+
 def _ensure_metadata_columns(store: Store, tx: Transaction, meta: pa.Table) -> list[str]:
     existing = {name for name, _ in store.columns("images")}
     types = dict(tx.execute("SELECT column_name, column_type FROM (DESCRIBE _new_meta)"))
