@@ -391,7 +391,15 @@ def test_health_reports_rows_connections_and_results_kept(client):
     body = health.json()
     rows = client.post("/api/sql", json={"sql": "SELECT count(*) AS n FROM codes"}).json()["rows"][0]["n"]
     assert body["status"] == "ok" and body["catalogs"] == {
-        "fashion": {"rows": rows, "duckdb_connections": 1, "console_queries": 0}
+        "fashion": {
+            "rows": rows,
+            "duckdb_connections": 1,
+            "console_queries": 0,
+            "version": 0,
+            "pending": 0,
+            "status": "",
+            "write_ms": 0.0,
+        }
     }
     client.get("/search", params={"q": "bag"}, headers=HX)
     body = client.get("/api/health").json()

@@ -104,7 +104,7 @@ def api_refine(
     app = state_of(request)
     served = app.catalog(data.catalog)
     result = run_refine(app, served, data)
-    return ResultResponse.of(result, app.results.put(served.name, result), limit)
+    return ResultResponse.of(result, app.results.put(served.name, result, "refine"), limit)
 
 
 @post(

@@ -41,6 +41,8 @@ from .bodies import (
     SqlResponse,
     _document_bodies,
 )
+from .concepts import BODIES as CONCEPT_BODIES
+from .concepts import ROUTES as CONCEPT_ROUTES
 from .console import console_csv, console_page, console_run
 from .guard import AllowedHosts, site_guard
 from .live import Writer
@@ -111,6 +113,7 @@ def create_app(
             api_refine,
             api_sql,
             api_health,
+            *CONCEPT_ROUTES,
             create_static_files_router(path="/static", directories=[HERE / "static"]),
         ],
         plugins=[HTMXPlugin()],
@@ -132,5 +135,7 @@ def create_app(
     # Around the router, as Litestar puts CORS, not per route: unknown paths get the headers too.
     app.asgi_handler = site_guard(app.asgi_handler, hosts)
     app.state.cb = state
-    _document_bodies(app, (RefineRequest, SearchRequest, SqlRequest, ResultResponse, SqlResponse))
+    _document_bodies(
+        app, (RefineRequest, SearchRequest, SqlRequest, ResultResponse, SqlResponse, *CONCEPT_BODIES)
+    )
     return app

@@ -69,7 +69,7 @@ def _page(
     }
 
 
-def _result_context(
+def result_context(
     app: App,
     served: Served,
     result: engine.Result,
@@ -113,7 +113,7 @@ def _render_result(
     """The results fragment, with the engine's own time in ``X-Engine-Ms`` for load tests."""
     return HTMXTemplate(
         template_name="_results.html",
-        context=_result_context(app, served, result, kind, query=query),
+        context=result_context(app, served, result, kind, query=query),
         headers={"X-Engine-Ms": f"{result.stats['time_total_ms']:.2f}"},
     )
 
@@ -334,7 +334,7 @@ def kept_result(
     name, result, kind, query = app.results.entry(token)
     return HTMXTemplate(
         template_name="_results.html",
-        context=_result_context(app, app.catalog(name), result, kind, token, shown, query),
+        context=result_context(app, app.catalog(name), result, kind, token, shown, query),
     )
 
 

@@ -572,7 +572,8 @@ def _lock_message(path: Path, read_only: bool, detail: str) -> str:
         else:
             return (
                 f"{path} is open read-only in another process (a running `clip-branches serve`?), and "
-                f"changing it needs the file to itself: stop that process, then run this again ({detail})"
+                f"changing it needs the file to itself: stop that process, then run this again; `ingest`, "
+                f"`add` and `concept` hand their changes to a running server instead ({detail})"
             )
     return (
         f"{path} is open for writing in another process (an ingest, index or train-head still running?); "

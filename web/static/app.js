@@ -29,11 +29,14 @@
 
   function paint(root, onlyNew) {
     const l = labels();
+    const newAfter = conceptNewAfter();
     (root || document).querySelectorAll(onlyNew ? ".thumb:not([aria-pressed])" : ".thumb").forEach((b) => {
       const s = l[b.dataset.id] || "";
+      const isNew = newAfter !== null && b.closest("#results") !== null && BigInt(b.dataset.id) > newAfter;
       b.classList.toggle("pos", s === "pos");
       b.classList.toggle("neg", s === "neg");
-      b.setAttribute("aria-label", `image ${b.dataset.id}, ${s === "pos" ? "positive" : s === "neg" ? "negative" : "unlabelled"}`);
+      b.classList.toggle("new", isNew);
+      b.setAttribute("aria-label", `image ${b.dataset.id}${isNew ? ", new" : ""}, ${s === "pos" ? "positive" : s === "neg" ? "negative" : "unlabelled"}`);
       b.setAttribute("aria-pressed", s ? "true" : "false");
     });
     counts();
@@ -148,13 +151,14 @@
   function toUrl() {
     const last = state.last[catalog];
     const u = new URL(location.href);
-    ["q", "similar", "kind", "model", "negatives_sampled", "weight", "pos", "neg", "result"].forEach((k) => u.searchParams.delete(k));
+    ["q", "similar", "concept", "kind", "model", "negatives_sampled", "weight", "pos", "neg", "result"].forEach((k) => u.searchParams.delete(k));
     u.searchParams.set("catalog", catalog);
     if (last) {
       const p = last.params || {};
       if (last.kind === "search") u.searchParams.set("q", p.q || "");
       if (last.kind === "similar") u.searchParams.set("similar", p.id);
       if (last.kind === "image") u.searchParams.set("kind", "image");
+      if (last.kind === "concept") u.searchParams.set("concept", p.name || "");
       if (last.kind === "refine") {
         u.searchParams.set("kind", "refine");
         if (last.query && last.query.kind === "search") u.searchParams.set("q", last.query.params.q || "");
@@ -172,10 +176,11 @@
   // The request a URL describes, when it describes one (a shared link).
   function fromUrl() {
     const p = new URL(location.href).searchParams;
-    const kind = p.get("kind") || (p.has("similar") ? "similar" : p.has("q") ? "search" : null);
+    const kind = p.get("kind") || (p.has("concept") ? "concept" : p.has("similar") ? "similar" : p.has("q") ? "search" : null);
     if (!kind) return null;
     const req = { kind, token: p.get("result") || "", params: {} };
     if (kind === "search") req.params.q = p.get("q") || "";
+    if (kind === "concept") req.params.name = p.get("concept") || "";
     if (kind === "similar") req.params.id = p.get("similar");
     if (kind === "refine") {
       Object.assign(req.params, {
@@ -204,21 +209,30 @@
   // request again with the labels it was made with. An image search cannot be run again.
   function restore(last) {
     const token = state.token[catalog];
-    const again = () => {
-      if (last.kind === "image") {
-        message("The image search's result is no longer kept by the server: search with the image again.");
-        return;
-      }
-      const path = { search: "/search", similar: "/similar", refine: "/refine" }[last.kind];
-      const params = Object.assign({ catalog }, last.params);
-      pending = Object.assign({}, last);
-      htmx.ajax(last.kind === "refine" ? "POST" : "GET", path, { target: "#results", values: params });
-    };
+    const again = () => rerun(last);
     if (!token) { again(); return; }
     fetch(`/result/${encodeURIComponent(token)}?shown=${state.shown[catalog] || 0}`, { headers: { "HX-Request": "true" } })
       .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
       .then((html) => { const r = $("results"); r.innerHTML = html; htmx.process(r); afterResult(); })
       .catch(again);
+  }
+
+  // Run the request ``last`` again (with the labels it was made with), not its kept result.
+  function rerun(last) {
+    if (last.kind === "image") {
+      message("The image search's result is no longer kept by the server: search with the image again.");
+      return;
+    }
+    pending = Object.assign({}, last);
+    if (last.kind === "concept") {
+      const seen = seenMap()[last.params.name];
+      const path = `/concept/${encodeURIComponent(catalog)}/${encodeURIComponent(last.params.name || "")}`;
+      htmx.ajax("GET", path, { target: "#results", values: seen !== undefined ? { seen } : {} });
+      return;
+    }
+    const path = { search: "/search", similar: "/similar", refine: "/refine" }[last.kind];
+    const params = Object.assign({ catalog }, last.params);
+    htmx.ajax(last.kind === "refine" ? "POST" : "GET", path, { target: "#results", values: params });
   }
 
   function message(text) {
@@ -237,6 +251,10 @@
       state.shown[catalog] = document.querySelectorAll("#grid .thumb").length;
       save();
     }
+    if (result && result.dataset.concept && result.dataset.maxId) {
+      const { concept, maxId } = result.dataset;
+      setSeen((m) => { if (m[concept] === undefined || BigInt(maxId) > BigInt(m[concept])) m[concept] = maxId; });
+    }
     paint(document.getElementById("results"));
     toUrl();
   }
@@ -249,6 +267,7 @@
       return { kind: "similar", params: { id: new URL(elt.getAttribute("hx-get"), location.href).searchParams.get("id") } };
     }
     if (elt.id === "refine-form") return { kind: "refine", params: Object.assign({}, params) };
+    if (elt.classList && elt.classList.contains("concept-open")) return { kind: "concept", params: { name: elt.dataset.name } };
     return null;
   }
 
@@ -370,6 +389,11 @@
     }
     const rm = ev.target.closest(".tray-remove");
     if (rm) { change({ [rm.dataset.id]: "" }); return; }
+    if (ev.target.closest(".concept-open")) { $("concepts-dialog").close(); return; }  // htmx loads it
+    const toggle = ev.target.closest(".concept-toggle");
+    if (toggle) { toggleConceptForm(toggle); return; }
+    const cancel = ev.target.closest(".concept-cancel");
+    if (cancel) { closeConceptForm(cancel.closest("form")); return; }
     const tab = ev.target.closest(".view-tab");
     if (tab) { showView(tab.id); return; }
     // "All" label only the unlabelled images of the view shown: labels given are never overwritten.
@@ -388,6 +412,18 @@
       case "lightbox-next": viewStep(1); break;
       case "lightbox-close": $("lightbox").close(); break;
       case "previous-session": swapSessions(); break;
+      case "concepts-button": openConcepts(); break;
+      case "concepts-close": $("concepts-dialog").close(); break;
+      case "save-concept": openSave(); break;
+      case "save-concept-cancel": $("save-concept-dialog").close(); break;
+      case "growth-rerun": {
+        const last = state.last[catalog];
+        baseRows = latestRows;
+        showGrowth();
+        if (last) rerun(last);
+        break;
+      }
+      case "growth-dismiss": baseRows = latestRows; showGrowth(); break;
       case "clear-labels": change(Object.fromEntries(Object.keys(labels()).map((id) => [id, ""]))); break;
       case "reset":
         change(Object.fromEntries(Object.keys(labels()).map((id) => [id, ""])));
@@ -508,6 +544,143 @@
     if (file) { ev.preventDefault(); searchWithFile(file); }
   });
 
+  // -- saved concepts: when each was last opened lives here, in localStorage ---------------------
+  // (per catalog: name -> the largest image id shown then, as text: ids are 64-bit). The server
+  // counts a concept's ids above it as new: the panel gets them all as ``seen``, name:id pairs.
+  const SEEN_KEY = "clip-branches-seen";
+  const SEEN_CHARS = 8000;  // what the server reads of ``seen`` (web/concepts.py)
+  const SEEN_PAIR = /^[a-z][a-z0-9_]{0,47}:-?[0-9]{1,19}$/;
+  const seenAll = () => { try { const all = JSON.parse(localStorage.getItem(SEEN_KEY)); return all && typeof all === "object" ? all : {}; } catch (e) { return {}; } };
+  const seenMap = () => { const m = seenAll()[catalog]; return m && typeof m === "object" ? m : {}; };
+
+  function setSeen(update) {
+    const all = seenAll();
+    const m = seenMap();
+    update(m);
+    all[catalog] = m;
+    try { localStorage.setItem(SEEN_KEY, JSON.stringify(all)); } catch (e) { /* storage refused: nothing is marked new */ }
+  }
+
+  function seenText() {
+    let text = "";
+    Object.entries(seenMap()).forEach(([name, id]) => {
+      const pair = `${name}:${id}`;
+      if (SEEN_PAIR.test(pair) && text.length + pair.length + 1 <= SEEN_CHARS) text += (text ? "," : "") + pair;
+    });
+    return text;
+  }
+
+  // The id above which the opened concept's images are new, or null (no concept shown).
+  function conceptNewAfter() {
+    const result = document.querySelector("#results .result[data-concept]");
+    return result && /^-?[0-9]+$/.test(result.dataset.newAfter || "") ? BigInt(result.dataset.newAfter) : null;
+  }
+
+  function openConcepts() {
+    const dialog = $("concepts-dialog");
+    if (!dialog) return;
+    if (!dialog.open) dialog.showModal();
+    $("concepts-title").focus();
+  }
+
+  function openSave() {
+    const result = document.querySelector("#results .result");
+    const dialog = $("save-concept-dialog");
+    if (!result || !dialog) return;
+    $("save-concept-token").value = result.dataset.token;
+    $("save-concept-error").innerHTML = "";
+    dialog.showModal();
+    $("concept-name").focus();
+  }
+
+  function toggleConceptForm(toggle) {
+    const form = $(toggle.getAttribute("aria-controls"));
+    const row = toggle.closest("li");
+    const show = form.hidden;
+    row.querySelectorAll(".concept-form").forEach((f) => { f.hidden = true; });
+    row.querySelectorAll(".concept-toggle").forEach((t) => t.setAttribute("aria-expanded", "false"));
+    form.hidden = !show;
+    toggle.setAttribute("aria-expanded", show ? "true" : "false");
+    if (!show) return;
+    const input = form.querySelector("input[type=text]");
+    if (input) { input.focus(); input.select(); } else form.querySelector("button[type=submit]").focus();
+  }
+
+  function closeConceptForm(form) {
+    form.hidden = true;
+    const toggle = form.closest("li").querySelector(`[aria-controls="${form.id}"]`);
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.focus();
+  }
+
+  // The panel was (re)drawn: follow a rename or a deletion in what was seen, forget concepts no
+  // longer saved, and after a save show the panel with its confirmation.
+  function conceptsShown(elt) {
+    const done = $("concepts-done");
+    const listed = new Set([...document.querySelectorAll("#concepts-panel li.concept")].map((li) => li.dataset.name));
+    setSeen((m) => {
+      if (done && done.dataset.action === "renamed" && m[done.dataset.oldName] !== undefined) m[done.dataset.name] = m[done.dataset.oldName];
+      if (done && done.dataset.action === "saved") delete m[done.dataset.name];  // a new concept: all of it is new
+      Object.keys(m).forEach((name) => { if (!listed.has(name)) delete m[name]; });
+    });
+    const last = state.last[catalog];
+    if (done && done.dataset.action === "renamed" && last && last.kind === "concept" && last.params.name === done.dataset.oldName) {
+      last.params.name = done.dataset.name;  // the concept on screen: its link names it anew
+      save();
+      toUrl();
+    }
+    if (elt && elt.id === "save-concept-form") {
+      $("save-concept-dialog").close();
+      elt.reset();
+      openConcepts();
+    }
+    const dialog = $("concepts-dialog");
+    if (done && dialog.open) done.focus();
+    else if (dialog.open && !dialog.contains(document.activeElement)) $("concepts-title").focus();
+  }
+
+  // -- the catalog growing while the page is open: the server takes new images in --------------
+  const GROWTH_POLL_MS = 5000;
+  let baseRows = app ? Number(app.dataset.rows) : 0;  // what the results on screen were computed over
+  let latestRows = baseRows;
+  let poller = null;
+
+  function pollGrowth() {
+    fetch(`/api/health?catalog=${encodeURIComponent(catalog)}`)
+      .then((r) => (r.ok ? r.json() : null))
+      .then((health) => {
+        const c = health && health.catalogs && health.catalogs[catalog];
+        if (!c || !Number.isInteger(c.rows)) return;
+        latestRows = c.rows;
+        showGrowth();
+      })
+      .catch(() => {});
+  }
+
+  // Rows, not the version: the version counts concept writes and index folds too, which leave
+  // every search's result as it was.
+  function showGrowth() {
+    const bar = $("growth");
+    if (!bar) return;
+    const delta = latestRows - baseRows;
+    if (!delta) { bar.hidden = true; $("growth-text").textContent = ""; return; }
+    const text = delta > 0 ? `${plural(delta, "new image", "new images")} since this page loaded.`
+      : `${plural(-delta, "image", "images")} removed since this page loaded.`;
+    const last = state.last[catalog];
+    $("growth-rerun").hidden = !last || last.kind === "image";
+    $("growth-rerun").textContent = last && last.kind === "refine" ? "Fine-tune again" : last && last.kind === "concept" ? "Open the concept again" : "Search again";
+    bar.hidden = false;
+    if ($("growth-text").textContent !== text) $("growth-text").textContent = text;
+  }
+
+  function startPolling() { if (!poller) poller = setInterval(pollGrowth, GROWTH_POLL_MS); }
+  function stopPolling() { clearInterval(poller); poller = null; }
+  document.addEventListener("visibilitychange", () => {
+    if (!app) return;
+    if (document.hidden) stopPolling();
+    else { pollGrowth(); startPolling(); }
+  });
+
   // -- requests ---------------------------------------------------------------------------------
   document.body.addEventListener("htmx:configRequest", (ev) => {
     const elt = ev.detail.elt;
@@ -519,6 +692,15 @@
     if (elt.id === "console-form") {
       ev.detail.parameters.result = state.token[catalog] || "";
     }
+    if (ev.detail.path.startsWith("/concepts")) ev.detail.parameters.seen = seenText();
+    if (elt.classList && elt.classList.contains("concept-open")) {
+      // the id it was last opened at; "Show only the new" and "Show all" keep the one on screen
+      const seen = elt.dataset.seen !== undefined ? elt.dataset.seen : seenMap()[elt.dataset.name];
+      if (seen !== undefined && seen !== "") ev.detail.parameters.seen = seen;
+      if (elt.dataset.onlyNew) ev.detail.parameters.only_new = "true";
+    }
+    const errors = elt.closest && elt.closest("[data-errors]");
+    if (errors && $(errors.dataset.errors)) $(errors.dataset.errors).innerHTML = "";
     const req = describe(elt, ev.detail.parameters);
     if (req && req.kind === "image" && $("image-file").files.length) {
       if (queryImage) URL.revokeObjectURL(queryImage);
@@ -537,7 +719,10 @@
 
   document.body.addEventListener("htmx:beforeSwap", (ev) => {
     if (ev.detail.xhr.status >= 400) {  // errors go above the grid, which stays as it was
-      ev.detail.target = $("messages") || ev.detail.target;
+      // ...or into the dialog whose form asked, where the user is looking
+      const elt = ev.detail.requestConfig ? ev.detail.requestConfig.elt : ev.detail.elt;
+      const own = elt && elt.closest && elt.closest("[data-errors]");
+      ev.detail.target = (own && $(own.dataset.errors)) || $("messages") || ev.detail.target;
       ev.detail.swapOverride = "innerHTML";
       pending = null;
     }
@@ -545,6 +730,7 @@
 
   document.body.addEventListener("htmx:afterSwap", (ev) => {
     if (ev.detail.xhr.status >= 400) return;
+    if (ev.detail.target.id === "concepts-panel") { conceptsShown(ev.detail.requestConfig ? ev.detail.requestConfig.elt : ev.detail.elt); return; }
     if (ev.detail.target.id === "results" && pending) {
       state.last[catalog] = pending;
       pending = null;
@@ -561,6 +747,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     if (!app) { paint(); return; }
+    if (!document.hidden) startPolling();
     const linked = fromUrl();
     const last = state.last[catalog];
     const differs = linked && (linked.token
