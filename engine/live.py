@@ -66,7 +66,7 @@ def register_server(path: str | os.PathLike, url: str) -> Path:
     """Record beside the catalog that this process serves it (read by :func:`served_by`)."""
     record = side_dir(path) / SERVER_FILE
     record.parent.mkdir(parents=True, exist_ok=True)
-    body = {"pid": os.getpid(), "url": url, "started_at": time.time()}
+    body = {"pid": os.getpid(), "url": url, "catalog": str(Path(path).resolve()), "started_at": time.time()}
     write_bytes(record, json.dumps(body).encode("utf-8"))
     return record
 
@@ -82,12 +82,16 @@ def unregister_server(path: str | os.PathLike) -> None:
 
 def served_by(path: str | os.PathLike) -> dict | None:
     """The record of the live server of the catalog at ``path``, or None when no process that
-    serves it is running (a killed server's record is ignored)."""
+    serves this very file is running (a killed server's record is ignored, and so is one copied
+    along with the side folder, or written by a copy that shares it)."""
     try:
         record = json.loads((side_dir(path) / SERVER_FILE).read_text(encoding="utf-8"))
         pid = int(record["pid"])
+        catalog = str(record["catalog"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if catalog != str(Path(path).resolve()):
+        return None  # the record of another file sharing this side folder, or of the one copied
     return record if pid != os.getpid() and _alive(pid) else None
 
 

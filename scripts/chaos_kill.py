@@ -17,9 +17,9 @@ export      indexed with head B; an export of the head-A catalog already at ``ex
 serve-ingest  indexed with head B, served by ``clip-branches serve``
                                                     ``ingest c.duckdb arrivals --batch-size 32``
   (``arrivals``: 48 new images, Fashion-MNIST ones mirrored, and a truncated PNG). The command
-  stages the files and hands them to the server, which takes them in. Trials alternate: odd
-  ones kill the ingest command, even ones the server (the command must then exit with a message,
-  not hang); a killed server is started again and must answer and take in what was handed to
+  stages the files and hands them to the server, which takes them in. Trials alternate: the
+  first kills the server (the command must then exit with a message, not hang), the next the
+  ingest command; a killed server is started again and must answer and take in what was handed to
   it. After each trial the server must settle (nothing pending); the checks below then run with
   the server up, and the re-run goes through it too.
 

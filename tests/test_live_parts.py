@@ -105,10 +105,16 @@ def test_a_record_of_a_dead_server_is_ignored(tmp_path):
     path = tmp_path / "c.duckdb"
     side = tmp_path / "c.duckdb.d"
     side.mkdir()
-    (side / "serve.json").write_text(json.dumps({"pid": 999999999, "url": ""}))
+    record = {"pid": 999999999, "url": "", "catalog": str(path.resolve())}
+    (side / "serve.json").write_text(json.dumps(record))
     assert served_by(path) is None
-    (side / "serve.json").write_text(json.dumps({"pid": os.getppid(), "url": ""}))
+    (side / "serve.json").write_text(json.dumps({**record, "pid": os.getppid()}))
     assert served_by(path)["pid"] == os.getppid()
+    # A record copied along with the side folder names the file it was written for.
+    (side / "serve.json").write_text(
+        json.dumps({**record, "pid": os.getppid(), "catalog": "/elsewhere.duckdb"})
+    )
+    assert served_by(path) is None
     (side / "serve.json").write_text("not json")
     assert served_by(path) is None
 

@@ -482,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
             '  duckdb -readonly photos.duckdb "SELECT uri FROM concept_sneakers JOIN images USING (id)"'
         ),
     )
-    csub = s.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=CommandParser)
+    csub = s.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=CommandParser, help="what to do"
+    )
 
     def action(name: str, help: str, func) -> argparse.ArgumentParser:
         a = csub.add_parser(

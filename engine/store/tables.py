@@ -338,8 +338,9 @@ def index_status(store: Store) -> dict:
         if watermark is not None:
             stale_codes = int(
                 store.value(
-                    "SELECT count(*) FROM images i JOIN codes c USING (id) WHERE i.embedding_part > ?",
-                    [int(watermark)],
+                    "SELECT count(*) FROM images i JOIN codes c USING (id) WHERE i.embedding_part > ? "
+                    "AND c.pos < ?",  # rows added since the build were coded from their embedding
+                    [int(watermark), indexed],
                 )
             )
     return {
