@@ -205,6 +205,18 @@ def _panel(app: App, served: Served, seen: dict[str, int], done: dict | None = N
     )
 
 
+def _form_post(path: str):
+    """A panel action: a small form (or JSON) body, answered with the panel fragment."""
+    return post(
+        path,
+        sync_to_thread=True,
+        status_code=200,
+        request_class=BodyRequest,
+        operation_class=FORM,
+        request_max_body_size=BODY_BYTES,
+    )
+
+
 @get("/concepts", sync_to_thread=True)
 def concepts_panel(request: HTMXRequest, catalog: CatalogParam = None, seen: SeenParam = "") -> Template:
     """The catalog's saved concepts: their images, what is new since each was last opened, and
@@ -213,14 +225,7 @@ def concepts_panel(request: HTMXRequest, catalog: CatalogParam = None, seen: See
     return _panel(app, app.catalog(catalog), parse_seen(seen))
 
 
-@post(
-    "/concepts/save",
-    sync_to_thread=True,
-    status_code=200,
-    request_class=BodyRequest,
-    operation_class=FORM,
-    request_max_body_size=BODY_BYTES,
-)
+@_form_post("/concepts/save")
 def save_concept(request: BodyRequest, data: JSONBody[SaveConceptRequest]) -> Template:
     app = state_of(request)
     served = app.catalog(data.catalog)
@@ -230,14 +235,7 @@ def save_concept(request: BodyRequest, data: JSONBody[SaveConceptRequest]) -> Te
     return _panel(app, served, seen, {"action": "saved", "name": concept.name})
 
 
-@post(
-    "/concepts/rename",
-    sync_to_thread=True,
-    status_code=200,
-    request_class=BodyRequest,
-    operation_class=FORM,
-    request_max_body_size=BODY_BYTES,
-)
+@_form_post("/concepts/rename")
 def rename_concept(request: BodyRequest, data: JSONBody[RenameConceptRequest]) -> Template:
     app = state_of(request)
     served = app.catalog(data.catalog)
@@ -249,14 +247,7 @@ def rename_concept(request: BodyRequest, data: JSONBody[RenameConceptRequest]) -
     return _panel(app, served, seen, {"action": "renamed", "name": concept.name, "old": name})
 
 
-@post(
-    "/concepts/delete",
-    sync_to_thread=True,
-    status_code=200,
-    request_class=BodyRequest,
-    operation_class=FORM,
-    request_max_body_size=BODY_BYTES,
-)
+@_form_post("/concepts/delete")
 def delete_concept(request: BodyRequest, data: JSONBody[ConceptNameRequest]) -> Template:
     app = state_of(request)
     served = app.catalog(data.catalog)
@@ -265,14 +256,7 @@ def delete_concept(request: BodyRequest, data: JSONBody[ConceptNameRequest]) -> 
     return _panel(app, served, parse_seen(data.seen), {"action": "deleted", "name": name})
 
 
-@post(
-    "/concepts/retrain",
-    sync_to_thread=True,
-    status_code=200,
-    request_class=BodyRequest,
-    operation_class=FORM,
-    request_max_body_size=BODY_BYTES,
-)
+@_form_post("/concepts/retrain")
 def retrain_concept(request: BodyRequest, data: JSONBody[ConceptNameRequest]) -> Template:
     """Fit a stale concept again from its labels on the catalog's current codes."""
     app = state_of(request)

@@ -484,16 +484,20 @@ def cmd_refine(args) -> int:
         args.parser.error("--out and --overwrite go with --spark MASTER (the ranking of a refine on Spark)")
     with Catalog.open(args.catalog, read_only=True) as cat:
         result = cat.refine(
-            args.positive,
-            args.negative or (),
-            model=args.model,
-            sampled_negatives=args.sampled_negatives,
-            negative_weight=args.negative_weight,
-            random_state=args.seed,
-            guide=not args.no_guide,
-            suggestions=args.suggestions,
+            args.positive, args.negative or (), **refine_options(args), suggestions=args.suggestions
         )
         return _print_result(cat, result, args)
+
+
+def refine_options(args) -> dict:
+    """The options of a refine round from the command line (see ``parser._round_options``)."""
+    return {
+        "model": args.model,
+        "sampled_negatives": args.sampled_negatives,
+        "negative_weight": args.negative_weight,
+        "random_state": args.seed,
+        "guide": not args.no_guide,
+    }
 
 
 def _refine_on_spark(args) -> int:

@@ -8,7 +8,7 @@ import sys
 from ..catalog import Catalog
 from ..concepts import Concept, export, from_result
 from ..live import open_reading, served_by, submit_op, wait_report
-from .commands import _limit, _say_capped, _shown, print_json
+from .commands import _limit, _say_capped, _shown, print_json, refine_options
 
 SERVER_WAIT_S = 120.0  # how long a change handed to the server may take
 
@@ -21,33 +21,20 @@ def _via_server(catalog: str, op: dict) -> dict | None:
     return wait_report(catalog, submit_op(catalog, op), SERVER_WAIT_S, what="the concept change")
 
 
-def _served_summary(doc: dict) -> dict:
+def _summary(doc: dict, results: int | None) -> dict:
+    """The line ``list`` and ``save`` show of a concept, from its ``Concept.to_json()``."""
+    request = doc["request"]
     return {
         "name": doc["name"],
         "view": doc["view"],
         "stale": doc["stale"],
-        "results": None,
-        "positives": len(doc["request"].get("positives") or []),
-        "negatives": len(doc["request"].get("negatives") or []),
-        "model": doc["request"].get("model"),
+        "results": results,
+        "positives": len(request.get("positives") or []),
+        "negatives": len(request.get("negatives") or []),
+        "model": request.get("model"),
         "updated_at": doc["updated_at"],
         "note": doc.get("note", ""),
     }
-
-
-def _summary(concept: Concept, results: int | None) -> dict:
-    out = {
-        "name": concept.name,
-        "view": concept.view,
-        "stale": concept.stale,
-        "results": results,
-        "positives": len(concept.request.get("positives") or []),
-        "negatives": len(concept.request.get("negatives") or []),
-        "model": concept.request.get("model"),
-        "updated_at": concept.to_json()["updated_at"],
-        "note": concept.note,
-    }
-    return out
 
 
 def _count(cat: Catalog, concept: Concept) -> int | None:
@@ -55,45 +42,18 @@ def _count(cat: Catalog, concept: Concept) -> int | None:
 
 
 def cmd_concept_save(args) -> int:
-    if served_by(args.catalog) is not None:
-        return _save_served(args)
-    with Catalog.open(args.catalog) as cat:
-        result = cat.refine(
-            args.positive,
-            args.negative or (),
-            model=args.model,
-            sampled_negatives=args.sampled_negatives,
-            negative_weight=args.negative_weight,
-            random_state=args.seed,
-            guide=not args.no_guide,
-            suggestions=0,
-        )
-        concept = cat.save_concept(args.name, result, replace=args.replace, note=args.note)
-        out = _summary(concept, len(result.ids))
-    if args.json:
-        print_json(out)
-    else:
-        print(f"saved concept {concept.name!r}: {out['results']} images; query it as {concept.view}")
-    return 0
-
-
-def _save_served(args) -> int:
-    """``concept save`` on a served catalog: fine-tune here, read-only; the server saves it."""
-    with open_reading(args.catalog, 60.0) as cat:
-        result = cat.refine(
-            args.positive,
-            args.negative or (),
-            model=args.model,
-            sampled_negatives=args.sampled_negatives,
-            negative_weight=args.negative_weight,
-            random_state=args.seed,
-            guide=not args.no_guide,
-            suggestions=0,
-        )
-        concept = from_result(args.name, result, args.note)
-        concept.codes_space = cat.setting("codes_space") or ""
-    doc = _via_server(args.catalog, {"op": "save", "doc": export(concept), "replace": args.replace})
-    out = {**_served_summary(doc), "results": len(result.ids)}
+    """Fine-tune here; save here, or (a server holds the file) read-only here and saved by it."""
+    served = served_by(args.catalog) is not None
+    with open_reading(args.catalog, 60.0) if served else Catalog.open(args.catalog) as cat:
+        result = cat.refine(args.positive, args.negative or (), **refine_options(args), suggestions=0)
+        if served:
+            concept = from_result(args.name, result, args.note)
+            concept.codes_space = cat.setting("codes_space") or ""
+        else:
+            doc = cat.save_concept(args.name, result, replace=args.replace, note=args.note).to_json()
+    if served:
+        doc = _via_server(args.catalog, {"op": "save", "doc": export(concept), "replace": args.replace})
+    out = _summary(doc, len(result.ids))
     if args.json:
         print_json(out)
     else:
@@ -103,7 +63,7 @@ def _save_served(args) -> int:
 
 def cmd_concept_list(args) -> int:
     with Catalog.open(args.catalog, read_only=True) as cat:
-        rows = [_summary(c, _count(cat, c)) for c in cat.concepts.list()]
+        rows = [_summary(c.to_json(), _count(cat, c)) for c in cat.concepts.list()]
     if args.json:
         print_json({"concepts": rows})
         return 0
@@ -175,15 +135,10 @@ def cmd_concept_delete(args) -> int:
 
 
 def cmd_concept_retrain(args) -> int:
-    doc = _via_server(args.catalog, {"op": "retrain", "name": args.name})
-    if doc is not None:
-        with open_reading(args.catalog, 60.0) as cat:
-            concept = cat.concept(doc["name"])
-            out = _summary(concept, _count(cat, concept))
-    else:
-        with Catalog.open(args.catalog) as cat:
-            concept = cat.concepts.retrain(args.name)
-            out = _summary(concept, _count(cat, concept))
+    served = _via_server(args.catalog, {"op": "retrain", "name": args.name}) is not None
+    with open_reading(args.catalog, 60.0) if served else Catalog.open(args.catalog) as cat:
+        concept = cat.concept(args.name) if served else cat.concepts.retrain(args.name)
+        out = _summary(concept.to_json(), _count(cat, concept))
     if args.json:
         print_json(out)
     else:
